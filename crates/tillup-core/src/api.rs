@@ -1,0 +1,211 @@
+//! The JSON bodies that travel between the three programs.
+//!
+//! Routes are listed here too, so that the server, the agent and the
+//! listener cannot disagree about them.
+
+use jiff::Timestamp;
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
+use crate::hash::Sha256Hex;
+use crate::manifest::Manifest;
+
+/// Header carrying the base64 of the log's `.minisig` text, so the log and
+/// its signature arrive in one response.
+pub const SIGNATURE_HEADER: &str = "x-tillup-signature";
+
+/// Routes of `tillup-server`. Every one takes `Authorization: Bearer <store token>`.
+pub mod server {
+    /// `GET /v1/log/{channel}`: the log; ETag and `If-None-Match`.
+    pub const LOG: &str = "/v1/log/{channel}";
+    /// `GET /v1/log/{channel}/minisig`: the detached signature, for `minisign -V`.
+    pub const LOG_SIGNATURE: &str = "/v1/log/{channel}/minisig";
+    /// `GET /v1/blobs/{sha256}` (Range), `PUT /v1/blobs/{sha256}`.
+    pub const BLOB: &str = "/v1/blobs/{sha256}";
+    /// `POST /v1/blobs/missing`: [`super::HashList`] in, [`super::HashList`] out.
+    pub const BLOBS_MISSING: &str = "/v1/blobs/missing";
+    /// `PUT`: [`super::Backup`].
+    pub const BACKUP: &str = "/v1/stores/{store}/upgrades/{upgrade}/backup";
+    /// `POST`: [`super::ProcessRequest`] in, [`super::Delivery`] out.
+    pub const PROCESS: &str = "/v1/stores/{store}/upgrades/{upgrade}/process";
+    /// `POST`: a store report (JSON object).
+    pub const REPORT: &str = "/v1/stores/{store}/reports";
+}
+
+/// Routes of `tillup-agent`. Every one takes `Authorization: Bearer <agent token>`.
+pub mod agent {
+    pub const STATUS: &str = "/v1/status";
+    pub const STOP: &str = "/v1/stop";
+    pub const START: &str = "/v1/start";
+    pub const SNAPSHOT: &str = "/v1/snapshot";
+    pub const BLOB: &str = "/v1/blobs/{sha256}";
+    pub const BLOBS_MISSING: &str = "/v1/blobs/missing";
+    pub const STAGE: &str = "/v1/stage";
+    pub const COMMIT: &str = "/v1/commit";
+    pub const ROLLBACK: &str = "/v1/rollback";
+    pub const HEALTH: &str = "/v1/health";
+}
+
+/// Fills `{name}` placeholders of a route.
+pub fn route(template: &str, params: &[(&str, &str)]) -> String {
+    let mut s = template.to_owned();
+    for (k, v) in params {
+        s = s.replace(&format!("{{{k}}}"), v);
+    }
+    s
+}
+
+/// A list of content hashes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashList {
+    pub hashes: Vec<Sha256Hex>,
+}
+
+/// An error body, as every endpoint of the server and the agent sends it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// One terminal's folder as collected by the host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TerminalBackup {
+    pub number: u32,
+    pub model: String,
+    pub version: Version,
+    pub manifest: Manifest,
+}
+
+/// The store's backup for one upgrade; its files were sent as blobs first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Backup {
+    pub terminals: Vec<TerminalBackup>,
+}
+
+/// What the host asks the server to build.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRequest {
+    pub channel: String,
+    pub terminals: Vec<TerminalTarget>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalTarget {
+    pub number: u32,
+    pub target: Version,
+}
+
+/// The server's result: each terminal's new folder, in terminal order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub terminals: Vec<TerminalResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TerminalResult {
+    pub number: u32,
+    pub version: Version,
+    pub manifest: Manifest,
+}
+
+/// The state of a terminal's main program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum MainState {
+    Running { pid: u32 },
+    Stopped,
+    /// It exited on its own.
+    Exited { code: Option<i32> },
+}
+
+/// `GET /v1/status` of an agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub terminal: u32,
+    pub model: String,
+    /// The version the program folder holds, if it can be read.
+    pub version: Option<Version>,
+    pub main: MainState,
+    pub busy: bool,
+    pub free_bytes: u64,
+    /// The version staged beside the folder, if any.
+    pub staged: Option<Version>,
+    /// The version kept for rollback, if any.
+    pub previous: Option<Version>,
+    pub agent_version: String,
+}
+
+/// `POST /v1/stop`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StopRequest {
+    /// Overrides the configured wait while busy.
+    #[serde(default)]
+    pub busy_timeout_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StopReport {
+    pub stopped_at: Timestamp,
+    /// How long it waited for a sale to finish.
+    pub waited_busy_ms: u64,
+    /// Whether it had to kill the main program.
+    pub forced: bool,
+    pub was_running: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartReport {
+    pub started_at: Timestamp,
+    pub pid: u32,
+    pub was_running: bool,
+}
+
+/// `GET /v1/snapshot`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: Option<Version>,
+    pub manifest: Manifest,
+}
+
+/// `POST /v1/stage`: build the new folder beside the current one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageRequest {
+    pub version: Version,
+    pub manifest: Manifest,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    /// Bytes taken from the current folder rather than sent.
+    pub reused_bytes: u64,
+    pub received_bytes: u64,
+}
+
+/// `POST /v1/commit` and `POST /v1/rollback`: idempotent by target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwapRequest {
+    /// The version the folder must hold afterwards.
+    pub version: Version,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwapReport {
+    pub version: Version,
+    /// False when the folder already held `version` (a repeated call).
+    pub swapped: bool,
+}
+
+/// `GET /v1/health?version=…`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthQuery {
+    pub version: Version,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub healthy: bool,
+    /// The version the running main program reports.
+    pub version: Option<Version>,
+    /// The program's own words when it is not healthy.
+    pub message: String,
+}

@@ -1,0 +1,285 @@
+//! Manifests: what a program folder holds, file by file.
+//!
+//! A manifest is the unit every transfer speaks: a release is a manifest
+//! plus the files it names, a backup is one manifest per terminal, and the
+//! server's result for a terminal is a manifest the host checks against its
+//! own computation (see [`merge_for_terminal`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::hash::Sha256Hex;
+use crate::path::RelPath;
+
+/// The largest manifest accepted, in bytes of JSON.
+pub const MAX_MANIFEST_BYTES: usize = 32 * 1024 * 1024;
+
+/// One file of a folder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub path: RelPath,
+    pub size: u64,
+    pub sha256: Sha256Hex,
+    /// Whether the file is executable (Unix mode bits; ignored on Windows).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exec: bool,
+}
+
+/// Every file of a folder, sorted by path, each path once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Manifest {
+    files: Vec<FileEntry>,
+}
+
+/// Why a manifest was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("the manifest is {0} bytes, more than the {MAX_MANIFEST_BYTES} allowed")]
+    TooLarge(usize),
+    #[error("the manifest is not valid: {0}")]
+    Syntax(#[from] serde_json::Error),
+    #[error("the manifest lists `{0}` twice")]
+    Duplicate(RelPath),
+    #[error("the manifest lists `{file}` as a file and also `{inner}` inside it")]
+    FileIsFolder { file: RelPath, inner: RelPath },
+    #[error("`{a}` and `{b}` differ only in case and would overwrite each other on a case-insensitive disk")]
+    CaseCollision { a: RelPath, b: RelPath },
+}
+
+impl<'de> Deserialize<'de> for Manifest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            files: Vec<FileEntry>,
+        }
+        let raw = Raw::deserialize(d)?;
+        Manifest::new(raw.files).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Manifest {
+    /// Sorts `files` and checks that no path is listed twice and no file is
+    /// also a folder of another.
+    pub fn new(mut files: Vec<FileEntry>) -> Result<Self, ManifestError> {
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        for pair in files.windows(2) {
+            if pair[0].path == pair[1].path {
+                return Err(ManifestError::Duplicate(pair[0].path.clone()));
+            }
+        }
+        // "a" sorts right before "a/…" entries only if nothing sorts between
+        // them, which is not true ("a.txt" < "a/b"), so check every folder.
+        let paths: BTreeSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        for f in &files {
+            let s = f.path.as_str();
+            for (i, _) in s.match_indices('/') {
+                if paths.contains(&s[..i]) {
+                    let file = RelPath::new(&s[..i]).expect("prefix of a valid path");
+                    return Err(ManifestError::FileIsFolder { file, inner: f.path.clone() });
+                }
+            }
+        }
+        Ok(Self { files })
+    }
+
+    /// Parses a manifest received from elsewhere, bounded in size.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge(bytes.len()));
+        }
+        Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// The canonical bytes: what is hashed and signed.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest always serialises")
+    }
+
+    /// The digest of [`Manifest::to_bytes`].
+    pub fn digest(&self) -> Sha256Hex {
+        Sha256Hex::of(&self.to_bytes())
+    }
+
+    pub fn files(&self) -> &[FileEntry] {
+        &self.files
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The sum of the files' sizes.
+    pub fn total_size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// The entry at `path`.
+    pub fn get(&self, path: &RelPath) -> Option<&FileEntry> {
+        self.files.binary_search_by(|f| f.path.cmp(path)).ok().map(|i| &self.files[i])
+    }
+
+    /// Every distinct content hash, once.
+    pub fn hashes(&self) -> BTreeSet<Sha256Hex> {
+        self.files.iter().map(|f| f.sha256).collect()
+    }
+
+    /// Fails if two paths would collide on a case-insensitive file system
+    /// (Windows, macOS): checked before installing on such a target.
+    pub fn check_case_collisions(&self) -> Result<(), ManifestError> {
+        let mut seen: BTreeMap<String, &RelPath> = BTreeMap::new();
+        for f in &self.files {
+            if let Some(a) = seen.insert(f.path.case_folded(), &f.path) {
+                return Err(ManifestError::CaseCollision { a: a.clone(), b: f.path.clone() });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The glob patterns of terminal-local files an upgrade keeps
+/// (`config/**`, `data/*.db`, `logs/**`). `*` stays inside one folder; `**`
+/// crosses folders.
+#[derive(Clone, Debug)]
+pub struct Preserve {
+    patterns: Vec<String>,
+    set: GlobSet,
+}
+
+/// A preserve pattern that is not a valid glob.
+#[derive(Debug, thiserror::Error)]
+#[error("preserve pattern `{pattern}` is not a valid glob: {reason}")]
+pub struct BadPattern {
+    pub pattern: String,
+    pub reason: String,
+}
+
+impl Preserve {
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Self, BadPattern> {
+        let mut b = GlobSetBuilder::new();
+        for p in patterns {
+            let p = p.as_ref();
+            let glob = GlobBuilder::new(p)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| BadPattern { pattern: p.to_owned(), reason: e.kind().to_string() })?;
+            b.add(glob);
+        }
+        let set = b.build().map_err(|e| BadPattern { pattern: patterns.iter().map(|p| p.as_ref()).collect::<Vec<_>>().join(", "), reason: e.to_string() })?;
+        Ok(Self { patterns: patterns.iter().map(|p| p.as_ref().to_owned()).collect(), set })
+    }
+
+    pub fn matches(&self, path: &RelPath) -> bool {
+        self.set.is_match(path.as_str())
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
+/// A terminal's new folder (DESIGN §3.5): the release's files, except that
+/// a file matching `preserve` that the terminal already holds keeps the
+/// terminal's copy. Files the release does not have are dropped unless
+/// preserved. The server computes this to deliver; the host computes it
+/// again and refuses a server result that differs, so every byte installed
+/// traces back to the signed release or to the terminal's own backup.
+pub fn merge_for_terminal(release: &Manifest, old: &Manifest, preserve: &Preserve) -> Result<Manifest, ManifestError> {
+    let folders_of = |p: &'_ RelPath| -> Vec<String> { p.as_str().match_indices('/').map(|(i, _)| p.as_str()[..i].to_owned()).collect() };
+    let release_folders: BTreeSet<String> = release.files.iter().flat_map(|f| folders_of(&f.path)).collect();
+    let mut out: BTreeMap<&RelPath, FileEntry> = release.files.iter().map(|f| (&f.path, f.clone())).collect();
+    for f in old.files.iter().filter(|f| preserve.matches(&f.path)) {
+        // A kept local file where the release now has a folder, or inside
+        // what the release now has as a file: the release's layout wins and
+        // the local file stays in the backup.
+        let clashes = release_folders.contains(f.path.as_str())
+            || folders_of(&f.path).iter().any(|d| release.get(&RelPath::new(d).expect("prefix of a valid path")).is_some());
+        if !clashes {
+            out.insert(&f.path, f.clone());
+        }
+    }
+    Manifest::new(out.into_values().collect())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn entry(path: &str, content: &str) -> FileEntry {
+        FileEntry { path: RelPath::new(path).unwrap(), size: content.len() as u64, sha256: Sha256Hex::of(content.as_bytes()), exec: false }
+    }
+
+    pub fn manifest(files: &[(&str, &str)]) -> Manifest {
+        Manifest::new(files.iter().map(|(p, c)| entry(p, c)).collect()).unwrap()
+    }
+
+    #[test]
+    fn sorted_and_canonical() {
+        let a = manifest(&[("b", "2"), ("a", "1")]);
+        let b = manifest(&[("a", "1"), ("b", "2")]);
+        assert_eq!(a.to_bytes(), b.to_bytes());
+        assert_eq!(a.files()[0].path.as_str(), "a");
+        assert_eq!(Manifest::parse(&a.to_bytes()).unwrap(), a);
+    }
+
+    #[test]
+    fn refuses_duplicates_and_file_folder_clashes() {
+        let dup = Manifest::new(vec![entry("a", "1"), entry("a", "2")]);
+        assert!(matches!(dup, Err(ManifestError::Duplicate(_))));
+        let clash = Manifest::new(vec![entry("a", "1"), entry("a.txt", "x"), entry("a/b", "2")]);
+        assert!(matches!(clash, Err(ManifestError::FileIsFolder { .. })), "{clash:?}");
+    }
+
+    #[test]
+    fn refuses_escaping_paths_when_parsed() {
+        let bad = br#"{"files":[{"path":"../../etc/passwd","size":1,"sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}]}"#;
+        let err = Manifest::parse(bad).unwrap_err().to_string();
+        assert!(err.contains("`..`"), "{err}");
+    }
+
+    #[test]
+    fn refuses_oversized_input_before_parsing() {
+        let big = vec![b' '; MAX_MANIFEST_BYTES + 1];
+        assert!(matches!(Manifest::parse(&big), Err(ManifestError::TooLarge(_))));
+    }
+
+    #[test]
+    fn case_collisions_are_found() {
+        let m = manifest(&[("Config.ini", "1"), ("config.ini", "2")]);
+        assert!(matches!(m.check_case_collisions(), Err(ManifestError::CaseCollision { .. })));
+    }
+
+    #[test]
+    fn merge_keeps_preserved_local_files_and_drops_removed_ones() {
+        let release = manifest(&[("bin/pos", "new"), ("config/default.ini", "release"), ("lib/new.so", "n")]);
+        let old = manifest(&[("bin/pos", "old"), ("config/default.ini", "mine"), ("config/local.ini", "local"), ("lib/gone.so", "g"), ("data/sales.db", "db")]);
+        let preserve = Preserve::new(&["config/**", "data/*.db"]).unwrap();
+        let merged = merge_for_terminal(&release, &old, &preserve).unwrap();
+        let want = manifest(&[("bin/pos", "new"), ("config/default.ini", "mine"), ("config/local.ini", "local"), ("data/sales.db", "db"), ("lib/new.so", "n")]);
+        assert_eq!(merged, want);
+    }
+
+    #[test]
+    fn star_does_not_cross_folders() {
+        let p = Preserve::new(&["data/*.db"]).unwrap();
+        assert!(p.matches(&RelPath::new("data/a.db").unwrap()));
+        assert!(!p.matches(&RelPath::new("data/x/a.db").unwrap()));
+        assert!(Preserve::new(&["data/[.db"]).unwrap_err().to_string().contains("data/[.db"));
+    }
+
+    #[test]
+    fn merge_lets_the_release_layout_win_a_file_folder_clash() {
+        let release = manifest(&[("config/app.ini", "r")]);
+        let old = manifest(&[("config", "a file")]);
+        let preserve = Preserve::new(&["config", "config/**"]).unwrap();
+        let merged = merge_for_terminal(&release, &old, &preserve).unwrap();
+        assert_eq!(merged, release);
+    }
+}

@@ -1,0 +1,165 @@
+//! Relative paths inside a program folder, checked once at the edge.
+//!
+//! Every path that arrives in a manifest, an archive or a request becomes a
+//! [`RelPath`] before anything touches the disk, so code further in never
+//! has to ask whether a path could escape its folder.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The longest path accepted, in bytes.
+pub const MAX_PATH_LEN: usize = 1024;
+
+/// A normalised path relative to a program folder: `/`-separated, no empty,
+/// `.` or `..` component, not absolute, no drive letter, no backslash, no
+/// control character.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RelPath(String);
+
+/// Why a path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path is empty")]
+    Empty,
+    #[error("path `{0}` is longer than {MAX_PATH_LEN} bytes")]
+    TooLong(String),
+    #[error("path `{0}` is absolute; only paths inside the program folder are allowed")]
+    Absolute(String),
+    #[error("path `{0}` starts with a drive letter; only paths inside the program folder are allowed")]
+    DriveLetter(String),
+    #[error("path `{0}` contains `..`, which would leave the program folder")]
+    ParentDir(String),
+    #[error("path `{0}` contains an empty or `.` component")]
+    EmptyComponent(String),
+    #[error("path `{0}` contains a backslash or a control character")]
+    BadCharacter(String),
+}
+
+impl RelPath {
+    /// Checks and wraps `s`.
+    pub fn new(s: &str) -> Result<Self, PathError> {
+        let shown = || s.chars().take(200).collect::<String>();
+        if s.is_empty() {
+            return Err(PathError::Empty);
+        }
+        if s.len() > MAX_PATH_LEN {
+            return Err(PathError::TooLong(shown()));
+        }
+        if s.starts_with('/') {
+            return Err(PathError::Absolute(shown()));
+        }
+        let b = s.as_bytes();
+        if b.len() >= 2 && b[1] == b':' && b[0].is_ascii_alphabetic() {
+            return Err(PathError::DriveLetter(shown()));
+        }
+        if s.chars().any(|c| c == '\\' || c.is_control()) {
+            return Err(PathError::BadCharacter(shown()));
+        }
+        for part in s.split('/') {
+            match part {
+                ".." => return Err(PathError::ParentDir(shown())),
+                "" | "." => return Err(PathError::EmptyComponent(shown())),
+                _ => {}
+            }
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The path as `/`-separated text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The components, first to last.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+
+    /// The key two paths collide under on a case-insensitive file system.
+    pub fn case_folded(&self) -> String {
+        self.0.to_lowercase()
+    }
+}
+
+impl TryFrom<String> for RelPath {
+    type Error = PathError;
+    fn try_from(s: String) -> Result<Self, PathError> {
+        RelPath::new(&s)
+    }
+}
+
+impl From<RelPath> for String {
+    fn from(p: RelPath) -> String {
+        p.0
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_ordinary_and_unicode_paths() {
+        for ok in ["a", "bin/pos", "数据/收银.db", "a.b/c..d/.hidden"] {
+            assert_eq!(RelPath::new(ok).unwrap().as_str(), ok);
+        }
+    }
+
+    #[test]
+    fn refuses_every_escape() {
+        let cases = [
+            ("", PathError::Empty),
+            ("/etc/passwd", PathError::Absolute("/etc/passwd".into())),
+            ("C:/x", PathError::DriveLetter("C:/x".into())),
+            ("../x", PathError::ParentDir("../x".into())),
+            ("a/../../x", PathError::ParentDir("a/../../x".into())),
+            ("a//b", PathError::EmptyComponent("a//b".into())),
+            ("./a", PathError::EmptyComponent("./a".into())),
+            ("a/", PathError::EmptyComponent("a/".into())),
+            ("a\\..\\b", PathError::BadCharacter("a\\..\\b".into())),
+            ("a\nb", PathError::BadCharacter("a\nb".into())),
+        ];
+        for (input, want) in cases {
+            assert_eq!(RelPath::new(input), Err(want), "{input:?}");
+        }
+        assert!(matches!(RelPath::new(&"a".repeat(2000)), Err(PathError::TooLong(_))));
+    }
+
+    #[test]
+    fn deserialising_checks_too() {
+        let err = serde_json::from_str::<RelPath>("\"../../etc/shadow\"").unwrap_err();
+        assert!(err.to_string().contains("`..`"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn an_accepted_path_never_leaves_its_folder(s in "[a-z./\\\\:]{0,12}") {
+            if let Ok(p) = RelPath::new(&s) {
+                let joined = std::path::Path::new("/root/folder").join(p.as_str());
+                let mut depth = 0i32;
+                for c in joined.strip_prefix("/root/folder").unwrap().components() {
+                    match c {
+                        std::path::Component::Normal(_) => depth += 1,
+                        _ => prop_assert!(false, "component {c:?} in {s:?}"),
+                    }
+                }
+                prop_assert!(depth >= 1);
+            }
+        }
+    }
+}

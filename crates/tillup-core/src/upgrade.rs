@@ -1,0 +1,531 @@
+//! The store upgrade as a state machine (DESIGN §3).
+//!
+//! [`Upgrade::step`] takes an event and the current time and returns the
+//! new state; [`Upgrade::wanted`] says which effects the state needs run
+//! now. The listener persists the state before running any effect, runs
+//! the wanted effects, and feeds their outcomes back as events. Every
+//! effect is safe to repeat, so after a crash the listener loads the state
+//! and simply runs `wanted()` again.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
+/// Where the store-wide part of the upgrade is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Stopping every terminal's main program.
+    Stopping,
+    /// Collecting every stopped terminal's folder into the host backup.
+    Collecting,
+    /// Uploading the backup to the server.
+    Uploading,
+    /// The server builds each terminal's new folder.
+    Processing,
+    /// Downloading and verifying the new files.
+    Delivering,
+    /// Staging, swapping, restarting, health-checking: canary first.
+    Installing,
+    /// Sending the store's report.
+    Reporting,
+    Done,
+}
+
+/// Where one terminal is. The order matters: everything from `Committed`
+/// on means the folder holds the new release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    Planned,
+    Stopped,
+    Collected,
+    Staged,
+    Committed,
+    /// The new release was started; its health is being checked.
+    Started,
+    /// Upgraded and healthy.
+    Upgraded,
+    /// Something failed; the folder must be put back (if it was swapped)
+    /// and the old main program started again.
+    Restoring { committed: bool, rolled_back: bool },
+    /// Back on the old release and running.
+    Restored,
+    /// It could not even be restarted (unreachable agent): the agent's
+    /// watchdog brings its main program back; reported.
+    Abandoned { restart_error: String },
+}
+
+/// What went wrong on a terminal, in the words of whoever failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub during: String,
+    pub message: String,
+    pub at: Timestamp,
+}
+
+/// One terminal's part of the upgrade.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalRun {
+    pub number: u32,
+    pub from: Version,
+    pub to: Version,
+    pub step: Step,
+    pub stopped_at: Option<Timestamp>,
+    pub restarted_at: Option<Timestamp>,
+    pub failure: Option<Failure>,
+}
+
+impl TerminalRun {
+    /// Still on the way to the new release.
+    pub fn active(&self) -> bool {
+        matches!(self.step, Step::Planned | Step::Stopped | Step::Collected | Step::Staged | Step::Committed | Step::Started)
+    }
+
+    /// Reached an end: upgraded, restored or abandoned.
+    pub fn finished(&self) -> bool {
+        matches!(self.step, Step::Upgraded | Step::Restored | Step::Abandoned { .. })
+    }
+
+    /// How long the main program was stopped, once it runs again.
+    pub fn stopped_for(&self) -> Option<jiff::SignedDuration> {
+        Some(self.restarted_at?.duration_since(self.stopped_at?))
+    }
+}
+
+/// Work the shell must do. Every effect is idempotent.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "effect", content = "terminal", rename_all = "snake_case")]
+pub enum Effect {
+    Stop(u32),
+    Collect(u32),
+    UploadBackup,
+    Process,
+    Deliver,
+    Stage(u32),
+    Commit(u32),
+    Start(u32),
+    CheckHealth(u32),
+    Rollback(u32),
+    SendReport,
+}
+
+/// The outcome of an effect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Done { effect: Effect },
+    Failed { effect: Effect, message: String },
+}
+
+/// What started the upgrade.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum Trigger {
+    /// Someone confirmed it (the store manager, or a CLI user).
+    Person { name: String },
+    /// The maintenance window, with nobody asked.
+    Schedule,
+}
+
+/// A whole store upgrade.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upgrade {
+    pub id: String,
+    pub channel: String,
+    pub started: Timestamp,
+    pub finished: Option<Timestamp>,
+    pub trigger: Trigger,
+    pub phase: Phase,
+    pub canary: u32,
+    pub terminals: BTreeMap<u32, TerminalRun>,
+    /// Set when the store-wide report reached the server.
+    pub reported: bool,
+    /// A store-wide failure (upload, processing, delivery), if any.
+    pub failure: Option<Failure>,
+}
+
+/// A terminal to upgrade.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    pub number: u32,
+    pub from: Version,
+    pub to: Version,
+}
+
+impl Upgrade {
+    /// A new upgrade of `terminals`; the canary is `canary` if it is one of
+    /// them, else the lowest number.
+    pub fn new(id: String, channel: String, started: Timestamp, trigger: Trigger, terminals: Vec<Planned>, canary: Option<u32>) -> Self {
+        let terminals: BTreeMap<u32, TerminalRun> = terminals
+            .into_iter()
+            .map(|p| {
+                let run = TerminalRun { number: p.number, from: p.from, to: p.to, step: Step::Planned, stopped_at: None, restarted_at: None, failure: None };
+                (p.number, run)
+            })
+            .collect();
+        let canary = canary.filter(|c| terminals.contains_key(c)).or_else(|| terminals.keys().next().copied()).unwrap_or(0);
+        let mut u = Self { id, channel, started, finished: None, trigger, phase: Phase::Stopping, canary, terminals, reported: false, failure: None };
+        u.advance(started);
+        u
+    }
+
+    fn active(&self) -> impl Iterator<Item = &TerminalRun> {
+        self.terminals.values().filter(|t| t.active())
+    }
+
+    /// The effects the current state needs. The shell runs those it is not
+    /// already running.
+    pub fn wanted(&self) -> BTreeSet<Effect> {
+        let mut out = BTreeSet::new();
+        // Restoring a terminal never waits for the rest of the store.
+        for t in self.terminals.values() {
+            if let Step::Restoring { committed, rolled_back } = t.step {
+                out.insert(if committed && !rolled_back { Effect::Rollback(t.number) } else { Effect::Start(t.number) });
+            }
+        }
+        match self.phase {
+            Phase::Stopping => out.extend(self.active().filter(|t| t.step == Step::Planned).map(|t| Effect::Stop(t.number))),
+            Phase::Collecting => out.extend(self.active().filter(|t| t.step == Step::Stopped).map(|t| Effect::Collect(t.number))),
+            Phase::Uploading => {
+                out.insert(Effect::UploadBackup);
+            }
+            Phase::Processing => {
+                out.insert(Effect::Process);
+            }
+            Phase::Delivering => {
+                out.insert(Effect::Deliver);
+            }
+            Phase::Installing => {
+                let canary_done = self.terminals.get(&self.canary).is_none_or(|c| !c.active());
+                for t in self.active() {
+                    let may_swap = t.number == self.canary || canary_done;
+                    match t.step {
+                        Step::Collected => {
+                            out.insert(Effect::Stage(t.number));
+                        }
+                        Step::Staged if may_swap => {
+                            out.insert(Effect::Commit(t.number));
+                        }
+                        Step::Committed => {
+                            out.insert(Effect::Start(t.number));
+                        }
+                        Step::Started => {
+                            out.insert(Effect::CheckHealth(t.number));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Phase::Reporting => {
+                if self.terminals.values().all(TerminalRun::finished) {
+                    out.insert(Effect::SendReport);
+                }
+            }
+            Phase::Done => {}
+        }
+        out
+    }
+
+    /// Applies the outcome of an effect.
+    pub fn step(mut self, event: Event, now: Timestamp) -> Self {
+        match event {
+            Event::Done { effect } => self.on_done(effect, now),
+            Event::Failed { effect, message } => self.on_failed(effect, message, now),
+        }
+        self.advance(now);
+        self
+    }
+
+    fn terminal(&mut self, n: u32) -> Option<&mut TerminalRun> {
+        self.terminals.get_mut(&n)
+    }
+
+    fn on_done(&mut self, effect: Effect, now: Timestamp) {
+        let set = |t: &mut TerminalRun, from: Step, to: Step| {
+            if t.step == from {
+                t.step = to;
+            }
+        };
+        match effect {
+            Effect::Stop(n) => {
+                if let Some(t) = self.terminal(n) {
+                    if t.step == Step::Planned {
+                        t.step = Step::Stopped;
+                        t.stopped_at = Some(now);
+                    }
+                }
+            }
+            Effect::Collect(n) => self.terminal(n).into_iter().for_each(|t| set(t, Step::Stopped, Step::Collected)),
+            Effect::Stage(n) => self.terminal(n).into_iter().for_each(|t| set(t, Step::Collected, Step::Staged)),
+            Effect::Commit(n) => self.terminal(n).into_iter().for_each(|t| set(t, Step::Staged, Step::Committed)),
+            Effect::Start(n) => {
+                if let Some(t) = self.terminal(n) {
+                    match t.step {
+                        Step::Committed => {
+                            t.step = Step::Started;
+                            t.restarted_at = Some(now);
+                        }
+                        Step::Restoring { committed, rolled_back } if !committed || rolled_back => {
+                            t.step = Step::Restored;
+                            t.restarted_at = Some(now);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Effect::CheckHealth(n) => self.terminal(n).into_iter().for_each(|t| set(t, Step::Started, Step::Upgraded)),
+            Effect::Rollback(n) => {
+                if let Some(t) = self.terminal(n) {
+                    if let Step::Restoring { committed: true, .. } = t.step {
+                        t.step = Step::Restoring { committed: true, rolled_back: true };
+                    }
+                }
+            }
+            Effect::UploadBackup if self.phase == Phase::Uploading => self.phase = Phase::Processing,
+            Effect::Process if self.phase == Phase::Processing => self.phase = Phase::Delivering,
+            Effect::Deliver if self.phase == Phase::Delivering => self.phase = Phase::Installing,
+            Effect::SendReport => self.reported = true,
+            Effect::UploadBackup | Effect::Process | Effect::Deliver => {}
+        }
+    }
+
+    fn fail_terminal(t: &mut TerminalRun, during: &str, message: String, now: Timestamp) {
+        if !t.active() {
+            return;
+        }
+        let committed = matches!(t.step, Step::Committed | Step::Started);
+        t.failure.get_or_insert(Failure { during: during.to_owned(), message, at: now });
+        t.step = Step::Restoring { committed, rolled_back: false };
+    }
+
+    fn on_failed(&mut self, effect: Effect, message: String, now: Timestamp) {
+        let during = effect_name(&effect);
+        match effect {
+            Effect::Stop(n) | Effect::Collect(n) | Effect::Stage(n) | Effect::Commit(n) | Effect::CheckHealth(n) => {
+                if let Some(t) = self.terminal(n) {
+                    Self::fail_terminal(t, during, message, now);
+                }
+            }
+            Effect::Start(n) => {
+                if let Some(t) = self.terminal(n) {
+                    match t.step {
+                        // The new release would not start: put the old one back.
+                        Step::Committed => Self::fail_terminal(t, during, message, now),
+                        Step::Restoring { committed, rolled_back } if !committed || rolled_back => {
+                            t.step = Step::Abandoned { restart_error: message };
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Effect::Rollback(n) => {
+                if let Some(t) = self.terminal(n) {
+                    if matches!(t.step, Step::Restoring { committed: true, rolled_back: false }) {
+                        t.step = Step::Abandoned { restart_error: format!("rollback failed: {message}") };
+                    }
+                }
+            }
+            Effect::UploadBackup | Effect::Process | Effect::Deliver => {
+                self.failure.get_or_insert(Failure { during: during.to_owned(), message: message.clone(), at: now });
+                for t in self.terminals.values_mut() {
+                    Self::fail_terminal(t, during, format!("the store's {during} failed: {message}"), now);
+                }
+            }
+            Effect::SendReport => {
+                // Kept unreported; the listener sends it again later.
+                self.reported = false;
+                self.phase = Phase::Done;
+                self.finished.get_or_insert(now);
+            }
+        }
+        // The canary failed: nothing else is touched.
+        if self.terminals.get(&self.canary).is_some_and(|c| !c.active() && c.step != Step::Upgraded) {
+            let canary = self.canary;
+            for t in self.terminals.values_mut().filter(|t| t.number != canary) {
+                if matches!(t.step, Step::Collected | Step::Staged) {
+                    Self::fail_terminal(t, "canary", format!("not installed: the canary terminal {canary} failed"), now);
+                }
+            }
+        }
+    }
+
+    /// Moves the store-wide phase on once no active terminal is behind it.
+    fn advance(&mut self, now: Timestamp) {
+        loop {
+            let before = self.phase;
+            let behind = |step: &Step| self.active().any(|t| t.step == *step);
+            let none_active = self.active().next().is_none();
+            self.phase = match self.phase {
+                _ if none_active && self.phase < Phase::Reporting => Phase::Reporting,
+                Phase::Stopping if !behind(&Step::Planned) => Phase::Collecting,
+                Phase::Collecting if !behind(&Step::Stopped) => Phase::Uploading,
+                Phase::Installing => Phase::Installing,
+                Phase::Reporting if self.reported => Phase::Done,
+                p => p,
+            };
+            if self.phase == Phase::Done {
+                self.finished.get_or_insert(now);
+            }
+            if self.phase == before {
+                break;
+            }
+        }
+    }
+
+    /// True when nothing more is to be done.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// `(done, total)` terminals, for progress displays.
+    pub fn progress(&self) -> (usize, usize) {
+        (self.terminals.values().filter(|t| t.finished()).count(), self.terminals.len())
+    }
+}
+
+/// A short name for an effect, used in reports.
+pub fn effect_name(e: &Effect) -> &'static str {
+    match e {
+        Effect::Stop(_) => "stop",
+        Effect::Collect(_) => "collect",
+        Effect::UploadBackup => "backup upload",
+        Effect::Process => "processing",
+        Effect::Deliver => "delivery",
+        Effect::Stage(_) => "stage",
+        Effect::Commit(_) => "swap",
+        Effect::Start(_) => "start",
+        Effect::CheckHealth(_) => "health check",
+        Effect::Rollback(_) => "rollback",
+        Effect::SendReport => "report",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> Timestamp {
+        "2026-11-21T03:00:00Z".parse().unwrap()
+    }
+
+    fn new(n: &[u32]) -> Upgrade {
+        let v = |s: &str| s.parse::<Version>().unwrap();
+        let planned = n.iter().map(|&number| Planned { number, from: v("1.0.0"), to: v("1.1.0") }).collect();
+        Upgrade::new("u1".into(), "stable".into(), t0(), Trigger::Schedule, planned, None)
+    }
+
+    fn done(u: Upgrade, e: Effect) -> Upgrade {
+        u.step(Event::Done { effect: e }, t0())
+    }
+
+    fn fail(u: Upgrade, e: Effect) -> Upgrade {
+        u.step(Event::Failed { effect: e, message: "boom".into() }, t0())
+    }
+
+    /// Runs every wanted effect successfully except those `fails` picks,
+    /// until nothing is wanted.
+    fn run(mut u: Upgrade, fails: impl Fn(&Effect) -> bool) -> Upgrade {
+        for _ in 0..200 {
+            let wanted = u.wanted();
+            if wanted.is_empty() {
+                return u;
+            }
+            for e in wanted {
+                u = if fails(&e) { fail(u, e) } else { done(u, e) };
+            }
+        }
+        panic!("did not settle: {u:?}");
+    }
+
+    #[test]
+    fn happy_path_goes_through_every_phase_canary_first() {
+        let mut u = new(&[3, 1, 2]);
+        assert_eq!(u.canary, 1);
+        assert_eq!(u.wanted(), [Effect::Stop(1), Effect::Stop(2), Effect::Stop(3)].into());
+        for n in [1, 2, 3] {
+            u = done(u, Effect::Stop(n));
+        }
+        assert_eq!(u.phase, Phase::Collecting);
+        for n in [1, 2, 3] {
+            u = done(u, Effect::Collect(n));
+        }
+        assert_eq!(u.wanted(), [Effect::UploadBackup].into());
+        u = done(done(done(u, Effect::UploadBackup), Effect::Process), Effect::Deliver);
+        assert_eq!(u.phase, Phase::Installing);
+        for n in [1, 2, 3] {
+            u = done(u, Effect::Stage(n));
+        }
+        // Only the canary may swap before it is healthy.
+        assert_eq!(u.wanted(), [Effect::Commit(1)].into());
+        u = done(done(done(u, Effect::Commit(1)), Effect::Start(1)), Effect::CheckHealth(1));
+        assert_eq!(u.wanted(), [Effect::Commit(2), Effect::Commit(3)].into());
+        let u = run(u, |_| false);
+        assert!(u.is_done() && u.reported);
+        assert!(u.terminals.values().all(|t| t.step == Step::Upgraded && t.stopped_for().is_some()));
+    }
+
+    #[test]
+    fn a_failed_canary_touches_nothing_else() {
+        let u = run(new(&[1, 2, 3]), |e| *e == Effect::CheckHealth(1));
+        assert_eq!(u.terminals[&1].step, Step::Restored);
+        assert_eq!(u.terminals[&1].failure.as_ref().unwrap().during, "health check");
+        for n in [2, 3] {
+            assert_eq!(u.terminals[&n].step, Step::Restored, "{n}");
+            assert_eq!(u.terminals[&n].failure.as_ref().unwrap().during, "canary");
+        }
+        assert!(u.is_done());
+    }
+
+    #[test]
+    fn a_committed_terminal_is_rolled_back_before_restart() {
+        let mut u = new(&[1]);
+        let mut trace = Vec::new();
+        for _ in 0..50 {
+            for e in u.wanted() {
+                trace.push(e.clone());
+                u = if e == Effect::CheckHealth(1) { fail(u, e) } else { done(u, e) };
+            }
+        }
+        let tail: Vec<Effect> = trace.into_iter().rev().take(3).collect();
+        assert_eq!(tail, [Effect::SendReport, Effect::Start(1), Effect::Rollback(1)]);
+        assert_eq!(u.terminals[&1].step, Step::Restored);
+    }
+
+    #[test]
+    fn an_unreachable_terminal_is_left_out_and_the_rest_goes_on() {
+        let u = run(new(&[1, 2]), |e| matches!(e, Effect::Stop(2) | Effect::Start(2)));
+        assert_eq!(u.terminals[&1].step, Step::Upgraded);
+        assert!(matches!(u.terminals[&2].step, Step::Abandoned { .. }));
+        assert!(u.is_done());
+    }
+
+    #[test]
+    fn a_store_wide_failure_restores_everyone() {
+        let u = run(new(&[1, 2]), |e| *e == Effect::Deliver);
+        assert!(u.terminals.values().all(|t| t.step == Step::Restored));
+        assert_eq!(u.failure.as_ref().unwrap().during, "delivery");
+    }
+
+    #[test]
+    fn repeating_an_event_changes_nothing() {
+        let u = done(new(&[1]), Effect::Stop(1));
+        let again = done(u.clone(), Effect::Stop(1));
+        assert_eq!(u, again);
+    }
+
+    #[test]
+    fn a_report_that_fails_still_finishes_and_is_kept_unsent() {
+        let u = run(new(&[1]), |e| *e == Effect::SendReport);
+        assert!(u.is_done() && !u.reported);
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let u = done(new(&[1, 2]), Effect::Stop(1));
+        let back: Upgrade = serde_json::from_str(&serde_json::to_string(&u).unwrap()).unwrap();
+        assert_eq!(u, back);
+    }
+}
