@@ -1,0 +1,248 @@
+//! Folder ↔ manifest: scanning a folder (with a hash cache, like git's
+//! index) and building a folder from a manifest.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tillup_core::{FileEntry, Manifest, RelPath, Sha256Hex};
+
+use crate::{Error, IoContext, fsync_dir, join};
+
+/// SHA-256 and size of a file, streamed.
+pub fn hash_file(path: &Path) -> Result<(Sha256Hex, u64), Error> {
+    let mut f = File::open(path).at(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                total += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).at(path),
+        }
+    }
+    Ok((Sha256Hex::from_bytes(hasher.finalize().into()), total))
+}
+
+/// Digests of files keyed by path, size and modification time, so that a
+/// folder whose files did not change is not read again.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HashCache {
+    entries: BTreeMap<String, CachedHash>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct CachedHash {
+    size: u64,
+    mtime_ns: i128,
+    sha256: Sha256Hex,
+}
+
+impl HashCache {
+    /// Loads a cache; a missing or unreadable one is simply empty.
+    pub fn load(path: &Path) -> Self {
+        fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
+        crate::write_json_atomic(path, self)
+    }
+}
+
+fn mtime_ns(md: &fs::Metadata) -> i128 {
+    md.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+#[cfg(unix)]
+fn is_exec(md: &fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    md.permissions().mode() & 0o111 != 0
+}
+
+#[cfg(not(unix))]
+fn is_exec(_: &fs::Metadata) -> bool {
+    false
+}
+
+/// The manifest of `root`. Symbolic links are refused. A file modified in
+/// the same instant as its mtime could be stale in the cache, so entries
+/// whose mtime is within two seconds of now are always hashed.
+pub fn scan_folder(root: &Path, cache: &mut HashCache) -> Result<Manifest, Error> {
+    let now_ns = mtime_ns(&fs::metadata(root).at(root)?).max(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128),
+    );
+    let mut files = Vec::new();
+    let mut fresh = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(root).to_owned();
+            Error::Io { path, source: e.into_io_error().unwrap_or_else(|| io::Error::other("walk failed")) }
+        })?;
+        let path = entry.path();
+        let ft = entry.file_type();
+        if ft.is_symlink() {
+            return Err(Error::Symlink { path: path.to_owned() });
+        }
+        if ft.is_dir() {
+            continue;
+        }
+        let rel = path.strip_prefix(root).expect("walkdir stays under its root");
+        let rel_str = rel
+            .to_str()
+            .ok_or_else(|| Error::BadName { path: path.to_owned(), reason: "not UTF-8".into() })?
+            .replace(std::path::MAIN_SEPARATOR, "/");
+        let rel_path = RelPath::new(&rel_str).map_err(|e| Error::BadName { path: path.to_owned(), reason: e.to_string() })?;
+        let md = entry.metadata().map_err(|e| Error::Io { path: path.to_owned(), source: e.into() })?;
+        let (size, mtime) = (md.len(), mtime_ns(&md));
+        let cached = cache.entries.get(&rel_str).filter(|c| c.size == size && c.mtime_ns == mtime && now_ns - mtime > 2_000_000_000);
+        let sha256 = match cached {
+            Some(c) => c.sha256,
+            None => hash_file(path)?.0,
+        };
+        fresh.insert(rel_str, CachedHash { size, mtime_ns: mtime, sha256 });
+        files.push(FileEntry { path: rel_path, size, sha256, exec: is_exec(&md) });
+    }
+    cache.entries = fresh;
+    Manifest::new(files).map_err(|e| Error::BadName { path: root.to_owned(), reason: e.to_string() })
+}
+
+/// Builds `dest` (which must not exist) from `manifest`, taking each file
+/// from `source(entry)`, checking its size and hash on the way, and syncing
+/// every file and folder so the result survives a power cut.
+pub fn materialize(dest: &Path, manifest: &Manifest, source: &dyn Fn(&FileEntry) -> Result<PathBuf, Error>) -> Result<(), Error> {
+    fs::create_dir(dest).at(dest)?;
+    let mut dirs = vec![dest.to_owned()];
+    for f in manifest.files() {
+        let to = join(dest, &f.path);
+        let parent = to.parent().expect("joined paths have a parent");
+        if !parent.exists() {
+            fs::create_dir_all(parent).at(parent)?;
+            let mut p = parent;
+            while p != dest && !dirs.iter().any(|d| d == p) {
+                dirs.push(p.to_owned());
+                p = p.parent().expect("under dest");
+            }
+        }
+        let from = source(f)?;
+        copy_verified(&from, &to, f)?;
+    }
+    for d in dirs.iter().rev() {
+        fsync_dir(d)?;
+    }
+    Ok(())
+}
+
+fn copy_verified(from: &Path, to: &Path, f: &FileEntry) -> Result<(), Error> {
+    let mut input = File::open(from).at(from)?;
+    let mut out = File::create_new(to).at(to)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).at(from),
+        };
+        hasher.update(&buf[..n]);
+        io::Write::write_all(&mut out, &buf[..n]).at(to)?;
+        total += n as u64;
+    }
+    if total != f.size {
+        return Err(Error::SizeMismatch { path: to.to_owned(), expected: f.size, actual: total });
+    }
+    let actual = Sha256Hex::from_bytes(hasher.finalize().into());
+    if actual != f.sha256 {
+        return Err(Error::HashMismatch { path: to.to_owned(), expected: f.sha256, actual });
+    }
+    #[cfg(unix)]
+    if f.exec {
+        use std::os::unix::fs::PermissionsExt;
+        out.set_permissions(fs::Permissions::from_mode(0o755)).at(to)?;
+    }
+    out.sync_data().at(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, content: &str) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+
+    #[test]
+    fn scan_then_materialize_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        write(&src, "bin/pos", "program");
+        write(&src, "数据/收银.db", "db");
+        write(&src, "a.txt", "");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(src.join("bin/pos"), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut cache = HashCache::default();
+        let m = scan_folder(&src, &mut cache).unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.get(&RelPath::new("bin/pos").unwrap()).unwrap().exec, cfg!(unix));
+        let dest = dir.path().join("dest");
+        materialize(&dest, &m, &|f| Ok(join(&src, &f.path))).unwrap();
+        assert_eq!(scan_folder(&dest, &mut HashCache::default()).unwrap(), m);
+    }
+
+    #[test]
+    fn materialize_refuses_a_source_with_other_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        write(&src, "a", "right");
+        let m = scan_folder(&src, &mut HashCache::default()).unwrap();
+        write(&src, "a", "wrong");
+        let err = materialize(&dir.path().join("dest"), &m, &|f| Ok(join(&src, &f.path))).unwrap_err();
+        assert!(matches!(err, Error::HashMismatch { .. }), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn scan_refuses_links() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a", "x");
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).unwrap();
+        let err = scan_folder(dir.path(), &mut HashCache::default()).unwrap_err();
+        assert!(matches!(err, Error::Symlink { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_cache_is_used_only_for_unchanged_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a", "one");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        File::options().write(true).open(dir.path().join("a")).unwrap().set_modified(old).unwrap();
+        let mut cache = HashCache::default();
+        let first = scan_folder(dir.path(), &mut cache).unwrap();
+        // Poison the cache: a hit would return the poisoned digest.
+        let poisoned = Sha256Hex::of(b"poison");
+        cache.entries.get_mut("a").unwrap().sha256 = poisoned;
+        assert_eq!(scan_folder(dir.path(), &mut cache).unwrap().files()[0].sha256, poisoned);
+        // Same size, new mtime: hashed again.
+        write(dir.path(), "a", "two");
+        let again = scan_folder(dir.path(), &mut cache).unwrap();
+        assert_ne!(again.files()[0].sha256, first.files()[0].sha256);
+        assert_ne!(again.files()[0].sha256, poisoned);
+    }
+}
