@@ -110,6 +110,33 @@ impl BlobStore {
         self.put_reader(&mut f, h, None).map(|_| ())
     }
 
+    /// A file under the store's `tmp/` where a download of `h` can grow
+    /// across interruptions; [`BlobStore::adopt_partial`] takes it in once whole.
+    pub fn partial_path(&self, h: &Sha256Hex) -> PathBuf {
+        self.root.join("tmp").join(format!("{h}.partial"))
+    }
+
+    /// Checks the partial download of `h` and moves it into the store. On a
+    /// mismatch the partial file is deleted so the next try starts over.
+    pub fn adopt_partial(&self, h: &Sha256Hex, size: Option<u64>) -> Result<(), Error> {
+        let partial = self.partial_path(h);
+        let (actual, len) = crate::hash_file(&partial)?;
+        if let Some(s) = size.filter(|s| *s != len) {
+            let _ = fs::remove_file(&partial);
+            return Err(Error::SizeMismatch { path: partial, expected: s, actual: len });
+        }
+        if actual != *h {
+            let _ = fs::remove_file(&partial);
+            return Err(Error::HashMismatch { path: partial, expected: *h, actual });
+        }
+        File::open(&partial).and_then(|f| f.sync_data()).at(&partial)?;
+        let dest = self.path(h);
+        let dir = dest.parent().expect("blob paths have a parent");
+        fs::create_dir_all(dir).at(dir)?;
+        fs::rename(&partial, &dest).at(&dest)?;
+        fsync_dir(dir)
+    }
+
     fn commit(&self, tmp: tempfile::NamedTempFile, h: &Sha256Hex) -> Result<(), Error> {
         tmp.as_file().sync_data().at(tmp.path())?;
         let dest = self.path(h);
@@ -122,9 +149,12 @@ impl BlobStore {
     /// Removes the leftovers of interrupted writes.
     pub fn clean_tmp(&self) -> Result<(), Error> {
         let tmp = self.root.join("tmp");
+        // Partial downloads are kept: they resume.
         for e in fs::read_dir(&tmp).at(&tmp)? {
             let e = e.at(&tmp)?;
-            let _ = fs::remove_file(e.path());
+            if !e.file_name().to_string_lossy().ends_with(".partial") {
+                let _ = fs::remove_file(e.path());
+            }
         }
         Ok(())
     }
@@ -149,5 +179,18 @@ mod tests {
         assert!(matches!(short, Error::SizeMismatch { .. }));
         assert_eq!(s.missing([&h, &other, &other]), vec![other]);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_partial_download_is_adopted_only_when_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let h = Sha256Hex::of(b"whole file");
+        fs::write(s.partial_path(&h), b"whole").unwrap();
+        assert!(s.adopt_partial(&h, Some(10)).is_err());
+        assert!(!s.has(&h) && !s.partial_path(&h).exists());
+        fs::write(s.partial_path(&h), b"whole file").unwrap();
+        s.adopt_partial(&h, Some(10)).unwrap();
+        assert_eq!(s.read(&h).unwrap(), b"whole file");
     }
 }
