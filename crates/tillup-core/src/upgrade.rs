@@ -112,6 +112,16 @@ pub enum Effect {
     SendReport,
 }
 
+impl Effect {
+    /// The terminal a per-terminal effect acts on.
+    pub fn terminal(&self) -> Option<u32> {
+        match self {
+            Effect::Stop(n) | Effect::Collect(n) | Effect::Stage(n) | Effect::Commit(n) | Effect::Start(n) | Effect::CheckHealth(n) | Effect::Rollback(n) => Some(*n),
+            Effect::UploadBackup | Effect::Process | Effect::Deliver | Effect::SendReport => None,
+        }
+    }
+}
+
 /// The outcome of an effect.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

@@ -1,0 +1,150 @@
+//! `tillup`: the listener without a display, for services, scripts and tests.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use jiff::Timestamp;
+use tillup_core::upgrade::Trigger;
+use tillup_listener::schedule::{Answer, TickOutcome, next_check_delay};
+use tillup_listener::{Config, Listener};
+
+mod render;
+
+#[derive(Parser)]
+#[command(name = "tillup", version, about = "Keeps the store's POS terminals on the current release.")]
+struct Cli {
+    /// The configuration file [default: the platform's config folder, tillup/config.toml].
+    #[arg(long, global = true, env = "TILLUP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Pretend the process started at this time (RFC 3339, or `2026-11-21T03:30[Asia/Shanghai]`);
+    /// time then flows normally. For tests and dry runs of the schedule.
+    #[arg(long, global = true, env = "TILLUP_NOW", hide = true, value_parser = parse_time)]
+    now: Option<Timestamp>,
+    /// Run the schedule with no display (same as `daemon`).
+    #[arg(long)]
+    headless: bool,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch and verify the version log, compare it with what the terminals run.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upgrade every terminal that has an update, now.
+    Update {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The terminals, their versions and states.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The upgrades so far.
+    History {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer the pending upgrade prompt (what the tray popup's buttons do).
+    Answer { answer: Answer },
+    /// Check on the schedule; upgrade in the window (scheduled mode) or record a prompt (prompt mode).
+    Daemon {
+        /// One check, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn parse_time(s: &str) -> Result<Timestamp, String> {
+    s.parse::<Timestamp>().or_else(|_| s.parse::<jiff::Zoned>().map(|z| z.timestamp())).map_err(|e| format!("`{s}`: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info,tillup_listener=info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TILLUP_LOG").unwrap_or_else(|_| filter.into())).with_writer(std::io::stderr).init();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tillup: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let path = match cli.config {
+        Some(p) => p,
+        None => Config::default_path().context("no config folder on this system; pass --config FILE")?,
+    };
+    let listener = Listener::new(Config::load(&path)?)?;
+    let started = std::time::Instant::now();
+    let base = cli.now.unwrap_or_else(Timestamp::now);
+    let now = move || base + jiff::SignedDuration::try_from(started.elapsed()).unwrap_or_default();
+    let command = match (cli.command, cli.headless) {
+        (Some(c), _) => c,
+        (None, true) => Command::Daemon { once: false },
+        (None, false) => anyhow::bail!("say what to do: check, update, status, history, answer or daemon (see --help)"),
+    };
+    match command {
+        Command::Check { json } => {
+            let (_, report) = listener.check(now()).await?;
+            render::check(&report, json);
+        }
+        Command::Update { json } => {
+            let mut progress = render::Progress::new(json);
+            let who = std::env::var("USER").unwrap_or_else(|_| "command line".into());
+            let outcome = listener.update(Trigger::Person { name: who }, now(), &mut |u, e| progress.on(u, e)).await?;
+            progress.finish();
+            render::update(&outcome, json);
+            if outcome.upgrades.iter().any(|u| u.terminals.iter().any(|t| t.result != "upgraded")) {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Command::Status { json } => render::status(&listener.status().await?, json),
+        Command::History { json } => render::history(&tillup_listener::local_log::LocalLog::load(&listener.data_dir)?.history, json),
+        Command::Answer { answer } => {
+            let mut progress = render::Progress::new(false);
+            let who = std::env::var("USER").unwrap_or_else(|_| "store manager".into());
+            match listener.answer(answer, &who, now(), &mut |u, e| progress.on(u, e)).await? {
+                Some(outcome) => {
+                    progress.finish();
+                    render::update(&outcome, false);
+                }
+                None => println!("answer recorded: {answer:?}"),
+            }
+        }
+        Command::Daemon { once } => loop {
+            let mut progress = render::Progress::new(false);
+            match listener.tick(now(), &mut |u, e| progress.on(u, e)).await {
+                Ok(TickOutcome::Upgraded(outcome)) => {
+                    progress.finish();
+                    render::update(&outcome, false);
+                }
+                Ok(other) => println!("{}", serde_json::to_string(&other)?),
+                Err(e) if !once => eprintln!("tillup: {e:#}"),
+                Err(e) => return Err(e.into()),
+            }
+            if once {
+                break;
+            }
+            let delay = next_check_delay(listener.config.check.interval_minutes, listener.config.check.jitter_minutes, &mut rand::rng());
+            tokio::time::sleep(delay).await;
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}

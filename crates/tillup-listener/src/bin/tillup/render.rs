@@ -1,0 +1,165 @@
+//! How the CLI shows things: tables for people, JSON for scripts.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tillup_core::log::Verdict;
+use tillup_core::upgrade::{Event, Upgrade, effect_name};
+use tillup_listener::check::CheckReport;
+use tillup_listener::local_log::HistoryEntry;
+use tillup_listener::runner::UpdateOutcome;
+use tillup_listener::schedule::StoreStatus;
+
+fn json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serialisable"));
+}
+
+pub fn check(r: &CheckReport, as_json: bool) {
+    if as_json {
+        return json(r);
+    }
+    match &r.target {
+        None => println!("Up to date (version log #{}).", r.sequence),
+        Some(v) => println!("Update available: {v}{} (version log #{}).", if r.critical { " — critical" } else { "" }, r.sequence),
+    }
+    for (n, verdict) in &r.comparison.terminals {
+        let line = match verdict {
+            Verdict::UpToDate { version } => format!("{version}, up to date"),
+            Verdict::Update { from, next, target, .. } if next == target => format!("{from} → {next}"),
+            Verdict::Update { from, next, target, .. } => format!("{from} → {next} (then {target}: {next} is required first)"),
+            Verdict::NotForModel { model, newest } => format!("no release for model {model} (newest {newest} excludes it)"),
+            Verdict::Unreachable { from, newest, min_from } => format!("{from}: {newest} needs at least {min_from} and no intermediate release exists"),
+        };
+        println!("  terminal {n}: {line}");
+    }
+    for (n, why) in &r.unreachable {
+        println!("  terminal {n}: not reachable ({why})");
+    }
+    for w in &r.comparison.warnings {
+        println!("warning: {w}");
+    }
+}
+
+/// Live progress of an upgrade.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Self {
+        Self { bar: None, quiet }
+    }
+
+    fn say(&self, line: String) {
+        match &self.bar {
+            Some(b) if !b.is_hidden() => b.println(line),
+            _ => println!("{line}"),
+        }
+    }
+
+    pub fn on(&mut self, u: &Upgrade, e: Option<&Event>) {
+        if self.quiet {
+            return;
+        }
+        let (done, total) = u.progress();
+        let bar = self.bar.get_or_insert_with(|| {
+            let b = if std::io::stdout().is_terminal() { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+            b.set_style(ProgressStyle::with_template("{spinner} upgrading [{bar:30}] {pos}/{len} terminals  {msg}").expect("valid template").progress_chars("=> "));
+            b
+        });
+        bar.set_position(done as u64);
+        bar.set_message(format!("{:?}", u.phase).to_lowercase());
+        let Some(e) = e else {
+            let targets: Vec<String> = u.terminals.values().map(|t| format!("{}: {} → {}", t.number, t.from, t.to)).collect();
+            return self.say(format!("upgrade {} (canary: terminal {}): {}", u.id, u.canary, targets.join(", ")));
+        };
+        let line = match e {
+            Event::Done { effect } => {
+                let who = effect.terminal().map_or("store".to_owned(), |n| format!("terminal {n}"));
+                format!("  {who}: {} done", effect_name(effect))
+            }
+            Event::Failed { effect, message } => {
+                let who = effect.terminal().map_or("store".to_owned(), |n| format!("terminal {n}"));
+                format!("  {who}: {} FAILED: {message}", effect_name(effect))
+            }
+        };
+        self.say(line);
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+pub fn update(o: &UpdateOutcome, as_json: bool) {
+    if as_json {
+        return json(o);
+    }
+    for h in &o.upgrades {
+        println!("\nUpgrade {}:", h.id);
+        table(h);
+    }
+    if let Some(note) = &o.note {
+        println!("{note}.");
+    }
+}
+
+fn table(h: &HistoryEntry) {
+    println!("  {:<9} {:<10} {:<10} {:<10} {:>12}  {}", "terminal", "from", "to", "result", "stopped for", "details");
+    for t in &h.terminals {
+        let stopped = t.stopped_ms.map_or("-".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
+        println!("  {:<9} {:<10} {:<10} {:<10} {:>12}  {}", t.number, t.from.to_string(), t.to.to_string(), t.result, stopped, t.failure.as_deref().unwrap_or(""));
+    }
+    for (n, why) in &h.left_out {
+        println!("  {n:<9} {:<10} {:<10} {:<10} {:>12}  {why}", "-", "-", "left out", "-");
+    }
+}
+
+pub fn status(s: &StoreStatus, as_json: bool) {
+    if as_json {
+        return json(s);
+    }
+    println!("Store {} ({:?} mode){}", s.store, s.mode, s.last_check.map_or(String::new(), |t| format!(", last check {t}")));
+    if let Some(p) = &s.pending {
+        println!("Waiting for an answer: upgrade to {}{}", p.version, if p.critical { " (critical)" } else { "" });
+    }
+    if let Some(id) = &s.unfinished_upgrade {
+        println!("Unfinished upgrade {id}: it resumes at the next `tillup update`.");
+    }
+    println!("  {:<9} {:<10} {:<10} {:<10} {}", "terminal", "model", "version", "program", "last report");
+    for t in &s.terminals {
+        let main = match (&t.main, &t.error) {
+            (_, Some(e)) => format!("unreachable: {e}"),
+            (Some(tillup_core::api::MainState::Running { .. }), _) if t.busy => "busy".into(),
+            (Some(tillup_core::api::MainState::Running { .. }), _) => "running".into(),
+            (Some(tillup_core::api::MainState::Stopped), _) => "stopped".into(),
+            (Some(tillup_core::api::MainState::Exited { code }), _) => format!("exited ({code:?})"),
+            (None, None) => "?".into(),
+        };
+        let version = t.version.as_ref().or(t.recorded_version.as_ref()).map_or("?".to_owned(), ToString::to_string);
+        println!("  {:<9} {:<10} {:<10} {:<10} {}", t.number, t.model.as_deref().unwrap_or("?"), version, main, t.last_report.as_deref().unwrap_or(""));
+    }
+    for w in &s.warnings {
+        println!("warning: {w}");
+    }
+}
+
+pub fn history(h: &[HistoryEntry], as_json: bool) {
+    if as_json {
+        return json(&h);
+    }
+    if h.is_empty() {
+        println!("No upgrades yet.");
+    }
+    for e in h {
+        let by = match &e.trigger {
+            tillup_core::upgrade::Trigger::Person { name } => format!("confirmed by {name}"),
+            tillup_core::upgrade::Trigger::Schedule => "by the schedule".to_owned(),
+        };
+        println!("{} — started {}, {by}{}", e.id, e.started, if e.reported { "" } else { " (report not yet sent)" });
+        table(e);
+    }
+}

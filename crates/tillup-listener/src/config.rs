@@ -1,0 +1,275 @@
+//! The listener's TOML configuration.
+
+use std::path::{Path, PathBuf};
+
+use jiff::civil::Time;
+use jiff::tz::TimeZone;
+use serde::{Deserialize, Serialize};
+use tillup_core::sign::PublicKey;
+
+use crate::Error;
+
+/// How an available update is handled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Ask the store manager (the tray app's popup).
+    #[default]
+    Prompt,
+    /// Upgrade silently inside the maintenance window.
+    Scheduled,
+}
+
+/// The listener's configuration file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Base URL of `tillup-server`, e.g. `https://updates.example.com`.
+    pub server: String,
+    /// The minisign public key (`RW…`) the version log must be signed with.
+    pub public_key: String,
+    pub store_id: String,
+    pub store_token: String,
+    #[serde(default = "default_channel")]
+    pub channel: String,
+    /// Where the local log, backups and staging live. Default: the
+    /// platform's data folder.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub mode: Mode,
+    /// The terminal installed first; default the lowest number.
+    #[serde(default)]
+    pub canary: Option<u32>,
+    /// How many terminals are installed at once after the canary.
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
+    #[serde(default)]
+    pub window: Window,
+    #[serde(default)]
+    pub check: CheckSchedule,
+    #[serde(default)]
+    pub terminals: Vec<Terminal>,
+}
+
+/// The maintenance window, in local time of `time_zone`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// `HH:MM`.
+    pub start: String,
+    /// `HH:MM`; before `start` means the window crosses midnight.
+    pub end: String,
+    /// An IANA name such as `Asia/Shanghai`; default the system's.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self { start: "03:00".into(), end: "05:00".into(), time_zone: None }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSchedule {
+    pub interval_minutes: u64,
+    /// A random delay of up to this much is added to every interval, so a
+    /// thousand stores do not ask the server in the same second.
+    pub jitter_minutes: u64,
+}
+
+impl Default for CheckSchedule {
+    fn default() -> Self {
+        Self { interval_minutes: 60, jitter_minutes: 10 }
+    }
+}
+
+/// A POS terminal of the store.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Terminal {
+    pub number: u32,
+    /// Base URL of its `tillup-agent`, e.g. `http://192.168.1.21:8710`.
+    pub address: String,
+    pub token: String,
+}
+
+fn default_channel() -> String {
+    "stable".into()
+}
+
+fn default_parallel() -> usize {
+    4
+}
+
+/// The checked, ready-to-use form of the window.
+#[derive(Clone, Debug)]
+pub struct ParsedWindow {
+    pub start: Time,
+    pub end: Time,
+    pub tz: TimeZone,
+}
+
+impl ParsedWindow {
+    /// Whether `now` falls inside the window.
+    pub fn contains(&self, now: jiff::Timestamp) -> bool {
+        let t = now.to_zoned(self.tz.clone()).time();
+        if self.start <= self.end { self.start <= t && t < self.end } else { t >= self.start || t < self.end }
+    }
+}
+
+impl Config {
+    /// The default location: `<platform config dir>/tillup/config.toml`.
+    pub fn default_path() -> Option<PathBuf> {
+        directories::ProjectDirs::from("", "", "tillup").map(|d| d.config_dir().join("config.toml"))
+    }
+
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_owned(),
+            message: format!("cannot read it ({e}); create it or pass --config FILE"),
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| Error::Config { path: path.to_owned(), message: e.to_string() })?;
+        config.validate().map_err(|message| Error::Config { path: path.to_owned(), message })?;
+        Ok(config)
+    }
+
+    /// Checks what TOML types cannot: URLs, the key, the window, numbers.
+    pub fn validate(&self) -> Result<(), String> {
+        check_url("server", &self.server)?;
+        PublicKey::parse(&self.public_key).map_err(|e| format!("public_key: {e}"))?;
+        if self.store_id.trim().is_empty() || !self.store_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(format!("store_id `{}`: use letters, digits, `-`, `_` or `.`", self.store_id));
+        }
+        if self.store_token.is_empty() {
+            return Err("store_token is empty: run `tillup-server store add STORE_ID` on the server and paste the token".into());
+        }
+        self.parsed_window()?;
+        if self.check.interval_minutes == 0 {
+            return Err("check.interval_minutes must be at least 1".into());
+        }
+        if self.parallel == 0 {
+            return Err("parallel must be at least 1".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &self.terminals {
+            if !seen.insert(t.number) {
+                return Err(format!("terminal {} is listed twice", t.number));
+            }
+            check_url(&format!("terminal {} address", t.number), &t.address)?;
+            if t.token.is_empty() {
+                return Err(format!("terminal {}: token is empty (it is the `token` of that terminal's agent config)", t.number));
+            }
+        }
+        if let Some(c) = self.canary.filter(|c| !seen.contains(c)) {
+            return Err(format!("canary = {c}, but no terminal has that number"));
+        }
+        Ok(())
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey::parse(&self.public_key).expect("checked by validate")
+    }
+
+    pub fn parsed_window(&self) -> Result<ParsedWindow, String> {
+        let time = |name: &str, s: &str| {
+            Time::strptime("%H:%M", s).map_err(|_| format!("window.{name} `{s}`: expected HH:MM, e.g. 03:00"))
+        };
+        let tz = match &self.window.time_zone {
+            Some(name) => TimeZone::get(name).map_err(|e| format!("window.time_zone `{name}`: {e}; use an IANA name like Asia/Shanghai"))?,
+            None => TimeZone::system(),
+        };
+        let (start, end) = (time("start", &self.window.start)?, time("end", &self.window.end)?);
+        if start == end {
+            return Err("window.start and window.end are equal: the window would be empty".into());
+        }
+        Ok(ParsedWindow { start, end, tz })
+    }
+
+    /// The data folder: configured, or the platform's.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            directories::ProjectDirs::from("", "", "tillup").map_or_else(|| PathBuf::from("tillup-data"), |d| d.data_dir().to_owned())
+        })
+    }
+}
+
+fn check_url(what: &str, s: &str) -> Result<(), String> {
+    match reqwest::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(_) => Err(format!("{what} `{s}`: must be an http:// or https:// URL with a host")),
+        Err(e) => Err(format!("{what} `{s}`: not a URL ({e})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> String {
+        let key = tillup_core::sign::generate_keys().unwrap().public_line;
+        format!(
+            r#"
+server = "http://127.0.0.1:9"
+public_key = "{key}"
+store_id = "store-1"
+store_token = "t"
+mode = "scheduled"
+[window]
+start = "23:00"
+end = "02:00"
+time_zone = "Asia/Shanghai"
+[[terminals]]
+number = 1
+address = "http://127.0.0.1:10"
+token = "a"
+"#
+        )
+    }
+
+    fn load(text: &str) -> Result<Config, Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, text).unwrap();
+        Config::load(&p)
+    }
+
+    #[test]
+    fn a_good_file_loads_with_defaults() {
+        let c = load(&sample()).unwrap();
+        assert_eq!(c.mode, Mode::Scheduled);
+        assert_eq!(c.channel, "stable");
+        assert_eq!(c.check.interval_minutes, 60);
+    }
+
+    #[test]
+    fn a_window_across_midnight() {
+        let w = load(&sample()).unwrap().parsed_window().unwrap();
+        let at = |s: &str| s.parse::<jiff::Zoned>().unwrap().timestamp();
+        assert!(w.contains(at("2026-11-21T23:30:00+08:00[Asia/Shanghai]")));
+        assert!(w.contains(at("2026-11-22T01:59:00+08:00[Asia/Shanghai]")));
+        assert!(!w.contains(at("2026-11-22T02:00:00+08:00[Asia/Shanghai]")));
+        assert!(!w.contains(at("2026-11-22T12:00:00+08:00[Asia/Shanghai]")));
+    }
+
+    #[test]
+    fn bad_input_says_what_and_where() {
+        let cases = [
+            (sample().replace("http://127.0.0.1:9", "ftp://x"), "server"),
+            (sample().replace("23:00", "25:99"), "window.start"),
+            (sample().replace("Asia/Shanghai", "Mars/Olympus"), "window.time_zone"),
+            (sample().replace("store_token = \"t\"", "store_token = \"\""), "store_token"),
+            (sample().replace("mode = \"scheduled\"", "mode = \"sometimes\""), "mode"),
+            (sample() + "\n[[terminals]]\nnumber = 1\naddress = \"http://x\"\ntoken = \"b\"\n", "listed twice"),
+            (sample().replace("public_key = ", "public_key = \"nope\"\n#"), "public_key"),
+            (sample() + "\ncolour = 1\n", "colour"),
+        ];
+        for (text, want) in cases {
+            let err = load(&text).unwrap_err().to_string();
+            assert!(err.contains("config.toml") && err.contains(want), "{want}: {err}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The local log (DESIGN §1): what each terminal runs now and every upgrade
+//! so far. One JSON file, replaced atomically.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use tillup_core::log::{Installed, SeenLog, Warning};
+use tillup_core::upgrade::{Step, Trigger, Upgrade};
+
+
+use crate::Error;
+
+/// What the host knows about one terminal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TerminalRecord {
+    pub model: String,
+    pub installed: Installed,
+    /// The last upgrade result for it, in words.
+    #[serde(default)]
+    pub last_report: Option<String>,
+}
+
+/// One terminal's line in the history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryTerminal {
+    pub number: u32,
+    pub from: Version,
+    pub to: Version,
+    /// `upgraded`, `restored` or `abandoned`.
+    pub result: String,
+    pub stopped_ms: Option<i64>,
+    pub failure: Option<String>,
+}
+
+/// One upgrade in the history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub id: String,
+    pub started: Timestamp,
+    pub finished: Option<Timestamp>,
+    pub trigger: Trigger,
+    pub terminals: Vec<HistoryTerminal>,
+    /// Terminals that could not be reached and were left out.
+    #[serde(default)]
+    pub left_out: Vec<(u32, String)>,
+    pub reported: bool,
+}
+
+impl HistoryEntry {
+    /// The history line (and the store report) of an upgrade.
+    pub fn of(u: &Upgrade, left_out: Vec<(u32, String)>) -> Self {
+        let terminals = u
+            .terminals
+            .values()
+            .map(|t| HistoryTerminal {
+                number: t.number,
+                from: t.from.clone(),
+                to: t.to.clone(),
+                result: match &t.step {
+                    Step::Upgraded => "upgraded",
+                    Step::Restored => "restored",
+                    Step::Abandoned { .. } => "abandoned",
+                    _ => "in progress",
+                }
+                .to_owned(),
+                stopped_ms: t.stopped_for().map(|d| d.as_millis() as i64),
+                failure: t.failure.as_ref().map(|f| match &t.step {
+                    Step::Abandoned { restart_error } => format!("{}: {}; restart failed: {restart_error}", f.during, f.message),
+                    _ => format!("{}: {}", f.during, f.message),
+                }),
+            })
+            .collect();
+        HistoryEntry { id: u.id.clone(), started: u.started, finished: u.finished, trigger: u.trigger.clone(), terminals, left_out, reported: u.reported }
+    }
+}
+
+/// An update waiting for the store manager's answer (prompt mode).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingPrompt {
+    pub version: Version,
+    pub critical: bool,
+    pub found: Timestamp,
+    /// "Remind me later" until then.
+    #[serde(default)]
+    pub snoozed_until: Option<Timestamp>,
+    /// "Upgrade tonight": run in the next maintenance window.
+    #[serde(default)]
+    pub tonight: bool,
+}
+
+/// The whole local log.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LocalLog {
+    /// The newest version log accepted (replay protection).
+    pub seen: Option<SeenLog>,
+    pub last_check: Option<Timestamp>,
+    pub terminals: BTreeMap<u32, TerminalRecord>,
+    pub history: Vec<HistoryEntry>,
+    #[serde(default)]
+    pub pending: Option<PendingPrompt>,
+    /// "Skip this version".
+    #[serde(default)]
+    pub skipped: BTreeSet<Version>,
+    /// Warnings of the last check, kept until the next one.
+    #[serde(default)]
+    pub warnings: Vec<Warning>,
+    /// Store reports the server has not received yet.
+    #[serde(default)]
+    pub unsent_reports: Vec<serde_json::Value>,
+}
+
+impl LocalLog {
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("local-log.json")
+    }
+
+    /// Loads the log; a missing file is an empty log, a damaged one an error
+    /// (never silently replaced: it holds the replay protection).
+    pub fn load(data_dir: &Path) -> Result<Self, Error> {
+        let path = Self::path(data_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Damaged { path, message: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(tillup_fs::Error::Io { path, source: e }.into()),
+        }
+    }
+
+    pub fn save(&self, data_dir: &Path) -> Result<(), Error> {
+        Ok(tillup_fs::write_json_atomic(&Self::path(data_dir), self)?)
+    }
+
+    /// Records a finished upgrade: new versions for the terminals that made
+    /// it, a history entry for all. Safe to repeat for the same upgrade.
+    pub fn record_upgrade(&mut self, entry: HistoryEntry, installed: &BTreeMap<u32, Installed>) {
+        let terminals = &entry.terminals;
+        for t in terminals {
+            if let Some(rec) = self.terminals.get_mut(&t.number) {
+                if t.result == "upgraded" {
+                    if let Some(inst) = installed.get(&t.number) {
+                        rec.installed = inst.clone();
+                    }
+                }
+                rec.last_report = Some(match &t.failure {
+                    None => format!("{} → {}: {}", t.from, t.to, t.result),
+                    Some(f) => format!("{} → {}: {} ({f})", t.from, t.to, t.result),
+                });
+            }
+        }
+        match self.history.iter_mut().find(|h| h.id == entry.id) {
+            Some(h) => *h = entry,
+            None => self.history.push(entry),
+        }
+        if self.terminals.values().all(|t| self.pending.as_ref().is_none_or(|p| t.installed.version >= p.version)) {
+            self.pending = None;
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The daemon's decisions: when to check, and what to do with an update
+//! (prompt the store manager, or upgrade inside the maintenance window).
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use rand::Rng;
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use tillup_core::api::MainState;
+use tillup_core::upgrade::Trigger;
+
+use crate::config::Mode;
+use crate::local_log::{LocalLog, PendingPrompt};
+use crate::runner::{Observer, UpdateOutcome};
+use crate::{Error, Listener};
+
+/// What one daemon tick did.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum TickOutcome {
+    UpToDate,
+    /// Prompt mode: the store manager is asked (the tray app shows it).
+    Prompted { version: Version, critical: bool },
+    /// "Remind me later" is still running.
+    Snoozed { version: Version, until: Timestamp },
+    /// "Skip this version".
+    Skipped { version: Version },
+    /// Scheduled mode (or "upgrade tonight"), outside the window.
+    WaitingForWindow { version: Version },
+    Upgraded(UpdateOutcome),
+}
+
+/// The store manager's answer to the upgrade prompt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// Upgrade now.
+    Now,
+    /// Upgrade in tonight's maintenance window.
+    Tonight,
+    /// Remind me later (in four hours).
+    Later,
+    /// Skip this version (not offered for critical releases).
+    Skip,
+}
+
+/// How long "Remind me later" waits.
+pub const SNOOZE: SignedDuration = SignedDuration::from_hours(4);
+
+/// The delay before the next check: the interval plus a random jitter.
+pub fn next_check_delay(interval_minutes: u64, jitter_minutes: u64, rng: &mut impl Rng) -> Duration {
+    let jitter = if jitter_minutes == 0 { 0 } else { rng.random_range(0..jitter_minutes * 60) };
+    Duration::from_secs(interval_minutes * 60 + jitter)
+}
+
+impl Listener {
+    /// One scheduled check, and whatever it leads to.
+    pub async fn tick(&self, now: Timestamp, observer: &mut Observer<'_>) -> Result<TickOutcome, Error> {
+        // An interrupted upgrade never waits: its terminals may be stopped.
+        if self.unfinished()?.is_some() {
+            let person = Trigger::Schedule;
+            return Ok(TickOutcome::Upgraded(self.update(person, now, observer).await?));
+        }
+        let _ = self.send_unsent_reports().await;
+        let (_, report) = self.check(now).await?;
+        let mut local = LocalLog::load(&self.data_dir)?;
+        let Some(version) = report.target.clone() else {
+            if local.pending.take().is_some() {
+                local.save(&self.data_dir)?;
+            }
+            return Ok(TickOutcome::UpToDate);
+        };
+        let in_window = self.config.parsed_window().map_err(Error::Other)?.contains(now);
+        match self.config.mode {
+            Mode::Scheduled if in_window => Ok(TickOutcome::Upgraded(self.update(Trigger::Schedule, now, observer).await?)),
+            Mode::Scheduled => Ok(TickOutcome::WaitingForWindow { version }),
+            Mode::Prompt => {
+                if local.skipped.contains(&version) && !report.critical {
+                    return Ok(TickOutcome::Skipped { version });
+                }
+                let pending = match local.pending.take() {
+                    Some(p) if p.version == version => p,
+                    _ => PendingPrompt { version: version.clone(), critical: report.critical, found: now, snoozed_until: None, tonight: false },
+                };
+                let outcome = if pending.tonight && in_window {
+                    None
+                } else if pending.tonight {
+                    Some(TickOutcome::WaitingForWindow { version: version.clone() })
+                } else if let Some(until) = pending.snoozed_until.filter(|u| *u > now) {
+                    Some(TickOutcome::Snoozed { version: version.clone(), until })
+                } else {
+                    Some(TickOutcome::Prompted { version: version.clone(), critical: pending.critical })
+                };
+                local.pending = Some(pending);
+                local.save(&self.data_dir)?;
+                match outcome {
+                    Some(o) => Ok(o),
+                    None => {
+                        let who = Trigger::Person { name: "store manager (upgrade tonight)".into() };
+                        Ok(TickOutcome::Upgraded(self.update(who, now, observer).await?))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records the store manager's answer to the pending prompt; `Now`
+    /// runs the upgrade at once.
+    pub async fn answer(&self, answer: Answer, who: &str, now: Timestamp, observer: &mut Observer<'_>) -> Result<Option<UpdateOutcome>, Error> {
+        let mut local = LocalLog::load(&self.data_dir)?;
+        let Some(mut pending) = local.pending.clone() else {
+            return Err(Error::Other("no update is waiting for an answer; run `tillup check` first".into()));
+        };
+        match answer {
+            Answer::Now => {
+                local.pending = None;
+                local.save(&self.data_dir)?;
+                return Ok(Some(self.update(Trigger::Person { name: who.to_owned() }, now, observer).await?));
+            }
+            Answer::Tonight => pending.tonight = true,
+            Answer::Later => pending.snoozed_until = Some(now + SNOOZE),
+            Answer::Skip if pending.critical => {
+                return Err(Error::Other(format!("{} is a critical release and cannot be skipped", pending.version)));
+            }
+            Answer::Skip => {
+                local.skipped.insert(pending.version.clone());
+                local.pending = None;
+                local.save(&self.data_dir)?;
+                return Ok(None);
+            }
+        }
+        local.pending = Some(pending);
+        local.save(&self.data_dir)?;
+        Ok(None)
+    }
+
+    /// The store at a glance: every terminal as its agent and the local log
+    /// see it.
+    pub async fn status(&self) -> Result<StoreStatus, Error> {
+        let local = LocalLog::load(&self.data_dir)?;
+        let statuses = self.agent_statuses().await;
+        let terminals = self
+            .config
+            .terminals
+            .iter()
+            .map(|t| {
+                let rec = local.terminals.get(&t.number);
+                let (agent, error) = match statuses.get(&t.number) {
+                    Some(Ok(s)) => (Some(s.clone()), None),
+                    Some(Err(e)) => (None, Some(e.to_string())),
+                    None => (None, None),
+                };
+                TerminalStatus {
+                    number: t.number,
+                    address: t.address.clone(),
+                    model: agent.as_ref().map(|a| a.model.clone()).or_else(|| rec.map(|r| r.model.clone())),
+                    version: agent.as_ref().and_then(|a| a.version.clone()),
+                    recorded_version: rec.map(|r| r.installed.version.clone()),
+                    main: agent.as_ref().map(|a| a.main.clone()),
+                    busy: agent.as_ref().is_some_and(|a| a.busy),
+                    error,
+                    last_report: rec.and_then(|r| r.last_report.clone()),
+                }
+            })
+            .collect();
+        Ok(StoreStatus {
+            store: self.config.store_id.clone(),
+            mode: self.config.mode,
+            last_check: local.last_check,
+            pending: local.pending.clone(),
+            unfinished_upgrade: self.unfinished()?.map(|u| u.id),
+            warnings: local.warnings.iter().map(ToString::to_string).collect(),
+            terminals,
+        })
+    }
+}
+
+/// `tillup status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreStatus {
+    pub store: String,
+    pub mode: Mode,
+    pub last_check: Option<Timestamp>,
+    pub pending: Option<PendingPrompt>,
+    pub unfinished_upgrade: Option<String>,
+    pub warnings: Vec<String>,
+    pub terminals: Vec<TerminalStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TerminalStatus {
+    pub number: u32,
+    pub address: String,
+    pub model: Option<String>,
+    /// What the agent reports now.
+    pub version: Option<Version>,
+    /// What the local log records.
+    pub recorded_version: Option<Version>,
+    pub main: Option<MainState>,
+    pub busy: bool,
+    pub error: Option<String>,
+    pub last_report: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn jitter_stays_within_its_bound() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..1000 {
+            let d = next_check_delay(60, 10, &mut rng).as_secs();
+            assert!((3600..4200).contains(&d), "{d}");
+        }
+        assert_eq!(next_check_delay(5, 0, &mut rng), Duration::from_secs(300));
+    }
+}
