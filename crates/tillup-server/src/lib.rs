@@ -1,1 +1,23 @@
-//! placeholder
+//! `tillup-server`: the chain's update server (DESIGN §5).
+//!
+//! It publishes releases (files and manifests into a content-addressed
+//! [`tillup_fs::BlobStore`]), signs one version log per channel in the
+//! minisign format, and serves an HTTP API to the stores' listeners: the
+//! log, blobs with Range, backup upload, per-terminal processing
+//! (DESIGN §3.5) and reports.
+//!
+//! **Architecture invariant:** state lives behind [`db::Db`] and files behind
+//! [`tillup_fs::BlobStore`]; no handler writes SQL or touches blob paths, so
+//! PostgreSQL and an S3-compatible store can replace them.
+#![deny(missing_docs)]
+
+pub mod data;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod ops;
+
+pub use data::{DataDir, KeySource};
+pub use db::Db;
+pub use error::Error;
+pub use http::{AppError, AppState, Limits, app, serve};

@@ -1,0 +1,457 @@
+//! The server's state in SQLite, behind a narrow interface so that another
+//! database (PostgreSQL) can replace it: callers see releases, signed logs,
+//! stores, blob references, upgrades and reports, never SQL.
+//!
+//! Methods are synchronous; async callers use `spawn_blocking`.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use semver::Version;
+use tillup_core::Sha256Hex;
+use tillup_core::log::Release;
+
+use crate::error::Error;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS releases (
+    channel TEXT NOT NULL,
+    version TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (channel, version)
+);
+CREATE TABLE IF NOT EXISTS release_blobs (
+    channel TEXT NOT NULL,
+    version TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (channel, version, sha256)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS release_blobs_by_hash ON release_blobs (sha256);
+CREATE TABLE IF NOT EXISTS logs (
+    channel TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    generated TEXT NOT NULL,
+    expires TEXT NOT NULL,
+    bytes BLOB NOT NULL,
+    signature TEXT NOT NULL,
+    PRIMARY KEY (channel, sequence)
+);
+CREATE TABLE IF NOT EXISTS stores (
+    id TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created TEXT NOT NULL,
+    last_check TEXT
+);
+CREATE TABLE IF NOT EXISTS store_blobs (
+    store TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (store, sha256)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS upgrades (
+    store TEXT NOT NULL,
+    upgrade TEXT NOT NULL,
+    backup_at TEXT NOT NULL,
+    processed_at TEXT,
+    PRIMARY KEY (store, upgrade)
+);
+CREATE TABLE IF NOT EXISTS reports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    store TEXT NOT NULL,
+    received TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+";
+
+/// One signed version log as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedLog {
+    /// The log's sequence.
+    pub sequence: u64,
+    /// When it was generated.
+    pub generated: Timestamp,
+    /// When it expires.
+    pub expires: Timestamp,
+    /// The exact signed bytes.
+    pub bytes: Vec<u8>,
+    /// The `.minisig` text.
+    pub signature: String,
+}
+
+/// A store as `store list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StoreRow {
+    /// The store's id.
+    pub id: String,
+    /// When it was added.
+    pub created: Timestamp,
+    /// When it last fetched the log.
+    pub last_check: Option<Timestamp>,
+}
+
+/// A store report as received.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ReportRow {
+    /// The store that sent it.
+    pub store: String,
+    /// When it arrived.
+    pub received: Timestamp,
+    /// The report itself.
+    pub report: serde_json::Value,
+}
+
+/// The database: one connection, serialised by a mutex.
+#[derive(Debug)]
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+fn corrupt(what: impl std::fmt::Display) -> Error {
+    Error::Corrupt(what.to_string())
+}
+
+fn ts(s: String) -> Result<Timestamp, Error> {
+    s.parse()
+        .map_err(|e| corrupt(format!("timestamp `{s}`: {e}")))
+}
+
+impl Db {
+    /// Opens (creating) the database at `path`, in WAL mode.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (every
+        // write is a transaction), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ---- releases ------------------------------------------------------
+
+    /// The release of `version` on `channel`.
+    pub fn release(&self, channel: &str, version: &Version) -> Result<Option<Release>, Error> {
+        let json: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT json FROM releases WHERE channel = ?1 AND version = ?2",
+                params![channel, version.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        json.map(|j| serde_json::from_str(&j).map_err(corrupt))
+            .transpose()
+    }
+
+    /// Every release of `channel`, sorted by version.
+    pub fn releases(&self, channel: &str) -> Result<Vec<Release>, Error> {
+        releases_of(&self.conn(), channel)
+    }
+
+    /// Records (or replaces) a release and the blobs it makes readable
+    /// (its files and its manifest).
+    pub fn put_release(
+        &self,
+        channel: &str,
+        release: &Release,
+        blobs: &[Sha256Hex],
+    ) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version = release.version.to_string();
+        let json = serde_json::to_string(release).map_err(corrupt)?;
+        tx.execute(
+            "INSERT INTO releases (channel, version, json) VALUES (?1, ?2, ?3)
+             ON CONFLICT (channel, version) DO UPDATE SET json = excluded.json",
+            params![channel, version, json],
+        )?;
+        tx.execute(
+            "DELETE FROM release_blobs WHERE channel = ?1 AND version = ?2",
+            params![channel, version],
+        )?;
+        {
+            let mut ins = tx.prepare(
+                "INSERT OR IGNORE INTO release_blobs (channel, version, sha256) VALUES (?1, ?2, ?3)",
+            )?;
+            for h in blobs {
+                ins.execute(params![channel, version, h.to_string()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---- signed logs -----------------------------------------------------
+
+    /// Appends the next log of `channel`: `sign` gets the next sequence and
+    /// the channel's releases (sorted by version) and returns the log to
+    /// store. The whole step is one write transaction, so two processes
+    /// never sign the same sequence.
+    pub fn append_log<E: From<Error>>(
+        &self,
+        channel: &str,
+        sign: impl FnOnce(u64, Vec<Release>) -> Result<SignedLog, E>,
+    ) -> Result<SignedLog, E> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(Error::from)?;
+        let last: Option<i64> = tx
+            .query_row(
+                "SELECT MAX(sequence) FROM logs WHERE channel = ?1",
+                [channel],
+                |r| r.get(0),
+            )
+            .map_err(Error::from)?;
+        let next = last.map_or(1, |s| s as u64 + 1);
+        let releases = releases_of(&tx, channel)?;
+        let log = sign(next, releases)?;
+        tx.execute(
+            "INSERT INTO logs (channel, sequence, generated, expires, bytes, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                channel,
+                log.sequence as i64,
+                log.generated.to_string(),
+                log.expires.to_string(),
+                log.bytes,
+                log.signature
+            ],
+        )
+        .map_err(Error::from)?;
+        tx.commit().map_err(Error::from)?;
+        Ok(log)
+    }
+
+    /// The newest signed log of `channel`.
+    pub fn latest_log(&self, channel: &str) -> Result<Option<SignedLog>, Error> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT sequence, generated, expires, bytes, signature FROM logs
+                 WHERE channel = ?1 ORDER BY sequence DESC LIMIT 1",
+                [channel],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(sequence, generated, expires, bytes, signature)| {
+            Ok(SignedLog {
+                sequence: sequence as u64,
+                generated: ts(generated)?,
+                expires: ts(expires)?,
+                bytes,
+                signature,
+            })
+        })
+        .transpose()
+    }
+
+    /// The channels that have a signed log.
+    pub fn log_channels(&self) -> Result<Vec<String>, Error> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT DISTINCT channel FROM logs ORDER BY channel")?;
+        let rows = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    // ---- stores ------------------------------------------------------------
+
+    /// Adds a store with the SHA-256 (hex) of its token.
+    pub fn add_store(&self, id: &str, token_sha256: &str, now: Timestamp) -> Result<(), Error> {
+        let conn = self.conn();
+        let exists: bool = conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM stores WHERE id = ?1)",
+            [id],
+            |r| r.get(0),
+        )?;
+        if exists {
+            return Err(Error::StoreExists(id.to_owned()));
+        }
+        conn.execute(
+            "INSERT INTO stores (id, token_sha256, created) VALUES (?1, ?2, ?3)",
+            params![id, token_sha256, now.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// The store whose token hashes to `token_sha256`.
+    pub fn store_by_token(&self, token_sha256: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id FROM stores WHERE token_sha256 = ?1",
+                [token_sha256],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Whether the store exists.
+    pub fn store_exists(&self, id: &str) -> Result<bool, Error> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS(SELECT 1 FROM stores WHERE id = ?1)",
+            [id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Every store, by id.
+    pub fn stores(&self) -> Result<Vec<StoreRow>, Error> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT id, created, last_check FROM stores ORDER BY id")?;
+        let rows: Vec<(String, String, Option<String>)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(id, created, last)| {
+                Ok(StoreRow {
+                    id,
+                    created: ts(created)?,
+                    last_check: last.map(ts).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records that the store fetched the log.
+    pub fn touch_store(&self, id: &str, now: Timestamp) -> Result<(), Error> {
+        self.conn().execute(
+            "UPDATE stores SET last_check = ?2 WHERE id = ?1",
+            params![id, now.to_string()],
+        )?;
+        Ok(())
+    }
+
+    // ---- blob references ---------------------------------------------------
+
+    /// Of `hashes`, those the store may not read: referenced neither by a
+    /// release nor by the store itself. In order, each once.
+    pub fn unreadable(&self, store: &str, hashes: &[Sha256Hex]) -> Result<Vec<Sha256Hex>, Error> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM release_blobs WHERE sha256 = ?1)
+                 OR EXISTS(SELECT 1 FROM store_blobs WHERE store = ?2 AND sha256 = ?1)",
+        )?;
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for h in hashes {
+            if seen.insert(*h)
+                && !st.query_row(params![h.to_string(), store], |r| r.get::<_, bool>(0))?
+            {
+                out.push(*h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes blobs readable by the store.
+    pub fn add_store_blobs(&self, store: &str, hashes: &[Sha256Hex]) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut ins =
+                tx.prepare("INSERT OR IGNORE INTO store_blobs (store, sha256) VALUES (?1, ?2)")?;
+            for h in hashes {
+                ins.execute(params![store, h.to_string()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---- upgrades and reports ----------------------------------------------
+
+    /// Records that a backup arrived for an upgrade (again).
+    pub fn record_backup(&self, store: &str, upgrade: &str, now: Timestamp) -> Result<(), Error> {
+        self.conn().execute(
+            "INSERT INTO upgrades (store, upgrade, backup_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (store, upgrade) DO UPDATE SET backup_at = excluded.backup_at, processed_at = NULL",
+            params![store, upgrade, now.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Records that an upgrade was processed.
+    pub fn record_processed(
+        &self,
+        store: &str,
+        upgrade: &str,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        self.conn().execute(
+            "UPDATE upgrades SET processed_at = ?3 WHERE store = ?1 AND upgrade = ?2",
+            params![store, upgrade, now.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Stores a report.
+    pub fn add_report(
+        &self,
+        store: &str,
+        now: Timestamp,
+        report: &serde_json::Value,
+    ) -> Result<(), Error> {
+        self.conn().execute(
+            "INSERT INTO reports (store, received, body) VALUES (?1, ?2, ?3)",
+            params![store, now.to_string(), report.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// The store's reports, oldest first.
+    pub fn reports(&self, store: &str) -> Result<Vec<ReportRow>, Error> {
+        let conn = self.conn();
+        let mut st =
+            conn.prepare("SELECT received, body FROM reports WHERE store = ?1 ORDER BY id")?;
+        let rows: Vec<(String, String)> = st
+            .query_map([store], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(received, body)| {
+                Ok(ReportRow {
+                    store: store.to_owned(),
+                    received: ts(received)?,
+                    report: serde_json::from_str(&body).map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn releases_of(conn: &Connection, channel: &str) -> Result<Vec<Release>, Error> {
+    let mut st = conn.prepare("SELECT json FROM releases WHERE channel = ?1")?;
+    let jsons: Vec<String> = st
+        .query_map([channel], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut out: Vec<Release> = jsons
+        .iter()
+        .map(|j| serde_json::from_str(j).map_err(corrupt))
+        .collect::<Result<_, _>>()?;
+    out.sort_by(|a, b| a.version.cmp(&b.version));
+    Ok(out)
+}

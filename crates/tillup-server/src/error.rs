@@ -1,0 +1,128 @@
+//! The library's error: what an operation of the server (CLI or HTTP) can
+//! fail with. The HTTP layer turns it into [`crate::http::AppError`].
+
+use std::path::PathBuf;
+
+use semver::Version;
+
+/// Why a server operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The SQLite database failed.
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// A file or blob operation failed.
+    #[error(transparent)]
+    Fs(#[from] tillup_fs::Error),
+    /// A file outside the blob store could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The signing key could not be used.
+    #[error("signing key {path}: {source}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// Why it could not be used.
+        source: tillup_core::sign::KeyError,
+    },
+    /// The signing key file could not be read.
+    #[error(
+        "cannot read the signing key {path}: {source}; make one with `tillup-server keygen` or pass --key FILE"
+    )]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// `keygen` would overwrite a key.
+    #[error(
+        "{0} already exists; pass --force to replace it (every store's listener will then need the new public key)"
+    )]
+    KeysExist(PathBuf),
+    /// `publish` of a version already published, without `--replace`.
+    #[error(
+        "release {version} is already published on channel `{channel}`; pass --replace to republish it (listeners that installed it will report it as republished)"
+    )]
+    VersionExists {
+        /// The version.
+        version: Version,
+        /// The channel.
+        channel: String,
+    },
+    /// A `--preserve` glob does not parse.
+    #[error(transparent)]
+    BadPreserve(#[from] tillup_core::manifest::BadPattern),
+    /// `--min-from` is not older than `--version`.
+    #[error(
+        "--min-from {min_from} must be older than --version {version}: a release can only be installed over an older one"
+    )]
+    MinFromNotOlder {
+        /// The oldest version it upgrades from.
+        min_from: Version,
+        /// The version published.
+        version: Version,
+    },
+    /// A store, channel or upgrade id has characters outside the safe set.
+    #[error("{what} `{value}` is not valid: use 1 to 64 characters among A-Z a-z 0-9 . _ -")]
+    BadId {
+        /// What kind of id.
+        what: &'static str,
+        /// The id as given (truncated).
+        value: String,
+    },
+    /// The release folder has no file.
+    #[error("{0}: the folder holds no file; point publish at the release's program folder")]
+    EmptyFolder(PathBuf),
+    /// `store add` of an id that exists.
+    #[error("store `{0}` already exists")]
+    StoreExists(String),
+    /// A store id that is not registered.
+    #[error("store `{0}` does not exist; add it with `tillup-server store add {0}`")]
+    UnknownStore(String),
+    /// `sign-log` on a channel with no release.
+    #[error("nothing is published on channel `{0}` yet; run `tillup-server publish` first")]
+    NothingPublished(String),
+    /// A stored record no longer parses (the data folder was altered).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Checks an id that becomes part of a path or a key: store, channel, upgrade.
+pub fn check_id(what: &'static str, value: &str) -> Result<(), Error> {
+    let ok = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && value != "."
+        && value != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadId {
+            what,
+            value: value.chars().take(80).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_safe_path_components() {
+        for ok in ["store-1", "A.b_c", "stable"] {
+            check_id("store", ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "ä", &"x".repeat(65)] {
+            assert!(check_id("store", bad).is_err(), "{bad:?}");
+        }
+    }
+}

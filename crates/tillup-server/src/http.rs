@@ -1,0 +1,666 @@
+//! The HTTP API (DESIGN §5): the signed log, blobs, backups, processing and
+//! reports, each behind a store token.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use base64::Engine;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use jiff::Timestamp;
+use semver::Version;
+use tillup_core::Sha256Hex;
+use tillup_core::api::{
+    self, Backup, Delivery, ErrorBody, HashList, ProcessRequest, TerminalResult,
+};
+use tillup_core::log::Release;
+use tillup_core::manifest::{Manifest, merge_for_terminal};
+use tillup_fs::BlobStore;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+use crate::data::DataDir;
+use crate::db::Db;
+use crate::error::{Error, check_id};
+use crate::ops::token_digest;
+
+/// Bounds on what a request may carry.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The largest blob a `PUT` accepts, in bytes.
+    pub max_blob: u64,
+    /// The largest backup JSON, in bytes.
+    pub max_backup: usize,
+    /// The most hashes a `blobs/missing` request may list.
+    pub max_hashes: usize,
+    /// The largest report, in bytes.
+    pub max_report: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_blob: 8 << 30,
+            max_backup: 64 << 20,
+            max_hashes: 200_000,
+            max_report: 1 << 20,
+        }
+    }
+}
+
+/// Bytes of a request body that lists at most `max_hashes` hashes.
+fn hash_list_bytes(max_hashes: usize) -> usize {
+    max_hashes * 80 + 4096
+}
+
+struct Inner {
+    data: DataDir,
+    db: Db,
+    blobs: BlobStore,
+    limits: Limits,
+}
+
+/// What every handler shares: the data folder, the database, the blobs.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    /// Wraps opened parts.
+    pub fn new(data: DataDir, db: Db, blobs: BlobStore, limits: Limits) -> Self {
+        Self(Arc::new(Inner {
+            data,
+            db,
+            blobs,
+            limits,
+        }))
+    }
+
+    /// Opens the database and blob store of a data folder.
+    pub fn open(data: DataDir, limits: Limits) -> Result<Self, Error> {
+        let db = Db::open(&data.db())?;
+        let blobs = BlobStore::open(data.blobs())?;
+        blobs.clean_tmp()?;
+        Ok(Self::new(data, db, blobs, limits))
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.0.db
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.0.blobs
+    }
+
+    /// Runs blocking work (SQLite, disk) off the async threads.
+    pub async fn blocking<T, E>(
+        &self,
+        f: impl FnOnce(&AppState) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        E: Into<AppError> + Send + 'static,
+    {
+        let st = self.clone();
+        match tokio::task::spawn_blocking(move || f(&st)).await {
+            Ok(r) => r.map_err(Into::into),
+            Err(e) => Err(AppError::Internal(format!("blocking task failed: {e}"))),
+        }
+    }
+
+    /// Of `hashes`, those the store cannot read: not referenced by a
+    /// release or by the store, or absent from the blob store.
+    fn missing_for(&self, store: &str, hashes: &[Sha256Hex]) -> Result<Vec<Sha256Hex>, Error> {
+        let unreadable: BTreeSet<Sha256Hex> =
+            self.0.db.unreadable(store, hashes)?.into_iter().collect();
+        let mut seen = BTreeSet::new();
+        Ok(hashes
+            .iter()
+            .filter(|h| seen.insert(**h) && (unreadable.contains(h) || !self.0.blobs.has(h)))
+            .copied()
+            .collect())
+    }
+}
+
+/// An HTTP error: a status and an [`ErrorBody`]. Internal errors are
+/// logged and answered with a generic message.
+#[derive(Debug)]
+pub enum AppError {
+    /// 400.
+    BadRequest(String),
+    /// 401.
+    Unauthorized(String),
+    /// 403.
+    Forbidden(String),
+    /// 404.
+    NotFound(String),
+    /// 409.
+    Conflict(String),
+    /// 413.
+    TooLarge(String),
+    /// 500; the text is logged, not sent.
+    Internal(String),
+}
+
+impl From<Error> for AppError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::BadId { .. } => AppError::BadRequest(e.to_string()),
+            Error::NothingPublished(_) => AppError::NotFound(e.to_string()),
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<tillup_fs::Error> for AppError {
+    fn from(e: tillup_fs::Error) -> Self {
+        AppError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, error) = match self {
+            AppError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            AppError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
+            AppError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+            AppError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            AppError::Conflict(m) => (StatusCode::CONFLICT, m),
+            AppError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
+            AppError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal server error; the details are in the server's log".to_owned(),
+                )
+            }
+        };
+        let mut resp = (status, Json(ErrorBody { error })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// The store a request's token belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreId(pub String);
+
+/// The router. Every route but `/healthz` needs a store token.
+pub fn app(state: AppState) -> Router {
+    use tillup_core::api::server as r;
+    let authed = Router::new()
+        .route(r::LOG, get(get_log))
+        .route(r::LOG_SIGNATURE, get(get_log_signature))
+        .route(r::BLOB, get(get_blob).put(put_blob))
+        .route(r::BLOBS_MISSING, post(blobs_missing))
+        .route(r::BACKUP, put(put_backup))
+        .route(r::PROCESS, post(process))
+        .route(r::REPORT, post(report))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(authed)
+        .with_state(state)
+}
+
+async fn auth(
+    State(st): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, AppError> {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Err(AppError::Unauthorized(
+            "missing `Authorization: Bearer <store token>` header".into(),
+        ));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            AppError::Unauthorized("the Authorization header must be `Bearer <store token>`".into())
+        })?;
+    let digest = token_digest(token);
+    let store = st.blocking(move |st| st.db().store_by_token(&digest)).await?.ok_or_else(|| {
+        AppError::Unauthorized("the store token is not valid: check the token in the listener's config (it may have been replaced)".into())
+    })?;
+    req.extensions_mut().insert(StoreId(store));
+    Ok(next.run(req).await)
+}
+
+fn own_store(auth: &StoreId, path_store: &str) -> Result<(), AppError> {
+    if auth.0 == path_store {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(format!(
+            "this token belongs to store `{}`, not to store `{path_store}`",
+            auth.0
+        )))
+    }
+}
+
+fn bad_id(what: &'static str, value: &str) -> Result<(), AppError> {
+    check_id(what, value).map_err(|e| AppError::BadRequest(e.to_string()))
+}
+
+fn parse_hash(s: &str) -> Result<Sha256Hex, AppError> {
+    s.parse()
+        .map_err(|e: tillup_core::hash::BadDigest| AppError::BadRequest(e.to_string()))
+}
+
+async fn read_body(body: Body, limit: usize, what: &str) -> Result<Bytes, AppError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(AppError::TooLarge(
+            format!("the {what} is larger than the {limit} bytes allowed"),
+        )),
+        Err(e) => Err(AppError::BadRequest(format!(
+            "the {what} could not be read: {e}"
+        ))),
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, AppError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| AppError::BadRequest(format!("the body is not a valid {what}: {e}")))
+}
+
+fn etag_of(sequence: u64, bytes: &[u8]) -> String {
+    format!("\"{sequence}-{}\"", &Sha256Hex::of(bytes).to_string()[..16])
+}
+
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag
+        })
+}
+
+async fn latest_log(st: &AppState, channel: String) -> Result<crate::db::SignedLog, AppError> {
+    bad_id("channel", &channel)?;
+    let ch = channel.clone();
+    st.blocking(move |st| st.db().latest_log(&ch)).await?.ok_or_else(|| {
+        AppError::NotFound(format!("nothing is published on channel `{channel}` yet; ask the chain's IT to publish a release"))
+    })
+}
+
+async fn get_log(
+    State(st): State<AppState>,
+    Extension(store): Extension<StoreId>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let log = latest_log(&st, channel).await?;
+    let id = store.0.clone();
+    st.blocking(move |st| st.db().touch_store(&id, Timestamp::now()))
+        .await?;
+    let etag = etag_of(log.sequence, &log.bytes);
+    let etag_value = HeaderValue::from_str(&etag).map_err(|e| AppError::Internal(e.to_string()))?;
+    if etag_matches(&headers, &etag) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    }
+    let sig = base64::engine::general_purpose::STANDARD.encode(log.signature.as_bytes());
+    let sig = HeaderValue::from_str(&sig).map_err(|e| AppError::Internal(e.to_string()))?;
+    let mut resp = Response::new(Body::from(log.bytes));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::ETAG, etag_value);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(api::SIGNATURE_HEADER, sig);
+    Ok(resp)
+}
+
+async fn get_log_signature(
+    State(st): State<AppState>,
+    Path(channel): Path<String>,
+) -> Result<Response, AppError> {
+    let log = latest_log(&st, channel).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        log.signature,
+    )
+        .into_response())
+}
+
+async fn get_blob(
+    State(st): State<AppState>,
+    Extension(store): Extension<StoreId>,
+    Path(hash): Path<String>,
+    req: Request,
+) -> Result<Response, AppError> {
+    let h = parse_hash(&hash)?;
+    let missing = st
+        .blocking(move |st| st.missing_for(&store.0, &[h]))
+        .await?;
+    if !missing.is_empty() {
+        return Err(AppError::NotFound(format!(
+            "blob {h} is not available to this store"
+        )));
+    }
+    let path = st.blobs().path(&h);
+    let resp = match ServeFile::new(path).oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    Ok(resp.map(Body::new))
+}
+
+async fn put_blob(
+    State(st): State<AppState>,
+    Extension(store): Extension<StoreId>,
+    Path(hash): Path<String>,
+    req: Request,
+) -> Result<StatusCode, AppError> {
+    let expected = parse_hash(&hash)?;
+    let max = st.0.limits.max_blob;
+    let too_large =
+        || AppError::TooLarge(format!("the blob is larger than the {max} bytes allowed"));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let (total, over, cut) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (t, o, c) = (total.clone(), over.clone(), cut.clone());
+    let stream = req
+        .into_body()
+        .into_data_stream()
+        .map(move |chunk| match chunk {
+            Ok(b) => {
+                if t.fetch_add(b.len() as u64, Ordering::Relaxed) + b.len() as u64 > max {
+                    o.store(true, Ordering::Relaxed);
+                    Err(io::Error::other("blob too large"))
+                } else {
+                    Ok(b)
+                }
+            }
+            Err(e) => {
+                c.store(true, Ordering::Relaxed);
+                Err(io::Error::other(e))
+            }
+        });
+    let mut reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let id = store.0.clone();
+    let result = st
+        .blocking(move |st| -> Result<Result<u64, tillup_fs::Error>, Error> {
+            let r = st.blobs().put_reader(&mut reader, &expected, None);
+            if r.is_ok() {
+                st.db().add_store_blobs(&id, &[expected])?;
+            }
+            Ok(r)
+        })
+        .await?;
+    match result {
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Err(tillup_fs::Error::HashMismatch { actual, .. }) => Err(AppError::BadRequest(format!(
+            "the body hashes to {actual}, not to {expected} named in the path; nothing was kept"
+        ))),
+        Err(_) if over.load(Ordering::Relaxed) => Err(too_large()),
+        Err(_) if cut.load(Ordering::Relaxed) => Err(AppError::BadRequest(
+            "the upload was cut before its end; nothing was kept, send it again".into(),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn blobs_missing(
+    State(st): State<AppState>,
+    Extension(store): Extension<StoreId>,
+    body: Body,
+) -> Result<Json<HashList>, AppError> {
+    let max = st.0.limits.max_hashes;
+    let bytes = read_body(body, hash_list_bytes(max), "hash list").await?;
+    let list: HashList = parse_json(&bytes, "hash list (`{\"hashes\": [\"<sha256>\", …]}`)")?;
+    if list.hashes.len() > max {
+        return Err(AppError::TooLarge(format!(
+            "{} hashes listed, at most {max} per request: split the list",
+            list.hashes.len()
+        )));
+    }
+    let hashes = st
+        .blocking(move |st| st.missing_for(&store.0, &list.hashes))
+        .await?;
+    Ok(Json(HashList { hashes }))
+}
+
+fn list_some(hashes: &[Sha256Hex]) -> String {
+    let shown: Vec<String> = hashes.iter().take(20).map(Sha256Hex::to_string).collect();
+    let more = if hashes.len() > 20 {
+        format!(" and {} more", hashes.len() - 20)
+    } else {
+        String::new()
+    };
+    format!("{}{more}", shown.join(", "))
+}
+
+async fn put_backup(
+    State(st): State<AppState>,
+    Extension(auth): Extension<StoreId>,
+    Path((store, upgrade)): Path<(String, String)>,
+    body: Body,
+) -> Result<StatusCode, AppError> {
+    own_store(&auth, &store)?;
+    bad_id("upgrade", &upgrade)?;
+    let bytes = read_body(body, st.0.limits.max_backup, "backup").await?;
+    let backup: Backup = parse_json(&bytes, "backup")?;
+    let mut numbers = BTreeSet::new();
+    for t in &backup.terminals {
+        if !numbers.insert(t.number) {
+            return Err(AppError::BadRequest(format!(
+                "the backup lists terminal {} twice",
+                t.number
+            )));
+        }
+    }
+    st.blocking(move |st| {
+        let hashes: Vec<Sha256Hex> = backup.terminals.iter().flat_map(|t| t.manifest.files().iter().map(|f| f.sha256)).collect();
+        let missing = st.missing_for(&store, &hashes)?;
+        if !missing.is_empty() {
+            return Err(AppError::Conflict(format!(
+                "{} file(s) of the backup are not on the server for this store: {}; upload them with PUT /v1/blobs/<sha256> first",
+                missing.len(),
+                list_some(&missing)
+            )));
+        }
+        tillup_fs::write_json_atomic(&st.0.data.backup(&store, &upgrade), &backup)?;
+        st.db().record_backup(&store, &upgrade, Timestamp::now())?;
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn process(
+    State(st): State<AppState>,
+    Extension(auth): Extension<StoreId>,
+    Path((store, upgrade)): Path<(String, String)>,
+    body: Body,
+) -> Result<Json<Delivery>, AppError> {
+    own_store(&auth, &store)?;
+    bad_id("upgrade", &upgrade)?;
+    let bytes = read_body(body, 1 << 20, "process request").await?;
+    let req: ProcessRequest = parse_json(&bytes, "process request")?;
+    bad_id("channel", &req.channel)?;
+    if req.terminals.is_empty() {
+        return Err(AppError::BadRequest(
+            "the process request lists no terminal".into(),
+        ));
+    }
+    let mut targets = req.terminals.clone();
+    targets.sort_by_key(|t| t.number);
+    if let Some(w) = targets.windows(2).find(|w| w[0].number == w[1].number) {
+        return Err(AppError::BadRequest(format!(
+            "the process request lists terminal {} twice",
+            w[0].number
+        )));
+    }
+    let delivery = st
+        .blocking(move |st| build_delivery(st, &store, &upgrade, &req.channel, &targets))
+        .await?;
+    Ok(Json(delivery))
+}
+
+/// DESIGN §3.5: each terminal's new folder, in terminal-number order.
+fn build_delivery(
+    st: &AppState,
+    store: &str,
+    upgrade: &str,
+    channel: &str,
+    targets: &[api::TerminalTarget],
+) -> Result<Delivery, AppError> {
+    let data = &st.0.data;
+    let path = data.backup(store, upgrade);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(AppError::NotFound(format!(
+                "no backup was uploaded for upgrade `{upgrade}`: PUT the backup first"
+            )));
+        }
+        Err(e) => return Err(AppError::Internal(format!("{}: {e}", path.display()))),
+    };
+    let backup: Backup = serde_json::from_slice(&bytes)
+        .map_err(|e| AppError::Internal(format!("{}: {e}", path.display())))?;
+    let mut releases: BTreeMap<Version, (Release, Manifest)> = BTreeMap::new();
+    let mut out = Vec::new();
+    for t in targets {
+        let Some(old) = backup.terminals.iter().find(|b| b.number == t.number) else {
+            let have: Vec<String> = backup
+                .terminals
+                .iter()
+                .map(|b| b.number.to_string())
+                .collect();
+            return Err(AppError::Conflict(format!(
+                "terminal {} is not in the backup of upgrade `{upgrade}` (it holds terminal(s) {}); upload a backup that includes it",
+                t.number,
+                have.join(", ")
+            )));
+        };
+        if !releases.contains_key(&t.target) {
+            let release = st.db().release(channel, &t.target)?.ok_or_else(|| {
+                AppError::NotFound(format!(
+                    "release {} is not published on channel `{channel}`",
+                    t.target
+                ))
+            })?;
+            let manifest = Manifest::parse(&st.blobs().read(&release.sha256)?).map_err(|e| {
+                AppError::Internal(format!("manifest of release {}: {e}", release.version))
+            })?;
+            if manifest.digest() != release.sha256 {
+                return Err(AppError::Internal(format!(
+                    "manifest of release {} does not match its hash",
+                    release.version
+                )));
+            }
+            releases.insert(t.target.clone(), (release, manifest));
+        }
+        let (release, manifest) = &releases[&t.target];
+        let preserve = release
+            .preserve_set()
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+        let merged = merge_for_terminal(manifest, &old.manifest, &preserve).map_err(|e| {
+            AppError::Conflict(format!(
+                "terminal {}: its files cannot be combined with release {}: {e}",
+                t.number, t.target
+            ))
+        })?;
+        let result = TerminalResult {
+            number: t.number,
+            version: t.target.clone(),
+            manifest: merged,
+        };
+        tillup_fs::write_json_atomic(&data.result(store, upgrade, t.number), &result)?;
+        out.push(result);
+    }
+    let hashes: Vec<Sha256Hex> = out.iter().flat_map(|r| r.manifest.hashes()).collect();
+    st.db().add_store_blobs(store, &hashes)?;
+    st.db().record_processed(store, upgrade, Timestamp::now())?;
+    Ok(Delivery { terminals: out })
+}
+
+async fn report(
+    State(st): State<AppState>,
+    Extension(auth): Extension<StoreId>,
+    Path(store): Path<String>,
+    body: Body,
+) -> Result<StatusCode, AppError> {
+    own_store(&auth, &store)?;
+    let bytes = read_body(body, st.0.limits.max_report, "report").await?;
+    let value: serde_json::Value = parse_json(&bytes, "report (a JSON object)")?;
+    if !value.is_object() {
+        return Err(AppError::BadRequest(
+            "a report must be a JSON object".into(),
+        ));
+    }
+    st.blocking(move |st| st.db().add_report(&store, Timestamp::now(), &value))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Serves `app(state)` on `listener` until Ctrl-C, re-signing logs that
+/// passed half their validity at start and every hour when `key` is given.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    key: Option<crate::data::KeySource>,
+) -> io::Result<()> {
+    if let Some(key) = key {
+        let st = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                let key = key.clone();
+                match st
+                    .blocking(move |st| crate::ops::resign_due(st.db(), &key, Timestamp::now()))
+                    .await
+                {
+                    Ok(done) => {
+                        for (channel, sequence) in done {
+                            tracing::info!(%channel, sequence, "re-signed the log: less than half its validity remained");
+                        }
+                    }
+                    Err(AppError::Internal(e)) => {
+                        tracing::error!(error = %e, "re-signing the log failed")
+                    }
+                    Err(e) => tracing::error!(error = ?e, "re-signing the log failed"),
+                }
+            }
+        });
+    }
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}

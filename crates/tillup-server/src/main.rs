@@ -1,0 +1,271 @@
+//! `tillup-server`: a thin command line over the `tillup_server` library.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use jiff::Timestamp;
+use semver::Version;
+use tillup_core::log::Notes;
+use tillup_server::ops::{self, PublishRequest};
+use tillup_server::{AppState, DataDir, Db, KeySource, Limits};
+
+/// The chain's update server: publishes signed releases and serves the stores.
+#[derive(Parser, Debug)]
+#[command(name = "tillup-server", version)]
+struct Cli {
+    /// The data folder (database, blobs, keys, store uploads).
+    #[arg(long, global = true, env = "TILLUP_SERVER_DATA")]
+    data: Option<PathBuf>,
+    /// The minisign secret key to sign with [default: DATA/keys/tillup.key];
+    /// its password, if any, comes from TILLUP_KEY_PASSWORD.
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Make an unprotected signing key pair in DATA/keys/; prints the public key line.
+    Keygen {
+        /// Replace an existing key pair.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Publish a release folder and re-sign its channel's log.
+    Publish {
+        /// The release's program folder.
+        folder: PathBuf,
+        /// The release's version (semver).
+        #[arg(long)]
+        version: Version,
+        /// Release notes in English.
+        #[arg(long, default_value = "")]
+        notes_en: String,
+        /// Release notes in Chinese (zh-CN).
+        #[arg(long, default_value = "")]
+        notes_zh: String,
+        /// Mark the release critical (it cannot be skipped).
+        #[arg(long)]
+        critical: bool,
+        /// The oldest version it can upgrade from.
+        #[arg(long)]
+        min_from: Option<Version>,
+        /// A terminal model it supports (repeat; none means all).
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// A glob of terminal-local files an upgrade keeps (repeat).
+        #[arg(long = "preserve")]
+        preserve: Vec<String>,
+        /// The channel.
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// The release date, RFC 3339 [default: now].
+        #[arg(long)]
+        date: Option<Timestamp>,
+        /// Republish a version that exists (listeners will report it as republished).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Re-sign a channel's log with the next sequence.
+    SignLog {
+        /// The channel.
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// How long the log stays valid.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..))]
+        expires_in_days: u16,
+    },
+    /// Manage stores.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Print a store's reports as a JSON array.
+    Reports {
+        /// The store's id.
+        store: String,
+    },
+    /// Serve the HTTP API.
+    Serve {
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8700")]
+        listen: SocketAddr,
+        /// The largest blob accepted, in bytes.
+        #[arg(long, default_value_t = Limits::default().max_blob)]
+        max_blob_bytes: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Add a store; prints its new token (shown once).
+    Add {
+        /// The store's id (A-Z a-z 0-9 . _ -).
+        store: String,
+    },
+    /// List the stores.
+    List,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tillup-server: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = cli
+        .data
+        .context("the data folder is not set: pass --data DIR or set TILLUP_SERVER_DATA")?;
+    let data = DataDir::new(root);
+    let key = KeySource::from_env(cli.key.unwrap_or_else(|| data.secret_key()));
+    let open_db =
+        || Db::open(&data.db()).with_context(|| format!("opening {}", data.db().display()));
+    match cli.command {
+        Command::Keygen { force } => {
+            let out = ops::keygen(&data, force)?;
+            println!("{}", out.public_line);
+            eprintln!(
+                "secret key: {} (keep it private)\npublic key: {} (put the line above in every listener's config)",
+                out.secret_path.display(),
+                out.public_path.display()
+            );
+        }
+        Command::Publish {
+            folder,
+            version,
+            notes_en,
+            notes_zh,
+            critical,
+            min_from,
+            models,
+            preserve,
+            channel,
+            date,
+            replace,
+        } => {
+            let db = open_db()?;
+            let blobs = tillup_fs::BlobStore::open(data.blobs())?;
+            let req = PublishRequest {
+                folder,
+                version,
+                channel: channel.clone(),
+                date: date.unwrap_or_else(Timestamp::now),
+                notes: Notes {
+                    en: notes_en,
+                    zh_cn: notes_zh,
+                },
+                critical,
+                min_from,
+                models,
+                preserve,
+                replace,
+            };
+            let p = ops::publish(&db, &blobs, &key, req)?;
+            if p.replaced {
+                eprintln!(
+                    "warning: release {} was replaced; listeners of stores that installed it will report it as republished",
+                    p.release.version
+                );
+            }
+            println!(
+                "published {} on channel {}: {} files, {} bytes, manifest {}; log sequence {}",
+                p.release.version, channel, p.files, p.release.size, p.release.sha256, p.sequence
+            );
+        }
+        Command::SignLog {
+            channel,
+            expires_in_days,
+        } => {
+            let db = open_db()?;
+            let log = ops::sign_log(
+                &db,
+                &key,
+                &channel,
+                ops::days(i64::from(expires_in_days)),
+                Timestamp::now(),
+            )?;
+            println!(
+                "signed the log of channel {channel}: sequence {}, expires {}",
+                log.sequence, log.expires
+            );
+        }
+        Command::Store {
+            command: StoreCommand::Add { store },
+        } => {
+            let token = ops::add_store(&open_db()?, &store, Timestamp::now())?;
+            println!("{token}");
+            eprintln!(
+                "store {store} added; give the token above to its listener: it is not shown again"
+            );
+        }
+        Command::Store {
+            command: StoreCommand::List,
+        } => {
+            for s in open_db()?.stores()? {
+                let last = s
+                    .last_check
+                    .map_or_else(|| "never".to_owned(), |t| t.to_string());
+                println!("{}\tadded {}\tlast check {}", s.id, s.created, last);
+            }
+        }
+        Command::Reports { store } => {
+            tillup_server::error::check_id("store", &store)?;
+            let db = open_db()?;
+            if !db.store_exists(&store)? {
+                return Err(tillup_server::Error::UnknownStore(store).into());
+            }
+            println!("{}", serde_json::to_string_pretty(&db.reports(&store)?)?);
+        }
+        Command::Serve {
+            listen,
+            max_blob_bytes,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let state = AppState::open(
+                data,
+                Limits {
+                    max_blob: max_blob_bytes,
+                    ..Limits::default()
+                },
+            )?;
+            let key = match key.load() {
+                Ok(_) => Some(key),
+                Err(e) => {
+                    eprintln!("warning: {e}; logs will not be re-signed before they expire");
+                    None
+                }
+            };
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
+                let addr = listener.local_addr()?;
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "listening on http://{addr}")?;
+                out.flush()?;
+                drop(out);
+                tillup_server::serve(listener, state, key)
+                    .await
+                    .context("serving")
+            })?;
+        }
+    }
+    Ok(())
+}

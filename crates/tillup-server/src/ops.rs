@@ -1,0 +1,393 @@
+//! The server's operations outside HTTP: keys, publishing, signing, stores.
+//! The binary's subcommands are one call each.
+
+use std::path::{Path, PathBuf};
+
+use jiff::{SignedDuration, Timestamp};
+use rand::RngCore;
+use semver::Version;
+use sha2::{Digest, Sha256};
+use tillup_core::Sha256Hex;
+use tillup_core::log::{Notes, Release, VersionLog};
+use tillup_core::manifest::Preserve;
+use tillup_fs::{BlobStore, HashCache};
+
+use crate::data::{DataDir, KeySource};
+use crate::db::{Db, SignedLog};
+use crate::error::{Error, check_id};
+
+/// How long a log stays valid when nothing else was chosen.
+pub const DEFAULT_VALIDITY_DAYS: i64 = 30;
+
+/// The public key `keygen` made.
+#[derive(Clone, Debug)]
+pub struct KeygenOutput {
+    /// The `RW…` line, as the listener's config takes it.
+    pub public_line: String,
+    /// Where the secret key was written.
+    pub secret_path: PathBuf,
+    /// Where the public key was written.
+    pub public_path: PathBuf,
+}
+
+/// Makes an unprotected minisign key pair in `DIR/keys/`; refuses to
+/// overwrite one unless `force`.
+pub fn keygen(data: &DataDir, force: bool) -> Result<KeygenOutput, Error> {
+    let (secret_path, public_path) = (data.secret_key(), data.public_key());
+    if !force {
+        for p in [&secret_path, &public_path] {
+            if p.exists() {
+                return Err(Error::KeysExist(p.clone()));
+            }
+        }
+    }
+    let keys = tillup_core::sign::generate_keys().map_err(|source| Error::Key {
+        path: secret_path.clone(),
+        source,
+    })?;
+    // write_atomic creates its file with mode 0600 (tempfile's default).
+    tillup_fs::write_atomic(&secret_path, keys.secret_file.as_bytes())?;
+    set_mode(&secret_path, 0o600)?;
+    tillup_fs::write_atomic(&public_path, keys.public_file.as_bytes())?;
+    set_mode(&public_path, 0o644)?;
+    Ok(KeygenOutput {
+        public_line: keys.public_line,
+        secret_path,
+        public_path,
+    })
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        Error::Io {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &Path, _: u32) -> Result<(), Error> {
+    Ok(())
+}
+
+/// What `publish` is asked to record.
+#[derive(Clone, Debug)]
+pub struct PublishRequest {
+    /// The release's program folder.
+    pub folder: PathBuf,
+    /// Its version.
+    pub version: Version,
+    /// Its channel.
+    pub channel: String,
+    /// Its release date.
+    pub date: Timestamp,
+    /// Its notes.
+    pub notes: Notes,
+    /// Whether it is critical.
+    pub critical: bool,
+    /// The oldest version it upgrades from.
+    pub min_from: Option<Version>,
+    /// Terminal models it supports (empty: all).
+    pub models: Vec<String>,
+    /// Globs of terminal-local files an upgrade keeps.
+    pub preserve: Vec<String>,
+    /// Replace a release of the same version.
+    pub replace: bool,
+}
+
+/// What `publish` did.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// The release as listed in the log.
+    pub release: Release,
+    /// How many files it has.
+    pub files: usize,
+    /// Whether it replaced a release of the same version.
+    pub replaced: bool,
+    /// The log signed afterwards.
+    pub sequence: u64,
+}
+
+/// Scans the folder, stores its files and manifest as blobs, records the
+/// release and re-signs the channel's log.
+pub fn publish(
+    db: &Db,
+    blobs: &BlobStore,
+    key: &KeySource,
+    req: PublishRequest,
+) -> Result<Published, Error> {
+    check_id("channel", &req.channel)?;
+    Preserve::new(&req.preserve)?;
+    if let Some(m) = &req.min_from {
+        if *m >= req.version {
+            return Err(Error::MinFromNotOlder {
+                min_from: m.clone(),
+                version: req.version.clone(),
+            });
+        }
+    }
+    let existing = db.release(&req.channel, &req.version)?;
+    if existing.is_some() && !req.replace {
+        return Err(Error::VersionExists {
+            version: req.version,
+            channel: req.channel,
+        });
+    }
+    // Fail on a bad key before storing anything.
+    key.load()?;
+
+    let manifest = tillup_fs::scan_folder(&req.folder, &mut HashCache::default())?;
+    if manifest.is_empty() {
+        return Err(Error::EmptyFolder(req.folder));
+    }
+    for f in manifest.files() {
+        blobs.put_file(&tillup_fs::join(&req.folder, &f.path), &f.sha256)?;
+    }
+    let digest = blobs.put_bytes(&manifest.to_bytes())?;
+    debug_assert_eq!(digest, manifest.digest());
+    let release = Release {
+        version: req.version,
+        date: req.date,
+        size: manifest.total_size(),
+        sha256: digest,
+        notes: req.notes,
+        critical: req.critical,
+        min_from: req.min_from,
+        models: req.models,
+        preserve: req.preserve,
+    };
+    let mut refs: Vec<Sha256Hex> = manifest.hashes().into_iter().collect();
+    refs.push(digest);
+    db.put_release(&req.channel, &release, &refs)?;
+    let validity = db
+        .latest_log(&req.channel)?
+        .map(|l| l.expires.duration_since(l.generated));
+    let log = sign_log(
+        db,
+        key,
+        &req.channel,
+        validity.unwrap_or(days(DEFAULT_VALIDITY_DAYS)),
+        Timestamp::now(),
+    )?;
+    Ok(Published {
+        release,
+        files: manifest.len(),
+        replaced: existing.is_some(),
+        sequence: log.sequence,
+    })
+}
+
+/// `n` days.
+pub fn days(n: i64) -> SignedDuration {
+    SignedDuration::from_hours(24 * n)
+}
+
+/// The trusted comment of a log's signature.
+pub fn trusted_comment(channel: &str, sequence: u64) -> String {
+    format!("tillup log channel={channel} sequence={sequence}")
+}
+
+/// Signs the channel's releases as the next log, valid for `validity`.
+pub fn sign_log(
+    db: &Db,
+    key: &KeySource,
+    channel: &str,
+    validity: SignedDuration,
+    now: Timestamp,
+) -> Result<SignedLog, Error> {
+    check_id("channel", channel)?;
+    let sk = key.load()?;
+    let validity = validity.max(SignedDuration::from_mins(1));
+    db.append_log(channel, |sequence, releases| {
+        if releases.is_empty() {
+            return Err(Error::NothingPublished(channel.to_owned()));
+        }
+        let expires = now
+            .checked_add(validity)
+            .map_err(|e| Error::Corrupt(format!("log expiry: {e}")))?;
+        let log = VersionLog {
+            channel: channel.to_owned(),
+            sequence,
+            generated: now,
+            expires,
+            releases,
+        };
+        let bytes = log.to_bytes();
+        let signature = sk
+            .sign(&bytes, &trusted_comment(channel, sequence))
+            .map_err(|source| Error::Key {
+                path: key.path.clone(),
+                source,
+            })?;
+        Ok(SignedLog {
+            sequence,
+            generated: now,
+            expires,
+            bytes,
+            signature,
+        })
+    })
+}
+
+/// Re-signs every channel whose newest log has less than half its validity
+/// left (keeping the same validity); returns the channels re-signed.
+pub fn resign_due(db: &Db, key: &KeySource, now: Timestamp) -> Result<Vec<(String, u64)>, Error> {
+    let mut done = Vec::new();
+    for channel in db.log_channels()? {
+        let Some(log) = db.latest_log(&channel)? else {
+            continue;
+        };
+        let validity = log.expires.duration_since(log.generated);
+        let half = log
+            .generated
+            .checked_add(validity / 2)
+            .unwrap_or(log.generated);
+        if now >= half {
+            let signed = sign_log(db, key, &channel, validity, now)?;
+            done.push((channel, signed.sequence));
+        }
+    }
+    Ok(done)
+}
+
+/// The SHA-256 (hex) under which a token is stored.
+pub fn token_digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Adds a store; returns its new token (shown once, only its hash is kept).
+pub fn add_store(db: &Db, id: &str, now: Timestamp) -> Result<String, Error> {
+    check_id("store", id)?;
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let token = hex::encode(raw);
+    db.add_store(id, &token_digest(&token), now)?;
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, DataDir, Db, BlobStore, KeySource) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        let db = Db::open(&data.db()).unwrap();
+        let blobs = BlobStore::open(data.blobs()).unwrap();
+        keygen(&data, false).unwrap();
+        let key = KeySource {
+            path: data.secret_key(),
+            password: None,
+        };
+        (dir, data, db, blobs, key)
+    }
+
+    fn req(folder: &Path, v: &str) -> PublishRequest {
+        PublishRequest {
+            folder: folder.to_owned(),
+            version: v.parse().unwrap(),
+            channel: "stable".into(),
+            date: "2026-11-01T00:00:00Z".parse().unwrap(),
+            notes: Notes::default(),
+            critical: false,
+            min_from: None,
+            models: vec![],
+            preserve: vec!["config/**".into()],
+            replace: false,
+        }
+    }
+
+    #[test]
+    fn keygen_refuses_to_overwrite_without_force() {
+        let (_d, data, ..) = setup();
+        let err = keygen(&data, false).unwrap_err().to_string();
+        assert!(err.contains("--force"), "{err}");
+        keygen(&data, true).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(data.secret_key())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn resign_only_when_half_the_validity_is_gone() {
+        let (d, data, db, blobs, key) = setup();
+        let folder = d.path().join("rel");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("pos"), "x").unwrap();
+        let p = publish(&db, &blobs, &key, req(&folder, "1.0.0")).unwrap();
+        assert_eq!(p.sequence, 1);
+        let log = db.latest_log("stable").unwrap().unwrap();
+        assert!(
+            resign_due(&db, &key, log.generated + days(10))
+                .unwrap()
+                .is_empty()
+        );
+        let done = resign_due(&db, &key, log.generated + days(16)).unwrap();
+        assert_eq!(done, vec![("stable".to_owned(), 2)]);
+        let again = db.latest_log("stable").unwrap().unwrap();
+        assert_eq!(again.expires.duration_since(again.generated), days(30));
+    }
+
+    #[test]
+    fn publish_refuses_bad_input_with_clear_messages() {
+        let (d, data, db, blobs, key) = setup();
+        let folder = d.path().join("rel");
+        std::fs::create_dir(&folder).unwrap();
+        let err = publish(&db, &blobs, &key, req(&folder, "1.0.0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds no file"), "{err}");
+        std::fs::write(folder.join("pos"), "x").unwrap();
+        let mut bad = req(&folder, "1.0.0");
+        bad.preserve = vec!["a/[".into()];
+        let err = publish(&db, &blobs, &key, bad).unwrap_err().to_string();
+        assert!(err.contains("a/["), "{err}");
+        let mut bad = req(&folder, "1.0.0");
+        bad.min_from = Some("1.0.0".parse().unwrap());
+        let err = publish(&db, &blobs, &key, bad).unwrap_err().to_string();
+        assert!(err.contains("--min-from"), "{err}");
+        publish(&db, &blobs, &key, req(&folder, "1.0.0")).unwrap();
+        let err = publish(&db, &blobs, &key, req(&folder, "1.0.0"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("already published") && err.contains("--replace"),
+            "{err}"
+        );
+        let mut again = req(&folder, "1.0.0");
+        again.replace = true;
+        let p = publish(&db, &blobs, &key, again).unwrap();
+        assert!(p.replaced);
+        assert_eq!(p.sequence, 2);
+    }
+
+    #[test]
+    fn tokens_are_random_and_stored_hashed() {
+        let (_d, _data, db, ..) = setup();
+        let now = Timestamp::now();
+        let t = add_store(&db, "s1", now).unwrap();
+        assert_eq!(t.len(), 64);
+        assert_eq!(
+            db.store_by_token(&token_digest(&t)).unwrap().as_deref(),
+            Some("s1")
+        );
+        assert_eq!(db.store_by_token(&t).unwrap(), None);
+        assert!(matches!(
+            add_store(&db, "s1", now),
+            Err(Error::StoreExists(_))
+        ));
+        assert!(matches!(
+            add_store(&db, "../x", now),
+            Err(Error::BadId { .. })
+        ));
+    }
+}
