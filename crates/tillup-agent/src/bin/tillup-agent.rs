@@ -1,0 +1,38 @@
+//! `tillup-agent --config FILE`: the service on a POS terminal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "tillup's agent on a POS terminal: supervises the main program and swaps its folder"
+)]
+struct Cli {
+    /// The TOML configuration file.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = tillup_agent::Config::load(&cli.config)?;
+    tokio::runtime::Runtime::new()?.block_on(tillup_agent::serve(config))
+}

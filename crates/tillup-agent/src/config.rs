@@ -1,0 +1,253 @@
+//! The agent's TOML configuration.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// `tillup-agent --config FILE`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The terminal's number in its store.
+    pub terminal: u32,
+    /// The terminal's hardware model.
+    pub model: String,
+    /// The Bearer token the host must send.
+    pub token: String,
+    /// Where to listen (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// The program folder (`cupos`).
+    pub folder: PathBuf,
+    /// The agent's own files; default: a sibling `<folder>.tillup-agent`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// The file holding the folder's version, relative to the folder.
+    #[serde(default = "default_version_file")]
+    pub version_file: String,
+    /// The main program.
+    pub main: MainConfig,
+}
+
+/// `[main]`: how to run, stop, and check the main program. `{folder}` in
+/// any command or path is replaced with the program folder.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MainConfig {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// After SIGTERM, wait this long before SIGKILL.
+    #[serde(default = "ten")]
+    pub stop_timeout_secs: u64,
+    /// A sale is in progress while this file exists.
+    #[serde(default)]
+    pub busy_file: Option<PathBuf>,
+    /// A sale is in progress while this command exits 0.
+    #[serde(default)]
+    pub busy_command: Option<Vec<String>>,
+    /// Wait this long for a sale to finish before stopping anyway.
+    #[serde(default = "sixty")]
+    pub busy_timeout_secs: u64,
+    /// Prints the running version on its first stdout line and exits 0 when healthy.
+    pub health_command: Vec<String>,
+    /// How long a health check may take.
+    #[serde(default = "thirty")]
+    pub health_timeout_secs: u64,
+    /// Start the main program when the agent starts, unless it runs already.
+    #[serde(default = "yes")]
+    pub autostart: bool,
+}
+
+fn default_version_file() -> String {
+    "VERSION".into()
+}
+fn ten() -> u64 {
+    10
+}
+fn sixty() -> u64 {
+    60
+}
+fn thirty() -> u64 {
+    30
+}
+fn yes() -> bool {
+    true
+}
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML is invalid, a field is unknown, missing or of the wrong type.
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// The values do not make sense together.
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads, parses, checks and expands `{folder}` in `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            ConfigError::Invalid { message, .. } => ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// [`Config::load`] of a string (errors carry an empty path).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let mut c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |message: &str| ConfigError::Invalid {
+            path: PathBuf::new(),
+            message: message.to_owned(),
+        };
+        if c.token.trim().is_empty() {
+            return Err(invalid("`token` must not be empty"));
+        }
+        if c.main.command.is_empty() {
+            return Err(invalid("`main.command` must name a program"));
+        }
+        if c.main.health_command.is_empty() {
+            return Err(invalid("`main.health_command` must name a program"));
+        }
+        if c.main.busy_file.is_some() && c.main.busy_command.is_some() {
+            return Err(invalid(
+                "set only one of `main.busy_file` and `main.busy_command`",
+            ));
+        }
+        if c.main.busy_command.as_ref().is_some_and(|b| b.is_empty()) {
+            return Err(invalid("`main.busy_command` must name a program"));
+        }
+        if c.folder.file_name().is_none() {
+            return Err(invalid(
+                "`folder` must end in a folder name (the staging and previous folders are its siblings)",
+            ));
+        }
+        if tillup_core::RelPath::new(&c.version_file).is_err() {
+            return Err(invalid("`version_file` must be a path inside the folder"));
+        }
+        let folder = c.folder.to_string_lossy().into_owned();
+        let expand = |v: &mut Vec<String>| {
+            v.iter_mut()
+                .for_each(|s| *s = s.replace("{folder}", &folder))
+        };
+        expand(&mut c.main.command);
+        expand(&mut c.main.health_command);
+        if let Some(b) = c.main.busy_command.as_mut() {
+            expand(b);
+        }
+        if let Some(b) = c.main.busy_file.as_mut() {
+            *b = PathBuf::from(b.to_string_lossy().replace("{folder}", &folder));
+        }
+        Ok(c)
+    }
+
+    /// The agent's state folder.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| crate::folder::sibling(&self.folder, "tillup-agent"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+terminal = 2
+model = "CP-500"
+token = "secret"
+listen = "127.0.0.1:0"
+folder = "/pos/cupos"
+[main]
+command = ["{folder}/bin/pos-sim", "run", "--folder", "{folder}"]
+health_command = ["{folder}/bin/pos-sim", "probe"]
+"#;
+
+    #[test]
+    fn defaults_and_folder_expansion() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.main.command[0], "/pos/cupos/bin/pos-sim");
+        assert_eq!(c.main.command[3], "/pos/cupos");
+        assert_eq!(
+            (
+                c.main.stop_timeout_secs,
+                c.main.busy_timeout_secs,
+                c.main.health_timeout_secs,
+                c.main.autostart
+            ),
+            (10, 60, 30, true)
+        );
+        assert_eq!(c.version_file, "VERSION");
+        assert_eq!(c.state_dir(), PathBuf::from("/pos/cupos.tillup-agent"));
+    }
+
+    #[test]
+    fn unknown_and_missing_fields_are_named() {
+        let err = Config::parse(&GOOD.replace("model", "modle"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("modle"), "{err}");
+        let err = Config::parse(&GOOD.replace("token = \"secret\"", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("token"), "{err}");
+        let err = Config::parse(&GOOD.replace("terminal = 2", "terminal = \"two\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("terminal"), "{err}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        std::fs::write(&p, GOOD.replace("[main]", "[main]\nbusy_fiel = \"x\"")).unwrap();
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("agent.toml") && err.contains("busy_fiel"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_both_busy_checks_and_empty_token() {
+        let both = GOOD.replace(
+            "[main]",
+            "[main]\nbusy_file = \"/b\"\nbusy_command = [\"true\"]",
+        );
+        assert!(
+            Config::parse(&both)
+                .unwrap_err()
+                .to_string()
+                .contains("only one")
+        );
+        assert!(
+            Config::parse(&GOOD.replace("\"secret\"", "\"\""))
+                .unwrap_err()
+                .to_string()
+                .contains("token")
+        );
+    }
+}

@@ -1,0 +1,436 @@
+//! The program folder and its two siblings: staging (`<folder>.tillup-staging`,
+//! the new folder being built) and previous (`<folder>.tillup-previous`, the
+//! folder before the last swap, kept for rollback).
+//!
+//! **Architecture invariant:** the folder path always names a complete
+//! folder. A new folder is built beside it and swapped in with one rename
+//! (Linux: `RENAME_EXCHANGE`), never patched in place.
+//!
+//! Everything here is synchronous; the HTTP layer calls it in `spawn_blocking`.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use semver::Version;
+use tillup_core::api::{StageReport, StageRequest};
+use tillup_core::{Manifest, RelPath, Sha256Hex};
+use tillup_fs::{BlobStore, IoContext};
+
+/// `<folder>.<suffix>`, beside `folder` (so on the same file system).
+pub fn sibling(folder: &Path, suffix: &str) -> PathBuf {
+    let name = folder
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    folder.with_file_name(format!("{name}.{suffix}"))
+}
+
+/// Why a folder operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    /// Some files of the manifest are neither in the folder nor in the incoming store.
+    #[error("{} file(s) are neither in the folder nor received yet; send them first: {}", .0.len(), list(.0))]
+    Missing(Vec<Sha256Hex>),
+    /// Not enough disk space to build the staging folder.
+    #[error(
+        "not enough disk space to stage: the new folder needs {need} bytes, {free} are free beside {folder}"
+    )]
+    NoSpace {
+        need: u64,
+        free: u64,
+        folder: PathBuf,
+    },
+    /// Commit asked for a version that is not staged.
+    #[error("version {version} is not staged (staged: {}); stage it first", show(.staged))]
+    NotStaged {
+        version: Version,
+        staged: Option<Version>,
+    },
+    /// Rollback asked for a version that is neither current nor previous.
+    #[error("cannot roll back to {version}: the folder holds {} and the previous folder holds {}", show(.current), show(.previous))]
+    NoPrevious {
+        version: Version,
+        current: Option<Version>,
+        previous: Option<Version>,
+    },
+    /// The built folder does not say the version it was staged as.
+    #[error("the staged folder's version file says {}, not {version}; the manifest does not match the version", show(.found))]
+    WrongVersion {
+        version: Version,
+        found: Option<Version>,
+    },
+    /// Two paths differ only in case on a case-insensitive disk.
+    #[error("{0}")]
+    CaseCollision(String),
+    /// A disk operation failed.
+    #[error(transparent)]
+    Fs(#[from] tillup_fs::Error),
+}
+
+fn list(hashes: &[Sha256Hex]) -> String {
+    let mut s = hashes
+        .iter()
+        .take(20)
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if hashes.len() > 20 {
+        s.push_str(&format!(" and {} more", hashes.len() - 20));
+    }
+    s
+}
+
+fn show(v: &Option<Version>) -> String {
+    v.as_ref()
+        .map_or_else(|| "nothing".to_owned(), |v| v.to_string())
+}
+
+/// The folder, its siblings, and where its version is written.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// The program folder.
+    pub folder: PathBuf,
+    /// Where a new folder is built.
+    pub staging: PathBuf,
+    /// Where the folder before the last swap is kept.
+    pub previous: PathBuf,
+    version_file: RelPath,
+}
+
+impl Layout {
+    /// The layout around `folder`; `version_file` must be a valid relative path.
+    pub fn new(folder: &Path, version_file: &str) -> Self {
+        Self {
+            folder: folder.to_owned(),
+            staging: sibling(folder, "tillup-staging"),
+            previous: sibling(folder, "tillup-previous"),
+            version_file: RelPath::new(version_file).expect("checked when the config was loaded"),
+        }
+    }
+
+    /// The version `dir` holds, if its version file exists and parses.
+    pub fn version_of(&self, dir: &Path) -> Option<Version> {
+        let text = std::fs::read_to_string(tillup_fs::join(dir, &self.version_file)).ok()?;
+        Version::parse(text.trim()).ok()
+    }
+
+    /// Builds the staging folder from `req.manifest`, each file taken from
+    /// the current folder (`current`, a fresh scan of it) when it has the
+    /// same hash, else from the incoming `store`. Replaces a leftover
+    /// staging folder. Every byte is checked against the manifest.
+    pub fn stage(
+        &self,
+        current: &Manifest,
+        store: &BlobStore,
+        req: &StageRequest,
+    ) -> Result<StageReport, FolderError> {
+        #[cfg(any(windows, target_os = "macos"))]
+        req.manifest
+            .check_case_collisions()
+            .map_err(|e| FolderError::CaseCollision(e.to_string()))?;
+        let local: HashMap<Sha256Hex, &RelPath> = current
+            .files()
+            .iter()
+            .map(|f| (f.sha256, &f.path))
+            .collect();
+        let missing = store.missing(
+            req.manifest
+                .files()
+                .iter()
+                .map(|f| &f.sha256)
+                .filter(|h| !local.contains_key(h)),
+        );
+        if !missing.is_empty() {
+            return Err(FolderError::Missing(missing));
+        }
+        remove_dir_if_exists(&self.staging)?;
+        let parent = self
+            .folder
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let (need, free) = (req.manifest.total_size(), tillup_fs::free_space(parent)?);
+        if need > free {
+            return Err(FolderError::NoSpace {
+                need,
+                free,
+                folder: self.folder.clone(),
+            });
+        }
+        let mut report = StageReport {
+            reused_bytes: 0,
+            received_bytes: 0,
+        };
+        for f in req.manifest.files() {
+            if local.contains_key(&f.sha256) {
+                report.reused_bytes += f.size;
+            } else {
+                report.received_bytes += f.size;
+            }
+        }
+        let source = |f: &tillup_core::FileEntry| -> Result<PathBuf, tillup_fs::Error> {
+            Ok(match local.get(&f.sha256) {
+                Some(rel) => tillup_fs::join(&self.folder, rel),
+                None => store.path(&f.sha256),
+            })
+        };
+        let built = tillup_fs::materialize(&self.staging, &req.manifest, &source)
+            .map_err(FolderError::from)
+            .and_then(|()| {
+                let found = self.version_of(&self.staging);
+                if found.as_ref() == Some(&req.version) {
+                    Ok(())
+                } else {
+                    Err(FolderError::WrongVersion {
+                        version: req.version.clone(),
+                        found,
+                    })
+                }
+            });
+        if let Err(e) = built {
+            let _ = std::fs::remove_dir_all(&self.staging);
+            return Err(e);
+        }
+        Ok(report)
+    }
+
+    /// Swaps the staged folder in; the old one becomes previous. Returns
+    /// false when the folder already holds `version`.
+    pub fn commit(&self, version: &Version) -> Result<bool, FolderError> {
+        if self.version_of(&self.folder).as_ref() == Some(version) {
+            return Ok(false);
+        }
+        let staged = self.version_of(&self.staging);
+        if staged.as_ref() != Some(version) {
+            return Err(FolderError::NotStaged {
+                version: version.clone(),
+                staged,
+            });
+        }
+        self.swap_in(&self.staging.clone())?;
+        Ok(true)
+    }
+
+    /// Swaps the previous folder back in; the current one becomes previous.
+    /// Returns false when the folder already holds `version`.
+    pub fn rollback(&self, version: &Version) -> Result<bool, FolderError> {
+        let current = self.version_of(&self.folder);
+        if current.as_ref() == Some(version) {
+            return Ok(false);
+        }
+        let previous = self.version_of(&self.previous);
+        if previous.as_ref() != Some(version) {
+            return Err(FolderError::NoPrevious {
+                version: version.clone(),
+                current,
+                previous,
+            });
+        }
+        self.swap_in(&self.previous.clone())?;
+        Ok(true)
+    }
+
+    /// Puts `from` at the folder path and the old folder at the previous path.
+    fn swap_in(&self, from: &Path) -> Result<(), FolderError> {
+        let parent = self
+            .folder
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        match exchange(from, &self.folder) {
+            Ok(()) => {
+                // The old folder is now at `from`.
+                if from != self.previous {
+                    remove_dir_if_exists(&self.previous)?;
+                    std::fs::rename(from, &self.previous).at(&self.previous)?;
+                }
+            }
+            Err(e) if exchange_unsupported(&e) => {
+                let tmp = sibling(&self.folder, "tillup-swap");
+                remove_dir_if_exists(&tmp)?;
+                std::fs::rename(&self.folder, &tmp).at(&self.folder)?;
+                std::fs::rename(from, &self.folder).at(from)?;
+                remove_dir_if_exists(&self.previous)?;
+                std::fs::rename(&tmp, &self.previous).at(&tmp)?;
+            }
+            Err(e) => {
+                return Err(tillup_fs::Error::Io {
+                    path: self.folder.clone(),
+                    source: e,
+                }
+                .into());
+            }
+        }
+        tillup_fs::fsync_dir(&parent)?;
+        Ok(())
+    }
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<(), tillup_fs::Error> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).at(dir),
+        _ => Ok(()),
+    }
+}
+
+/// Exchanges two paths atomically: each name always names a complete folder.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE).map_err(io::Error::from)
+}
+
+#[cfg(target_os = "linux")]
+fn exchange_unsupported(e: &io::Error) -> bool {
+    // Some file systems (and old kernels) lack RENAME_EXCHANGE.
+    e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
+        || e.raw_os_error() == Some(rustix::io::Errno::NOSYS.raw_os_error())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "no atomic exchange here",
+    ))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange_unsupported(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Unsupported
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tillup_fs::{HashCache, scan_folder};
+
+    fn write(root: &Path, rel: &str, content: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn scan(p: &Path) -> Manifest {
+        scan_folder(p, &mut HashCache::default()).unwrap()
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        layout: Layout,
+        store: BlobStore,
+        new: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("cupos");
+        write(&folder, "VERSION", "1.0.0\n");
+        write(&folder, "bin/pos", "program");
+        write(&folder, "lib/old.so", "old");
+        let new = dir.path().join("release");
+        write(&new, "VERSION", "2.0.0\n");
+        write(&new, "bin/pos", "program");
+        write(&new, "收银/说明.txt", "新");
+        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        Fixture {
+            layout: Layout::new(&folder, "VERSION"),
+            store,
+            new,
+            _dir: dir,
+        }
+    }
+
+    fn request(f: &Fixture, version: &str) -> StageRequest {
+        StageRequest {
+            version: Version::parse(version).unwrap(),
+            manifest: scan(&f.new),
+        }
+    }
+
+    #[test]
+    fn stage_reports_missing_then_reuses_local_files() {
+        let f = fixture();
+        let req = request(&f, "2.0.0");
+        let current = scan(&f.layout.folder);
+        let err = f.layout.stage(&current, &f.store, &req).unwrap_err();
+        assert!(
+            matches!(&err, FolderError::Missing(h) if h.len() == 2),
+            "{err}"
+        );
+        assert!(!f.layout.staging.exists());
+        for name in ["VERSION", "收银/说明.txt"] {
+            f.store
+                .put_bytes(&std::fs::read(f.new.join(name)).unwrap())
+                .unwrap();
+        }
+        let report = f.layout.stage(&current, &f.store, &req).unwrap();
+        assert_eq!(report.reused_bytes, 7);
+        assert_eq!(report.received_bytes, 6 + "新".len() as u64);
+        assert_eq!(scan(&f.layout.staging), req.manifest);
+        assert_eq!(
+            f.layout.version_of(&f.layout.staging),
+            Some(Version::new(2, 0, 0))
+        );
+    }
+
+    #[test]
+    fn stage_refuses_a_manifest_whose_version_file_disagrees() {
+        let f = fixture();
+        let req = request(&f, "9.9.9");
+        f.store.put_bytes(b"2.0.0\n").unwrap();
+        f.store.put_bytes("新".as_bytes()).unwrap();
+        let err = f
+            .layout
+            .stage(&scan(&f.layout.folder), &f.store, &req)
+            .unwrap_err();
+        assert!(matches!(err, FolderError::WrongVersion { .. }), "{err}");
+        assert!(
+            !f.layout.staging.exists(),
+            "a refused staging folder is removed"
+        );
+    }
+
+    #[test]
+    fn commit_and_rollback_are_idempotent_by_target() {
+        let f = fixture();
+        let (v1, v2) = (Version::new(1, 0, 0), Version::new(2, 0, 0));
+        let old = scan(&f.layout.folder);
+        assert!(matches!(
+            f.layout.commit(&v2),
+            Err(FolderError::NotStaged { .. })
+        ));
+        f.store.put_bytes(b"2.0.0\n").unwrap();
+        f.store.put_bytes("新".as_bytes()).unwrap();
+        let req = request(&f, "2.0.0");
+        f.layout.stage(&old, &f.store, &req).unwrap();
+        assert!(f.layout.commit(&v2).unwrap());
+        assert_eq!(scan(&f.layout.folder), req.manifest);
+        assert_eq!(scan(&f.layout.previous), old);
+        assert!(!f.layout.staging.exists());
+        assert!(!f.layout.commit(&v2).unwrap());
+        assert!(f.layout.rollback(&v1).unwrap());
+        assert_eq!(scan(&f.layout.folder), old);
+        assert_eq!(scan(&f.layout.previous), req.manifest);
+        assert!(!f.layout.rollback(&v1).unwrap());
+        let err = f
+            .layout
+            .rollback(&Version::new(0, 9, 0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("holds 1.0.0") && err.contains("holds 2.0.0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sibling_names() {
+        assert_eq!(
+            sibling(Path::new("/pos/cupos"), "tillup-staging"),
+            PathBuf::from("/pos/cupos.tillup-staging")
+        );
+    }
+}
