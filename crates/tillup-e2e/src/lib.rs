@@ -1,1 +1,714 @@
-//! placeholder
+//! A whole store on one machine, with real processes: `tillup-server`,
+//! one `tillup-agent` (and its `pos-sim` main program) per terminal, and
+//! the `tillup` CLI. Used by the demo and the end-to-end tests.
+//!
+//! Binaries are found next to the running executable (`target/debug` or
+//! `target/release`), or in `TILLUP_BIN_DIR`. Build them first with
+//! `cargo build --workspace --bins`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tillup_core::manifest::{Manifest, Preserve, merge_for_terminal};
+use tillup_fs::{HashCache, scan_folder};
+
+/// The preserve patterns of the demo releases: terminal-local config, data and logs.
+pub const PRESERVE: &[&str] = &["config/local/**", "data/**", "logs/**"];
+
+/// Where the workspace's binaries are.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TILLUP_BIN_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().expect("the current executable has a path");
+    let dir = exe.parent().expect("executables live in a folder");
+    // Test binaries live in target/<profile>/deps.
+    if dir.ends_with("deps") {
+        dir.parent().expect("deps has a parent").to_owned()
+    } else {
+        dir.to_owned()
+    }
+}
+
+/// The path of a workspace binary, or a clear error.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let p = bin_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !p.is_file() {
+        bail!(
+            "{} is missing: run `cargo build --workspace --bins` first (or set TILLUP_BIN_DIR)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cmd`, waits (bounded) for `listening on URL` on its first
+/// stdout line, and keeps draining its output into `log`.
+pub fn spawn_listening(mut cmd: Command, log: &Path) -> Result<Proc> {
+    let log_file = fs::File::create(log).with_context(|| log.display().to_string())?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next();
+        let _ = tx.send(first);
+        for _ in lines {}
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Some(Ok(line))) => line,
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = fs::read_to_string(log).unwrap_or_default();
+            bail!("{cmd:?} did not say where it listens ({other:?}); its log:\n{err}");
+        }
+    };
+    let url = line
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line `{line}`"))?
+        .trim()
+        .to_owned();
+    Ok(Proc { child, url })
+}
+
+/// Runs a command to its end (bounded), returning its output.
+pub fn run(mut cmd: Command, timeout: Duration) -> Result<Output> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let (mut out, mut err) = (
+        child.stdout.take().expect("piped"),
+        child.stderr.take().expect("piped"),
+    );
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?} took longer than {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    })
+}
+
+/// Output as text, for messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Writes a file, creating its folder.
+pub fn write(path: &Path, bytes: impl AsRef<[u8]>) {
+    fs::create_dir_all(path.parent().expect("has a parent")).expect("create folder");
+    fs::write(path, bytes).expect("write file");
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for large files.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// What goes into a demo release.
+#[derive(Clone, Debug)]
+pub struct ReleaseSpec {
+    pub version: String,
+    /// Size of `assets/catalog.bin`, the large file.
+    pub large_bytes: usize,
+    /// Make the main program fail its health check.
+    pub fail_health: Option<String>,
+}
+
+impl ReleaseSpec {
+    pub fn new(version: &str) -> Self {
+        Self {
+            version: version.to_owned(),
+            large_bytes: 256 * 1024,
+            fail_health: None,
+        }
+    }
+}
+
+/// Builds a release folder of the simulated POS program. Successive
+/// versions change, add and remove files, one has a Chinese name.
+pub fn build_release(dir: &Path, spec: &ReleaseSpec) -> Result<()> {
+    let v: semver::Version = spec.version.parse()?;
+    fs::create_dir_all(dir)?;
+    write(&dir.join("VERSION"), format!("{v}\n"));
+    let pos = dir.join("bin/pos-sim");
+    fs::create_dir_all(pos.parent().expect("has a parent"))?;
+    fs::copy(bin("pos-sim")?, &pos)?;
+    write(
+        &dir.join("config/app.ini"),
+        format!("[app]\nversion = {v}\nreceipt_footer = Thank you\n"),
+    );
+    write(
+        &dir.join("lib/payments.dll"),
+        format!("payments module {v}\n").repeat(100),
+    );
+    write(
+        &dir.join("商品/价格表.csv"),
+        format!("商品,价格\n苹果,{}.50\n香蕉,3.20\n", v.minor + 5),
+    );
+    write(
+        &dir.join("assets/catalog.bin"),
+        noise(v.major * 1000 + v.minor + 1, spec.large_bytes),
+    );
+    // Present in 1.0 only: 1.1 removes it.
+    if v.minor == 0 {
+        write(
+            &dir.join("docs/legacy-readme.txt"),
+            "this file is removed in 1.1\n",
+        );
+    }
+    // Added in 1.1.
+    if v.minor >= 1 {
+        write(
+            &dir.join("lib/loyalty.dll"),
+            format!("loyalty module {v}\n"),
+        );
+    }
+    if let Some(reason) = &spec.fail_health {
+        write(&dir.join("FAIL_HEALTH"), reason);
+    }
+    Ok(())
+}
+
+/// The manifest of a folder.
+pub fn manifest_of(dir: &Path) -> Manifest {
+    scan_folder(dir, &mut HashCache::default()).expect("scan folder")
+}
+
+/// What a terminal's folder must be after an upgrade from `old` to `release`.
+pub fn expected_after(release: &Manifest, old: &Manifest) -> Manifest {
+    merge_for_terminal(release, old, &Preserve::new(PRESERVE).expect("valid")).expect("merge")
+}
+
+/// A running `tillup-server` with its data folder.
+pub struct Server {
+    pub data: PathBuf,
+    pub public_key: String,
+    pub proc: Option<Proc>,
+}
+
+impl Server {
+    /// `keygen`, then `serve` on 127.0.0.1:0.
+    pub fn start(data: &Path) -> Result<Self> {
+        fs::create_dir_all(data)?;
+        let out = run(
+            Self::command_for(data, &["keygen"])?,
+            Duration::from_secs(60),
+        )?;
+        if !out.status.success() {
+            bail!("keygen failed: {}", text(&out));
+        }
+        let public_key = String::from_utf8(out.stdout)?
+            .lines()
+            .next()
+            .context("keygen printed nothing")?
+            .trim()
+            .to_owned();
+        let mut s = Self {
+            data: data.to_owned(),
+            public_key,
+            proc: None,
+        };
+        s.serve()?;
+        Ok(s)
+    }
+
+    fn command_for(data: &Path, args: &[&str]) -> Result<Command> {
+        let mut c = Command::new(bin("tillup-server")?);
+        c.arg("--data").arg(data).args(args);
+        Ok(c)
+    }
+
+    pub fn serve(&mut self) -> Result<()> {
+        self.proc = None;
+        let cmd = Self::command_for(&self.data, &["serve", "--listen", "127.0.0.1:0"])?;
+        self.proc = Some(spawn_listening(cmd, &self.data.join("serve.log"))?);
+        Ok(())
+    }
+
+    pub fn url(&self) -> &str {
+        &self.proc.as_ref().expect("server running").url
+    }
+
+    /// Runs a `tillup-server` subcommand; fails unless it succeeds.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = run(
+            Self::command_for(&self.data, args)?,
+            Duration::from_secs(120),
+        )?;
+        if !out.status.success() {
+            bail!("tillup-server {args:?} failed: {}", text(&out));
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Runs a `tillup-server` subcommand, returning its raw output.
+    pub fn cli_output(&self, args: &[&str]) -> Result<Output> {
+        run(
+            Self::command_for(&self.data, args)?,
+            Duration::from_secs(120),
+        )
+    }
+
+    /// Registers a store; returns its token.
+    pub fn add_store(&self, id: &str) -> Result<String> {
+        Ok(self
+            .cli(&["store", "add", id])?
+            .lines()
+            .next()
+            .context("no token printed")?
+            .trim()
+            .to_owned())
+    }
+
+    /// Publishes a release folder with the demo's preserve patterns.
+    pub fn publish(&self, dir: &Path, version: &str, extra: &[&str]) -> Result<String> {
+        let mut args: Vec<String> = vec![
+            "publish".into(),
+            dir.display().to_string(),
+            "--version".into(),
+            version.into(),
+        ];
+        args.extend([
+            "--notes-en".into(),
+            format!("Release {version}: faster checkout, loyalty points."),
+            "--notes-zh".into(),
+            format!("版本 {version}：结账更快，新增会员积分。"),
+        ]);
+        for p in PRESERVE {
+            args.extend(["--preserve".into(), (*p).into()]);
+        }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        self.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
+
+/// One POS terminal: its folder, its agent, its main program.
+pub struct Terminal {
+    pub number: u32,
+    pub model: String,
+    pub root: PathBuf,
+    pub folder: PathBuf,
+    pub pos_state: PathBuf,
+    pub token: String,
+    pub config: PathBuf,
+    pub agent: Option<Proc>,
+}
+
+impl Terminal {
+    /// Installs `release` as the terminal's folder (the store's initial
+    /// set-up), adds its terminal-local config, writes its agent config.
+    pub fn install(root: &Path, number: u32, model: &str, release: &Path) -> Result<Self> {
+        let folder = root.join("cupos");
+        copy_dir(release, &folder)?;
+        write(
+            &folder.join(format!("config/local/terminal-{number}.ini")),
+            format!("[terminal]\nnumber = {number}\nprinter = EPSON-TM{number}\n"),
+        );
+        let pos_state = root.join("pos-state");
+        fs::create_dir_all(&pos_state)?;
+        let token = format!("agent-token-{number}-{}", std::process::id());
+        let config = root.join("agent.toml");
+        let t = Self {
+            number,
+            model: model.to_owned(),
+            root: root.to_owned(),
+            folder,
+            pos_state,
+            token,
+            config,
+            agent: None,
+        };
+        t.write_config(10)?;
+        Ok(t)
+    }
+
+    /// Writes the agent config; `busy_timeout_secs` bounds the wait for a sale.
+    pub fn write_config(&self, busy_timeout_secs: u64) -> Result<()> {
+        let folder = self.folder.display().to_string();
+        let pos = self.pos_state.display().to_string();
+        let cfg = format!(
+            r#"terminal = {number}
+model = "{model}"
+token = "{token}"
+listen = "127.0.0.1:0"
+folder = {folder:?}
+state_dir = {state:?}
+version_file = "VERSION"
+
+[main]
+command = ["{{folder}}/bin/pos-sim", "run", "--folder", "{{folder}}", "--state", {pos:?}]
+stop_timeout_secs = 10
+busy_file = {busy:?}
+busy_timeout_secs = {busy_timeout_secs}
+health_command = ["{{folder}}/bin/pos-sim", "probe", "--state", {pos:?}]
+health_timeout_secs = 20
+autostart = true
+"#,
+            number = self.number,
+            model = self.model,
+            token = self.token,
+            state = self.root.join("agent-state").display().to_string(),
+            busy = self.pos_state.join("busy").display().to_string(),
+        );
+        fs::write(&self.config, cfg)?;
+        Ok(())
+    }
+
+    pub fn start_agent(&mut self) -> Result<()> {
+        self.agent = None;
+        let mut cmd = Command::new(bin("tillup-agent")?);
+        cmd.arg("--config").arg(&self.config);
+        self.agent = Some(spawn_listening(cmd, &self.root.join("agent.log"))?);
+        Ok(())
+    }
+
+    /// Stops the agent and its main program (the terminal goes offline).
+    pub fn stop(&mut self) {
+        self.agent = None;
+        self.kill_main();
+    }
+
+    fn kill_main(&self) {
+        let pid_file = self.root.join("agent-state/main.pid");
+        if let Some(pid) = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+
+    pub fn url(&self) -> Option<&str> {
+        self.agent.as_ref().map(|a| a.url.as_str())
+    }
+
+    /// The version the running main program reports (via its heartbeat).
+    pub fn running_version(&self) -> Option<String> {
+        let out = Command::new(self.folder.join("bin/pos-sim"))
+            .arg("probe")
+            .arg("--state")
+            .arg(&self.pos_state)
+            .output()
+            .ok()?;
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+    }
+
+    /// Waits (bounded) until the main program reports `version`.
+    pub fn wait_running(&self, version: &str) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if self.running_version().as_deref() == Some(version) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "terminal {}: main program does not report {version} (reports {:?})",
+            self.number,
+            self.running_version()
+        )
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Copies a folder tree.
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let dest = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &dest)?;
+        } else {
+            fs::copy(e.path(), &dest)?;
+        }
+    }
+    Ok(())
+}
+
+/// A store: server, terminals, and the listener's config and data.
+pub struct Store {
+    pub root: PathBuf,
+    pub server: Server,
+    pub store_id: String,
+    pub store_token: String,
+    pub terminals: BTreeMap<u32, Terminal>,
+    pub listener_config: PathBuf,
+    pub listener_data: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// How to set up a store.
+pub struct StoreSpec {
+    pub terminals: Vec<(u32, &'static str)>,
+    pub first: ReleaseSpec,
+    pub mode: &'static str,
+}
+
+impl Default for StoreSpec {
+    fn default() -> Self {
+        Self {
+            terminals: vec![(1, "CP-500"), (2, "CP-500"), (3, "CP-700")],
+            first: ReleaseSpec::new("1.0.0"),
+            mode: "prompt",
+        }
+    }
+}
+
+impl Store {
+    /// A server with `first` published, and terminals running it.
+    pub fn new(keep: Option<&Path>, spec: StoreSpec) -> Result<Self> {
+        let (root, tmp) = match keep {
+            Some(dir) => {
+                fs::create_dir_all(dir)?;
+                (dir.canonicalize()?, None)
+            }
+            None => {
+                let t = tempfile::Builder::new().prefix("tillup-e2e-").tempdir()?;
+                (t.path().to_owned(), Some(t))
+            }
+        };
+        let server = Server::start(&root.join("server"))?;
+        let store_id = "store-001".to_owned();
+        let store_token = server.add_store(&store_id)?;
+        let rel = root.join("releases").join(&spec.first.version);
+        build_release(&rel, &spec.first)?;
+        server.publish(&rel, &spec.first.version, &[])?;
+        let mut terminals = BTreeMap::new();
+        for (n, model) in &spec.terminals {
+            let mut t = Terminal::install(&root.join(format!("terminals/{n}")), *n, model, &rel)?;
+            t.start_agent()?;
+            terminals.insert(*n, t);
+        }
+        for t in terminals.values() {
+            t.wait_running(&spec.first.version)?;
+        }
+        let mut store = Self {
+            listener_config: root.join("host/config.toml"),
+            listener_data: root.join("host/data"),
+            root,
+            server,
+            store_id,
+            store_token,
+            terminals,
+            _tmp: tmp,
+        };
+        store.write_listener_config(spec.mode, &[])?;
+        Ok(store)
+    }
+
+    /// Writes the listener's config; `extra` lines go at the top level.
+    pub fn write_listener_config(&mut self, mode: &str, extra: &[&str]) -> Result<()> {
+        self.write_listener_config_for(
+            self.server.url().to_owned(),
+            &self.server.public_key.clone(),
+            mode,
+            extra,
+        )
+    }
+
+    pub fn write_listener_config_for(
+        &self,
+        server_url: String,
+        public_key: &str,
+        mode: &str,
+        extra: &[&str],
+    ) -> Result<()> {
+        let mut cfg = format!(
+            "server = {server_url:?}\npublic_key = {public_key:?}\nstore_id = {:?}\nstore_token = {:?}\ndata_dir = {:?}\nmode = {mode:?}\n",
+            self.store_id,
+            self.store_token,
+            self.listener_data.display().to_string(),
+        );
+        for line in extra {
+            cfg.push_str(line);
+            cfg.push('\n');
+        }
+        cfg.push_str("\n[window]\nstart = \"03:00\"\nend = \"05:00\"\ntime_zone = \"Asia/Shanghai\"\n\n[check]\ninterval_minutes = 60\njitter_minutes = 10\n");
+        for t in self.terminals.values() {
+            // An offline terminal keeps its last address: nothing answers there.
+            let url = t.url().map(str::to_owned).unwrap_or_else(|| dead_address());
+            cfg.push_str(&format!(
+                "\n[[terminals]]\nnumber = {}\naddress = {url:?}\ntoken = {:?}\n",
+                t.number, t.token
+            ));
+        }
+        write(&self.listener_config, cfg);
+        Ok(())
+    }
+
+    /// Builds and publishes a release.
+    pub fn publish(&self, spec: &ReleaseSpec, extra: &[&str]) -> Result<PathBuf> {
+        let rel = self.root.join("releases").join(&spec.version);
+        if rel.exists() {
+            fs::remove_dir_all(&rel)?;
+        }
+        build_release(&rel, spec)?;
+        self.server.publish(&rel, &spec.version, extra)?;
+        Ok(rel)
+    }
+
+    /// Runs the `tillup` CLI with this store's config.
+    pub fn tillup(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = Command::new(bin("tillup")?);
+        cmd.arg("--config")
+            .arg(&self.listener_config)
+            .args(args)
+            .env_remove("TILLUP_NOW");
+        run(cmd, Duration::from_secs(300))
+    }
+
+    /// `tillup ARGS --json`, parsed; fails unless it exits 0.
+    pub fn tillup_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.tillup(&all)?;
+        if !out.status.success() {
+            bail!("tillup {args:?}: {}", text(&out));
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| text(&out))
+    }
+
+    /// The host's local log, parsed.
+    pub fn local_log(&self) -> serde_json::Value {
+        serde_json::from_slice(
+            &fs::read(self.listener_data.join("local-log.json")).unwrap_or_default(),
+        )
+        .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The host's backup folders (`backups/<time>_<version>`), oldest first.
+    pub fn backups(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(self.listener_data.join("backups"))
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// An address where nothing listens (a port bound then released).
+pub fn dead_address() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let port = l.local_addr().expect("bound").port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// A one-response-fits-all HTTP server on loopback: the attacker or stale
+/// mirror of the security tests. Answers every request with `status`,
+/// `headers` and `body`, for at most `max_requests` requests.
+pub fn static_http(
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    max_requests: usize,
+) -> Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(max_requests) {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 8192];
+            let mut req = Vec::new();
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let mut head = format!(
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+                body.len()
+            );
+            for (k, v) in &headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    Ok(url)
+}

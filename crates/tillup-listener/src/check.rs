@@ -6,7 +6,9 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{SIGNATURE_HEADER, route, server as routes};
-use tillup_core::log::{Comparison, Installed, SeenLog, TerminalView, VersionLog, check_fresh, compare};
+use tillup_core::log::{
+    Comparison, Installed, SeenLog, TerminalView, VersionLog, check_fresh, compare,
+};
 
 use crate::local_log::{LocalLog, TerminalRecord};
 use crate::{Error, Listener};
@@ -46,34 +48,72 @@ impl Listener {
     /// configured key and its freshness against the local log.
     pub async fn fetch_log(&self, now: Timestamp) -> Result<VerifiedLog, Error> {
         let cache_path = self.data_dir.join("log-cache.json");
-        let cached: Option<CachedLog> = std::fs::read(&cache_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let cached: Option<CachedLog> = std::fs::read(&cache_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         let path = route(routes::LOG, &[("channel", &self.config.channel)]);
-        let resp = self.server.get_conditional("fetch the version log", &path, cached.as_ref().and_then(|c| c.etag.as_deref())).await?;
+        let resp = self
+            .server
+            .get_conditional(
+                "fetch the version log",
+                &path,
+                cached.as_ref().and_then(|c| c.etag.as_deref()),
+            )
+            .await?;
         let fresh = if resp.status() == StatusCode::NOT_MODIFIED {
-            cached.ok_or_else(|| Error::BadAnswer { peer: "server".into(), what: "fetch the version log".into(), message: "304 Not Modified to a request without a cached log".into() })?
+            cached.ok_or_else(|| Error::BadAnswer {
+                peer: "server".into(),
+                what: "fetch the version log".into(),
+                message: "304 Not Modified to a request without a cached log".into(),
+            })?
         } else {
-            let etag = resp.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let sig_b64 = resp.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-            let body = resp.bytes().await.map_err(|e| Error::Unreachable { peer: "server".into(), what: "fetch the version log".into(), message: e.to_string() })?;
+            let etag = resp
+                .headers()
+                .get(reqwest::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let sig_b64 = resp
+                .headers()
+                .get(SIGNATURE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let body = resp.bytes().await.map_err(|e| Error::Unreachable {
+                peer: "server".into(),
+                what: "fetch the version log".into(),
+                message: e.to_string(),
+            })?;
             if body.len() > tillup_core::log::MAX_LOG_BYTES {
-                return Err(Error::LogRejected(format!("the version log is {} bytes, over the limit", body.len())));
+                return Err(Error::LogRejected(format!(
+                    "the version log is {} bytes, over the limit",
+                    body.len()
+                )));
             }
             let signature = base64::engine::general_purpose::STANDARD
                 .decode(sig_b64.as_bytes())
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| Error::LogRejected("the version log came without a signature: refused".into()))?;
-            let body = String::from_utf8(body.to_vec()).map_err(|_| Error::LogRejected("the version log is not UTF-8: refused".into()))?;
-            CachedLog { etag, body, signature }
+                .ok_or_else(|| {
+                    Error::LogRejected("the version log came without a signature: refused".into())
+                })?;
+            let body = String::from_utf8(body.to_vec())
+                .map_err(|_| Error::LogRejected("the version log is not UTF-8: refused".into()))?;
+            CachedLog {
+                etag,
+                body,
+                signature,
+            }
         };
         self.config
             .public_key()
             .verify(fresh.body.as_bytes(), &fresh.signature)
             .map_err(|e| Error::LogRejected(format!("the version log's signature does not verify with the configured public key ({e}); nothing was changed")))?;
-        let log = VersionLog::parse(fresh.body.as_bytes()).map_err(|e| Error::LogRejected(format!("the signed version log is invalid: {e}")))?;
+        let log = VersionLog::parse(fresh.body.as_bytes())
+            .map_err(|e| Error::LogRejected(format!("the signed version log is invalid: {e}")))?;
         let digest = Sha256Hex::of(fresh.body.as_bytes());
         let local = LocalLog::load(&self.data_dir)?;
-        check_fresh(&log, digest, &self.config.channel, local.seen.as_ref(), now).map_err(Error::Stale)?;
+        check_fresh(&log, digest, &self.config.channel, local.seen.as_ref(), now)
+            .map_err(Error::Stale)?;
         tillup_fs::write_json_atomic(&cache_path, &fresh)?;
         Ok(VerifiedLog { log, digest })
     }
@@ -90,12 +130,27 @@ impl Listener {
             match status {
                 Ok(s) => {
                     let Some(version) = s.version.clone() else {
-                        unreachable.push((*n, "its agent cannot read the program folder's version".to_owned()));
+                        unreachable.push((
+                            *n,
+                            "its agent cannot read the program folder's version".to_owned(),
+                        ));
                         continue;
                     };
-                    let known = local.terminals.get(n).filter(|r| r.installed.version == version).map(|r| r.installed.clone());
-                    let installed = known.unwrap_or_else(|| installed_from_log(&verified.log, version));
-                    local.terminals.insert(*n, TerminalRecord { model: s.model.clone(), installed, last_report: local.terminals.get(n).and_then(|r| r.last_report.clone()) });
+                    let known = local
+                        .terminals
+                        .get(n)
+                        .filter(|r| r.installed.version == version)
+                        .map(|r| r.installed.clone());
+                    let installed =
+                        known.unwrap_or_else(|| installed_from_log(&verified.log, version));
+                    local.terminals.insert(
+                        *n,
+                        TerminalRecord {
+                            model: s.model.clone(),
+                            installed,
+                            last_report: local.terminals.get(n).and_then(|r| r.last_report.clone()),
+                        },
+                    );
                 }
                 Err(e) => unreachable.push((*n, e.to_string())),
             }
@@ -103,20 +158,34 @@ impl Listener {
         let views: Vec<TerminalView<'_>> = local
             .terminals
             .iter()
-            .filter(|(n, _)| statuses.get(n).is_some_and(|s| s.is_ok()) && !unreachable.iter().any(|(u, _)| u == *n))
-            .map(|(n, r)| TerminalView { number: *n, model: &r.model, installed: &r.installed })
+            .filter(|(n, _)| {
+                statuses.get(n).is_some_and(|s| s.is_ok())
+                    && !unreachable.iter().any(|(u, _)| u == *n)
+            })
+            .map(|(n, r)| TerminalView {
+                number: *n,
+                model: &r.model,
+                installed: &r.installed,
+            })
             .collect();
         let comparison = compare(&verified.log, &views);
         let report = CheckReport {
             checked_at: now,
             sequence: verified.log.sequence,
-            status: if comparison.update_target().is_some() { "update_available" } else { "up_to_date" },
+            status: if comparison.update_target().is_some() {
+                "update_available"
+            } else {
+                "up_to_date"
+            },
             target: comparison.update_target().cloned(),
             critical: comparison.is_critical(),
             comparison,
             unreachable,
         };
-        local.seen = Some(SeenLog { sequence: verified.log.sequence, digest: verified.digest });
+        local.seen = Some(SeenLog {
+            sequence: verified.log.sequence,
+            digest: verified.digest,
+        });
         local.last_check = Some(now);
         local.warnings = report.comparison.warnings.clone();
         local.save(&self.data_dir)?;
@@ -130,7 +199,17 @@ impl Listener {
 /// What the local log records for a version first seen on a terminal.
 fn installed_from_log(log: &VersionLog, version: semver::Version) -> Installed {
     match log.release(&version) {
-        Some(r) => Installed { version, date: Some(r.date), size: Some(r.size), sha256: Some(r.sha256) },
-        None => Installed { version, date: None, size: None, sha256: None },
+        Some(r) => Installed {
+            version,
+            date: Some(r.date),
+            size: Some(r.size),
+            sha256: Some(r.sha256),
+        },
+        None => Installed {
+            version,
+            date: None,
+            size: None,
+            sha256: None,
+        },
     }
 }

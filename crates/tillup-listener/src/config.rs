@@ -67,7 +67,11 @@ pub struct Window {
 
 impl Default for Window {
     fn default() -> Self {
-        Self { start: "03:00".into(), end: "05:00".into(), time_zone: None }
+        Self {
+            start: "03:00".into(),
+            end: "05:00".into(),
+            time_zone: None,
+        }
     }
 }
 
@@ -82,7 +86,10 @@ pub struct CheckSchedule {
 
 impl Default for CheckSchedule {
     fn default() -> Self {
-        Self { interval_minutes: 60, jitter_minutes: 10 }
+        Self {
+            interval_minutes: 60,
+            jitter_minutes: 10,
+        }
     }
 }
 
@@ -116,7 +123,11 @@ impl ParsedWindow {
     /// Whether `now` falls inside the window.
     pub fn contains(&self, now: jiff::Timestamp) -> bool {
         let t = now.to_zoned(self.tz.clone()).time();
-        if self.start <= self.end { self.start <= t && t < self.end } else { t >= self.start || t < self.end }
+        if self.start <= self.end {
+            self.start <= t && t < self.end
+        } else {
+            t >= self.start || t < self.end
+        }
     }
 }
 
@@ -132,8 +143,14 @@ impl Config {
             path: path.to_owned(),
             message: format!("cannot read it ({e}); create it or pass --config FILE"),
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| Error::Config { path: path.to_owned(), message: e.to_string() })?;
-        config.validate().map_err(|message| Error::Config { path: path.to_owned(), message })?;
+        let config: Config = toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| Error::Config {
+            path: path.to_owned(),
+            message,
+        })?;
         Ok(config)
     }
 
@@ -141,8 +158,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         check_url("server", &self.server)?;
         PublicKey::parse(&self.public_key).map_err(|e| format!("public_key: {e}"))?;
-        if self.store_id.trim().is_empty() || !self.store_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(format!("store_id `{}`: use letters, digits, `-`, `_` or `.`", self.store_id));
+        if self.store_id.trim().is_empty()
+            || !self
+                .store_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "store_id `{}`: use letters, digits, `-`, `_` or `.`",
+                self.store_id
+            ));
         }
         if self.store_token.is_empty() {
             return Err("store_token is empty: run `tillup-server store add STORE_ID` on the server and paste the token".into());
@@ -161,7 +186,10 @@ impl Config {
             }
             check_url(&format!("terminal {} address", t.number), &t.address)?;
             if t.token.is_empty() {
-                return Err(format!("terminal {}: token is empty (it is the `token` of that terminal's agent config)", t.number));
+                return Err(format!(
+                    "terminal {}: token is empty (it is the `token` of that terminal's agent config)",
+                    t.number
+                ));
             }
         }
         if let Some(c) = self.canary.filter(|c| !seen.contains(c)) {
@@ -176,13 +204,19 @@ impl Config {
 
     pub fn parsed_window(&self) -> Result<ParsedWindow, String> {
         let time = |name: &str, s: &str| {
-            Time::strptime("%H:%M", s).map_err(|_| format!("window.{name} `{s}`: expected HH:MM, e.g. 03:00"))
+            Time::strptime("%H:%M", s)
+                .map_err(|_| format!("window.{name} `{s}`: expected HH:MM, e.g. 03:00"))
         };
         let tz = match &self.window.time_zone {
-            Some(name) => TimeZone::get(name).map_err(|e| format!("window.time_zone `{name}`: {e}; use an IANA name like Asia/Shanghai"))?,
+            Some(name) => TimeZone::get(name).map_err(|e| {
+                format!("window.time_zone `{name}`: {e}; use an IANA name like Asia/Shanghai")
+            })?,
             None => TimeZone::system(),
         };
-        let (start, end) = (time("start", &self.window.start)?, time("end", &self.window.end)?);
+        let (start, end) = (
+            time("start", &self.window.start)?,
+            time("end", &self.window.end)?,
+        );
         if start == end {
             return Err("window.start and window.end are equal: the window would be empty".into());
         }
@@ -192,7 +226,8 @@ impl Config {
     /// The data folder: configured, or the platform's.
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(|| {
-            directories::ProjectDirs::from("", "", "tillup").map_or_else(|| PathBuf::from("tillup-data"), |d| d.data_dir().to_owned())
+            directories::ProjectDirs::from("", "", "tillup")
+                .map_or_else(|| PathBuf::from("tillup-data"), |d| d.data_dir().to_owned())
         })
     }
 }
@@ -200,7 +235,9 @@ impl Config {
 fn check_url(what: &str, s: &str) -> Result<(), String> {
     match reqwest::Url::parse(s) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        Ok(_) => Err(format!("{what} `{s}`: must be an http:// or https:// URL with a host")),
+        Ok(_) => Err(format!(
+            "{what} `{s}`: must be an http:// or https:// URL with a host"
+        )),
         Err(e) => Err(format!("{what} `{s}`: not a URL ({e})")),
     }
 }
@@ -260,16 +297,34 @@ token = "a"
         let cases = [
             (sample().replace("http://127.0.0.1:9", "ftp://x"), "server"),
             (sample().replace("23:00", "25:99"), "window.start"),
-            (sample().replace("Asia/Shanghai", "Mars/Olympus"), "window.time_zone"),
-            (sample().replace("store_token = \"t\"", "store_token = \"\""), "store_token"),
-            (sample().replace("mode = \"scheduled\"", "mode = \"sometimes\""), "mode"),
-            (sample() + "\n[[terminals]]\nnumber = 1\naddress = \"http://x\"\ntoken = \"b\"\n", "listed twice"),
-            (sample().replace("public_key = ", "public_key = \"nope\"\n#"), "public_key"),
+            (
+                sample().replace("Asia/Shanghai", "Mars/Olympus"),
+                "window.time_zone",
+            ),
+            (
+                sample().replace("store_token = \"t\"", "store_token = \"\""),
+                "store_token",
+            ),
+            (
+                sample().replace("mode = \"scheduled\"", "mode = \"sometimes\""),
+                "mode",
+            ),
+            (
+                sample() + "\n[[terminals]]\nnumber = 1\naddress = \"http://x\"\ntoken = \"b\"\n",
+                "listed twice",
+            ),
+            (
+                sample().replace("public_key = ", "public_key = \"nope\"\n#"),
+                "public_key",
+            ),
             (sample() + "\ncolour = 1\n", "colour"),
         ];
         for (text, want) in cases {
             let err = load(&text).unwrap_err().to_string();
-            assert!(err.contains("config.toml") && err.contains(want), "{want}: {err}");
+            assert!(
+                err.contains("config.toml") && err.contains(want),
+                "{want}: {err}"
+            );
         }
     }
 }

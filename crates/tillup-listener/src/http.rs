@@ -1,5 +1,7 @@
 //! HTTP clients for the server and the agents, over one `reqwest::Client`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -31,19 +33,56 @@ pub struct Peer {
     pub base: String,
     token: String,
     http: reqwest::Client,
+    downloads: Downloads,
+}
+
+/// One download per blob at a time, across every peer: terminals hold
+/// mostly the same files, and a file fetched once is not fetched again.
+#[derive(Clone, Debug, Default)]
+pub struct Downloads(Arc<std::sync::Mutex<HashMap<Sha256Hex, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl Downloads {
+    async fn lock(&self, h: &Sha256Hex) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .0
+            .lock()
+            .expect("not poisoned")
+            .entry(*h)
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
 }
 
 impl Peer {
-    pub fn new(name: impl Into<String>, base: &str, token: &str, http: reqwest::Client) -> Self {
-        Self { name: name.into(), base: base.trim_end_matches('/').to_owned(), token: token.to_owned(), http }
+    pub fn new(
+        name: impl Into<String>,
+        base: &str,
+        token: &str,
+        http: reqwest::Client,
+        downloads: Downloads,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http,
+            downloads,
+        }
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, format!("{}{}", self.base, path)).bearer_auth(&self.token)
+        self.http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token)
     }
 
     async fn send(&self, what: &str, req: RequestBuilder) -> Result<Response, Error> {
-        let resp = req.send().await.map_err(|e| Error::Unreachable { peer: self.name.clone(), what: what.to_owned(), message: error_chain(&e) })?;
+        let resp = req.send().await.map_err(|e| Error::Unreachable {
+            peer: self.name.clone(),
+            what: what.to_owned(),
+            message: error_chain(&e),
+        })?;
         if resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED {
             return Ok(resp);
         }
@@ -52,7 +91,12 @@ impl Peer {
         let message = serde_json::from_slice::<ErrorBody>(&body)
             .map(|b| b.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned());
-        Err(Error::Refused { peer: self.name.clone(), what: what.to_owned(), status: status.as_u16(), message })
+        Err(Error::Refused {
+            peer: self.name.clone(),
+            what: what.to_owned(),
+            status: status.as_u16(),
+            message,
+        })
     }
 
     pub async fn get_json<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<T, Error> {
@@ -60,22 +104,53 @@ impl Peer {
         self.json(what, resp).await
     }
 
-    pub async fn send_json<B: Serialize + ?Sized, T: DeserializeOwned>(&self, what: &str, method: Method, path: &str, body: &B) -> Result<T, Error> {
-        let resp = self.send(what, self.request(method, path).json(body)).await?;
+    pub async fn send_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        what: &str,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
+        let resp = self
+            .send(what, self.request(method, path).json(body))
+            .await?;
         self.json(what, resp).await
     }
 
     async fn json<T: DeserializeOwned>(&self, what: &str, resp: Response) -> Result<T, Error> {
-        let bytes = resp.bytes().await.map_err(|e| Error::Unreachable { peer: self.name.clone(), what: what.to_owned(), message: error_chain(&e) })?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::BadAnswer { peer: self.name.clone(), what: what.to_owned(), message: e.to_string() })
+        let bytes = resp.bytes().await.map_err(|e| Error::Unreachable {
+            peer: self.name.clone(),
+            what: what.to_owned(),
+            message: error_chain(&e),
+        })?;
+        // An empty body (201, 204) reads as `null`.
+        let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(bytes).map_err(|e| Error::BadAnswer {
+            peer: self.name.clone(),
+            what: what.to_owned(),
+            message: e.to_string(),
+        })
     }
 
     /// Asks which of `hashes` the peer lacks.
-    pub async fn missing(&self, route_template: &str, hashes: Vec<Sha256Hex>) -> Result<Vec<Sha256Hex>, Error> {
+    pub async fn missing(
+        &self,
+        route_template: &str,
+        hashes: Vec<Sha256Hex>,
+    ) -> Result<Vec<Sha256Hex>, Error> {
         let mut missing = Vec::new();
         // Bounded requests, whatever the folder size.
         for chunk in hashes.chunks(50_000) {
-            let out: HashList = self.send_json("ask which files it lacks", Method::POST, route_template, &HashList { hashes: chunk.to_vec() }).await?;
+            let out: HashList = self
+                .send_json(
+                    "ask which files it lacks",
+                    Method::POST,
+                    route_template,
+                    &HashList {
+                        hashes: chunk.to_vec(),
+                    },
+                )
+                .await?;
             missing.extend(out.hashes);
         }
         Ok(missing)
@@ -83,7 +158,14 @@ impl Peer {
 
     /// Downloads blob `h` into `store`, resuming a partial download with
     /// HTTP Range, and checks its hash before it counts as there.
-    pub async fn download_blob(&self, route_template: &str, h: &Sha256Hex, size: Option<u64>, store: &BlobStore) -> Result<u64, Error> {
+    pub async fn download_blob(
+        &self,
+        route_template: &str,
+        h: &Sha256Hex,
+        size: Option<u64>,
+        store: &BlobStore,
+    ) -> Result<u64, Error> {
+        let _one_at_a_time = self.downloads.lock(h).await;
         if store.has(h) {
             return Ok(0);
         }
@@ -91,8 +173,14 @@ impl Peer {
         let partial = store.partial_path(h);
         let mut attempt = 0u32;
         loop {
-            let have = tokio::fs::metadata(&partial).await.map(|m| m.len()).unwrap_or(0);
-            let mut req = self.request(Method::GET, &route(route_template, &[("sha256", &h.to_string())]));
+            let have = tokio::fs::metadata(&partial)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0);
+            let mut req = self.request(
+                Method::GET,
+                &route(route_template, &[("sha256", &h.to_string())]),
+            );
             if have > 0 {
                 req = req.header(header::RANGE, format!("bytes={have}-"));
             }
@@ -107,20 +195,37 @@ impl Peer {
                     .truncate(!append)
                     .open(&partial)
                     .await
-                    .map_err(|e| tillup_fs::Error::Io { path: partial.clone(), source: e })?;
+                    .map_err(|e| tillup_fs::Error::Io {
+                        path: partial.clone(),
+                        source: e,
+                    })?;
                 let mut stream = resp.bytes_stream();
                 while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(|e| Error::Unreachable { peer: self.name.clone(), what: what.clone(), message: error_chain(&e) })?;
-                    file.write_all(&chunk).await.map_err(|e| tillup_fs::Error::Io { path: partial.clone(), source: e })?;
+                    let chunk = chunk.map_err(|e| Error::Unreachable {
+                        peer: self.name.clone(),
+                        what: what.clone(),
+                        message: error_chain(&e),
+                    })?;
+                    file.write_all(&chunk)
+                        .await
+                        .map_err(|e| tillup_fs::Error::Io {
+                            path: partial.clone(),
+                            source: e,
+                        })?;
                 }
-                file.flush().await.map_err(|e| tillup_fs::Error::Io { path: partial.clone(), source: e })?;
+                file.flush().await.map_err(|e| tillup_fs::Error::Io {
+                    path: partial.clone(),
+                    source: e,
+                })?;
                 Ok::<(), Error>(())
             }
             .await;
             match result {
                 Ok(()) => {
                     let (store2, h2) = (store.clone(), *h);
-                    tokio::task::spawn_blocking(move || store2.adopt_partial(&h2, size)).await.expect("adopt does not panic")?;
+                    tokio::task::spawn_blocking(move || store2.adopt_partial(&h2, size))
+                        .await
+                        .expect("adopt does not panic")?;
                     return Ok(size.unwrap_or(0));
                 }
                 Err(Error::Unreachable { .. }) if attempt < 4 => {
@@ -133,18 +238,42 @@ impl Peer {
     }
 
     /// Uploads blob `h` from `store`.
-    pub async fn upload_blob(&self, route_template: &str, h: &Sha256Hex, store: &BlobStore) -> Result<(), Error> {
+    pub async fn upload_blob(
+        &self,
+        route_template: &str,
+        h: &Sha256Hex,
+        store: &BlobStore,
+    ) -> Result<(), Error> {
         let path = store.path(h);
-        let file = tokio::fs::File::open(&path).await.map_err(|e| tillup_fs::Error::Io { path: path.clone(), source: e })?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| tillup_fs::Error::Io {
+                path: path.clone(),
+                source: e,
+            })?;
         let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
-        let req = self.request(Method::PUT, &route(route_template, &[("sha256", &h.to_string())])).header(header::CONTENT_LENGTH, len).body(body);
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            file,
+            256 * 1024,
+        ));
+        let req = self
+            .request(
+                Method::PUT,
+                &route(route_template, &[("sha256", &h.to_string())]),
+            )
+            .header(header::CONTENT_LENGTH, len)
+            .body(body);
         self.send(&format!("upload file {h}"), req).await?;
         Ok(())
     }
 
     /// A GET that may answer 304.
-    pub async fn get_conditional(&self, what: &str, path: &str, etag: Option<&str>) -> Result<Response, Error> {
+    pub async fn get_conditional(
+        &self,
+        what: &str,
+        path: &str,
+        etag: Option<&str>,
+    ) -> Result<Response, Error> {
         let mut req = self.request(Method::GET, path);
         if let Some(tag) = etag {
             req = req.header(header::IF_NONE_MATCH, tag);

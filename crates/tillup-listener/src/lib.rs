@@ -28,14 +28,29 @@ use http::Peer;
 pub enum Error {
     #[error("configuration {path}: {message}")]
     Config { path: PathBuf, message: String },
-    #[error("{path} is damaged ({message}); move it aside to start afresh, or restore it from a backup")]
+    #[error(
+        "{path} is damaged ({message}); move it aside to start afresh, or restore it from a backup"
+    )]
     Damaged { path: PathBuf, message: String },
     #[error("cannot reach {peer} to {what}: {message}")]
-    Unreachable { peer: String, what: String, message: String },
+    Unreachable {
+        peer: String,
+        what: String,
+        message: String,
+    },
     #[error("{peer} refused to {what} (HTTP {status}): {message}")]
-    Refused { peer: String, what: String, status: u16, message: String },
+    Refused {
+        peer: String,
+        what: String,
+        status: u16,
+        message: String,
+    },
     #[error("{peer} gave an unreadable answer to {what}: {message}")]
-    BadAnswer { peer: String, what: String, message: String },
+    BadAnswer {
+        peer: String,
+        what: String,
+        message: String,
+    },
     #[error("version log refused: {0}")]
     LogRejected(String),
     #[error("version log refused: {0}")]
@@ -64,19 +79,57 @@ impl Listener {
     pub fn new(config: Config) -> Result<Self, Error> {
         let http = http::client();
         let data_dir = config.data_dir();
-        std::fs::create_dir_all(&data_dir).map_err(|e| tillup_fs::Error::Io { path: data_dir.clone(), source: e })?;
-        let server = Peer::new("the server", &config.server, &config.store_token, http.clone());
-        let agents = config.terminals.iter().map(|t| (t.number, Peer::new(format!("terminal {}", t.number), &t.address, &t.token, http.clone()))).collect();
-        Ok(Self { config, data_dir, server, agents })
+        std::fs::create_dir_all(&data_dir).map_err(|e| tillup_fs::Error::Io {
+            path: data_dir.clone(),
+            source: e,
+        })?;
+        let downloads = http::Downloads::default();
+        let server = Peer::new(
+            "the server",
+            &config.server,
+            &config.store_token,
+            http.clone(),
+            downloads.clone(),
+        );
+        let agents = config
+            .terminals
+            .iter()
+            .map(|t| {
+                (
+                    t.number,
+                    Peer::new(
+                        format!("terminal {}", t.number),
+                        &t.address,
+                        &t.token,
+                        http.clone(),
+                        downloads.clone(),
+                    ),
+                )
+            })
+            .collect();
+        Ok(Self {
+            config,
+            data_dir,
+            server,
+            agents,
+        })
     }
 
     pub(crate) fn agent(&self, n: u32) -> Result<&Peer, Error> {
-        self.agents.get(&n).ok_or_else(|| Error::Other(format!("terminal {n} is not in the configuration")))
+        self.agents
+            .get(&n)
+            .ok_or_else(|| Error::Other(format!("terminal {n} is not in the configuration")))
     }
 
     /// Every terminal's agent status, asked at once.
     pub async fn agent_statuses(&self) -> BTreeMap<u32, Result<AgentStatus, Error>> {
-        let asks = self.agents.iter().map(|(n, peer)| async move { (*n, peer.get_json::<AgentStatus>("report its status", agent_routes::STATUS).await) });
+        let asks = self.agents.iter().map(|(n, peer)| async move {
+            (
+                *n,
+                peer.get_json::<AgentStatus>("report its status", agent_routes::STATUS)
+                    .await,
+            )
+        });
         join_all(asks).await.into_iter().collect()
     }
 }

@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use tillup_core::log::{Installed, SeenLog, Warning};
 use tillup_core::upgrade::{Step, Trigger, Upgrade};
 
-
 use crate::Error;
 
 /// What the host knows about one terminal.
@@ -68,12 +67,23 @@ impl HistoryEntry {
                 .to_owned(),
                 stopped_ms: t.stopped_for().map(|d| d.as_millis() as i64),
                 failure: t.failure.as_ref().map(|f| match &t.step {
-                    Step::Abandoned { restart_error } => format!("{}: {}; restart failed: {restart_error}", f.during, f.message),
+                    Step::Abandoned { restart_error } => format!(
+                        "{}: {}; restart failed: {restart_error}",
+                        f.during, f.message
+                    ),
                     _ => format!("{}: {}", f.during, f.message),
                 }),
             })
             .collect();
-        HistoryEntry { id: u.id.clone(), started: u.started, finished: u.finished, trigger: u.trigger.clone(), terminals, left_out, reported: u.reported }
+        HistoryEntry {
+            id: u.id.clone(),
+            started: u.started,
+            finished: u.finished,
+            trigger: u.trigger.clone(),
+            terminals,
+            left_out,
+            reported: u.reported,
+        }
     }
 }
 
@@ -122,7 +132,10 @@ impl LocalLog {
     pub fn load(data_dir: &Path) -> Result<Self, Error> {
         let path = Self::path(data_dir);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Damaged { path, message: e.to_string() }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Damaged {
+                path,
+                message: e.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(tillup_fs::Error::Io { path, source: e }.into()),
         }
@@ -153,7 +166,11 @@ impl LocalLog {
             Some(h) => *h = entry,
             None => self.history.push(entry),
         }
-        if self.terminals.values().all(|t| self.pending.as_ref().is_none_or(|p| t.installed.version >= p.version)) {
+        if self.terminals.values().all(|t| {
+            self.pending
+                .as_ref()
+                .is_none_or(|p| t.installed.version >= p.version)
+        }) {
             self.pending = None;
         }
     }

@@ -14,7 +14,10 @@ use jiff::Timestamp;
 use reqwest::Method;
 use semver::Version;
 use serde::{Deserialize, Serialize};
-use tillup_core::api::{self, Delivery, HealthReport, ProcessRequest, Snapshot, StageReport, StageRequest, StartReport, StopReport, StopRequest, SwapReport, SwapRequest, TerminalBackup, TerminalTarget, route};
+use tillup_core::api::{
+    self, Delivery, HealthReport, ProcessRequest, Snapshot, StageReport, StageRequest, StartReport,
+    StopReport, StopRequest, SwapReport, SwapRequest, TerminalBackup, TerminalTarget, route,
+};
 use tillup_core::log::{Installed, Verdict};
 use tillup_core::manifest::{Manifest, Preserve, merge_for_terminal};
 use tillup_core::upgrade::{Effect, Event, Planned, Trigger, Upgrade};
@@ -70,8 +73,14 @@ impl Files {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Error> {
-    let bytes = std::fs::read(path).map_err(|e| tillup_fs::Error::Io { path: path.to_owned(), source: e })?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Damaged { path: path.to_owned(), message: e.to_string() })
+    let bytes = std::fs::read(path).map_err(|e| tillup_fs::Error::Io {
+        path: path.to_owned(),
+        source: e,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Damaged {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 /// The result of `tillup update`.
@@ -96,7 +105,9 @@ impl Listener {
     }
 
     fn files(&self, id: &str) -> Files {
-        Files { dir: self.data_dir.join("upgrades").join(id) }
+        Files {
+            dir: self.data_dir.join("upgrades").join(id),
+        }
     }
 
     /// The unfinished upgrade, if a previous run was interrupted.
@@ -110,8 +121,16 @@ impl Listener {
 
     /// Resumes an interrupted upgrade, then upgrades every terminal that
     /// has an update, going through intermediate releases one at a time.
-    pub async fn update(&self, trigger: Trigger, now: Timestamp, observer: &mut Observer<'_>) -> Result<UpdateOutcome, Error> {
-        let mut out = UpdateOutcome { upgrades: Vec::new(), note: None };
+    pub async fn update(
+        &self,
+        trigger: Trigger,
+        now: Timestamp,
+        observer: &mut Observer<'_>,
+    ) -> Result<UpdateOutcome, Error> {
+        let mut out = UpdateOutcome {
+            upgrades: Vec::new(),
+            note: None,
+        };
         if let Some(u) = self.unfinished()? {
             tracing::info!("resuming upgrade {}", u.id);
             out.upgrades.push(self.drive(u, observer).await?);
@@ -119,7 +138,8 @@ impl Listener {
         let started_at = std::time::Instant::now();
         for _hop in 0..8 {
             // The injected clock moves with real time.
-            let now = now + jiff::SignedDuration::try_from(started_at.elapsed()).unwrap_or_default();
+            let now =
+                now + jiff::SignedDuration::try_from(started_at.elapsed()).unwrap_or_default();
             let (verified, report) = self.check(now).await?;
             let Some(u) = self.plan(&verified, &report, trigger.clone(), now).await? else {
                 out.note = Some(match report.target {
@@ -139,17 +159,35 @@ impl Listener {
     }
 
     /// Preflight (DESIGN §3.1) and a persisted plan; `None` if nothing to do.
-    async fn plan(&self, verified: &VerifiedLog, report: &crate::check::CheckReport, trigger: Trigger, now: Timestamp) -> Result<Option<Upgrade>, Error> {
+    async fn plan(
+        &self,
+        verified: &VerifiedLog,
+        report: &crate::check::CheckReport,
+        trigger: Trigger,
+        now: Timestamp,
+    ) -> Result<Option<Upgrade>, Error> {
         let mut left_out: Vec<(u32, String)> = report.unreachable.clone();
         let statuses = self.agent_statuses().await;
         let mut planned = Vec::new();
         let mut releases = BTreeMap::new();
         for (n, verdict) in &report.comparison.terminals {
-            let Verdict::Update { from, next, .. } = verdict else { continue };
-            let release = verified.log.release(next).expect("the compare rule picks releases of the log");
+            let Verdict::Update { from, next, .. } = verdict else {
+                continue;
+            };
+            let release = verified
+                .log
+                .release(next)
+                .expect("the compare rule picks releases of the log");
             match statuses.get(n) {
                 Some(Ok(s)) if s.free_bytes < release.size.saturating_mul(2) => {
-                    left_out.push((*n, format!("only {} bytes free on the terminal, {} needed to stage {next}", s.free_bytes, release.size * 2)));
+                    left_out.push((
+                        *n,
+                        format!(
+                            "only {} bytes free on the terminal, {} needed to stage {next}",
+                            s.free_bytes,
+                            release.size * 2
+                        ),
+                    ));
                     continue;
                 }
                 Some(Ok(_)) => {}
@@ -159,22 +197,49 @@ impl Listener {
                 }
                 None => continue,
             }
-            releases.insert(next.clone(), SignedRelease { sha256: release.sha256, size: release.size, date: release.date, preserve: release.preserve.clone() });
-            planned.push(Planned { number: *n, from: from.clone(), to: next.clone() });
+            releases.insert(
+                next.clone(),
+                SignedRelease {
+                    sha256: release.sha256,
+                    size: release.size,
+                    date: release.date,
+                    preserve: release.preserve.clone(),
+                },
+            );
+            planned.push(Planned {
+                number: *n,
+                from: from.clone(),
+                to: next.clone(),
+            });
         }
         if planned.is_empty() {
             return Ok(None);
         }
-        let need: u64 = releases.values().map(|r| r.size).sum::<u64>() * 2 + planned.len() as u64 * releases.values().map(|r| r.size).max().unwrap_or(0);
+        let need: u64 = releases.values().map(|r| r.size).sum::<u64>() * 2
+            + planned.len() as u64 * releases.values().map(|r| r.size).max().unwrap_or(0);
         let free = tillup_fs::free_space(&self.data_dir)?;
         if free < need {
-            return Err(Error::NoSpace(format!("{} has {free} bytes free, the backup and staging need about {need}; free some space and try again", self.data_dir.display())));
+            return Err(Error::NoSpace(format!(
+                "{} has {free} bytes free, the backup and staging need about {need}; free some space and try again",
+                self.data_dir.display()
+            )));
         }
         let stamp = now.strftime("%Y%m%dT%H%M%SZ").to_string();
         let top = releases.keys().max().expect("planned is not empty").clone();
         let id = format!("{}-{stamp}-{top}", self.config.store_id);
-        let ctx = Context { backup_dir: self.data_dir.join("backups").join(format!("{stamp}_{top}")), releases, left_out };
-        let u = Upgrade::new(id.clone(), self.config.channel.clone(), now, trigger, planned, self.config.canary);
+        let ctx = Context {
+            backup_dir: self.data_dir.join("backups").join(format!("{stamp}_{top}")),
+            releases,
+            left_out,
+        };
+        let u = Upgrade::new(
+            id.clone(),
+            self.config.channel.clone(),
+            now,
+            trigger,
+            planned,
+            self.config.canary,
+        );
         let files = self.files(&id);
         tillup_fs::write_json_atomic(&files.context(), &ctx)?;
         tillup_fs::write_json_atomic(&files.state(), &u)?;
@@ -183,7 +248,11 @@ impl Listener {
     }
 
     /// Runs an upgrade to its end, persisting every state before acting.
-    async fn drive(&self, mut u: Upgrade, observer: &mut Observer<'_>) -> Result<HistoryEntry, Error> {
+    async fn drive(
+        &self,
+        mut u: Upgrade,
+        observer: &mut Observer<'_>,
+    ) -> Result<HistoryEntry, Error> {
         let files = self.files(&u.id);
         let ctx: Context = read_json(&files.context())?;
         let blobs = self.blobs()?;
@@ -194,26 +263,42 @@ impl Listener {
         let mut running = FuturesUnordered::new();
         loop {
             for e in u.wanted() {
-                let terminal_busy = e.terminal().is_some_and(|n| in_flight.iter().any(|f| f.terminal() == Some(n)));
+                let terminal_busy = e
+                    .terminal()
+                    .is_some_and(|n| in_flight.iter().any(|f| f.terminal() == Some(n)));
                 let terminal_effects = in_flight.iter().filter(|f| f.terminal().is_some()).count();
-                if in_flight.contains(&e) || terminal_busy || (e.terminal().is_some() && terminal_effects >= limit) {
+                if in_flight.contains(&e)
+                    || terminal_busy
+                    || (e.terminal().is_some() && terminal_effects >= limit)
+                {
                     continue;
                 }
                 in_flight.insert(e.clone());
                 let (ctx, files, blobs, u2) = (&ctx, &files, &blobs, &u);
-                let run = u2.terminals.values().find(|t| Some(t.number) == e.terminal()).cloned();
+                let run = u2
+                    .terminals
+                    .values()
+                    .find(|t| Some(t.number) == e.terminal())
+                    .cloned();
                 let upgrade_id = u2.id.clone();
                 let snapshot = u2.clone();
                 running.push(async move {
-                    let result = self.run_effect(&e, run.as_ref(), &upgrade_id, &snapshot, ctx, files, blobs).await;
+                    let result = self
+                        .run_effect(&e, run.as_ref(), &upgrade_id, &snapshot, ctx, files, blobs)
+                        .await;
                     (e, result)
                 });
             }
-            let Some((effect, result)) = running.next().await else { break };
+            let Some((effect, result)) = running.next().await else {
+                break;
+            };
             in_flight.remove(&effect);
             let event = match result {
                 Ok(()) => Event::Done { effect },
-                Err(e) => Event::Failed { effect, message: e.to_string() },
+                Err(e) => Event::Failed {
+                    effect,
+                    message: e.to_string(),
+                },
             };
             u = u.step(event.clone(), Timestamp::now());
             tillup_fs::write_json_atomic(&files.state(), &u)?;
@@ -231,16 +316,37 @@ impl Listener {
             .values()
             .filter_map(|t| {
                 let r = ctx.releases.get(&t.to)?;
-                Some((t.number, Installed { version: t.to.clone(), date: Some(r.date), size: Some(r.size), sha256: Some(r.sha256) }))
+                Some((
+                    t.number,
+                    Installed {
+                        version: t.to.clone(),
+                        date: Some(r.date),
+                        size: Some(r.size),
+                        sha256: Some(r.sha256),
+                    },
+                ))
             })
             .collect();
         let mut local = LocalLog::load(&self.data_dir)?;
         local.record_upgrade(entry.clone(), &installed);
         if !u.reported {
-            local.unsent_reports.push(self.report_json(u, &ctx.left_out));
+            local
+                .unsent_reports
+                .push(self.report_json(u, &ctx.left_out));
         }
         local.save(&self.data_dir)?;
-        std::fs::remove_file(self.current_path()).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }).map_err(|e| tillup_fs::Error::Io { path: self.current_path(), source: e })?;
+        std::fs::remove_file(self.current_path())
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| tillup_fs::Error::Io {
+                path: self.current_path(),
+                source: e,
+            })?;
         Ok(entry)
     }
 
@@ -258,7 +364,9 @@ impl Listener {
         let mut sent = 0;
         while let Some(r) = local.unsent_reports.first().cloned() {
             let path = route(server_routes::REPORT, &[("store", &self.config.store_id)]);
-            self.server.send_json::<_, serde_json::Value>("receive a report", Method::POST, &path, &r).await?;
+            self.server
+                .send_json::<_, serde_json::Value>("receive a report", Method::POST, &path, &r)
+                .await?;
             local.unsent_reports.remove(0);
             local.save(&self.data_dir)?;
             sent += 1;
@@ -267,89 +375,233 @@ impl Listener {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn run_effect(&self, e: &Effect, run: Option<&tillup_core::upgrade::TerminalRun>, upgrade_id: &str, u: &Upgrade, ctx: &Context, files: &Files, blobs: &BlobStore) -> Result<(), Error> {
+    async fn run_effect(
+        &self,
+        e: &Effect,
+        run: Option<&tillup_core::upgrade::TerminalRun>,
+        upgrade_id: &str,
+        u: &Upgrade,
+        ctx: &Context,
+        files: &Files,
+        blobs: &BlobStore,
+    ) -> Result<(), Error> {
         let server_path = |t: &str| store_route(t, &self.config.store_id, upgrade_id);
         match e {
             Effect::Stop(n) => {
-                let r: StopReport = self.agent(*n)?.send_json("stop its main program", Method::POST, agent_routes::STOP, &StopRequest::default()).await?;
-                tracing::info!(terminal = n, forced = r.forced, waited_busy_ms = r.waited_busy_ms, "main program stopped");
+                let r: StopReport = self
+                    .agent(*n)?
+                    .send_json(
+                        "stop its main program",
+                        Method::POST,
+                        agent_routes::STOP,
+                        &StopRequest::default(),
+                    )
+                    .await?;
+                tracing::info!(
+                    terminal = n,
+                    forced = r.forced,
+                    waited_busy_ms = r.waited_busy_ms,
+                    "main program stopped"
+                );
             }
             Effect::Collect(n) => {
                 let run = run.expect("terminal effect");
                 let agent = self.agent(*n)?;
-                let snap: Snapshot = agent.get_json("describe its program folder", agent_routes::SNAPSHOT).await?;
+                let snap: Snapshot = agent
+                    .get_json("describe its program folder", agent_routes::SNAPSHOT)
+                    .await?;
                 if snap.version.as_ref() != Some(&run.from) {
-                    return Err(Error::Other(format!("terminal {n} holds version {:?}, the plan expected {}", snap.version.map(|v| v.to_string()), run.from)));
+                    return Err(Error::Other(format!(
+                        "terminal {n} holds version {:?}, the plan expected {}",
+                        snap.version.map(|v| v.to_string()),
+                        run.from
+                    )));
                 }
                 for f in snap.manifest.files() {
                     if !blobs.has(&f.sha256) {
-                        agent.download_blob(agent_routes::BLOB, &f.sha256, Some(f.size), blobs).await?;
+                        agent
+                            .download_blob(agent_routes::BLOB, &f.sha256, Some(f.size), blobs)
+                            .await?;
                     }
                 }
-                let status: api::AgentStatus = agent.get_json("report its status", agent_routes::STATUS).await?;
-                let backup = TerminalBackup { number: *n, model: status.model, version: run.from.clone(), manifest: snap.manifest };
+                let status: api::AgentStatus = agent
+                    .get_json("report its status", agent_routes::STATUS)
+                    .await?;
+                let backup = TerminalBackup {
+                    number: *n,
+                    model: status.model,
+                    version: run.from.clone(),
+                    manifest: snap.manifest,
+                };
                 let dest = ctx.backup_dir.join(format!("terminal-{n}"));
                 let (blobs2, backup2) = (blobs.clone(), backup.clone());
-                tokio::task::spawn_blocking(move || write_backup_folder(&dest, &backup2.manifest, &blobs2)).await.expect("no panic")?;
+                tokio::task::spawn_blocking(move || {
+                    write_backup_folder(&dest, &backup2.manifest, &blobs2)
+                })
+                .await
+                .expect("no panic")?;
                 tillup_fs::write_json_atomic(&files.backup(*n), &backup)?;
             }
             Effect::UploadBackup => {
                 let backups = self.backups(u, files)?;
-                let hashes: Vec<_> = backups.iter().flat_map(|b| b.manifest.hashes()).collect::<BTreeSet<_>>().into_iter().collect();
-                for h in self.server.missing(server_routes::BLOBS_MISSING, hashes).await? {
-                    self.server.upload_blob(server_routes::BLOB, &h, blobs).await?;
+                let hashes: Vec<_> = backups
+                    .iter()
+                    .flat_map(|b| b.manifest.hashes())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                for h in self
+                    .server
+                    .missing(server_routes::BLOBS_MISSING, hashes)
+                    .await?
+                {
+                    self.server
+                        .upload_blob(server_routes::BLOB, &h, blobs)
+                        .await?;
                 }
-                let _: serde_json::Value = self.server.send_json("take the store's backup", Method::PUT, &server_path(server_routes::BACKUP), &api::Backup { terminals: backups }).await?;
+                let _: serde_json::Value = self
+                    .server
+                    .send_json(
+                        "take the store's backup",
+                        Method::PUT,
+                        &server_path(server_routes::BACKUP),
+                        &api::Backup { terminals: backups },
+                    )
+                    .await?;
             }
             Effect::Process => {
                 let backups = self.backups(u, files)?;
-                let targets = backups.iter().map(|b| TerminalTarget { number: b.number, target: u.terminals[&b.number].to.clone() }).collect();
-                let req = ProcessRequest { channel: self.config.channel.clone(), terminals: targets };
-                let delivery: Delivery = self.server.send_json("build the terminals' new folders", Method::POST, &server_path(server_routes::PROCESS), &req).await?;
-                self.verify_delivery(&delivery, &backups, ctx, blobs).await?;
+                let targets = backups
+                    .iter()
+                    .map(|b| TerminalTarget {
+                        number: b.number,
+                        target: u.terminals[&b.number].to.clone(),
+                    })
+                    .collect();
+                let req = ProcessRequest {
+                    channel: self.config.channel.clone(),
+                    terminals: targets,
+                };
+                let delivery: Delivery = self
+                    .server
+                    .send_json(
+                        "build the terminals' new folders",
+                        Method::POST,
+                        &server_path(server_routes::PROCESS),
+                        &req,
+                    )
+                    .await?;
+                self.verify_delivery(&delivery, &backups, ctx, blobs)
+                    .await?;
                 tillup_fs::write_json_atomic(&files.delivery(), &delivery)?;
             }
             Effect::Deliver => {
                 let delivery: Delivery = read_json(&files.delivery())?;
                 for t in &delivery.terminals {
                     for f in t.manifest.files() {
-                        self.server.download_blob(server_routes::BLOB, &f.sha256, Some(f.size), blobs).await?;
+                        self.server
+                            .download_blob(server_routes::BLOB, &f.sha256, Some(f.size), blobs)
+                            .await?;
                     }
                 }
             }
             Effect::Stage(n) => {
                 let run = run.expect("terminal effect");
                 let delivery: Delivery = read_json(&files.delivery())?;
-                let result = delivery.terminals.iter().find(|t| t.number == *n).ok_or_else(|| Error::Other(format!("the delivery has no folder for terminal {n}")))?;
+                let result = delivery
+                    .terminals
+                    .iter()
+                    .find(|t| t.number == *n)
+                    .ok_or_else(|| {
+                        Error::Other(format!("the delivery has no folder for terminal {n}"))
+                    })?;
                 let agent = self.agent(*n)?;
-                for h in agent.missing(agent_routes::BLOBS_MISSING, result.manifest.hashes().into_iter().collect()).await? {
+                for h in agent
+                    .missing(
+                        agent_routes::BLOBS_MISSING,
+                        result.manifest.hashes().into_iter().collect(),
+                    )
+                    .await?
+                {
                     agent.upload_blob(agent_routes::BLOB, &h, blobs).await?;
                 }
-                let _: StageReport = agent.send_json("stage the new folder", Method::POST, agent_routes::STAGE, &StageRequest { version: run.to.clone(), manifest: result.manifest.clone() }).await?;
+                let _: StageReport = agent
+                    .send_json(
+                        "stage the new folder",
+                        Method::POST,
+                        agent_routes::STAGE,
+                        &StageRequest {
+                            version: run.to.clone(),
+                            manifest: result.manifest.clone(),
+                        },
+                    )
+                    .await?;
             }
             Effect::Commit(n) => {
                 let run = run.expect("terminal effect");
-                let _: SwapReport = self.agent(*n)?.send_json("swap in the new folder", Method::POST, agent_routes::COMMIT, &SwapRequest { version: run.to.clone() }).await?;
+                let _: SwapReport = self
+                    .agent(*n)?
+                    .send_json(
+                        "swap in the new folder",
+                        Method::POST,
+                        agent_routes::COMMIT,
+                        &SwapRequest {
+                            version: run.to.clone(),
+                        },
+                    )
+                    .await?;
             }
             Effect::Start(n) => {
-                let _: StartReport = self.agent(*n)?.send_json("start its main program", Method::POST, agent_routes::START, &serde_json::json!({})).await?;
+                let _: StartReport = self
+                    .agent(*n)?
+                    .send_json(
+                        "start its main program",
+                        Method::POST,
+                        agent_routes::START,
+                        &serde_json::json!({}),
+                    )
+                    .await?;
             }
             Effect::CheckHealth(n) => {
                 let run = run.expect("terminal effect");
                 let path = format!("{}?version={}", agent_routes::HEALTH, run.to);
-                let h: HealthReport = self.agent(*n)?.get_json("check the main program's health", &path).await?;
+                let h: HealthReport = self
+                    .agent(*n)?
+                    .get_json("check the main program's health", &path)
+                    .await?;
                 if !h.healthy {
-                    return Err(Error::Other(format!("the main program is not healthy on {}: {}", run.to, h.message)));
+                    return Err(Error::Other(format!(
+                        "the main program is not healthy on {}: {}",
+                        run.to, h.message
+                    )));
                 }
             }
             Effect::Rollback(n) => {
                 let run = run.expect("terminal effect");
-                let _: SwapReport = self.agent(*n)?.send_json("put the old folder back", Method::POST, agent_routes::ROLLBACK, &SwapRequest { version: run.from.clone() }).await?;
+                let _: SwapReport = self
+                    .agent(*n)?
+                    .send_json(
+                        "put the old folder back",
+                        Method::POST,
+                        agent_routes::ROLLBACK,
+                        &SwapRequest {
+                            version: run.from.clone(),
+                        },
+                    )
+                    .await?;
             }
             Effect::SendReport => {
                 self.send_unsent_reports().await?;
                 let path = route(server_routes::REPORT, &[("store", &self.config.store_id)]);
-                let _: serde_json::Value = self.server.send_json("receive the store's report", Method::POST, &path, &self.report_json(u, &ctx.left_out)).await?;
+                let _: serde_json::Value = self
+                    .server
+                    .send_json(
+                        "receive the store's report",
+                        Method::POST,
+                        &path,
+                        &self.report_json(u, &ctx.left_out),
+                    )
+                    .await?;
             }
         }
         Ok(())
@@ -357,27 +609,56 @@ impl Listener {
 
     /// The collected backups of the terminals still on their way.
     fn backups(&self, u: &Upgrade, files: &Files) -> Result<Vec<TerminalBackup>, Error> {
-        u.terminals.values().filter(|t| t.active()).map(|t| read_json(&files.backup(t.number))).collect()
+        u.terminals
+            .values()
+            .filter(|t| t.active())
+            .map(|t| read_json(&files.backup(t.number)))
+            .collect()
     }
 
     /// Recomputes every terminal's folder from the signed release and the
     /// terminal's own backup; the server's answer must be exactly that.
-    async fn verify_delivery(&self, delivery: &Delivery, backups: &[TerminalBackup], ctx: &Context, blobs: &BlobStore) -> Result<(), Error> {
+    async fn verify_delivery(
+        &self,
+        delivery: &Delivery,
+        backups: &[TerminalBackup],
+        ctx: &Context,
+        blobs: &BlobStore,
+    ) -> Result<(), Error> {
         let numbers: Vec<u32> = delivery.terminals.iter().map(|t| t.number).collect();
         if numbers.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Error::Untrusted(format!("the delivery is not in terminal order: {numbers:?}")));
+            return Err(Error::Untrusted(format!(
+                "the delivery is not in terminal order: {numbers:?}"
+            )));
         }
         for b in backups {
             let Some(result) = delivery.terminals.iter().find(|t| t.number == b.number) else {
-                return Err(Error::Untrusted(format!("the delivery has no folder for terminal {}", b.number)));
+                return Err(Error::Untrusted(format!(
+                    "the delivery has no folder for terminal {}",
+                    b.number
+                )));
             };
-            let signed = ctx.releases.get(&result.version).ok_or_else(|| Error::Untrusted(format!("terminal {} was given {}, which was not planned", b.number, result.version)))?;
-            self.server.download_blob(server_routes::BLOB, &signed.sha256, None, blobs).await?;
-            let release = Manifest::parse(&blobs.read(&signed.sha256)?).map_err(|e| Error::Untrusted(format!("release {} manifest: {e}", result.version)))?;
-            let preserve = Preserve::new(&signed.preserve).map_err(|e| Error::Untrusted(e.to_string()))?;
-            let expected = merge_for_terminal(&release, &b.manifest, &preserve).map_err(|e| Error::Untrusted(e.to_string()))?;
+            let signed = ctx.releases.get(&result.version).ok_or_else(|| {
+                Error::Untrusted(format!(
+                    "terminal {} was given {}, which was not planned",
+                    b.number, result.version
+                ))
+            })?;
+            self.server
+                .download_blob(server_routes::BLOB, &signed.sha256, None, blobs)
+                .await?;
+            let release = Manifest::parse(&blobs.read(&signed.sha256)?).map_err(|e| {
+                Error::Untrusted(format!("release {} manifest: {e}", result.version))
+            })?;
+            let preserve =
+                Preserve::new(&signed.preserve).map_err(|e| Error::Untrusted(e.to_string()))?;
+            let expected = merge_for_terminal(&release, &b.manifest, &preserve)
+                .map_err(|e| Error::Untrusted(e.to_string()))?;
             if expected != result.manifest {
-                return Err(Error::Untrusted(format!("the server's folder for terminal {} differs from the signed release {} plus its preserved files", b.number, result.version)));
+                return Err(Error::Untrusted(format!(
+                    "the server's folder for terminal {} differs from the signed release {} plus its preserved files",
+                    b.number, result.version
+                )));
             }
         }
         Ok(())
@@ -390,19 +671,38 @@ impl Listener {
 fn write_backup_folder(dest: &Path, manifest: &Manifest, blobs: &BlobStore) -> Result<(), Error> {
     let marker = dest.with_extension("manifest.json");
     if dest.exists() {
-        if std::fs::read(&marker).ok().and_then(|b| Manifest::parse(&b).ok()).as_ref() == Some(manifest) {
+        if std::fs::read(&marker)
+            .ok()
+            .and_then(|b| Manifest::parse(&b).ok())
+            .as_ref()
+            == Some(manifest)
+        {
             return Ok(());
         }
-        std::fs::remove_dir_all(dest).map_err(|e| tillup_fs::Error::Io { path: dest.to_owned(), source: e })?;
+        std::fs::remove_dir_all(dest).map_err(|e| tillup_fs::Error::Io {
+            path: dest.to_owned(),
+            source: e,
+        })?;
     }
-    std::fs::create_dir_all(dest.parent().expect("backup folders have a parent")).map_err(|e| tillup_fs::Error::Io { path: dest.to_owned(), source: e })?;
+    std::fs::create_dir_all(dest.parent().expect("backup folders have a parent")).map_err(|e| {
+        tillup_fs::Error::Io {
+            path: dest.to_owned(),
+            source: e,
+        }
+    })?;
     let tmp = dest.with_extension("partial");
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| tillup_fs::Error::Io { path: tmp.clone(), source: e })?;
+        std::fs::remove_dir_all(&tmp).map_err(|e| tillup_fs::Error::Io {
+            path: tmp.clone(),
+            source: e,
+        })?;
     }
     tillup_fs::materialize(&tmp, manifest, &|f| Ok(blobs.path(&f.sha256)))?;
     tillup_fs::write_atomic(&marker, &manifest.to_bytes())?;
-    std::fs::rename(&tmp, dest).map_err(|e| tillup_fs::Error::Io { path: dest.to_owned(), source: e })?;
+    std::fs::rename(&tmp, dest).map_err(|e| tillup_fs::Error::Io {
+        path: dest.to_owned(),
+        source: e,
+    })?;
     tillup_fs::fsync_dir(dest.parent().expect("has a parent"))?;
     Ok(())
 }

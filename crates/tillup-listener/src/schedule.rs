@@ -21,13 +21,23 @@ use crate::{Error, Listener};
 pub enum TickOutcome {
     UpToDate,
     /// Prompt mode: the store manager is asked (the tray app shows it).
-    Prompted { version: Version, critical: bool },
+    Prompted {
+        version: Version,
+        critical: bool,
+    },
     /// "Remind me later" is still running.
-    Snoozed { version: Version, until: Timestamp },
+    Snoozed {
+        version: Version,
+        until: Timestamp,
+    },
     /// "Skip this version".
-    Skipped { version: Version },
+    Skipped {
+        version: Version,
+    },
     /// Scheduled mode (or "upgrade tonight"), outside the window.
-    WaitingForWindow { version: Version },
+    WaitingForWindow {
+        version: Version,
+    },
     Upgraded(UpdateOutcome),
 }
 
@@ -49,18 +59,32 @@ pub enum Answer {
 pub const SNOOZE: SignedDuration = SignedDuration::from_hours(4);
 
 /// The delay before the next check: the interval plus a random jitter.
-pub fn next_check_delay(interval_minutes: u64, jitter_minutes: u64, rng: &mut impl Rng) -> Duration {
-    let jitter = if jitter_minutes == 0 { 0 } else { rng.random_range(0..jitter_minutes * 60) };
+pub fn next_check_delay(
+    interval_minutes: u64,
+    jitter_minutes: u64,
+    rng: &mut impl Rng,
+) -> Duration {
+    let jitter = if jitter_minutes == 0 {
+        0
+    } else {
+        rng.random_range(0..jitter_minutes * 60)
+    };
     Duration::from_secs(interval_minutes * 60 + jitter)
 }
 
 impl Listener {
     /// One scheduled check, and whatever it leads to.
-    pub async fn tick(&self, now: Timestamp, observer: &mut Observer<'_>) -> Result<TickOutcome, Error> {
+    pub async fn tick(
+        &self,
+        now: Timestamp,
+        observer: &mut Observer<'_>,
+    ) -> Result<TickOutcome, Error> {
         // An interrupted upgrade never waits: its terminals may be stopped.
         if self.unfinished()?.is_some() {
             let person = Trigger::Schedule;
-            return Ok(TickOutcome::Upgraded(self.update(person, now, observer).await?));
+            return Ok(TickOutcome::Upgraded(
+                self.update(person, now, observer).await?,
+            ));
         }
         let _ = self.send_unsent_reports().await;
         let (_, report) = self.check(now).await?;
@@ -71,9 +95,15 @@ impl Listener {
             }
             return Ok(TickOutcome::UpToDate);
         };
-        let in_window = self.config.parsed_window().map_err(Error::Other)?.contains(now);
+        let in_window = self
+            .config
+            .parsed_window()
+            .map_err(Error::Other)?
+            .contains(now);
         match self.config.mode {
-            Mode::Scheduled if in_window => Ok(TickOutcome::Upgraded(self.update(Trigger::Schedule, now, observer).await?)),
+            Mode::Scheduled if in_window => Ok(TickOutcome::Upgraded(
+                self.update(Trigger::Schedule, now, observer).await?,
+            )),
             Mode::Scheduled => Ok(TickOutcome::WaitingForWindow { version }),
             Mode::Prompt => {
                 if local.skipped.contains(&version) && !report.critical {
@@ -81,24 +111,42 @@ impl Listener {
                 }
                 let pending = match local.pending.take() {
                     Some(p) if p.version == version => p,
-                    _ => PendingPrompt { version: version.clone(), critical: report.critical, found: now, snoozed_until: None, tonight: false },
+                    _ => PendingPrompt {
+                        version: version.clone(),
+                        critical: report.critical,
+                        found: now,
+                        snoozed_until: None,
+                        tonight: false,
+                    },
                 };
                 let outcome = if pending.tonight && in_window {
                     None
                 } else if pending.tonight {
-                    Some(TickOutcome::WaitingForWindow { version: version.clone() })
+                    Some(TickOutcome::WaitingForWindow {
+                        version: version.clone(),
+                    })
                 } else if let Some(until) = pending.snoozed_until.filter(|u| *u > now) {
-                    Some(TickOutcome::Snoozed { version: version.clone(), until })
+                    Some(TickOutcome::Snoozed {
+                        version: version.clone(),
+                        until,
+                    })
                 } else {
-                    Some(TickOutcome::Prompted { version: version.clone(), critical: pending.critical })
+                    Some(TickOutcome::Prompted {
+                        version: version.clone(),
+                        critical: pending.critical,
+                    })
                 };
                 local.pending = Some(pending);
                 local.save(&self.data_dir)?;
                 match outcome {
                     Some(o) => Ok(o),
                     None => {
-                        let who = Trigger::Person { name: "store manager (upgrade tonight)".into() };
-                        Ok(TickOutcome::Upgraded(self.update(who, now, observer).await?))
+                        let who = Trigger::Person {
+                            name: "store manager (upgrade tonight)".into(),
+                        };
+                        Ok(TickOutcome::Upgraded(
+                            self.update(who, now, observer).await?,
+                        ))
                     }
                 }
             }
@@ -107,21 +155,41 @@ impl Listener {
 
     /// Records the store manager's answer to the pending prompt; `Now`
     /// runs the upgrade at once.
-    pub async fn answer(&self, answer: Answer, who: &str, now: Timestamp, observer: &mut Observer<'_>) -> Result<Option<UpdateOutcome>, Error> {
+    pub async fn answer(
+        &self,
+        answer: Answer,
+        who: &str,
+        now: Timestamp,
+        observer: &mut Observer<'_>,
+    ) -> Result<Option<UpdateOutcome>, Error> {
         let mut local = LocalLog::load(&self.data_dir)?;
         let Some(mut pending) = local.pending.clone() else {
-            return Err(Error::Other("no update is waiting for an answer; run `tillup check` first".into()));
+            return Err(Error::Other(
+                "no update is waiting for an answer; run `tillup check` first".into(),
+            ));
         };
         match answer {
             Answer::Now => {
                 local.pending = None;
                 local.save(&self.data_dir)?;
-                return Ok(Some(self.update(Trigger::Person { name: who.to_owned() }, now, observer).await?));
+                return Ok(Some(
+                    self.update(
+                        Trigger::Person {
+                            name: who.to_owned(),
+                        },
+                        now,
+                        observer,
+                    )
+                    .await?,
+                ));
             }
             Answer::Tonight => pending.tonight = true,
             Answer::Later => pending.snoozed_until = Some(now + SNOOZE),
             Answer::Skip if pending.critical => {
-                return Err(Error::Other(format!("{} is a critical release and cannot be skipped", pending.version)));
+                return Err(Error::Other(format!(
+                    "{} is a critical release and cannot be skipped",
+                    pending.version
+                )));
             }
             Answer::Skip => {
                 local.skipped.insert(pending.version.clone());
@@ -154,7 +222,10 @@ impl Listener {
                 TerminalStatus {
                     number: t.number,
                     address: t.address.clone(),
-                    model: agent.as_ref().map(|a| a.model.clone()).or_else(|| rec.map(|r| r.model.clone())),
+                    model: agent
+                        .as_ref()
+                        .map(|a| a.model.clone())
+                        .or_else(|| rec.map(|r| r.model.clone())),
                     version: agent.as_ref().and_then(|a| a.version.clone()),
                     recorded_version: rec.map(|r| r.installed.version.clone()),
                     main: agent.as_ref().map(|a| a.main.clone()),

@@ -13,7 +13,11 @@ use tillup_listener::{Config, Listener};
 mod render;
 
 #[derive(Parser)]
-#[command(name = "tillup", version, about = "Keeps the store's POS terminals on the current release.")]
+#[command(
+    name = "tillup",
+    version,
+    about = "Keeps the store's POS terminals on the current release."
+)]
 struct Cli {
     /// The configuration file [default: the platform's config folder, tillup/config.toml].
     #[arg(long, global = true, env = "TILLUP_CONFIG")]
@@ -65,7 +69,9 @@ enum Command {
 }
 
 fn parse_time(s: &str) -> Result<Timestamp, String> {
-    s.parse::<Timestamp>().or_else(|_| s.parse::<jiff::Zoned>().map(|z| z.timestamp())).map_err(|e| format!("`{s}`: {e}"))
+    s.parse::<Timestamp>()
+        .or_else(|_| s.parse::<jiff::Zoned>().map(|z| z.timestamp()))
+        .map_err(|e| format!("`{s}`: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -75,7 +81,13 @@ fn main() -> ExitCode {
         1 => "info,tillup_listener=info",
         _ => "debug",
     };
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TILLUP_LOG").unwrap_or_else(|_| filter.into())).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TILLUP_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
@@ -89,7 +101,9 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = match cli.config {
         Some(p) => p,
-        None => Config::default_path().context("no config folder on this system; pass --config FILE")?,
+        None => {
+            Config::default_path().context("no config folder on this system; pass --config FILE")?
+        }
     };
     let listener = Listener::new(Config::load(&path)?)?;
     let started = std::time::Instant::now();
@@ -98,7 +112,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = match (cli.command, cli.headless) {
         (Some(c), _) => c,
         (None, true) => Command::Daemon { once: false },
-        (None, false) => anyhow::bail!("say what to do: check, update, status, history, answer or daemon (see --help)"),
+        (None, false) => anyhow::bail!(
+            "say what to do: check, update, status, history, answer or daemon (see --help)"
+        ),
     };
     match command {
         Command::Check { json } => {
@@ -108,19 +124,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Update { json } => {
             let mut progress = render::Progress::new(json);
             let who = std::env::var("USER").unwrap_or_else(|_| "command line".into());
-            let outcome = listener.update(Trigger::Person { name: who }, now(), &mut |u, e| progress.on(u, e)).await?;
+            let outcome = listener
+                .update(Trigger::Person { name: who }, now(), &mut |u, e| {
+                    progress.on(u, e)
+                })
+                .await?;
             progress.finish();
             render::update(&outcome, json);
-            if outcome.upgrades.iter().any(|u| u.terminals.iter().any(|t| t.result != "upgraded")) {
+            if outcome
+                .upgrades
+                .iter()
+                .any(|u| u.terminals.iter().any(|t| t.result != "upgraded"))
+            {
                 return Ok(ExitCode::from(2));
             }
         }
         Command::Status { json } => render::status(&listener.status().await?, json),
-        Command::History { json } => render::history(&tillup_listener::local_log::LocalLog::load(&listener.data_dir)?.history, json),
+        Command::History { json } => render::history(
+            &tillup_listener::local_log::LocalLog::load(&listener.data_dir)?.history,
+            json,
+        ),
         Command::Answer { answer } => {
             let mut progress = render::Progress::new(false);
             let who = std::env::var("USER").unwrap_or_else(|_| "store manager".into());
-            match listener.answer(answer, &who, now(), &mut |u, e| progress.on(u, e)).await? {
+            match listener
+                .answer(answer, &who, now(), &mut |u, e| progress.on(u, e))
+                .await?
+            {
                 Some(outcome) => {
                     progress.finish();
                     render::update(&outcome, false);
@@ -142,7 +172,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if once {
                 break;
             }
-            let delay = next_check_delay(listener.config.check.interval_minutes, listener.config.check.jitter_minutes, &mut rand::rng());
+            let delay = next_check_delay(
+                listener.config.check.interval_minutes,
+                listener.config.check.jitter_minutes,
+                &mut rand::rng(),
+            );
             tokio::time::sleep(delay).await;
         },
     }

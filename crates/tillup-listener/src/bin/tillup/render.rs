@@ -20,15 +20,31 @@ pub fn check(r: &CheckReport, as_json: bool) {
     }
     match &r.target {
         None => println!("Up to date (version log #{}).", r.sequence),
-        Some(v) => println!("Update available: {v}{} (version log #{}).", if r.critical { " — critical" } else { "" }, r.sequence),
+        Some(v) => println!(
+            "Update available: {v}{} (version log #{}).",
+            if r.critical { " — critical" } else { "" },
+            r.sequence
+        ),
     }
     for (n, verdict) in &r.comparison.terminals {
         let line = match verdict {
             Verdict::UpToDate { version } => format!("{version}, up to date"),
-            Verdict::Update { from, next, target, .. } if next == target => format!("{from} → {next}"),
-            Verdict::Update { from, next, target, .. } => format!("{from} → {next} (then {target}: {next} is required first)"),
-            Verdict::NotForModel { model, newest } => format!("no release for model {model} (newest {newest} excludes it)"),
-            Verdict::Unreachable { from, newest, min_from } => format!("{from}: {newest} needs at least {min_from} and no intermediate release exists"),
+            Verdict::Update {
+                from, next, target, ..
+            } if next == target => format!("{from} → {next}"),
+            Verdict::Update {
+                from, next, target, ..
+            } => format!("{from} → {next} (then {target}: {next} is required first)"),
+            Verdict::NotForModel { model, newest } => {
+                format!("no release for model {model} (newest {newest} excludes it)")
+            }
+            Verdict::Unreachable {
+                from,
+                newest,
+                min_from,
+            } => format!(
+                "{from}: {newest} needs at least {min_from} and no intermediate release exists"
+            ),
         };
         println!("  terminal {n}: {line}");
     }
@@ -64,23 +80,46 @@ impl Progress {
         }
         let (done, total) = u.progress();
         let bar = self.bar.get_or_insert_with(|| {
-            let b = if std::io::stdout().is_terminal() { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
-            b.set_style(ProgressStyle::with_template("{spinner} upgrading [{bar:30}] {pos}/{len} terminals  {msg}").expect("valid template").progress_chars("=> "));
+            let b = if std::io::stdout().is_terminal() {
+                ProgressBar::new(total as u64)
+            } else {
+                ProgressBar::hidden()
+            };
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} upgrading [{bar:30}] {pos}/{len} terminals  {msg}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
             b
         });
         bar.set_position(done as u64);
         bar.set_message(format!("{:?}", u.phase).to_lowercase());
         let Some(e) = e else {
-            let targets: Vec<String> = u.terminals.values().map(|t| format!("{}: {} → {}", t.number, t.from, t.to)).collect();
-            return self.say(format!("upgrade {} (canary: terminal {}): {}", u.id, u.canary, targets.join(", ")));
+            let targets: Vec<String> = u
+                .terminals
+                .values()
+                .map(|t| format!("{}: {} → {}", t.number, t.from, t.to))
+                .collect();
+            return self.say(format!(
+                "upgrade {} (canary: terminal {}): {}",
+                u.id,
+                u.canary,
+                targets.join(", ")
+            ));
         };
         let line = match e {
             Event::Done { effect } => {
-                let who = effect.terminal().map_or("store".to_owned(), |n| format!("terminal {n}"));
+                let who = effect
+                    .terminal()
+                    .map_or("store".to_owned(), |n| format!("terminal {n}"));
                 format!("  {who}: {} done", effect_name(effect))
             }
             Event::Failed { effect, message } => {
-                let who = effect.terminal().map_or("store".to_owned(), |n| format!("terminal {n}"));
+                let who = effect
+                    .terminal()
+                    .map_or("store".to_owned(), |n| format!("terminal {n}"));
                 format!("  {who}: {} FAILED: {message}", effect_name(effect))
             }
         };
@@ -108,13 +147,29 @@ pub fn update(o: &UpdateOutcome, as_json: bool) {
 }
 
 fn table(h: &HistoryEntry) {
-    println!("  {:<9} {:<10} {:<10} {:<10} {:>12}  {}", "terminal", "from", "to", "result", "stopped for", "details");
+    println!(
+        "  {:<9} {:<10} {:<10} {:<10} {:>12}  {}",
+        "terminal", "from", "to", "result", "stopped for", "details"
+    );
     for t in &h.terminals {
-        let stopped = t.stopped_ms.map_or("-".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
-        println!("  {:<9} {:<10} {:<10} {:<10} {:>12}  {}", t.number, t.from.to_string(), t.to.to_string(), t.result, stopped, t.failure.as_deref().unwrap_or(""));
+        let stopped = t
+            .stopped_ms
+            .map_or("-".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
+        println!(
+            "  {:<9} {:<10} {:<10} {:<10} {:>12}  {}",
+            t.number,
+            t.from.to_string(),
+            t.to.to_string(),
+            t.result,
+            stopped,
+            t.failure.as_deref().unwrap_or("")
+        );
     }
     for (n, why) in &h.left_out {
-        println!("  {n:<9} {:<10} {:<10} {:<10} {:>12}  {why}", "-", "-", "left out", "-");
+        println!(
+            "  {n:<9} {:<10} {:<10} {:<10} {:>12}  {why}",
+            "-", "-", "left out", "-"
+        );
     }
 }
 
@@ -122,14 +177,27 @@ pub fn status(s: &StoreStatus, as_json: bool) {
     if as_json {
         return json(s);
     }
-    println!("Store {} ({:?} mode){}", s.store, s.mode, s.last_check.map_or(String::new(), |t| format!(", last check {t}")));
+    println!(
+        "Store {} ({:?} mode){}",
+        s.store,
+        s.mode,
+        s.last_check
+            .map_or(String::new(), |t| format!(", last check {t}"))
+    );
     if let Some(p) = &s.pending {
-        println!("Waiting for an answer: upgrade to {}{}", p.version, if p.critical { " (critical)" } else { "" });
+        println!(
+            "Waiting for an answer: upgrade to {}{}",
+            p.version,
+            if p.critical { " (critical)" } else { "" }
+        );
     }
     if let Some(id) = &s.unfinished_upgrade {
         println!("Unfinished upgrade {id}: it resumes at the next `tillup update`.");
     }
-    println!("  {:<9} {:<10} {:<10} {:<10} {}", "terminal", "model", "version", "program", "last report");
+    println!(
+        "  {:<9} {:<10} {:<10} {:<10} {}",
+        "terminal", "model", "version", "program", "last report"
+    );
     for t in &s.terminals {
         let main = match (&t.main, &t.error) {
             (_, Some(e)) => format!("unreachable: {e}"),
@@ -139,8 +207,19 @@ pub fn status(s: &StoreStatus, as_json: bool) {
             (Some(tillup_core::api::MainState::Exited { code }), _) => format!("exited ({code:?})"),
             (None, None) => "?".into(),
         };
-        let version = t.version.as_ref().or(t.recorded_version.as_ref()).map_or("?".to_owned(), ToString::to_string);
-        println!("  {:<9} {:<10} {:<10} {:<10} {}", t.number, t.model.as_deref().unwrap_or("?"), version, main, t.last_report.as_deref().unwrap_or(""));
+        let version = t
+            .version
+            .as_ref()
+            .or(t.recorded_version.as_ref())
+            .map_or("?".to_owned(), ToString::to_string);
+        println!(
+            "  {:<9} {:<10} {:<10} {:<10} {}",
+            t.number,
+            t.model.as_deref().unwrap_or("?"),
+            version,
+            main,
+            t.last_report.as_deref().unwrap_or("")
+        );
     }
     for w in &s.warnings {
         println!("warning: {w}");
@@ -159,7 +238,16 @@ pub fn history(h: &[HistoryEntry], as_json: bool) {
             tillup_core::upgrade::Trigger::Person { name } => format!("confirmed by {name}"),
             tillup_core::upgrade::Trigger::Schedule => "by the schedule".to_owned(),
         };
-        println!("{} — started {}, {by}{}", e.id, e.started, if e.reported { "" } else { " (report not yet sent)" });
+        println!(
+            "{} — started {}, {by}{}",
+            e.id,
+            e.started,
+            if e.reported {
+                ""
+            } else {
+                " (report not yet sent)"
+            }
+        );
         table(e);
     }
 }

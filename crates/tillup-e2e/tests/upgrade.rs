@@ -1,0 +1,357 @@
+//! A store upgraded end to end by the real programs on loopback.
+
+use std::fs;
+
+use anyhow::{Result, ensure};
+use tillup_core::manifest::Manifest;
+use tillup_e2e::{ReleaseSpec, Store, StoreSpec, dead_address, expected_after, manifest_of, text};
+
+/// A manifest without one path (pos-sim appends to its sales log at every
+/// start, so that file is checked separately).
+fn without(m: &Manifest, path: &str) -> Manifest {
+    Manifest::new(
+        m.files()
+            .iter()
+            .filter(|f| f.path.as_str() != path)
+            .cloned()
+            .collect(),
+    )
+    .unwrap()
+}
+
+const SALES: &str = "data/sales.log";
+
+#[test]
+fn happy_path_every_terminal_is_the_new_release_plus_its_own_files() -> Result<()> {
+    let store = Store::new(None, StoreSpec::default())?;
+    let old: Vec<(u32, Manifest, String)> = store
+        .terminals
+        .values()
+        .map(|t| {
+            (
+                t.number,
+                manifest_of(&t.folder),
+                fs::read_to_string(t.folder.join(SALES)).unwrap(),
+            )
+        })
+        .collect();
+    let rel = store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
+    let release = manifest_of(&rel);
+
+    let out = store.tillup(&["update"])?;
+    ensure!(out.status.success(), "update failed: {}", text(&out));
+
+    let backups = store.backups();
+    assert_eq!(
+        backups.len(),
+        1,
+        "one backup folder by time and version: {backups:?}"
+    );
+    assert!(
+        backups[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with("_1.1.0")
+    );
+    for (n, old_manifest, old_sales) in &old {
+        let t = &store.terminals[n];
+        let now = manifest_of(&t.folder);
+        let expected = expected_after(&release, old_manifest);
+        assert_eq!(
+            without(&now, SALES),
+            without(&expected, SALES),
+            "terminal {n}"
+        );
+        let sales = fs::read_to_string(t.folder.join(SALES))?;
+        assert!(
+            sales.starts_with(old_sales.as_str()) && sales.contains("version 1.1.0"),
+            "terminal {n}: sales log kept and appended: {sales}"
+        );
+        assert!(
+            t.folder
+                .join(format!("config/local/terminal-{n}.ini"))
+                .is_file(),
+            "terminal-local config kept"
+        );
+        assert!(
+            !t.folder.join("docs/legacy-readme.txt").exists(),
+            "removed file gone"
+        );
+        assert_eq!(
+            fs::read(t.folder.join("商品/价格表.csv"))?,
+            fs::read(rel.join("商品/价格表.csv"))?
+        );
+        // The host's backup is the old folder, byte for byte.
+        assert_eq!(
+            &manifest_of(&backups[0].join(format!("terminal-{n}"))),
+            old_manifest,
+            "terminal {n} backup"
+        );
+        t.wait_running("1.1.0")?;
+    }
+
+    let log = store.local_log();
+    for n in 1..=3 {
+        assert_eq!(
+            log["terminals"][n.to_string()]["installed"]["version"],
+            "1.1.0",
+            "{log}"
+        );
+    }
+    let history = &log["history"][0];
+    assert!(
+        history["terminals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["result"] == "upgraded" && t["stopped_ms"].is_i64()),
+        "{history}"
+    );
+    assert_eq!(history["reported"], true);
+
+    // The server holds the store's backup (in the temporary area of that
+    // upgrade) and its report.
+    let id = history["id"].as_str().unwrap();
+    let backup: serde_json::Value = serde_json::from_slice(&fs::read(
+        store
+            .server
+            .data
+            .join(format!("stores/store-001/upgrades/{id}/backup.json")),
+    )?)?;
+    assert_eq!(backup["terminals"].as_array().unwrap().len(), 3);
+    let reports: serde_json::Value =
+        serde_json::from_str(&store.server.cli(&["reports", "store-001"])?)?;
+    assert_eq!(reports.as_array().unwrap().len(), 1, "{reports}");
+    assert!(reports.to_string().contains(id));
+
+    // Nothing more to do: a second update changes nothing.
+    let again = store.tillup_json(&["update"])?;
+    assert_eq!(again["upgrades"].as_array().unwrap().len(), 0, "{again}");
+    let status = store.tillup_json(&["status"])?;
+    for t in status["terminals"].as_array().unwrap() {
+        assert_eq!(t["version"], "1.1.0");
+        assert_eq!(t["main"]["state"], "running");
+    }
+    Ok(())
+}
+
+#[test]
+fn an_offline_terminal_is_left_out_and_the_next_update_finishes_it() -> Result<()> {
+    let mut store = Store::new(None, StoreSpec::default())?;
+    store.terminals.get_mut(&3).unwrap().stop();
+    store.write_listener_config("prompt", &[])?;
+    store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
+
+    let out = store.tillup(&["update", "--json"])?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let first = &outcome["upgrades"][0];
+    assert_eq!(first["terminals"].as_array().unwrap().len(), 2, "{first}");
+    assert_eq!(
+        first["left_out"][0][0], 3,
+        "terminal 3 is reported as left out: {first}"
+    );
+    for n in [1, 2] {
+        store.terminals[&n].wait_running("1.1.0")?;
+    }
+    assert_eq!(
+        fs::read_to_string(store.terminals[&3].folder.join("VERSION"))?.trim(),
+        "1.0.0"
+    );
+
+    // Terminal 3 comes back (on a new port); the next update finishes it.
+    store.terminals.get_mut(&3).unwrap().start_agent()?;
+    store.write_listener_config("prompt", &[])?;
+    store.terminals[&3].wait_running("1.0.0")?;
+    let out = store.tillup(&["update", "--json"])?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let terminals = outcome["upgrades"][0]["terminals"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(terminals.len(), 1);
+    assert_eq!(terminals[0]["number"], 3);
+    store.terminals[&3].wait_running("1.1.0")?;
+    let reports: serde_json::Value =
+        serde_json::from_str(&store.server.cli(&["reports", "store-001"])?)?;
+    assert_eq!(reports.as_array().unwrap().len(), 2);
+    Ok(())
+}
+
+#[test]
+fn republished_same_version_is_a_warning_and_installs_nothing() -> Result<()> {
+    let store = Store::new(None, StoreSpec::default())?;
+    store.tillup_json(&["check"])?;
+    let before: Vec<Manifest> = store
+        .terminals
+        .values()
+        .map(|t| manifest_of(&t.folder))
+        .collect();
+    let mut again = ReleaseSpec::new("1.0.0");
+    again.large_bytes += 1000;
+    store.publish(&again, &["--replace"])?;
+
+    let check = store.tillup_json(&["check"])?;
+    assert_eq!(check["status"], "up_to_date", "{check}");
+    let warning = &check["comparison"]["warnings"][0];
+    assert_eq!(warning["warning"], "republished", "{check}");
+    assert!(
+        warning["changed"]
+            .as_array()
+            .unwrap()
+            .contains(&"size".into())
+    );
+    let out = store.tillup(&["update"])?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let after: Vec<Manifest> = store
+        .terminals
+        .values()
+        .map(|t| manifest_of(&t.folder))
+        .collect();
+    assert_eq!(before, after, "nothing installed");
+    let status = store.tillup(&["status"])?;
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("republished"),
+        "{}",
+        text(&status)
+    );
+    Ok(())
+}
+
+#[test]
+fn min_from_goes_through_the_intermediate_release() -> Result<()> {
+    let store = Store::new(None, StoreSpec::default())?;
+    store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
+    store.publish(&ReleaseSpec::new("2.0.0"), &["--min-from", "1.1.0"])?;
+    let check = store.tillup_json(&["check"])?;
+    assert_eq!(
+        check["comparison"]["terminals"][0][1]["next"], "1.1.0",
+        "{check}"
+    );
+    assert_eq!(check["comparison"]["terminals"][0][1]["target"], "2.0.0");
+
+    let outcome = store.tillup_json(&["update"])?;
+    let hops: Vec<String> = outcome["upgrades"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["terminals"][0]["to"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(hops, ["1.1.0", "2.0.0"], "{outcome}");
+    for t in store.terminals.values() {
+        t.wait_running("2.0.0")?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_release_that_excludes_a_model_leaves_that_terminal_alone() -> Result<()> {
+    let store = Store::new(None, StoreSpec::default())?;
+    store.publish(&ReleaseSpec::new("1.1.0"), &["--model", "CP-500"])?;
+    let check = store.tillup_json(&["check"])?;
+    let t3 = &check["comparison"]["terminals"][2];
+    assert_eq!(t3[0], 3);
+    assert_eq!(t3[1]["verdict"], "not_for_model", "{check}");
+    let out = store.tillup(&["update"])?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    store.terminals[&1].wait_running("1.1.0")?;
+    store.terminals[&2].wait_running("1.1.0")?;
+    store.terminals[&3].wait_running("1.0.0")?;
+    let check = store.tillup(&["check"])?;
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("no release for model CP-700"),
+        "{}\n{shown}",
+        text(&check)
+    );
+    Ok(())
+}
+
+#[test]
+fn scheduled_mode_upgrades_only_inside_the_window_without_asking() -> Result<()> {
+    let mut store = Store::new(None, StoreSpec::default())?;
+    store.write_listener_config("scheduled", &[])?;
+    store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
+
+    let noon = store.tillup(&[
+        "daemon",
+        "--once",
+        "--now",
+        "2026-11-21T12:00:00+08:00[Asia/Shanghai]",
+    ])?;
+    ensure!(noon.status.success(), "{}", text(&noon));
+    assert!(
+        String::from_utf8_lossy(&noon.stdout).contains("waiting_for_window"),
+        "{}",
+        text(&noon)
+    );
+    for t in store.terminals.values() {
+        t.wait_running("1.0.0")?;
+    }
+    assert!(
+        store.local_log()["pending"].is_null(),
+        "no prompt in scheduled mode"
+    );
+
+    let night = store.tillup(&[
+        "daemon",
+        "--once",
+        "--now",
+        "2026-11-22T03:30:00+08:00[Asia/Shanghai]",
+    ])?;
+    ensure!(night.status.success(), "{}", text(&night));
+    for t in store.terminals.values() {
+        t.wait_running("1.1.0")?;
+    }
+    assert_eq!(store.local_log()["history"][0]["trigger"]["by"], "schedule");
+    Ok(())
+}
+
+#[test]
+fn prompt_mode_records_the_prompt_and_remembers_skip() -> Result<()> {
+    let store = Store::new(None, StoreSpec::default())?;
+    store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
+    let tick = store.tillup(&["daemon", "--once"])?;
+    assert!(
+        String::from_utf8_lossy(&tick.stdout).contains("\"prompted\""),
+        "{}",
+        text(&tick)
+    );
+    assert_eq!(store.local_log()["pending"]["version"], "1.1.0");
+    let skip = store.tillup(&["answer", "skip"])?;
+    ensure!(skip.status.success(), "{}", text(&skip));
+    let tick = store.tillup(&["daemon", "--once"])?;
+    assert!(
+        String::from_utf8_lossy(&tick.stdout).contains("\"skipped\""),
+        "{}",
+        text(&tick)
+    );
+    for t in store.terminals.values() {
+        t.wait_running("1.0.0")?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_bad_config_is_a_clear_error_naming_the_file() -> Result<()> {
+    let store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500")],
+            ..StoreSpec::default()
+        },
+    )?;
+    let cfg = fs::read_to_string(&store.listener_config)?.replace("03:00", "3 o'clock");
+    fs::write(&store.listener_config, cfg)?;
+    let out = store.tillup(&["check"])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config.toml") && err.contains("window.start") && err.contains("HH:MM"),
+        "{err}"
+    );
+    let _ = dead_address();
+    Ok(())
+}
