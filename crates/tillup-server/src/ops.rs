@@ -319,7 +319,7 @@ mod tests {
 
     #[test]
     fn resign_only_when_half_the_validity_is_gone() {
-        let (d, data, db, blobs, key) = setup();
+        let (d, _data, db, blobs, key) = setup();
         let folder = d.path().join("rel");
         std::fs::create_dir(&folder).unwrap();
         std::fs::write(folder.join("pos"), "x").unwrap();
@@ -339,7 +339,7 @@ mod tests {
 
     #[test]
     fn publish_refuses_bad_input_with_clear_messages() {
-        let (d, data, db, blobs, key) = setup();
+        let (d, _data, db, blobs, key) = setup();
         let folder = d.path().join("rel");
         std::fs::create_dir(&folder).unwrap();
         let err = publish(&db, &blobs, &key, req(&folder, "1.0.0"))

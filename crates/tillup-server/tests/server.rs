@@ -1,0 +1,1305 @@
+//! tillup-server's tests: handlers through `oneshot`, then the real binary
+//! over HTTP. Each test has its own temp directory; no fixed ports.
+
+use std::path::Path;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use axum::response::Response;
+use http_body_util::BodyExt;
+use tillup_core::RelPath;
+use tillup_core::Sha256Hex;
+use tillup_core::api::{
+    self, Backup, Delivery, ErrorBody, HashList, ProcessRequest, TerminalBackup, TerminalTarget,
+};
+use tillup_core::log::{Notes, VersionLog};
+use tillup_core::manifest::{FileEntry, Manifest, Preserve, merge_for_terminal};
+use tillup_core::sign::PublicKey;
+use tillup_server::ops::{self, PublishRequest};
+use tillup_server::{AppState, DataDir, KeySource, Limits};
+use tower::ServiceExt;
+
+struct Env {
+    dir: tempfile::TempDir,
+    state: AppState,
+    key: KeySource,
+    public: PublicKey,
+    token_a: String,
+    token_b: String,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path().join("data"));
+    let keys = ops::keygen(&data, false).unwrap();
+    let key = KeySource {
+        path: data.secret_key(),
+        password: None,
+    };
+    let state = AppState::open(data, Limits::default()).unwrap();
+    let now = jiff::Timestamp::now();
+    let token_a = ops::add_store(state.db(), "store-a", now).unwrap();
+    let token_b = ops::add_store(state.db(), "store-b", now).unwrap();
+    Env {
+        public: PublicKey::parse(&keys.public_line).unwrap(),
+        dir,
+        state,
+        key,
+        token_a,
+        token_b,
+    }
+}
+
+/// Writes `files` into a new folder under the env's temp dir.
+fn folder(env: &Env, name: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let root = env.dir.path().join(name);
+    for (p, c) in files {
+        let path = root.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, c).unwrap();
+    }
+    root
+}
+
+fn publish(
+    env: &Env,
+    name: &str,
+    version: &str,
+    files: &[(&str, &str)],
+    preserve: &[&str],
+) -> ops::Published {
+    let root = folder(env, name, files);
+    let req = PublishRequest {
+        folder: root,
+        version: version.parse().unwrap(),
+        channel: "stable".into(),
+        date: "2026-11-01T00:00:00Z".parse().unwrap(),
+        notes: Notes {
+            en: format!("release {version}"),
+            zh_cn: String::new(),
+        },
+        critical: false,
+        min_from: None,
+        models: vec![],
+        preserve: preserve.iter().map(|s| s.to_string()).collect(),
+        replace: false,
+    };
+    ops::publish(env.state.db(), env.state.blobs(), &env.key, req).unwrap()
+}
+
+fn entry(path: &str, content: &str) -> FileEntry {
+    FileEntry {
+        path: RelPath::new(path).unwrap(),
+        size: content.len() as u64,
+        sha256: Sha256Hex::of(content.as_bytes()),
+        exec: false,
+    }
+}
+
+fn manifest(files: &[(&str, &str)]) -> Manifest {
+    Manifest::new(files.iter().map(|(p, c)| entry(p, c)).collect()).unwrap()
+}
+
+async fn call(
+    env: &Env,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Response {
+    let mut b = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    tillup_server::app(env.state.clone())
+        .oneshot(b.body(Body::from(body)).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn json_call(
+    env: &Env,
+    method: Method,
+    uri: &str,
+    token: &str,
+    body: &impl serde::Serialize,
+) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap();
+    call(
+        env,
+        method,
+        uri,
+        Some(token),
+        &[("content-type", "application/json")],
+        bytes,
+    )
+    .await
+}
+
+async fn bytes(resp: Response) -> Vec<u8> {
+    resp.into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec()
+}
+
+async fn error_of(resp: Response) -> String {
+    let b = bytes(resp).await;
+    serde_json::from_slice::<ErrorBody>(&b)
+        .unwrap_or_else(|e| panic!("not an ErrorBody ({e}): {}", String::from_utf8_lossy(&b)))
+        .error
+}
+
+fn blob_uri(h: &Sha256Hex) -> String {
+    api::route(api::server::BLOB, &[("sha256", &h.to_string())])
+}
+
+fn store_uri(template: &str, store: &str, upgrade: &str) -> String {
+    api::route(template, &[("store", store), ("upgrade", upgrade)])
+}
+
+fn log_uri() -> String {
+    api::route(api::server::LOG, &[("channel", "stable")])
+}
+
+// ---- tokens ----------------------------------------------------------------
+
+#[tokio::test]
+async fn every_route_refuses_a_missing_or_wrong_token_and_changes_nothing() {
+    let env = env();
+    let p = publish(&env, "r1", "1.0.0", &[("bin/pos", "pos")], &[]);
+    let local = b"local file".to_vec();
+    let local_hash = Sha256Hex::of(&local);
+    let backup = Backup {
+        terminals: vec![TerminalBackup {
+            number: 1,
+            model: "A".into(),
+            version: "0.9.0".parse().unwrap(),
+            manifest: manifest(&[("bin/pos", "pos")]),
+        }],
+    };
+    let process = ProcessRequest {
+        channel: "stable".into(),
+        terminals: vec![TerminalTarget {
+            number: 1,
+            target: "1.0.0".parse().unwrap(),
+        }],
+    };
+    let routes: Vec<(Method, String, Vec<u8>)> = vec![
+        (Method::GET, log_uri(), vec![]),
+        (
+            Method::GET,
+            api::route(api::server::LOG_SIGNATURE, &[("channel", "stable")]),
+            vec![],
+        ),
+        (Method::GET, blob_uri(&p.release.sha256), vec![]),
+        (Method::PUT, blob_uri(&local_hash), local.clone()),
+        (
+            Method::POST,
+            api::server::BLOBS_MISSING.to_owned(),
+            serde_json::to_vec(&HashList {
+                hashes: vec![local_hash],
+            })
+            .unwrap(),
+        ),
+        (
+            Method::PUT,
+            store_uri(api::server::BACKUP, "store-a", "u1"),
+            serde_json::to_vec(&backup).unwrap(),
+        ),
+        (
+            Method::POST,
+            store_uri(api::server::PROCESS, "store-a", "u1"),
+            serde_json::to_vec(&process).unwrap(),
+        ),
+        (
+            Method::POST,
+            api::route(api::server::REPORT, &[("store", "store-a")]),
+            br#"{"ok":true}"#.to_vec(),
+        ),
+    ];
+    let wrong = "0".repeat(64);
+    for (method, uri, body) in &routes {
+        for token in [None, Some(wrong.as_str()), Some("")] {
+            let resp = call(&env, method.clone(), uri, token, &[], body.clone()).await;
+            assert_eq!(
+                resp.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} with {token:?}"
+            );
+            assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
+            let msg = error_of(resp).await;
+            assert!(msg.contains("token"), "{msg}");
+        }
+    }
+    // A non-Bearer scheme is refused too.
+    let resp = call(
+        &env,
+        Method::GET,
+        &log_uri(),
+        None,
+        &[("authorization", &format!("Basic {}", env.token_a))],
+        vec![],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    assert!(
+        !env.state.blobs().has(&local_hash),
+        "a refused upload was kept"
+    );
+    assert!(!env.state.blobs().path(&local_hash).exists());
+    assert!(env.state.db().reports("store-a").unwrap().is_empty());
+    assert!(
+        !env.dir.path().join("data/stores").exists(),
+        "a refused backup wrote files"
+    );
+    assert!(
+        env.state
+            .db()
+            .stores()
+            .unwrap()
+            .iter()
+            .all(|s| s.last_check.is_none())
+    );
+
+    let health = call(&env, Method::GET, "/healthz", None, &[], vec![]).await;
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn another_stores_token_is_forbidden_on_store_paths() {
+    let env = env();
+    publish(&env, "r1", "1.0.0", &[("bin/pos", "pos")], &[]);
+    let backup = Backup { terminals: vec![] };
+    let process = ProcessRequest {
+        channel: "stable".into(),
+        terminals: vec![TerminalTarget {
+            number: 1,
+            target: "1.0.0".parse().unwrap(),
+        }],
+    };
+    let cases = [
+        json_call(
+            &env,
+            Method::PUT,
+            &store_uri(api::server::BACKUP, "store-a", "u1"),
+            &env.token_b,
+            &backup,
+        )
+        .await,
+        json_call(
+            &env,
+            Method::POST,
+            &store_uri(api::server::PROCESS, "store-a", "u1"),
+            &env.token_b,
+            &process,
+        )
+        .await,
+        json_call(
+            &env,
+            Method::POST,
+            &api::route(api::server::REPORT, &[("store", "store-a")]),
+            &env.token_b,
+            &serde_json::json!({"x": 1}),
+        )
+        .await,
+    ];
+    for resp in cases {
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let msg = error_of(resp).await;
+        assert!(msg.contains("store-b") && msg.contains("store-a"), "{msg}");
+    }
+    assert!(env.state.db().reports("store-a").unwrap().is_empty());
+    assert!(env.state.db().reports("store-b").unwrap().is_empty());
+    assert!(!env.dir.path().join("data/stores").exists());
+}
+
+// ---- log -------------------------------------------------------------------
+
+#[tokio::test]
+async fn served_log_verifies_and_etag_gives_304_and_sequence_grows() {
+    let env = env();
+    let resp = call(
+        &env,
+        Method::GET,
+        &log_uri(),
+        Some(&env.token_a),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(error_of(resp).await.contains("nothing is published"));
+
+    publish(&env, "r1", "1.0.0", &[("bin/pos", "one")], &[]);
+    publish(&env, "r2", "1.1.0", &[("bin/pos", "two")], &["config/**"]);
+    let resp = call(
+        &env,
+        Method::GET,
+        &log_uri(),
+        Some(&env.token_a),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+    let etag = resp.headers()[header::ETAG].to_str().unwrap().to_owned();
+    assert!(etag.starts_with("\"2-") && etag.ends_with('"'), "{etag}");
+    let sig_b64 = resp.headers()[api::SIGNATURE_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = bytes(resp).await;
+    let sig = String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, sig_b64).unwrap(),
+    )
+    .unwrap();
+    env.public.verify(&body, &sig).unwrap();
+    let log = VersionLog::parse(&body).unwrap();
+    assert_eq!(log.sequence, 2);
+    assert_eq!(log.channel, "stable");
+    let versions: Vec<String> = log.releases.iter().map(|r| r.version.to_string()).collect();
+    assert_eq!(versions, ["1.0.0", "1.1.0"]);
+    assert_eq!(log.releases[1].preserve, ["config/**"]);
+    assert!(log.expires > log.generated);
+    assert!(sig.contains("sequence=2"), "{sig}");
+
+    // The detached signature is the same text.
+    let resp = call(
+        &env,
+        Method::GET,
+        &api::route(api::server::LOG_SIGNATURE, &[("channel", "stable")]),
+        Some(&env.token_a),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(String::from_utf8(bytes(resp).await).unwrap(), sig);
+
+    // Conditional GET.
+    let resp = call(
+        &env,
+        Method::GET,
+        &log_uri(),
+        Some(&env.token_a),
+        &[("if-none-match", &etag)],
+        vec![],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(resp.headers()[header::ETAG].to_str().unwrap(), etag);
+    assert!(bytes(resp).await.is_empty());
+    assert!(
+        env.state
+            .db()
+            .stores()
+            .unwrap()
+            .iter()
+            .any(|s| s.id == "store-a" && s.last_check.is_some())
+    );
+
+    // A new publish changes the sequence and the ETag.
+    publish(&env, "r3", "1.2.0", &[("bin/pos", "three")], &[]);
+    let resp = call(
+        &env,
+        Method::GET,
+        &log_uri(),
+        Some(&env.token_a),
+        &[("if-none-match", &etag)],
+        vec![],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(VersionLog::parse(&bytes(resp).await).unwrap().sequence, 3);
+}
+
+// ---- blobs -----------------------------------------------------------------
+
+#[tokio::test]
+async fn range_request_answers_206_with_the_slice() {
+    let env = env();
+    let content = "0123456789abcdefghij";
+    publish(&env, "r1", "1.0.0", &[("bin/pos", content)], &[]);
+    let h = Sha256Hex::of(content.as_bytes());
+    let resp = call(
+        &env,
+        Method::GET,
+        &blob_uri(&h),
+        Some(&env.token_a),
+        &[("range", "bytes=12-")],
+        vec![],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(resp.headers()[header::CONTENT_RANGE], "bytes 12-19/20");
+    assert_eq!(bytes(resp).await, &content.as_bytes()[12..]);
+    let resp = call(
+        &env,
+        Method::GET,
+        &blob_uri(&h),
+        Some(&env.token_a),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(bytes(resp).await, content.as_bytes());
+}
+
+#[tokio::test]
+async fn put_blob_checks_the_hash_and_blobs_missing_follows_uploads() {
+    let env = env();
+    publish(&env, "r1", "1.0.0", &[("bin/pos", "pos")], &[]);
+    let pos = Sha256Hex::of(b"pos");
+    let local = Sha256Hex::of(b"local");
+    let unknown = Sha256Hex::of(b"never sent");
+    let missing = |env: &Env, token: String, hashes: Vec<Sha256Hex>| {
+        let state = env.state.clone();
+        async move {
+            let req = Request::post(api::server::BLOBS_MISSING)
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::from(
+                    serde_json::to_vec(&HashList { hashes }).unwrap(),
+                ))
+                .unwrap();
+            let resp = tillup_server::app(state).oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            serde_json::from_slice::<HashList>(&bytes(resp).await)
+                .unwrap()
+                .hashes
+        }
+    };
+    assert_eq!(
+        missing(&env, env.token_a.clone(), vec![pos, local, unknown, local]).await,
+        vec![local, unknown]
+    );
+
+    // Wrong bytes for the hash: refused, nothing kept.
+    let resp = call(
+        &env,
+        Method::PUT,
+        &blob_uri(&local),
+        Some(&env.token_a),
+        &[],
+        b"locaL".to_vec(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let msg = error_of(resp).await;
+    assert!(
+        msg.contains("nothing was kept") && msg.contains(&local.to_string()),
+        "{msg}"
+    );
+    assert!(!env.state.blobs().has(&local));
+    assert_eq!(
+        std::fs::read_dir(env.state.blobs().root().join("tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // A bad hash in the path.
+    let resp = call(
+        &env,
+        Method::PUT,
+        "/v1/blobs/..%2Fetc",
+        Some(&env.token_a),
+        &[],
+        b"x".to_vec(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(error_of(resp).await.contains("SHA-256"));
+
+    let resp = call(
+        &env,
+        Method::PUT,
+        &blob_uri(&local),
+        Some(&env.token_a),
+        &[],
+        b"local".to_vec(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        missing(&env, env.token_a.clone(), vec![pos, local, unknown]).await,
+        vec![unknown]
+    );
+    // Store B did not upload it: for B it is missing and unreadable.
+    assert_eq!(
+        missing(&env, env.token_b.clone(), vec![pos, local]).await,
+        vec![local]
+    );
+    let resp = call(
+        &env,
+        Method::GET,
+        &blob_uri(&local),
+        Some(&env.token_b),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = call(
+        &env,
+        Method::GET,
+        &blob_uri(&local),
+        Some(&env.token_a),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(bytes(resp).await, b"local");
+
+    // Malformed JSON is a 400 that says what was expected.
+    let resp = call(
+        &env,
+        Method::POST,
+        api::server::BLOBS_MISSING,
+        Some(&env.token_a),
+        &[],
+        b"{\"hashes\": [\"nope\"]}".to_vec(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(error_of(resp).await.contains("hash list"));
+}
+
+#[tokio::test]
+async fn oversize_blob_is_413_and_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path());
+    let state = AppState::open(
+        data,
+        Limits {
+            max_blob: 4,
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    let token = ops::add_store(state.db(), "s", jiff::Timestamp::now()).unwrap();
+    let h = Sha256Hex::of(b"too long");
+    let req = Request::put(blob_uri(&h))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::from("too long"))
+        .unwrap();
+    let resp = tillup_server::app(state.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(!state.blobs().has(&h));
+}
+
+// ---- backup, process, report -----------------------------------------------
+
+async fn upload_missing(env: &Env, files: &[(&str, &str)]) {
+    for (_, c) in files {
+        let h = Sha256Hex::of(c.as_bytes());
+        let resp = call(
+            env,
+            Method::PUT,
+            &blob_uri(&h),
+            Some(&env.token_a),
+            &[],
+            c.as_bytes().to_vec(),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    }
+}
+
+#[tokio::test]
+async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
+    let env = env();
+    let old_files = [
+        ("bin/pos", "pos 1"),
+        ("config/default.ini", "default 1"),
+        ("lib/gone.so", "gone"),
+    ];
+    publish(&env, "r1", "1.0.0", &old_files, &["config/**", "data/*.db"]);
+    let new_files = [
+        ("bin/pos", "pos 2"),
+        ("config/default.ini", "default 2"),
+        ("lib/new.so", "new"),
+    ];
+    let p2 = publish(&env, "r2", "2.0.0", &new_files, &["config/**", "data/*.db"]);
+
+    let t2_files = [
+        ("bin/pos", "pos 1"),
+        ("config/default.ini", "mine 2"),
+        ("lib/gone.so", "gone"),
+        ("data/sales.db", "sales 2"),
+    ];
+    let t1_files = [
+        ("bin/pos", "pos 1"),
+        ("config/default.ini", "default 1"),
+        ("config/local.ini", "local 1"),
+        ("lib/gone.so", "gone"),
+        ("data/sales.db", "sales 1"),
+        ("data/tmp/x.db", "not kept"),
+    ];
+    let terminal = |n: u32, files: &[(&str, &str)]| TerminalBackup {
+        number: n,
+        model: "A".into(),
+        version: "1.0.0".parse().unwrap(),
+        manifest: manifest(files),
+    };
+    let backup = Backup {
+        terminals: vec![terminal(2, &t2_files), terminal(1, &t1_files)],
+    };
+    let backup_uri = store_uri(api::server::BACKUP, "store-a", "u-1");
+    let process_uri = store_uri(api::server::PROCESS, "store-a", "u-1");
+
+    // Processing before any backup: a clear 404.
+    let req = ProcessRequest {
+        channel: "stable".into(),
+        terminals: vec![
+            TerminalTarget {
+                number: 2,
+                target: "2.0.0".parse().unwrap(),
+            },
+            TerminalTarget {
+                number: 1,
+                target: "2.0.0".parse().unwrap(),
+            },
+        ],
+    };
+    let resp = json_call(&env, Method::POST, &process_uri, &env.token_a, &req).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(error_of(resp).await.contains("PUT the backup first"));
+
+    // Terminal-local files not uploaded yet: 409 naming them.
+    let resp = json_call(&env, Method::PUT, &backup_uri, &env.token_a, &backup).await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let msg = error_of(resp).await;
+    assert!(
+        msg.contains(&Sha256Hex::of(b"sales 1").to_string())
+            && !msg.contains(&Sha256Hex::of(b"pos 1").to_string()),
+        "{msg}"
+    );
+
+    // Only terminal-local files are missing; upload them.
+    let all: Vec<Sha256Hex> = backup
+        .terminals
+        .iter()
+        .flat_map(|t| t.manifest.hashes())
+        .collect();
+    let resp = json_call(
+        &env,
+        Method::POST,
+        api::server::BLOBS_MISSING,
+        &env.token_a,
+        &HashList { hashes: all },
+    )
+    .await;
+    let want_missing: std::collections::BTreeSet<Sha256Hex> =
+        ["mine 2", "sales 2", "local 1", "sales 1", "not kept"]
+            .iter()
+            .map(|c| Sha256Hex::of(c.as_bytes()))
+            .collect();
+    let got: std::collections::BTreeSet<Sha256Hex> =
+        serde_json::from_slice::<HashList>(&bytes(resp).await)
+            .unwrap()
+            .hashes
+            .into_iter()
+            .collect();
+    assert_eq!(got, want_missing);
+    upload_missing(&env, &t2_files).await;
+    upload_missing(&env, &t1_files).await;
+
+    let resp = json_call(&env, Method::PUT, &backup_uri, &env.token_a, &backup).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+
+    let resp = json_call(&env, Method::POST, &process_uri, &env.token_a, &req).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let delivery: Delivery = serde_json::from_slice(&bytes(resp).await).unwrap();
+    let numbers: Vec<u32> = delivery.terminals.iter().map(|t| t.number).collect();
+    assert_eq!(numbers, [1, 2], "terminal-number order");
+
+    let release_manifest = manifest(&new_files);
+    assert_eq!(release_manifest.digest(), p2.release.sha256);
+    let preserve = Preserve::new(&["config/**", "data/*.db"]).unwrap();
+    for (t, files) in [
+        (&delivery.terminals[0], &t1_files[..]),
+        (&delivery.terminals[1], &t2_files[..]),
+    ] {
+        assert_eq!(t.version.to_string(), "2.0.0");
+        assert_eq!(
+            t.manifest,
+            merge_for_terminal(&release_manifest, &manifest(files), &preserve).unwrap()
+        );
+        assert!(
+            t.manifest
+                .get(&RelPath::new("lib/gone.so").unwrap())
+                .is_none(),
+            "a removed file stayed"
+        );
+        assert!(
+            t.manifest
+                .get(&RelPath::new("data/tmp/x.db").unwrap())
+                .is_none()
+        );
+        assert_eq!(
+            t.manifest
+                .get(&RelPath::new("bin/pos").unwrap())
+                .unwrap()
+                .sha256,
+            Sha256Hex::of(b"pos 2")
+        );
+        let written: api::TerminalResult = serde_json::from_slice(
+            &std::fs::read(env.dir.path().join(format!(
+                "data/stores/store-a/upgrades/u-1/result/{}.json",
+                t.number
+            )))
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(&written, t);
+    }
+    let t1 = &delivery.terminals[0].manifest;
+    assert_eq!(
+        t1.get(&RelPath::new("config/local.ini").unwrap())
+            .unwrap()
+            .sha256,
+        Sha256Hex::of(b"local 1")
+    );
+    assert_eq!(
+        t1.get(&RelPath::new("data/sales.db").unwrap())
+            .unwrap()
+            .sha256,
+        Sha256Hex::of(b"sales 1")
+    );
+    let t2 = &delivery.terminals[1].manifest;
+    assert_eq!(
+        t2.get(&RelPath::new("config/default.ini").unwrap())
+            .unwrap()
+            .sha256,
+        Sha256Hex::of(b"mine 2")
+    );
+    assert!(
+        Path::new(
+            &env.dir
+                .path()
+                .join("data/stores/store-a/upgrades/u-1/backup.json")
+        )
+        .is_file()
+    );
+
+    // Idempotent.
+    let again = json_call(&env, Method::POST, &process_uri, &env.token_a, &req).await;
+    assert_eq!(
+        serde_json::from_slice::<Delivery>(&bytes(again).await).unwrap(),
+        delivery
+    );
+
+    // Every file of the delivery is readable by the store.
+    let hashes: Vec<Sha256Hex> = delivery
+        .terminals
+        .iter()
+        .flat_map(|t| t.manifest.hashes())
+        .collect();
+    let resp = json_call(
+        &env,
+        Method::POST,
+        api::server::BLOBS_MISSING,
+        &env.token_a,
+        &HashList { hashes },
+    )
+    .await;
+    assert!(
+        serde_json::from_slice::<HashList>(&bytes(resp).await)
+            .unwrap()
+            .hashes
+            .is_empty()
+    );
+
+    // Unknown release, unknown terminal, bad upgrade id.
+    let bad = ProcessRequest {
+        channel: "stable".into(),
+        terminals: vec![TerminalTarget {
+            number: 1,
+            target: "9.9.9".parse().unwrap(),
+        }],
+    };
+    let resp = json_call(&env, Method::POST, &process_uri, &env.token_a, &bad).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(
+        error_of(resp)
+            .await
+            .contains("release 9.9.9 is not published")
+    );
+    let bad = ProcessRequest {
+        channel: "stable".into(),
+        terminals: vec![TerminalTarget {
+            number: 7,
+            target: "2.0.0".parse().unwrap(),
+        }],
+    };
+    let resp = json_call(&env, Method::POST, &process_uri, &env.token_a, &bad).await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert!(
+        error_of(resp)
+            .await
+            .contains("terminal 7 is not in the backup")
+    );
+    let resp = json_call(
+        &env,
+        Method::PUT,
+        &store_uri(api::server::BACKUP, "store-a", "bad%20id"),
+        &env.token_a,
+        &backup,
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(error_of(resp).await.contains("upgrade"));
+}
+
+#[tokio::test]
+async fn backup_with_an_escaping_path_is_refused() {
+    let env = env();
+    let body = br#"{"terminals":[{"number":1,"model":"A","version":"1.0.0","manifest":{"files":[{"path":"../x","size":1,"sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}]}}]}"#;
+    let resp = call(
+        &env,
+        Method::PUT,
+        &store_uri(api::server::BACKUP, "store-a", "u1"),
+        Some(&env.token_a),
+        &[],
+        body.to_vec(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(error_of(resp).await.contains("`..`"));
+}
+
+#[tokio::test]
+async fn reports_are_stored_and_must_be_objects() {
+    let env = env();
+    let uri = api::route(api::server::REPORT, &[("store", "store-a")]);
+    let resp = call(
+        &env,
+        Method::POST,
+        &uri,
+        Some(&env.token_a),
+        &[],
+        b"[1,2]".to_vec(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = call(
+        &env,
+        Method::POST,
+        &uri,
+        Some(&env.token_a),
+        &[],
+        b"{not json".to_vec(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let big = format!("{{\"x\":\"{}\"}}", "a".repeat(2 << 20));
+    let resp = call(
+        &env,
+        Method::POST,
+        &uri,
+        Some(&env.token_a),
+        &[],
+        big.into_bytes(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let resp = json_call(
+        &env,
+        Method::POST,
+        &uri,
+        &env.token_a,
+        &serde_json::json!({"upgrade": "u1", "ok": true}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let reports = env.state.db().reports("store-a").unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        reports[0].report,
+        serde_json::json!({"upgrade": "u1", "ok": true})
+    );
+}
+
+// ---- the real binary ---------------------------------------------------------
+
+mod binary {
+    use std::io::{BufRead, BufReader};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Output, Stdio};
+
+    use tillup_core::api;
+    use tillup_core::log::VersionLog;
+    use tillup_core::sign::PublicKey;
+
+    const BIN: &str = env!("CARGO_BIN_EXE_tillup-server");
+
+    fn server(data: &Path, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--data")
+            .arg(data)
+            .args(args)
+            .env_remove("TILLUP_KEY_PASSWORD")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(data: &Path, args: &[&str]) -> String {
+        let out = server(data, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn first_line(s: &str) -> String {
+        s.lines().next().unwrap_or_default().trim().to_owned()
+    }
+
+    /// The minisign CLI, or a failure saying how to install it.
+    fn minisign() -> &'static str {
+        match Command::new("minisign").arg("-v").output() {
+            Ok(_) => "minisign",
+            Err(e) => panic!(
+                "the `minisign` CLI is needed by this test and is not on PATH ({e}): apt-get install minisign"
+            ),
+        }
+    }
+
+    fn release(dir: &Path, name: &str, content: &str) -> PathBuf {
+        let root = dir.join(name);
+        std::fs::create_dir_all(root.join("config")).unwrap();
+        std::fs::write(root.join("pos"), content).unwrap();
+        std::fs::write(root.join("config/app.ini"), "default").unwrap();
+        root
+    }
+
+    struct Running(Child);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn serve(data: &Path) -> (Running, String) {
+        let mut child = Command::new(BIN)
+            .arg("--data")
+            .arg(data)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let running = Running(child);
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line: {line:?}"))
+            .to_owned();
+        (running, base)
+    }
+
+    #[tokio::test]
+    async fn real_binary_serves_a_log_that_minisign_and_the_public_key_verify() {
+        let minisign = minisign();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let public_line = first_line(&ok(&data, &["keygen"]));
+        assert!(public_line.starts_with("RW"), "{public_line}");
+        let token = first_line(&ok(&data, &["store", "add", "store-1"]));
+        assert!(token.len() >= 64, "{token}");
+        let r1 = release(dir.path(), "r1", "pos one");
+        let r2 = release(dir.path(), "r2", "pos two");
+        ok(
+            &data,
+            &[
+                "publish",
+                r1.to_str().unwrap(),
+                "--version",
+                "1.0.0",
+                "--notes-en",
+                "first",
+                "--preserve",
+                "config/**",
+            ],
+        );
+        ok(
+            &data,
+            &[
+                "publish",
+                r2.to_str().unwrap(),
+                "--version",
+                "1.1.0",
+                "--notes-zh",
+                "第二",
+                "--critical",
+                "--min-from",
+                "1.0.0",
+                "--model",
+                "A",
+                "--date",
+                "2026-11-02T03:04:05Z",
+            ],
+        );
+
+        let (_server, base) = serve(&data);
+        let client = reqwest::Client::new();
+        let log_url = format!(
+            "{base}{}",
+            api::route(api::server::LOG, &[("channel", "stable")])
+        );
+        let resp = client
+            .get(&log_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+        let body = resp.bytes().await.unwrap();
+        let sig_url = format!(
+            "{base}{}",
+            api::route(api::server::LOG_SIGNATURE, &[("channel", "stable")])
+        );
+        let sig = client
+            .get(&sig_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        PublicKey::parse(&public_line)
+            .unwrap()
+            .verify(&body, &sig)
+            .unwrap();
+        let log = VersionLog::parse(&body).unwrap();
+        assert_eq!(log.sequence, 2);
+        let r = &log.releases[1];
+        assert!(
+            r.critical && r.min_from.as_ref().unwrap().to_string() == "1.0.0" && r.models == ["A"]
+        );
+        assert_eq!(r.notes.zh_cn, "第二");
+        assert_eq!(r.date.to_string(), "2026-11-02T03:04:05Z");
+
+        // minisign -Vm FILE -P KEY on the downloaded log.
+        let file = dir.path().join("log.json");
+        std::fs::write(&file, &body).unwrap();
+        std::fs::write(dir.path().join("log.json.minisig"), &sig).unwrap();
+        let out = Command::new(minisign)
+            .arg("-Vm")
+            .arg(&file)
+            .args(["-P", &public_line])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "minisign: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // …and it refuses a tampered one.
+        let mut tampered = body.to_vec();
+        tampered[10] ^= 1;
+        std::fs::write(&file, &tampered).unwrap();
+        let out = Command::new(minisign)
+            .arg("-Vm")
+            .arg(&file)
+            .args(["-P", &public_line])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+
+        // 304 with the ETag; 401 without a token.
+        let resp = client
+            .get(&log_url)
+            .bearer_auth(&token)
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 304);
+        let resp = client.get(&log_url).send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+
+        // Range over the real socket.
+        let manifest_url = format!(
+            "{base}{}",
+            api::route(api::server::BLOB, &[("sha256", &r.sha256.to_string())])
+        );
+        let full = client
+            .get(&manifest_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let resp = client
+            .get(&manifest_url)
+            .bearer_auth(&token)
+            .header("range", "bytes=5-")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 206);
+        assert_eq!(
+            resp.headers()["content-range"].to_str().unwrap(),
+            format!("bytes 5-{}/{}", full.len() - 1, full.len())
+        );
+        assert_eq!(resp.bytes().await.unwrap(), full[5..]);
+
+        // A report lands in `reports`.
+        let report_url = format!(
+            "{base}{}",
+            api::route(api::server::REPORT, &[("store", "store-1")])
+        );
+        let resp = client
+            .post(&report_url)
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"result": "ok"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        let reports: serde_json::Value =
+            serde_json::from_str(&ok(&data, &["reports", "store-1"])).unwrap();
+        assert_eq!(reports[0]["report"]["result"], "ok");
+        assert!(ok(&data, &["store", "list"]).contains("store-1"));
+    }
+
+    #[test]
+    fn a_key_made_by_minisign_signs_through_key() {
+        let minisign = minisign();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (pub_file, sec_file) = (dir.path().join("k.pub"), dir.path().join("k.sec"));
+        let out = Command::new(minisign)
+            .args(["-G", "-W", "-p"])
+            .arg(&pub_file)
+            .arg("-s")
+            .arg(&sec_file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key = sec_file.to_str().unwrap();
+        let r1 = release(dir.path(), "r1", "pos");
+        ok(
+            &data,
+            &[
+                "--key",
+                key,
+                "publish",
+                r1.to_str().unwrap(),
+                "--version",
+                "1.0.0",
+            ],
+        );
+        let said = ok(&data, &["--key", key, "sign-log", "--expires-in-days", "3"]);
+        assert!(said.contains("sequence 2"), "{said}");
+
+        let db = tillup_server::Db::open(&data.join("tillup.db")).unwrap();
+        let log = db.latest_log("stable").unwrap().unwrap();
+        assert_eq!(log.sequence, 2);
+        assert_eq!(
+            log.expires.duration_since(log.generated),
+            tillup_server::ops::days(3)
+        );
+        let public = PublicKey::parse(&std::fs::read_to_string(&pub_file).unwrap()).unwrap();
+        public.verify(&log.bytes, &log.signature).unwrap();
+        let file = dir.path().join("log.json");
+        std::fs::write(&file, &log.bytes).unwrap();
+        std::fs::write(dir.path().join("log.json.minisig"), &log.signature).unwrap();
+        let out = Command::new(minisign)
+            .arg("-Vm")
+            .arg(&file)
+            .arg("-p")
+            .arg(&pub_file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn publishing_an_existing_version_needs_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        ok(&data, &["keygen"]);
+        let r1 = release(dir.path(), "r1", "pos");
+        ok(
+            &data,
+            &["publish", r1.to_str().unwrap(), "--version", "1.0.0"],
+        );
+        let out = server(
+            &data,
+            &["publish", r1.to_str().unwrap(), "--version", "1.0.0"],
+        );
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("release 1.0.0 is already published") && err.contains("--replace"),
+            "{err}"
+        );
+        let out = server(
+            &data,
+            &[
+                "publish",
+                r1.to_str().unwrap(),
+                "--version",
+                "1.0.0",
+                "--replace",
+            ],
+        );
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("republished"));
+        let out = server(
+            &data,
+            &[
+                "publish",
+                r1.to_str().unwrap(),
+                "--version",
+                "1.0.1",
+                "--preserve",
+                "a/[",
+            ],
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("a/["));
+        let out = server(&data, &["keygen"]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+        let out = Command::new(BIN)
+            .arg("keygen")
+            .env_remove("TILLUP_SERVER_DATA")
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--data"));
+    }
+}
