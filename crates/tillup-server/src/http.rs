@@ -213,6 +213,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(authed)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 

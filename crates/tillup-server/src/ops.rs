@@ -112,7 +112,8 @@ pub struct Published {
 }
 
 /// Scans the folder, stores its files and manifest as blobs, records the
-/// release and re-signs the channel's log.
+/// release and re-signs the channel's log. The new log keeps the validity
+/// of the channel's previous log (30 days for the first one).
 pub fn publish(
     db: &Db,
     blobs: &BlobStore,
