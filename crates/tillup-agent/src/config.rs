@@ -80,15 +80,27 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read the config file {path}: {source}")]
     Read {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// The TOML is invalid, a field is unknown, missing or of the wrong type.
     #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, naming the field and line.
+        message: String,
+    },
     /// The values do not make sense together.
     #[error("config file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Which fields disagree.
+        message: String,
+    },
 }
 
 impl Config {

@@ -37,27 +37,37 @@ pub enum FolderError {
         "not enough disk space to stage: the new folder needs {need} bytes, {free} are free beside {folder}"
     )]
     NoSpace {
+        /// Bytes the new folder takes.
         need: u64,
+        /// Bytes free on that disk.
         free: u64,
+        /// The program folder.
         folder: PathBuf,
     },
     /// Commit asked for a version that is not staged.
     #[error("version {version} is not staged (staged: {}); stage it first", show(.staged))]
     NotStaged {
+        /// The version asked for.
         version: Version,
+        /// The version staged, if any.
         staged: Option<Version>,
     },
     /// Rollback asked for a version that is neither current nor previous.
     #[error("cannot roll back to {version}: the folder holds {} and the previous folder holds {}", show(.current), show(.previous))]
     NoPrevious {
+        /// The version asked for.
         version: Version,
+        /// The version the folder holds.
         current: Option<Version>,
+        /// The version the previous folder holds.
         previous: Option<Version>,
     },
     /// The built folder does not say the version it was staged as.
     #[error("the staged folder's version file says {}, not {version}; the manifest does not match the version", show(.found))]
     WrongVersion {
+        /// The version asked for.
         version: Version,
+        /// What the staged folder's version file says.
         found: Option<Version>,
     },
     /// Two paths differ only in case on a case-insensitive disk.
@@ -121,6 +131,7 @@ impl Layout {
     /// staging folder. Every byte is checked against the manifest.
     pub fn stage(
         &self,
+        /// The version the folder holds.
         current: &Manifest,
         store: &BlobStore,
         req: &StageRequest,

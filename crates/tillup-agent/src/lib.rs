@@ -10,6 +10,8 @@
 //! **Architecture invariant:** the folder is swapped only while the main
 //! program is stopped, and the folder path always names a complete folder.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod folder;
 pub mod http;

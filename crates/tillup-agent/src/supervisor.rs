@@ -26,18 +26,27 @@ pub enum SupervisorError {
     /// The program could not be spawned.
     #[error("cannot start the main program `{program}`: {source}")]
     Spawn {
+        /// The program that was run.
         program: String,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// Its log or pid file could not be written.
     #[error("{path}: {source}")]
     Io {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// A signal could not be delivered.
     #[error("cannot signal the main program (pid {pid}): {source}")]
-    Signal { pid: u32, source: std::io::Error },
+    Signal {
+        /// The main program.
+        pid: u32,
+        /// The underlying error.
+        source: std::io::Error,
+    },
 }
 
 /// `None` while running; `Some(code)` once it exited (`code` is `None` when killed by a signal).

@@ -6,6 +6,8 @@
 //! **Architecture invariant:** nothing here knows about the agent; the agent
 //! only sees the heartbeat through `pos-sim probe` and the exit code.
 
+#![warn(missing_docs)]
+
 use std::fs;
 use std::io::Write;
 use std::path::Path;
@@ -27,14 +29,20 @@ pub const FAIL_EXIT_CODE: u8 = 3;
 /// `STATE/heartbeat.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
+    /// The program's process id.
     pub pid: u32,
+    /// The version it runs (the folder's `VERSION`).
     pub version: String,
+    /// False when it failed or stopped; `message` says why.
     pub healthy: bool,
     /// Whether a sale is in progress (`STATE/busy` exists).
     #[serde(default)]
     pub busy: bool,
+    /// When the program started.
     pub started: Timestamp,
+    /// When this heartbeat was written.
     pub updated: Timestamp,
+    /// The program's own words when it is not healthy.
     pub message: String,
 }
 

@@ -1,0 +1,679 @@
+//! The real `tillup-agent` binary supervising the real `pos-sim`, each test
+//! in its own temporary folder, talked to over HTTP on 127.0.0.1.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use tillup_core::api::{
+    self, AgentStatus, ErrorBody, HashList, HealthReport, MainState, Snapshot, StageReport,
+    StageRequest, StartReport, StopReport, StopRequest, SwapReport, SwapRequest, agent as routes,
+};
+use tillup_core::{Manifest, Sha256Hex};
+use tillup_fs::{HashCache, scan_folder};
+
+const TOKEN: &str = "test-token";
+
+/// `target/debug/pos-sim`, next to the folder holding this test binary.
+fn pos_sim_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join(format!("pos-sim{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build -p tillup-pos-sim` first",
+        p.display()
+    );
+    p
+}
+
+fn write(root: &Path, rel: &str, content: &[u8]) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+fn scan(p: &Path) -> Manifest {
+    scan_folder(p, &mut HashCache::default()).unwrap()
+}
+
+/// A program folder holding version `version` and the real pos-sim.
+fn program_folder(root: &Path, version: &str) {
+    let bin = root.join("bin/pos-sim");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::copy(pos_sim_binary(), &bin).unwrap();
+    write(root, "VERSION", format!("{version}\n").as_bytes());
+    write(root, "config/app.ini", b"[till]\nprinter = lpt1\n");
+    write(root, "lib/report.dll", b"report engine v1");
+    write(root, "lib/old.dll", b"removed in the next release");
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    agent: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Harness {
+    fn folder(&self) -> PathBuf {
+        self.dir.path().join("cupos")
+    }
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    fn busy_file(&self) -> PathBuf {
+        self.state().join("pos/busy")
+    }
+
+    fn start(busy_timeout_secs: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        program_folder(&dir.path().join("cupos"), "1.0.0");
+        let state = dir.path().join("state");
+        let pos = state.join("pos");
+        let config = format!(
+            r#"terminal = 7
+model = "CP-500"
+token = "{TOKEN}"
+listen = "127.0.0.1:0"
+folder = {folder:?}
+state_dir = {state:?}
+[main]
+command = ["{{folder}}/bin/pos-sim", "run", "--folder", "{{folder}}", "--state", {pos:?}]
+stop_timeout_secs = 5
+busy_file = {busy:?}
+busy_timeout_secs = {busy_timeout_secs}
+health_command = ["{{folder}}/bin/pos-sim", "probe", "--state", {pos:?}]
+health_timeout_secs = 10
+"#,
+            folder = dir.path().join("cupos").to_str().unwrap(),
+            state = state.to_str().unwrap(),
+            pos = pos.to_str().unwrap(),
+            busy = pos.join("busy").to_str().unwrap(),
+        );
+        let config_path = dir.path().join("agent.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut agent = Command::new(env!("CARGO_BIN_EXE_tillup-agent"))
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = agent.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the agent printed no address within 20 s");
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        Self {
+            dir,
+            agent,
+            base,
+            http,
+        }
+    }
+
+    fn url(&self, route: &str) -> String {
+        format!("{}{route}", self.base)
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, route: &str) -> T {
+        let res = self
+            .http
+            .get(self.url(route))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        ok_json(res).await
+    }
+
+    async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        route: &str,
+        body: &B,
+    ) -> T {
+        let res = self
+            .http
+            .post(self.url(route))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        ok_json(res).await
+    }
+
+    async fn post_raw<B: serde::Serialize>(&self, route: &str, body: &B) -> reqwest::Response {
+        self.http
+            .post(self.url(route))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn status(&self) -> AgentStatus {
+        self.get(routes::STATUS).await
+    }
+
+    async fn health(&self, version: &str) -> HealthReport {
+        self.get(&format!("{}?version={version}", routes::HEALTH))
+            .await
+    }
+
+    /// Waits (bounded) until the main program answers healthy on `version`.
+    async fn healthy(&self, version: &str) {
+        let h = self.health(version).await;
+        assert!(
+            h.healthy,
+            "{h:?}; main.log: {}",
+            std::fs::read_to_string(self.state().join("main.log")).unwrap_or_default()
+        );
+    }
+
+    async fn put_blob(&self, h: &Sha256Hex, bytes: Vec<u8>) -> reqwest::Response {
+        let uri = api::route(routes::BLOB, &[("sha256", &h.to_string())]);
+        self.http
+            .put(self.url(&uri))
+            .bearer_auth(TOKEN)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Sends the blobs of `release` the agent lacks, then stages it.
+    async fn send_and_stage(
+        &self,
+        release: &Path,
+        version: &str,
+    ) -> (Manifest, Vec<Sha256Hex>, StageReport) {
+        let manifest = scan(release);
+        let wanted = HashList {
+            hashes: manifest.hashes().into_iter().collect(),
+        };
+        let missing: HashList = self.post(routes::BLOBS_MISSING, &wanted).await;
+        for h in &missing.hashes {
+            let f = manifest.files().iter().find(|f| f.sha256 == *h).unwrap();
+            let res = self
+                .put_blob(h, std::fs::read(tillup_fs::join(release, &f.path)).unwrap())
+                .await;
+            assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+        }
+        let none: HashList = self.post(routes::BLOBS_MISSING, &wanted).await;
+        assert!(none.hashes.is_empty());
+        let req = StageRequest {
+            version: version.parse().unwrap(),
+            manifest: manifest.clone(),
+        };
+        let report: StageReport = self.post(routes::STAGE, &req).await;
+        (manifest, missing.hashes, report)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+        if let Some(pid) = std::fs::read_to_string(self.state().join("main.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+async fn ok_json<T: serde::de::DeserializeOwned>(res: reqwest::Response) -> T {
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    assert!(status.is_success(), "{status}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+async fn error_of(res: reqwest::Response, want: StatusCode) -> String {
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    assert_eq!(status, want, "{text}");
+    serde_json::from_str::<ErrorBody>(&text)
+        .unwrap_or_else(|e| panic!("{e}: {text}"))
+        .error
+}
+
+fn running(s: &AgentStatus) -> bool {
+    matches!(s.main, MainState::Running { .. })
+}
+
+/// The new release: a changed file, an added file with a Chinese name, a
+/// removed file, and the terminal's own sales log kept (as `preserve` would).
+fn release(h: &Harness, version: &str, fail: Option<&str>) -> PathBuf {
+    let new = h.dir.path().join(format!("release-{version}"));
+    program_folder(&new, version);
+    std::fs::remove_file(new.join("lib/old.dll")).unwrap();
+    write(
+        &new,
+        "lib/report.dll",
+        format!("report engine {version}").as_bytes(),
+    );
+    write(&new, "收银/说明.txt", "新版本的收银说明".as_bytes());
+    write(
+        &new,
+        "data/sales.log",
+        &std::fs::read(h.folder().join("data/sales.log")).unwrap(),
+    );
+    if let Some(text) = fail {
+        write(&new, "FAIL_HEALTH", text.as_bytes());
+    }
+    new
+}
+
+#[tokio::test]
+async fn status_reports_terminal_model_version_and_running_main() {
+    let h = Harness::start(60);
+    h.healthy("1.0.0").await;
+    let s = h.status().await;
+    assert_eq!((s.terminal, s.model.as_str()), (7, "CP-500"));
+    assert_eq!(s.version, Some("1.0.0".parse().unwrap()));
+    assert!(running(&s), "{s:?}");
+    assert!(
+        !s.busy && s.free_bytes > 0 && s.staged.is_none() && s.previous.is_none(),
+        "{s:?}"
+    );
+    let pid: u32 = std::fs::read_to_string(h.state().join("main.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(s.main, MainState::Running { pid });
+}
+
+#[tokio::test]
+async fn stop_waits_while_busy_then_forces_and_start_brings_it_back() {
+    let h = Harness::start(1);
+    h.healthy("1.0.0").await;
+    std::fs::write(h.busy_file(), "sale 42").unwrap();
+    assert!(h.status().await.busy);
+    let stop: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
+    assert!(
+        stop.was_running && stop.forced && stop.waited_busy_ms >= 1000,
+        "{stop:?}"
+    );
+    assert_eq!(h.status().await.main, MainState::Stopped);
+    let again: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
+    assert!(!again.was_running && !again.forced, "{again:?}");
+
+    std::fs::remove_file(h.busy_file()).unwrap();
+    let start: StartReport = h.post(routes::START, &()).await;
+    assert!(!start.was_running);
+    assert_eq!(h.status().await.main, MainState::Running { pid: start.pid });
+    h.healthy("1.0.0").await;
+    let again: StartReport = h.post(routes::START, &()).await;
+    assert!(again.was_running && again.pid == start.pid);
+
+    // Not busy: a plain graceful stop.
+    let stop: StopReport = h
+        .post(
+            routes::STOP,
+            &StopRequest {
+                busy_timeout_secs: Some(30),
+            },
+        )
+        .await;
+    assert!(
+        stop.was_running && !stop.forced && stop.waited_busy_ms < 1000,
+        "{stop:?}"
+    );
+    let log = std::fs::read_to_string(h.state().join("pos/heartbeat.json")).unwrap();
+    assert!(log.contains("\"stopped\""), "{log}");
+}
+
+#[tokio::test]
+async fn snapshot_matches_scan_and_blobs_resume() {
+    let h = Harness::start(60);
+    h.healthy("1.0.0").await;
+    let snap: Snapshot = h.get(routes::SNAPSHOT).await;
+    assert_eq!(snap.manifest, scan(&h.folder()));
+    assert_eq!(snap.version, Some("1.0.0".parse().unwrap()));
+    let entry = snap
+        .manifest
+        .files()
+        .iter()
+        .find(|f| f.path.as_str() == "config/app.ini")
+        .unwrap();
+    let uri = h.url(&api::route(
+        routes::BLOB,
+        &[("sha256", &entry.sha256.to_string())],
+    ));
+    let whole = h.http.get(&uri).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(whole.status(), StatusCode::OK);
+    assert_eq!(
+        whole.bytes().await.unwrap().as_ref(),
+        b"[till]\nprinter = lpt1\n"
+    );
+    let part = h
+        .http
+        .get(&uri)
+        .bearer_auth(TOKEN)
+        .header("range", "bytes=7-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.headers()["content-range"], "bytes 7-21/22");
+    assert_eq!(part.bytes().await.unwrap().as_ref(), b"printer = lpt1\n");
+    let unknown = h.url(&api::route(
+        routes::BLOB,
+        &[("sha256", &Sha256Hex::of(b"nothing").to_string())],
+    ));
+    let res = h
+        .http
+        .get(&unknown)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    error_of(res, StatusCode::NOT_FOUND).await;
+}
+
+#[tokio::test]
+async fn stage_commit_rollback_round_trip() {
+    let h = Harness::start(60);
+    h.healthy("1.0.0").await;
+    let old = scan(&h.folder());
+    let new = release(&h, "2.0.0", None);
+    let (manifest, sent, report) = h.send_and_stage(&new, "2.0.0").await;
+    // Only what the terminal lacks travels: the version, the changed and the new file.
+    let want: std::collections::BTreeSet<Sha256Hex> =
+        ["VERSION", "lib/report.dll", "收银/说明.txt"]
+            .iter()
+            .map(|p| {
+                manifest
+                    .get(&tillup_core::RelPath::new(p).unwrap())
+                    .unwrap()
+                    .sha256
+            })
+            .collect();
+    assert_eq!(
+        sent.into_iter().collect::<std::collections::BTreeSet<_>>(),
+        want
+    );
+    let received: u64 = manifest
+        .files()
+        .iter()
+        .filter(|f| want.contains(&f.sha256))
+        .map(|f| f.size)
+        .sum();
+    assert_eq!(
+        (report.received_bytes, report.reused_bytes),
+        (received, manifest.total_size() - received)
+    );
+    assert_eq!(h.status().await.staged, Some("2.0.0".parse().unwrap()));
+
+    let v2 = SwapRequest {
+        version: "2.0.0".parse().unwrap(),
+    };
+    let msg = error_of(h.post_raw(routes::COMMIT, &v2).await, StatusCode::CONFLICT).await;
+    assert!(msg.contains("stop the main program first"), "{msg}");
+    assert_eq!(scan(&h.folder()), old, "a refused commit changes nothing");
+
+    let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
+    let swap: SwapReport = h.post(routes::COMMIT, &v2).await;
+    assert!(swap.swapped);
+    assert_eq!(scan(&h.folder()), manifest);
+    for f in manifest.files() {
+        assert_eq!(
+            std::fs::read(tillup_fs::join(&h.folder(), &f.path)).unwrap(),
+            std::fs::read(tillup_fs::join(&new, &f.path)).unwrap(),
+            "{}",
+            f.path
+        );
+    }
+    assert_eq!(scan(&h.dir.path().join("cupos.tillup-previous")), old);
+    assert!(!h.dir.path().join("cupos.tillup-staging").exists());
+    let again: SwapReport = h.post(routes::COMMIT, &v2).await;
+    assert!(!again.swapped);
+
+    let _: StartReport = h.post(routes::START, &()).await;
+    h.healthy("2.0.0").await;
+    let s = h.status().await;
+    assert_eq!(
+        (s.version, s.previous),
+        (
+            Some("2.0.0".parse().unwrap()),
+            Some("1.0.0".parse().unwrap())
+        )
+    );
+
+    let v1 = SwapRequest {
+        version: "1.0.0".parse().unwrap(),
+    };
+    error_of(
+        h.post_raw(routes::ROLLBACK, &v1).await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
+    let back: SwapReport = h.post(routes::ROLLBACK, &v1).await;
+    assert!(back.swapped);
+    assert_eq!(scan(&h.folder()), old);
+    let again: SwapReport = h.post(routes::ROLLBACK, &v1).await;
+    assert!(!again.swapped);
+    let msg = error_of(
+        h.post_raw(
+            routes::ROLLBACK,
+            &SwapRequest {
+                version: "0.9.0".parse().unwrap(),
+            },
+        )
+        .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert!(msg.contains("0.9.0"), "{msg}");
+    let _: StartReport = h.post(routes::START, &()).await;
+    h.healthy("1.0.0").await;
+}
+
+#[tokio::test]
+async fn a_release_that_fails_health_is_reported_with_its_own_words() {
+    let h = Harness::start(60);
+    h.healthy("1.0.0").await;
+    let new = release(
+        &h,
+        "3.0.0",
+        Some("database schema 7 is newer than this program"),
+    );
+    h.send_and_stage(&new, "3.0.0").await;
+    let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
+    let _: SwapReport = h
+        .post(
+            routes::COMMIT,
+            &SwapRequest {
+                version: "3.0.0".parse().unwrap(),
+            },
+        )
+        .await;
+    let _: StartReport = h.post(routes::START, &()).await;
+    let report = h.health("3.0.0").await;
+    assert!(!report.healthy, "{report:?}");
+    assert!(
+        report
+            .message
+            .contains("database schema 7 is newer than this program"),
+        "{report:?}"
+    );
+    assert!(report.message.contains("code 3"), "{report:?}");
+    assert_eq!(h.status().await.main, MainState::Exited { code: Some(3) });
+    // Back to the old release.
+    let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
+    let back: SwapReport = h
+        .post(
+            routes::ROLLBACK,
+            &SwapRequest {
+                version: "1.0.0".parse().unwrap(),
+            },
+        )
+        .await;
+    assert!(back.swapped);
+    let _: StartReport = h.post(routes::START, &()).await;
+    h.healthy("1.0.0").await;
+}
+
+#[tokio::test]
+async fn wrong_or_missing_token_changes_nothing() {
+    let h = Harness::start(60);
+    h.healthy("1.0.0").await;
+    let before = scan(&h.folder());
+    let pid = h.status().await.main;
+    let new = release(&h, "2.0.0", None);
+    let manifest = scan(&new);
+    let hash = manifest.files()[0].sha256.to_string();
+    let blob = api::route(routes::BLOB, &[("sha256", &hash)]);
+    let stage = serde_json::to_value(StageRequest {
+        version: "2.0.0".parse().unwrap(),
+        manifest,
+    })
+    .unwrap();
+    let swap = serde_json::json!({ "version": "2.0.0" });
+    let calls: Vec<(reqwest::Method, String, Option<serde_json::Value>)> = vec![
+        (reqwest::Method::GET, routes::STATUS.into(), None),
+        (
+            reqwest::Method::POST,
+            routes::STOP.into(),
+            Some(serde_json::json!({})),
+        ),
+        (reqwest::Method::POST, routes::START.into(), None),
+        (reqwest::Method::GET, routes::SNAPSHOT.into(), None),
+        (reqwest::Method::GET, blob.clone(), None),
+        (reqwest::Method::PUT, blob, Some(serde_json::json!("bytes"))),
+        (
+            reqwest::Method::POST,
+            routes::BLOBS_MISSING.into(),
+            Some(serde_json::json!({ "hashes": [hash] })),
+        ),
+        (reqwest::Method::POST, routes::STAGE.into(), Some(stage)),
+        (
+            reqwest::Method::POST,
+            routes::COMMIT.into(),
+            Some(swap.clone()),
+        ),
+        (reqwest::Method::POST, routes::ROLLBACK.into(), Some(swap)),
+        (
+            reqwest::Method::GET,
+            format!("{}?version=1.0.0", routes::HEALTH),
+            None,
+        ),
+    ];
+    for (method, route, body) in calls {
+        for auth in [None, Some("Bearer wrong"), Some("Bearer"), Some(TOKEN)] {
+            let mut req = h.http.request(method.clone(), h.url(&route));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let res = req.send().await.unwrap();
+            let msg = error_of(res, StatusCode::UNAUTHORIZED).await;
+            assert!(msg.contains("token"), "{method} {route}: {msg}");
+        }
+    }
+    assert_eq!(scan(&h.folder()), before);
+    assert!(!h.dir.path().join("cupos.tillup-staging").exists());
+    assert_eq!(h.status().await.main, pid, "the main program still runs");
+}
+
+#[tokio::test]
+async fn a_blob_with_the_wrong_hash_is_refused_and_not_kept() {
+    let h = Harness::start(60);
+    let claimed = Sha256Hex::of(b"the real bytes");
+    let msg = error_of(
+        h.put_blob(&claimed, b"altered bytes".to_vec()).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(msg.contains("nothing was kept"), "{msg}");
+    let missing: HashList = h
+        .post(
+            routes::BLOBS_MISSING,
+            &HashList {
+                hashes: vec![claimed],
+            },
+        )
+        .await;
+    assert_eq!(missing.hashes, vec![claimed]);
+    let blobs = h.state().join("blobs");
+    let files: Vec<_> = walk(&blobs);
+    assert!(files.is_empty(), "{files:?}");
+    let res = h.put_blob(&claimed, b"the real bytes".to_vec()).await;
+    assert!(res.status().is_success());
+    let missing: HashList = h
+        .post(
+            routes::BLOBS_MISSING,
+            &HashList {
+                hashes: vec![claimed],
+            },
+        )
+        .await;
+    assert!(missing.hashes.is_empty());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}
+
+#[test]
+fn a_bad_config_file_names_the_file_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, "terminal = 1\nmodel = \"CP-500\"\ntoken = \"t\"\nlisten = \"127.0.0.1:0\"\nfolder = \"/x/cupos\"\nfolderr = \"typo\"\n[main]\ncommand = [\"x\"]\nhealth_command = [\"x\"]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tillup-agent"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("agent.toml") && stderr.contains("folderr"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing is listening");
+}
+
+#[test]
+fn pos_sim_is_found() {
+    assert!(pos_sim_binary().is_file());
+}
