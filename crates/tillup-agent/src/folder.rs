@@ -131,7 +131,6 @@ impl Layout {
     /// staging folder. Every byte is checked against the manifest.
     pub fn stage(
         &self,
-        /// The version the folder holds.
         current: &Manifest,
         store: &BlobStore,
         req: &StageRequest,
