@@ -112,10 +112,14 @@ pub struct TerminalResult {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum MainState {
-    Running { pid: u32 },
+    Running {
+        pid: u32,
+    },
     Stopped,
     /// It exited on its own.
-    Exited { code: Option<i32> },
+    Exited {
+        code: Option<i32>,
+    },
 }
 
 /// `GET /v1/status` of an agent.

@@ -85,14 +85,22 @@ mod tests {
     fn known_digest_round_trips() {
         let h = Sha256Hex::of(b"abc");
         let s = h.to_string();
-        assert_eq!(s, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            s,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(s.parse::<Sha256Hex>().unwrap(), h);
         assert_eq!(h.prefix(), "ba");
     }
 
     #[test]
     fn rejects_uppercase_short_and_path_like() {
-        for bad in ["", "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD", "../etc", &"a".repeat(63)] {
+        for bad in [
+            "",
+            "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD",
+            "../etc",
+            &"a".repeat(63),
+        ] {
             assert!(bad.parse::<Sha256Hex>().is_err(), "{bad}");
         }
     }

@@ -67,9 +67,15 @@ pub enum LogError {
     #[error("the version log lists release {0} twice")]
     DuplicateVersion(Version),
     #[error("release {version}: {source}")]
-    Preserve { version: Version, source: BadPattern },
+    Preserve {
+        version: Version,
+        source: BadPattern,
+    },
     #[error("the version log expires ({expires}) before it was generated ({generated})")]
-    ExpiresBeforeGenerated { generated: Timestamp, expires: Timestamp },
+    ExpiresBeforeGenerated {
+        generated: Timestamp,
+        expires: Timestamp,
+    },
 }
 
 impl VersionLog {
@@ -85,7 +91,10 @@ impl VersionLog {
 
     fn validate(&self) -> Result<(), LogError> {
         if self.expires <= self.generated {
-            return Err(LogError::ExpiresBeforeGenerated { generated: self.generated, expires: self.expires });
+            return Err(LogError::ExpiresBeforeGenerated {
+                generated: self.generated,
+                expires: self.expires,
+            });
         }
         let mut seen = BTreeSet::new();
         for r in &self.releases {
@@ -106,13 +115,18 @@ impl VersionLog {
     }
 
     pub fn newest(&self) -> Option<&Release> {
-        self.releases.iter().max_by(|a, b| a.version.cmp(&b.version))
+        self.releases
+            .iter()
+            .max_by(|a, b| a.version.cmp(&b.version))
     }
 }
 
 impl Release {
     pub fn preserve_set(&self) -> Result<Preserve, LogError> {
-        Preserve::new(&self.preserve).map_err(|source| LogError::Preserve { version: self.version.clone(), source })
+        Preserve::new(&self.preserve).map_err(|source| LogError::Preserve {
+            version: self.version.clone(),
+            source,
+        })
     }
 
     pub fn supports(&self, model: &str) -> bool {
@@ -130,30 +144,53 @@ pub struct SeenLog {
 /// Why a correctly signed log is still refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("the version log expired at {expires} (now {now}): the server or a mirror is serving a stale log; check the server's clock and that it is running")]
+    #[error(
+        "the version log expired at {expires} (now {now}): the server or a mirror is serving a stale log; check the server's clock and that it is running"
+    )]
     Expired { expires: Timestamp, now: Timestamp },
-    #[error("the version log has sequence {got}, older than sequence {seen} already seen: an old log is being replayed (stale mirror or attack); nothing was changed")]
+    #[error(
+        "the version log has sequence {got}, older than sequence {seen} already seen: an old log is being replayed (stale mirror or attack); nothing was changed"
+    )]
     Replayed { seen: u64, got: u64 },
-    #[error("the version log has sequence {sequence} like the one already seen but different content: refused; nothing was changed")]
+    #[error(
+        "the version log has sequence {sequence} like the one already seen but different content: refused; nothing was changed"
+    )]
     Forked { sequence: u64 },
     #[error("the version log is for channel `{got}`, not `{want}`")]
     WrongChannel { want: String, got: String },
 }
 
 /// Checks freshness: not expired, not older than what was already seen.
-pub fn check_fresh(log: &VersionLog, digest: Sha256Hex, channel: &str, seen: Option<&SeenLog>, now: Timestamp) -> Result<(), Refusal> {
+pub fn check_fresh(
+    log: &VersionLog,
+    digest: Sha256Hex,
+    channel: &str,
+    seen: Option<&SeenLog>,
+    now: Timestamp,
+) -> Result<(), Refusal> {
     if log.channel != channel {
-        return Err(Refusal::WrongChannel { want: channel.to_owned(), got: log.channel.clone() });
+        return Err(Refusal::WrongChannel {
+            want: channel.to_owned(),
+            got: log.channel.clone(),
+        });
     }
     if log.expires <= now {
-        return Err(Refusal::Expired { expires: log.expires, now });
+        return Err(Refusal::Expired {
+            expires: log.expires,
+            now,
+        });
     }
     if let Some(seen) = seen {
         if log.sequence < seen.sequence {
-            return Err(Refusal::Replayed { seen: seen.sequence, got: log.sequence });
+            return Err(Refusal::Replayed {
+                seen: seen.sequence,
+                got: log.sequence,
+            });
         }
         if log.sequence == seen.sequence && digest != seen.digest {
-            return Err(Refusal::Forked { sequence: log.sequence });
+            return Err(Refusal::Forked {
+                sequence: log.sequence,
+            });
         }
     }
     Ok(())
@@ -184,11 +221,20 @@ pub enum Verdict {
     UpToDate { version: Version },
     /// Install `next` now; `target` is the newest reachable, `next` differs
     /// when `min_from` forces an intermediate release.
-    Update { from: Version, next: Version, target: Version, critical: bool },
+    Update {
+        from: Version,
+        next: Version,
+        target: Version,
+        critical: bool,
+    },
     /// Newer releases exist, but none supports the terminal's model.
     NotForModel { model: String, newest: Version },
     /// Newer releases exist, but none can be installed over `from`.
-    Unreachable { from: Version, newest: Version, min_from: Version },
+    Unreachable {
+        from: Version,
+        newest: Version,
+        min_from: Version,
+    },
 }
 
 /// A finding that does not stop anything but must be shown and reported.
@@ -197,22 +243,45 @@ pub enum Verdict {
 pub enum Warning {
     /// The installed version appears in the log with another date, size or
     /// hash: it was republished. Not installed.
-    Republished { version: Version, terminals: Vec<u32>, changed: Vec<String> },
+    Republished {
+        version: Version,
+        terminals: Vec<u32>,
+        changed: Vec<String>,
+    },
     /// A newer release leaves this terminal's model out.
-    ModelExcluded { terminal: u32, model: String, version: Version },
+    ModelExcluded {
+        terminal: u32,
+        model: String,
+        version: Version,
+    },
 }
 
 impl std::fmt::Display for Warning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Warning::Republished { version, terminals, changed } => write!(
+            Warning::Republished {
+                version,
+                terminals,
+                changed,
+            } => write!(
                 f,
                 "release {version} was republished ({} changed) but terminal(s) {} run the original: not installed; ask the chain's IT whether the republished release is intended",
                 changed.join(", "),
-                terminals.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                terminals
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
-            Warning::ModelExcluded { terminal, model, version } => {
-                write!(f, "release {version} does not support model {model} of terminal {terminal}: that terminal is left on its compatible release")
+            Warning::ModelExcluded {
+                terminal,
+                model,
+                version,
+            } => {
+                write!(
+                    f,
+                    "release {version} does not support model {model} of terminal {terminal}: that terminal is left on its compatible release"
+                )
             }
         }
     }
@@ -228,11 +297,22 @@ pub struct Comparison {
 impl Comparison {
     /// The newest version any terminal will reach, if any update is due.
     pub fn update_target(&self) -> Option<&Version> {
-        self.terminals.iter().filter_map(|(_, v)| if let Verdict::Update { target, .. } = v { Some(target) } else { None }).max()
+        self.terminals
+            .iter()
+            .filter_map(|(_, v)| {
+                if let Verdict::Update { target, .. } = v {
+                    Some(target)
+                } else {
+                    None
+                }
+            })
+            .max()
     }
 
     pub fn is_critical(&self) -> bool {
-        self.terminals.iter().any(|(_, v)| matches!(v, Verdict::Update { critical: true, .. }))
+        self.terminals
+            .iter()
+            .any(|(_, v)| matches!(v, Verdict::Update { critical: true, .. }))
     }
 }
 
@@ -240,7 +320,10 @@ impl Comparison {
 pub fn compare(log: &VersionLog, terminals: &[TerminalView<'_>]) -> Comparison {
     let mut releases: Vec<&Release> = log.releases.iter().collect();
     releases.sort_by(|a, b| b.version.cmp(&a.version));
-    let mut out = Comparison { terminals: Vec::new(), warnings: Vec::new() };
+    let mut out = Comparison {
+        terminals: Vec::new(),
+        warnings: Vec::new(),
+    };
 
     for t in terminals {
         let inst = t.installed;
@@ -263,20 +346,40 @@ pub fn compare(log: &VersionLog, terminals: &[TerminalView<'_>]) -> Comparison {
             }
         }
 
-        let newer: Vec<&Release> = releases.iter().copied().filter(|r| r.version > inst.version).collect();
-        let compatible: Vec<&Release> = newer.iter().copied().filter(|r| r.supports(t.model)).collect();
+        let newer: Vec<&Release> = releases
+            .iter()
+            .copied()
+            .filter(|r| r.version > inst.version)
+            .collect();
+        let compatible: Vec<&Release> = newer
+            .iter()
+            .copied()
+            .filter(|r| r.supports(t.model))
+            .collect();
         if let Some(excluded) = newer.first().filter(|r| !r.supports(t.model)) {
             if !compatible.is_empty() {
-                out.warnings.push(Warning::ModelExcluded { terminal: t.number, model: t.model.to_owned(), version: excluded.version.clone() });
+                out.warnings.push(Warning::ModelExcluded {
+                    terminal: t.number,
+                    model: t.model.to_owned(),
+                    version: excluded.version.clone(),
+                });
             }
         }
         let verdict = match (newer.first(), compatible.first()) {
-            (None, _) => Verdict::UpToDate { version: inst.version.clone() },
-            (Some(newest), None) => Verdict::NotForModel { model: t.model.to_owned(), newest: newest.version.clone() },
+            (None, _) => Verdict::UpToDate {
+                version: inst.version.clone(),
+            },
+            (Some(newest), None) => Verdict::NotForModel {
+                model: t.model.to_owned(),
+                newest: newest.version.clone(),
+            },
             (Some(_), Some(target)) => {
                 // The newest compatible release installable over what runs now;
                 // the next check continues from there (an intermediate hop).
-                match compatible.iter().find(|r| r.min_from.as_ref().is_none_or(|m| inst.version >= *m)) {
+                match compatible
+                    .iter()
+                    .find(|r| r.min_from.as_ref().is_none_or(|m| inst.version >= *m))
+                {
                     Some(next) => Verdict::Update {
                         from: inst.version.clone(),
                         next: next.version.clone(),
@@ -286,7 +389,10 @@ pub fn compare(log: &VersionLog, terminals: &[TerminalView<'_>]) -> Comparison {
                     None => Verdict::Unreachable {
                         from: inst.version.clone(),
                         newest: target.version.clone(),
-                        min_from: target.min_from.clone().expect("unreachable only through min_from"),
+                        min_from: target
+                            .min_from
+                            .clone()
+                            .expect("unreachable only through min_from"),
                     },
                 }
             }
@@ -325,11 +431,26 @@ mod tests {
     }
 
     fn installed(r: &Release) -> Installed {
-        Installed { version: r.version.clone(), date: Some(r.date), size: Some(r.size), sha256: Some(r.sha256) }
+        Installed {
+            version: r.version.clone(),
+            date: Some(r.date),
+            size: Some(r.size),
+            sha256: Some(r.sha256),
+        }
     }
 
     fn verdict(l: &VersionLog, inst: &Installed, model: &str) -> Verdict {
-        compare(l, &[TerminalView { number: 1, model, installed: inst }]).terminals[0].1.clone()
+        compare(
+            l,
+            &[TerminalView {
+                number: 1,
+                model,
+                installed: inst,
+            }],
+        )
+        .terminals[0]
+            .1
+            .clone()
     }
 
     fn v(s: &str) -> Version {
@@ -339,8 +460,20 @@ mod tests {
     #[test]
     fn nothing_newer_is_up_to_date_silently() {
         let l = log(vec![rel("1.0.0")]);
-        let c = compare(&l, &[TerminalView { number: 1, model: "A", installed: &installed(&rel("1.0.0")) }]);
-        assert_eq!(c.terminals[0].1, Verdict::UpToDate { version: v("1.0.0") });
+        let c = compare(
+            &l,
+            &[TerminalView {
+                number: 1,
+                model: "A",
+                installed: &installed(&rel("1.0.0")),
+            }],
+        );
+        assert_eq!(
+            c.terminals[0].1,
+            Verdict::UpToDate {
+                version: v("1.0.0")
+            }
+        );
         assert!(c.warnings.is_empty());
         assert_eq!(c.update_target(), None);
     }
@@ -349,7 +482,15 @@ mod tests {
     fn newer_version_is_an_update_to_the_newest() {
         let l = log(vec![rel("1.0.0"), rel("1.2.0"), rel("1.1.0")]);
         let got = verdict(&l, &installed(&rel("1.0.0")), "A");
-        assert_eq!(got, Verdict::Update { from: v("1.0.0"), next: v("1.2.0"), target: v("1.2.0"), critical: false });
+        assert_eq!(
+            got,
+            Verdict::Update {
+                from: v("1.0.0"),
+                next: v("1.2.0"),
+                target: v("1.2.0"),
+                critical: false
+            }
+        );
     }
 
     #[test]
@@ -357,9 +498,28 @@ mod tests {
         let mut again = rel("1.0.0");
         again.size = 999;
         let l = log(vec![again]);
-        let c = compare(&l, &[TerminalView { number: 3, model: "A", installed: &installed(&rel("1.0.0")) }]);
-        assert_eq!(c.terminals[0].1, Verdict::UpToDate { version: v("1.0.0") });
-        assert_eq!(c.warnings, vec![Warning::Republished { version: v("1.0.0"), terminals: vec![3], changed: vec!["size".into()] }]);
+        let c = compare(
+            &l,
+            &[TerminalView {
+                number: 3,
+                model: "A",
+                installed: &installed(&rel("1.0.0")),
+            }],
+        );
+        assert_eq!(
+            c.terminals[0].1,
+            Verdict::UpToDate {
+                version: v("1.0.0")
+            }
+        );
+        assert_eq!(
+            c.warnings,
+            vec![Warning::Republished {
+                version: v("1.0.0"),
+                terminals: vec![3],
+                changed: vec!["size".into()]
+            }]
+        );
     }
 
     #[test]
@@ -368,9 +528,25 @@ mod tests {
         r2.min_from = Some(v("1.5.0"));
         let l = log(vec![rel("1.0.0"), rel("1.5.0"), r2]);
         let first = verdict(&l, &installed(&rel("1.0.0")), "A");
-        assert_eq!(first, Verdict::Update { from: v("1.0.0"), next: v("1.5.0"), target: v("2.0.0"), critical: false });
+        assert_eq!(
+            first,
+            Verdict::Update {
+                from: v("1.0.0"),
+                next: v("1.5.0"),
+                target: v("2.0.0"),
+                critical: false
+            }
+        );
         let second = verdict(&l, &installed(&rel("1.5.0")), "A");
-        assert_eq!(second, Verdict::Update { from: v("1.5.0"), next: v("2.0.0"), target: v("2.0.0"), critical: false });
+        assert_eq!(
+            second,
+            Verdict::Update {
+                from: v("1.5.0"),
+                next: v("2.0.0"),
+                target: v("2.0.0"),
+                critical: false
+            }
+        );
     }
 
     #[test]
@@ -379,7 +555,14 @@ mod tests {
         r2.min_from = Some(v("1.5.0"));
         let l = log(vec![rel("1.0.0"), r2]);
         let got = verdict(&l, &installed(&rel("1.0.0")), "A");
-        assert_eq!(got, Verdict::Unreachable { from: v("1.0.0"), newest: v("2.0.0"), min_from: v("1.5.0") });
+        assert_eq!(
+            got,
+            Verdict::Unreachable {
+                from: v("1.0.0"),
+                newest: v("2.0.0"),
+                min_from: v("1.5.0")
+            }
+        );
     }
 
     #[test]
@@ -387,8 +570,17 @@ mod tests {
         let mut r = rel("1.1.0");
         r.models = vec!["A".into()];
         let l = log(vec![rel("1.0.0"), r]);
-        assert!(matches!(verdict(&l, &installed(&rel("1.0.0")), "A"), Verdict::Update { .. }));
-        assert_eq!(verdict(&l, &installed(&rel("1.0.0")), "B"), Verdict::NotForModel { model: "B".into(), newest: v("1.1.0") });
+        assert!(matches!(
+            verdict(&l, &installed(&rel("1.0.0")), "A"),
+            Verdict::Update { .. }
+        ));
+        assert_eq!(
+            verdict(&l, &installed(&rel("1.0.0")), "B"),
+            Verdict::NotForModel {
+                model: "B".into(),
+                newest: v("1.1.0")
+            }
+        );
     }
 
     #[test]
@@ -396,9 +588,23 @@ mod tests {
         let mut r12 = rel("1.2.0");
         r12.models = vec!["A".into()];
         let l = log(vec![rel("1.0.0"), rel("1.1.0"), r12]);
-        let c = compare(&l, &[TerminalView { number: 2, model: "B", installed: &installed(&rel("1.0.0")) }]);
+        let c = compare(
+            &l,
+            &[TerminalView {
+                number: 2,
+                model: "B",
+                installed: &installed(&rel("1.0.0")),
+            }],
+        );
         assert!(matches!(&c.terminals[0].1, Verdict::Update { next, .. } if *next == v("1.1.0")));
-        assert_eq!(c.warnings, vec![Warning::ModelExcluded { terminal: 2, model: "B".into(), version: v("1.2.0") }]);
+        assert_eq!(
+            c.warnings,
+            vec![Warning::ModelExcluded {
+                terminal: 2,
+                model: "B".into(),
+                version: v("1.2.0")
+            }]
+        );
     }
 
     #[test]
@@ -406,7 +612,10 @@ mod tests {
         let mut r = rel("1.1.0");
         r.critical = true;
         let l = log(vec![rel("1.0.0"), r]);
-        assert!(matches!(verdict(&l, &installed(&rel("1.0.0")), "A"), Verdict::Update { critical: true, .. }));
+        assert!(matches!(
+            verdict(&l, &installed(&rel("1.0.0")), "A"),
+            Verdict::Update { critical: true, .. }
+        ));
     }
 
     #[test]
@@ -416,23 +625,52 @@ mod tests {
         let now: Timestamp = "2026-11-15T00:00:00Z".parse().unwrap();
         check_fresh(&l, d, "stable", None, now).unwrap();
         let later: Timestamp = "2026-12-02T00:00:00Z".parse().unwrap();
-        assert!(matches!(check_fresh(&l, d, "stable", None, later), Err(Refusal::Expired { .. })));
-        let seen = SeenLog { sequence: 6, digest: d };
-        assert_eq!(check_fresh(&l, d, "stable", Some(&seen), now), Err(Refusal::Replayed { seen: 6, got: 5 }));
-        let same_seq = SeenLog { sequence: 5, digest: Sha256Hex::of(b"other") };
-        assert_eq!(check_fresh(&l, d, "stable", Some(&same_seq), now), Err(Refusal::Forked { sequence: 5 }));
-        assert!(matches!(check_fresh(&l, d, "beta", None, now), Err(Refusal::WrongChannel { .. })));
+        assert!(matches!(
+            check_fresh(&l, d, "stable", None, later),
+            Err(Refusal::Expired { .. })
+        ));
+        let seen = SeenLog {
+            sequence: 6,
+            digest: d,
+        };
+        assert_eq!(
+            check_fresh(&l, d, "stable", Some(&seen), now),
+            Err(Refusal::Replayed { seen: 6, got: 5 })
+        );
+        let same_seq = SeenLog {
+            sequence: 5,
+            digest: Sha256Hex::of(b"other"),
+        };
+        assert_eq!(
+            check_fresh(&l, d, "stable", Some(&same_seq), now),
+            Err(Refusal::Forked { sequence: 5 })
+        );
+        assert!(matches!(
+            check_fresh(&l, d, "beta", None, now),
+            Err(Refusal::WrongChannel { .. })
+        ));
     }
 
     #[test]
     fn parse_refuses_duplicates_bad_globs_and_oversize() {
         let dup = log(vec![rel("1.0.0"), rel("1.0.0")]);
-        assert!(matches!(VersionLog::parse(&dup.to_bytes()), Err(LogError::DuplicateVersion(_))));
+        assert!(matches!(
+            VersionLog::parse(&dup.to_bytes()),
+            Err(LogError::DuplicateVersion(_))
+        ));
         let mut bad = rel("1.0.0");
         bad.preserve = vec!["a/[".into()];
-        let err = VersionLog::parse(&log(vec![bad]).to_bytes()).unwrap_err().to_string();
-        assert!(err.contains("release 1.0.0") && err.contains("a/["), "{err}");
-        assert!(matches!(VersionLog::parse(&vec![b' '; MAX_LOG_BYTES + 1]), Err(LogError::TooLarge(_))));
+        let err = VersionLog::parse(&log(vec![bad]).to_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("release 1.0.0") && err.contains("a/["),
+            "{err}"
+        );
+        assert!(matches!(
+            VersionLog::parse(&vec![b' '; MAX_LOG_BYTES + 1]),
+            Err(LogError::TooLarge(_))
+        ));
         let ok = log(vec![rel("1.0.0")]);
         assert_eq!(VersionLog::parse(&ok.to_bytes()).unwrap(), ok);
     }

@@ -45,7 +45,9 @@ pub enum ManifestError {
     Duplicate(RelPath),
     #[error("the manifest lists `{file}` as a file and also `{inner}` inside it")]
     FileIsFolder { file: RelPath, inner: RelPath },
-    #[error("`{a}` and `{b}` differ only in case and would overwrite each other on a case-insensitive disk")]
+    #[error(
+        "`{a}` and `{b}` differ only in case and would overwrite each other on a case-insensitive disk"
+    )]
     CaseCollision { a: RelPath, b: RelPath },
 }
 
@@ -79,7 +81,10 @@ impl Manifest {
             for (i, _) in s.match_indices('/') {
                 if paths.contains(&s[..i]) {
                     let file = RelPath::new(&s[..i]).expect("prefix of a valid path");
-                    return Err(ManifestError::FileIsFolder { file, inner: f.path.clone() });
+                    return Err(ManifestError::FileIsFolder {
+                        file,
+                        inner: f.path.clone(),
+                    });
                 }
             }
         }
@@ -123,7 +128,10 @@ impl Manifest {
 
     /// The entry at `path`.
     pub fn get(&self, path: &RelPath) -> Option<&FileEntry> {
-        self.files.binary_search_by(|f| f.path.cmp(path)).ok().map(|i| &self.files[i])
+        self.files
+            .binary_search_by(|f| f.path.cmp(path))
+            .ok()
+            .map(|i| &self.files[i])
     }
 
     /// Every distinct content hash, once.
@@ -137,7 +145,10 @@ impl Manifest {
         let mut seen: BTreeMap<String, &RelPath> = BTreeMap::new();
         for f in &self.files {
             if let Some(a) = seen.insert(f.path.case_folded(), &f.path) {
-                return Err(ManifestError::CaseCollision { a: a.clone(), b: f.path.clone() });
+                return Err(ManifestError::CaseCollision {
+                    a: a.clone(),
+                    b: f.path.clone(),
+                });
             }
         }
         Ok(())
@@ -169,11 +180,24 @@ impl Preserve {
             let glob = GlobBuilder::new(p)
                 .literal_separator(true)
                 .build()
-                .map_err(|e| BadPattern { pattern: p.to_owned(), reason: e.kind().to_string() })?;
+                .map_err(|e| BadPattern {
+                    pattern: p.to_owned(),
+                    reason: e.kind().to_string(),
+                })?;
             b.add(glob);
         }
-        let set = b.build().map_err(|e| BadPattern { pattern: patterns.iter().map(|p| p.as_ref()).collect::<Vec<_>>().join(", "), reason: e.to_string() })?;
-        Ok(Self { patterns: patterns.iter().map(|p| p.as_ref().to_owned()).collect(), set })
+        let set = b.build().map_err(|e| BadPattern {
+            pattern: patterns
+                .iter()
+                .map(|p| p.as_ref())
+                .collect::<Vec<_>>()
+                .join(", "),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            patterns: patterns.iter().map(|p| p.as_ref().to_owned()).collect(),
+            set,
+        })
     }
 
     pub fn matches(&self, path: &RelPath) -> bool {
@@ -191,16 +215,34 @@ impl Preserve {
 /// preserved. The server computes this to deliver; the host computes it
 /// again and refuses a server result that differs, so every byte installed
 /// traces back to the signed release or to the terminal's own backup.
-pub fn merge_for_terminal(release: &Manifest, old: &Manifest, preserve: &Preserve) -> Result<Manifest, ManifestError> {
-    let folders_of = |p: &'_ RelPath| -> Vec<String> { p.as_str().match_indices('/').map(|(i, _)| p.as_str()[..i].to_owned()).collect() };
-    let release_folders: BTreeSet<String> = release.files.iter().flat_map(|f| folders_of(&f.path)).collect();
-    let mut out: BTreeMap<&RelPath, FileEntry> = release.files.iter().map(|f| (&f.path, f.clone())).collect();
+pub fn merge_for_terminal(
+    release: &Manifest,
+    old: &Manifest,
+    preserve: &Preserve,
+) -> Result<Manifest, ManifestError> {
+    let folders_of = |p: &'_ RelPath| -> Vec<String> {
+        p.as_str()
+            .match_indices('/')
+            .map(|(i, _)| p.as_str()[..i].to_owned())
+            .collect()
+    };
+    let release_folders: BTreeSet<String> = release
+        .files
+        .iter()
+        .flat_map(|f| folders_of(&f.path))
+        .collect();
+    let mut out: BTreeMap<&RelPath, FileEntry> =
+        release.files.iter().map(|f| (&f.path, f.clone())).collect();
     for f in old.files.iter().filter(|f| preserve.matches(&f.path)) {
         // A kept local file where the release now has a folder, or inside
         // what the release now has as a file: the release's layout wins and
         // the local file stays in the backup.
         let clashes = release_folders.contains(f.path.as_str())
-            || folders_of(&f.path).iter().any(|d| release.get(&RelPath::new(d).expect("prefix of a valid path")).is_some());
+            || folders_of(&f.path).iter().any(|d| {
+                release
+                    .get(&RelPath::new(d).expect("prefix of a valid path"))
+                    .is_some()
+            });
         if !clashes {
             out.insert(&f.path, f.clone());
         }
@@ -213,7 +255,12 @@ pub(crate) mod tests {
     use super::*;
 
     pub fn entry(path: &str, content: &str) -> FileEntry {
-        FileEntry { path: RelPath::new(path).unwrap(), size: content.len() as u64, sha256: Sha256Hex::of(content.as_bytes()), exec: false }
+        FileEntry {
+            path: RelPath::new(path).unwrap(),
+            size: content.len() as u64,
+            sha256: Sha256Hex::of(content.as_bytes()),
+            exec: false,
+        }
     }
 
     pub fn manifest(files: &[(&str, &str)]) -> Manifest {
@@ -233,8 +280,15 @@ pub(crate) mod tests {
     fn refuses_duplicates_and_file_folder_clashes() {
         let dup = Manifest::new(vec![entry("a", "1"), entry("a", "2")]);
         assert!(matches!(dup, Err(ManifestError::Duplicate(_))));
-        let clash = Manifest::new(vec![entry("a", "1"), entry("a.txt", "x"), entry("a/b", "2")]);
-        assert!(matches!(clash, Err(ManifestError::FileIsFolder { .. })), "{clash:?}");
+        let clash = Manifest::new(vec![
+            entry("a", "1"),
+            entry("a.txt", "x"),
+            entry("a/b", "2"),
+        ]);
+        assert!(
+            matches!(clash, Err(ManifestError::FileIsFolder { .. })),
+            "{clash:?}"
+        );
     }
 
     #[test]
@@ -247,22 +301,44 @@ pub(crate) mod tests {
     #[test]
     fn refuses_oversized_input_before_parsing() {
         let big = vec![b' '; MAX_MANIFEST_BYTES + 1];
-        assert!(matches!(Manifest::parse(&big), Err(ManifestError::TooLarge(_))));
+        assert!(matches!(
+            Manifest::parse(&big),
+            Err(ManifestError::TooLarge(_))
+        ));
     }
 
     #[test]
     fn case_collisions_are_found() {
         let m = manifest(&[("Config.ini", "1"), ("config.ini", "2")]);
-        assert!(matches!(m.check_case_collisions(), Err(ManifestError::CaseCollision { .. })));
+        assert!(matches!(
+            m.check_case_collisions(),
+            Err(ManifestError::CaseCollision { .. })
+        ));
     }
 
     #[test]
     fn merge_keeps_preserved_local_files_and_drops_removed_ones() {
-        let release = manifest(&[("bin/pos", "new"), ("config/default.ini", "release"), ("lib/new.so", "n")]);
-        let old = manifest(&[("bin/pos", "old"), ("config/default.ini", "mine"), ("config/local.ini", "local"), ("lib/gone.so", "g"), ("data/sales.db", "db")]);
+        let release = manifest(&[
+            ("bin/pos", "new"),
+            ("config/default.ini", "release"),
+            ("lib/new.so", "n"),
+        ]);
+        let old = manifest(&[
+            ("bin/pos", "old"),
+            ("config/default.ini", "mine"),
+            ("config/local.ini", "local"),
+            ("lib/gone.so", "g"),
+            ("data/sales.db", "db"),
+        ]);
         let preserve = Preserve::new(&["config/**", "data/*.db"]).unwrap();
         let merged = merge_for_terminal(&release, &old, &preserve).unwrap();
-        let want = manifest(&[("bin/pos", "new"), ("config/default.ini", "mine"), ("config/local.ini", "local"), ("data/sales.db", "db"), ("lib/new.so", "n")]);
+        let want = manifest(&[
+            ("bin/pos", "new"),
+            ("config/default.ini", "mine"),
+            ("config/local.ini", "local"),
+            ("data/sales.db", "db"),
+            ("lib/new.so", "n"),
+        ]);
         assert_eq!(merged, want);
     }
 
@@ -271,7 +347,12 @@ pub(crate) mod tests {
         let p = Preserve::new(&["data/*.db"]).unwrap();
         assert!(p.matches(&RelPath::new("data/a.db").unwrap()));
         assert!(!p.matches(&RelPath::new("data/x/a.db").unwrap()));
-        assert!(Preserve::new(&["data/[.db"]).unwrap_err().to_string().contains("data/[.db"));
+        assert!(
+            Preserve::new(&["data/[.db"])
+                .unwrap_err()
+                .to_string()
+                .contains("data/[.db")
+        );
     }
 
     #[test]

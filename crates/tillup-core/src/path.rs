@@ -27,7 +27,9 @@ pub enum PathError {
     TooLong(String),
     #[error("path `{0}` is absolute; only paths inside the program folder are allowed")]
     Absolute(String),
-    #[error("path `{0}` starts with a drive letter; only paths inside the program folder are allowed")]
+    #[error(
+        "path `{0}` starts with a drive letter; only paths inside the program folder are allowed"
+    )]
     DriveLetter(String),
     #[error("path `{0}` contains `..`, which would leave the program folder")]
     ParentDir(String),
@@ -137,7 +139,10 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(RelPath::new(input), Err(want), "{input:?}");
         }
-        assert!(matches!(RelPath::new(&"a".repeat(2000)), Err(PathError::TooLong(_))));
+        assert!(matches!(
+            RelPath::new(&"a".repeat(2000)),
+            Err(PathError::TooLong(_))
+        ));
     }
 
     #[test]

@@ -50,12 +50,17 @@ pub enum Step {
     Upgraded,
     /// Something failed; the folder must be put back (if it was swapped)
     /// and the old main program started again.
-    Restoring { committed: bool, rolled_back: bool },
+    Restoring {
+        committed: bool,
+        rolled_back: bool,
+    },
     /// Back on the old release and running.
     Restored,
     /// It could not even be restarted (unreachable agent): the agent's
     /// watchdog brings its main program back; reported.
-    Abandoned { restart_error: String },
+    Abandoned {
+        restart_error: String,
+    },
 }
 
 /// What went wrong on a terminal, in the words of whoever failed.
@@ -81,12 +86,23 @@ pub struct TerminalRun {
 impl TerminalRun {
     /// Still on the way to the new release.
     pub fn active(&self) -> bool {
-        matches!(self.step, Step::Planned | Step::Stopped | Step::Collected | Step::Staged | Step::Committed | Step::Started)
+        matches!(
+            self.step,
+            Step::Planned
+                | Step::Stopped
+                | Step::Collected
+                | Step::Staged
+                | Step::Committed
+                | Step::Started
+        )
     }
 
     /// Reached an end: upgraded, restored or abandoned.
     pub fn finished(&self) -> bool {
-        matches!(self.step, Step::Upgraded | Step::Restored | Step::Abandoned { .. })
+        matches!(
+            self.step,
+            Step::Upgraded | Step::Restored | Step::Abandoned { .. }
+        )
     }
 
     /// How long the main program was stopped, once it runs again.
@@ -116,7 +132,13 @@ impl Effect {
     /// The terminal a per-terminal effect acts on.
     pub fn terminal(&self) -> Option<u32> {
         match self {
-            Effect::Stop(n) | Effect::Collect(n) | Effect::Stage(n) | Effect::Commit(n) | Effect::Start(n) | Effect::CheckHealth(n) | Effect::Rollback(n) => Some(*n),
+            Effect::Stop(n)
+            | Effect::Collect(n)
+            | Effect::Stage(n)
+            | Effect::Commit(n)
+            | Effect::Start(n)
+            | Effect::CheckHealth(n)
+            | Effect::Rollback(n) => Some(*n),
             Effect::UploadBackup | Effect::Process | Effect::Deliver | Effect::SendReport => None,
         }
     }
@@ -168,16 +190,45 @@ pub struct Planned {
 impl Upgrade {
     /// A new upgrade of `terminals`; the canary is `canary` if it is one of
     /// them, else the lowest number.
-    pub fn new(id: String, channel: String, started: Timestamp, trigger: Trigger, terminals: Vec<Planned>, canary: Option<u32>) -> Self {
+    pub fn new(
+        id: String,
+        channel: String,
+        started: Timestamp,
+        trigger: Trigger,
+        terminals: Vec<Planned>,
+        canary: Option<u32>,
+    ) -> Self {
         let terminals: BTreeMap<u32, TerminalRun> = terminals
             .into_iter()
             .map(|p| {
-                let run = TerminalRun { number: p.number, from: p.from, to: p.to, step: Step::Planned, stopped_at: None, restarted_at: None, failure: None };
+                let run = TerminalRun {
+                    number: p.number,
+                    from: p.from,
+                    to: p.to,
+                    step: Step::Planned,
+                    stopped_at: None,
+                    restarted_at: None,
+                    failure: None,
+                };
                 (p.number, run)
             })
             .collect();
-        let canary = canary.filter(|c| terminals.contains_key(c)).or_else(|| terminals.keys().next().copied()).unwrap_or(0);
-        let mut u = Self { id, channel, started, finished: None, trigger, phase: Phase::Stopping, canary, terminals, reported: false, failure: None };
+        let canary = canary
+            .filter(|c| terminals.contains_key(c))
+            .or_else(|| terminals.keys().next().copied())
+            .unwrap_or(0);
+        let mut u = Self {
+            id,
+            channel,
+            started,
+            finished: None,
+            trigger,
+            phase: Phase::Stopping,
+            canary,
+            terminals,
+            reported: false,
+            failure: None,
+        };
         u.advance(started);
         u
     }
@@ -192,13 +243,29 @@ impl Upgrade {
         let mut out = BTreeSet::new();
         // Restoring a terminal never waits for the rest of the store.
         for t in self.terminals.values() {
-            if let Step::Restoring { committed, rolled_back } = t.step {
-                out.insert(if committed && !rolled_back { Effect::Rollback(t.number) } else { Effect::Start(t.number) });
+            if let Step::Restoring {
+                committed,
+                rolled_back,
+            } = t.step
+            {
+                out.insert(if committed && !rolled_back {
+                    Effect::Rollback(t.number)
+                } else {
+                    Effect::Start(t.number)
+                });
             }
         }
         match self.phase {
-            Phase::Stopping => out.extend(self.active().filter(|t| t.step == Step::Planned).map(|t| Effect::Stop(t.number))),
-            Phase::Collecting => out.extend(self.active().filter(|t| t.step == Step::Stopped).map(|t| Effect::Collect(t.number))),
+            Phase::Stopping => out.extend(
+                self.active()
+                    .filter(|t| t.step == Step::Planned)
+                    .map(|t| Effect::Stop(t.number)),
+            ),
+            Phase::Collecting => out.extend(
+                self.active()
+                    .filter(|t| t.step == Step::Stopped)
+                    .map(|t| Effect::Collect(t.number)),
+            ),
             Phase::Uploading => {
                 out.insert(Effect::UploadBackup);
             }
@@ -268,9 +335,18 @@ impl Upgrade {
                     }
                 }
             }
-            Effect::Collect(n) => self.terminal(n).into_iter().for_each(|t| set(t, Step::Stopped, Step::Collected)),
-            Effect::Stage(n) => self.terminal(n).into_iter().for_each(|t| set(t, Step::Collected, Step::Staged)),
-            Effect::Commit(n) => self.terminal(n).into_iter().for_each(|t| set(t, Step::Staged, Step::Committed)),
+            Effect::Collect(n) => self
+                .terminal(n)
+                .into_iter()
+                .for_each(|t| set(t, Step::Stopped, Step::Collected)),
+            Effect::Stage(n) => self
+                .terminal(n)
+                .into_iter()
+                .for_each(|t| set(t, Step::Collected, Step::Staged)),
+            Effect::Commit(n) => self
+                .terminal(n)
+                .into_iter()
+                .for_each(|t| set(t, Step::Staged, Step::Committed)),
             Effect::Start(n) => {
                 if let Some(t) = self.terminal(n) {
                     match t.step {
@@ -278,7 +354,10 @@ impl Upgrade {
                             t.step = Step::Started;
                             t.restarted_at = Some(now);
                         }
-                        Step::Restoring { committed, rolled_back } if !committed || rolled_back => {
+                        Step::Restoring {
+                            committed,
+                            rolled_back,
+                        } if !committed || rolled_back => {
                             t.step = Step::Restored;
                             t.restarted_at = Some(now);
                         }
@@ -286,15 +365,26 @@ impl Upgrade {
                     }
                 }
             }
-            Effect::CheckHealth(n) => self.terminal(n).into_iter().for_each(|t| set(t, Step::Started, Step::Upgraded)),
+            Effect::CheckHealth(n) => self
+                .terminal(n)
+                .into_iter()
+                .for_each(|t| set(t, Step::Started, Step::Upgraded)),
             Effect::Rollback(n) => {
                 if let Some(t) = self.terminal(n) {
-                    if let Step::Restoring { committed: true, .. } = t.step {
-                        t.step = Step::Restoring { committed: true, rolled_back: true };
+                    if let Step::Restoring {
+                        committed: true, ..
+                    } = t.step
+                    {
+                        t.step = Step::Restoring {
+                            committed: true,
+                            rolled_back: true,
+                        };
                     }
                 }
             }
-            Effect::UploadBackup if self.phase == Phase::Uploading => self.phase = Phase::Processing,
+            Effect::UploadBackup if self.phase == Phase::Uploading => {
+                self.phase = Phase::Processing
+            }
             Effect::Process if self.phase == Phase::Processing => self.phase = Phase::Delivering,
             Effect::Deliver if self.phase == Phase::Delivering => self.phase = Phase::Installing,
             Effect::SendReport => self.reported = true,
@@ -307,14 +397,25 @@ impl Upgrade {
             return;
         }
         let committed = matches!(t.step, Step::Committed | Step::Started);
-        t.failure.get_or_insert(Failure { during: during.to_owned(), message, at: now });
-        t.step = Step::Restoring { committed, rolled_back: false };
+        t.failure.get_or_insert(Failure {
+            during: during.to_owned(),
+            message,
+            at: now,
+        });
+        t.step = Step::Restoring {
+            committed,
+            rolled_back: false,
+        };
     }
 
     fn on_failed(&mut self, effect: Effect, message: String, now: Timestamp) {
         let during = effect_name(&effect);
         match effect {
-            Effect::Stop(n) | Effect::Collect(n) | Effect::Stage(n) | Effect::Commit(n) | Effect::CheckHealth(n) => {
+            Effect::Stop(n)
+            | Effect::Collect(n)
+            | Effect::Stage(n)
+            | Effect::Commit(n)
+            | Effect::CheckHealth(n) => {
                 if let Some(t) = self.terminal(n) {
                     Self::fail_terminal(t, during, message, now);
                 }
@@ -324,8 +425,13 @@ impl Upgrade {
                     match t.step {
                         // The new release would not start: put the old one back.
                         Step::Committed => Self::fail_terminal(t, during, message, now),
-                        Step::Restoring { committed, rolled_back } if !committed || rolled_back => {
-                            t.step = Step::Abandoned { restart_error: message };
+                        Step::Restoring {
+                            committed,
+                            rolled_back,
+                        } if !committed || rolled_back => {
+                            t.step = Step::Abandoned {
+                                restart_error: message,
+                            };
                         }
                         _ => {}
                     }
@@ -333,15 +439,32 @@ impl Upgrade {
             }
             Effect::Rollback(n) => {
                 if let Some(t) = self.terminal(n) {
-                    if matches!(t.step, Step::Restoring { committed: true, rolled_back: false }) {
-                        t.step = Step::Abandoned { restart_error: format!("rollback failed: {message}") };
+                    if matches!(
+                        t.step,
+                        Step::Restoring {
+                            committed: true,
+                            rolled_back: false
+                        }
+                    ) {
+                        t.step = Step::Abandoned {
+                            restart_error: format!("rollback failed: {message}"),
+                        };
                     }
                 }
             }
             Effect::UploadBackup | Effect::Process | Effect::Deliver => {
-                self.failure.get_or_insert(Failure { during: during.to_owned(), message: message.clone(), at: now });
+                self.failure.get_or_insert(Failure {
+                    during: during.to_owned(),
+                    message: message.clone(),
+                    at: now,
+                });
                 for t in self.terminals.values_mut() {
-                    Self::fail_terminal(t, during, format!("the store's {during} failed: {message}"), now);
+                    Self::fail_terminal(
+                        t,
+                        during,
+                        format!("the store's {during} failed: {message}"),
+                        now,
+                    );
                 }
             }
             Effect::SendReport => {
@@ -352,11 +475,20 @@ impl Upgrade {
             }
         }
         // The canary failed: nothing else is touched.
-        if self.terminals.get(&self.canary).is_some_and(|c| !c.active() && c.step != Step::Upgraded) {
+        if self
+            .terminals
+            .get(&self.canary)
+            .is_some_and(|c| !c.active() && c.step != Step::Upgraded)
+        {
             let canary = self.canary;
             for t in self.terminals.values_mut().filter(|t| t.number != canary) {
                 if matches!(t.step, Step::Collected | Step::Staged) {
-                    Self::fail_terminal(t, "canary", format!("not installed: the canary terminal {canary} failed"), now);
+                    Self::fail_terminal(
+                        t,
+                        "canary",
+                        format!("not installed: the canary terminal {canary} failed"),
+                        now,
+                    );
                 }
             }
         }
@@ -392,7 +524,10 @@ impl Upgrade {
 
     /// `(done, total)` terminals, for progress displays.
     pub fn progress(&self) -> (usize, usize) {
-        (self.terminals.values().filter(|t| t.finished()).count(), self.terminals.len())
+        (
+            self.terminals.values().filter(|t| t.finished()).count(),
+            self.terminals.len(),
+        )
     }
 }
 
@@ -423,8 +558,22 @@ mod tests {
 
     fn new(n: &[u32]) -> Upgrade {
         let v = |s: &str| s.parse::<Version>().unwrap();
-        let planned = n.iter().map(|&number| Planned { number, from: v("1.0.0"), to: v("1.1.0") }).collect();
-        Upgrade::new("u1".into(), "stable".into(), t0(), Trigger::Schedule, planned, None)
+        let planned = n
+            .iter()
+            .map(|&number| Planned {
+                number,
+                from: v("1.0.0"),
+                to: v("1.1.0"),
+            })
+            .collect();
+        Upgrade::new(
+            "u1".into(),
+            "stable".into(),
+            t0(),
+            Trigger::Schedule,
+            planned,
+            None,
+        )
     }
 
     fn done(u: Upgrade, e: Effect) -> Upgrade {
@@ -432,7 +581,13 @@ mod tests {
     }
 
     fn fail(u: Upgrade, e: Effect) -> Upgrade {
-        u.step(Event::Failed { effect: e, message: "boom".into() }, t0())
+        u.step(
+            Event::Failed {
+                effect: e,
+                message: "boom".into(),
+            },
+            t0(),
+        )
     }
 
     /// Runs every wanted effect successfully except those `fails` picks,
@@ -454,7 +609,10 @@ mod tests {
     fn happy_path_goes_through_every_phase_canary_first() {
         let mut u = new(&[3, 1, 2]);
         assert_eq!(u.canary, 1);
-        assert_eq!(u.wanted(), [Effect::Stop(1), Effect::Stop(2), Effect::Stop(3)].into());
+        assert_eq!(
+            u.wanted(),
+            [Effect::Stop(1), Effect::Stop(2), Effect::Stop(3)].into()
+        );
         for n in [1, 2, 3] {
             u = done(u, Effect::Stop(n));
         }
@@ -463,25 +621,38 @@ mod tests {
             u = done(u, Effect::Collect(n));
         }
         assert_eq!(u.wanted(), [Effect::UploadBackup].into());
-        u = done(done(done(u, Effect::UploadBackup), Effect::Process), Effect::Deliver);
+        u = done(
+            done(done(u, Effect::UploadBackup), Effect::Process),
+            Effect::Deliver,
+        );
         assert_eq!(u.phase, Phase::Installing);
         for n in [1, 2, 3] {
             u = done(u, Effect::Stage(n));
         }
         // Only the canary may swap before it is healthy.
         assert_eq!(u.wanted(), [Effect::Commit(1)].into());
-        u = done(done(done(u, Effect::Commit(1)), Effect::Start(1)), Effect::CheckHealth(1));
+        u = done(
+            done(done(u, Effect::Commit(1)), Effect::Start(1)),
+            Effect::CheckHealth(1),
+        );
         assert_eq!(u.wanted(), [Effect::Commit(2), Effect::Commit(3)].into());
         let u = run(u, |_| false);
         assert!(u.is_done() && u.reported);
-        assert!(u.terminals.values().all(|t| t.step == Step::Upgraded && t.stopped_for().is_some()));
+        assert!(
+            u.terminals
+                .values()
+                .all(|t| t.step == Step::Upgraded && t.stopped_for().is_some())
+        );
     }
 
     #[test]
     fn a_failed_canary_touches_nothing_else() {
         let u = run(new(&[1, 2, 3]), |e| *e == Effect::CheckHealth(1));
         assert_eq!(u.terminals[&1].step, Step::Restored);
-        assert_eq!(u.terminals[&1].failure.as_ref().unwrap().during, "health check");
+        assert_eq!(
+            u.terminals[&1].failure.as_ref().unwrap().during,
+            "health check"
+        );
         for n in [2, 3] {
             assert_eq!(u.terminals[&n].step, Step::Restored, "{n}");
             assert_eq!(u.terminals[&n].failure.as_ref().unwrap().during, "canary");
@@ -496,17 +667,26 @@ mod tests {
         for _ in 0..50 {
             for e in u.wanted() {
                 trace.push(e.clone());
-                u = if e == Effect::CheckHealth(1) { fail(u, e) } else { done(u, e) };
+                u = if e == Effect::CheckHealth(1) {
+                    fail(u, e)
+                } else {
+                    done(u, e)
+                };
             }
         }
         let tail: Vec<Effect> = trace.into_iter().rev().take(3).collect();
-        assert_eq!(tail, [Effect::SendReport, Effect::Start(1), Effect::Rollback(1)]);
+        assert_eq!(
+            tail,
+            [Effect::SendReport, Effect::Start(1), Effect::Rollback(1)]
+        );
         assert_eq!(u.terminals[&1].step, Step::Restored);
     }
 
     #[test]
     fn an_unreachable_terminal_is_left_out_and_the_rest_goes_on() {
-        let u = run(new(&[1, 2]), |e| matches!(e, Effect::Stop(2) | Effect::Start(2)));
+        let u = run(new(&[1, 2]), |e| {
+            matches!(e, Effect::Stop(2) | Effect::Start(2))
+        });
         assert_eq!(u.terminals[&1].step, Step::Upgraded);
         assert!(matches!(u.terminals[&2].step, Step::Abandoned { .. }));
         assert!(u.is_done());

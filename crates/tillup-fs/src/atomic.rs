@@ -18,9 +18,15 @@ pub fn fsync_dir(dir: &Path) -> Result<(), Error> {
 
 /// Replaces `path` with `bytes` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).at(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).at(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .at(dir)?;
     tmp.write_all(bytes).at(tmp.path())?;
     tmp.as_file().sync_data().at(tmp.path())?;
     persist(tmp, path)?;
@@ -34,7 +40,11 @@ fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<(), Error> {
     for attempt in 0.. {
         match tmp.persist(path) {
             Ok(_) => return Ok(()),
-            Err(e) if cfg!(windows) && e.error.kind() == std::io::ErrorKind::PermissionDenied && attempt < 10 => {
+            Err(e)
+                if cfg!(windows)
+                    && e.error.kind() == std::io::ErrorKind::PermissionDenied
+                    && attempt < 10 =>
+            {
                 tmp = e.file;
                 std::thread::sleep(std::time::Duration::from_millis(50 << attempt.min(4)));
             }
@@ -46,7 +56,10 @@ fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<(), Error> {
 
 /// [`write_atomic`] of pretty JSON.
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), Error> {
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| Error::Json { path: path.to_owned(), source })?;
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| Error::Json {
+        path: path.to_owned(),
+        source,
+    })?;
     bytes.push(b'\n');
     write_atomic(path, &bytes)
 }
@@ -62,7 +75,10 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec!["state.json"]);
     }
 }

@@ -41,13 +41,23 @@ impl BlobStore {
     /// The hashes of `wanted` that the store lacks, in order, each once.
     pub fn missing<'a>(&self, wanted: impl IntoIterator<Item = &'a Sha256Hex>) -> Vec<Sha256Hex> {
         let mut seen = std::collections::BTreeSet::new();
-        wanted.into_iter().filter(|h| seen.insert(**h) && !self.has(h)).copied().collect()
+        wanted
+            .into_iter()
+            .filter(|h| seen.insert(**h) && !self.has(h))
+            .copied()
+            .collect()
     }
 
     /// Opens a blob for reading.
     pub fn open_blob(&self, h: &Sha256Hex) -> Result<File, Error> {
         let p = self.path(h);
-        File::open(&p).map_err(|e| if e.kind() == io::ErrorKind::NotFound { Error::MissingBlob(*h) } else { Error::Io { path: p, source: e } })
+        File::open(&p).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::MissingBlob(*h)
+            } else {
+                Error::Io { path: p, source: e }
+            }
+        })
     }
 
     /// Reads a whole (small) blob.
@@ -69,7 +79,12 @@ impl BlobStore {
 
     /// Streams `reader` into the store, checking it hashes to `expected`
     /// (and has `size` bytes, if given). On a mismatch nothing is kept.
-    pub fn put_reader(&self, reader: &mut dyn Read, expected: &Sha256Hex, size: Option<u64>) -> Result<u64, Error> {
+    pub fn put_reader(
+        &self,
+        reader: &mut dyn Read,
+        expected: &Sha256Hex,
+        size: Option<u64>,
+    ) -> Result<u64, Error> {
         let tmp_dir = self.root.join("tmp");
         let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).at(&tmp_dir)?;
         let mut hasher = Sha256::new();
@@ -86,15 +101,27 @@ impl BlobStore {
             tmp.write_all(&buf[..n]).at(tmp.path())?;
             total += n as u64;
             if size.is_some_and(|s| total > s) {
-                return Err(Error::SizeMismatch { path: self.path(expected), expected: size.unwrap_or(0), actual: total });
+                return Err(Error::SizeMismatch {
+                    path: self.path(expected),
+                    expected: size.unwrap_or(0),
+                    actual: total,
+                });
             }
         }
         if let Some(s) = size.filter(|s| *s != total) {
-            return Err(Error::SizeMismatch { path: self.path(expected), expected: s, actual: total });
+            return Err(Error::SizeMismatch {
+                path: self.path(expected),
+                expected: s,
+                actual: total,
+            });
         }
         let actual = Sha256Hex::from_bytes(hasher.finalize().into());
         if actual != *expected {
-            return Err(Error::HashMismatch { path: self.path(expected), expected: *expected, actual });
+            return Err(Error::HashMismatch {
+                path: self.path(expected),
+                expected: *expected,
+                actual,
+            });
         }
         self.commit(tmp, expected)?;
         Ok(total)
@@ -123,13 +150,23 @@ impl BlobStore {
         let (actual, len) = crate::hash_file(&partial)?;
         if let Some(s) = size.filter(|s| *s != len) {
             let _ = fs::remove_file(&partial);
-            return Err(Error::SizeMismatch { path: partial, expected: s, actual: len });
+            return Err(Error::SizeMismatch {
+                path: partial,
+                expected: s,
+                actual: len,
+            });
         }
         if actual != *h {
             let _ = fs::remove_file(&partial);
-            return Err(Error::HashMismatch { path: partial, expected: *h, actual });
+            return Err(Error::HashMismatch {
+                path: partial,
+                expected: *h,
+                actual,
+            });
         }
-        File::open(&partial).and_then(|f| f.sync_data()).at(&partial)?;
+        File::open(&partial)
+            .and_then(|f| f.sync_data())
+            .at(&partial)?;
         let dest = self.path(h);
         let dir = dest.parent().expect("blob paths have a parent");
         fs::create_dir_all(dir).at(dir)?;

@@ -20,18 +20,35 @@ pub use scan::{HashCache, hash_file, materialize, scan_folder};
 pub enum Error {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path}: expected SHA-256 {expected}, got {actual}; the file is incomplete or altered and was not kept")]
-    HashMismatch { path: PathBuf, expected: tillup_core::Sha256Hex, actual: tillup_core::Sha256Hex },
-    #[error("{path}: expected {expected} bytes, got {actual}; the file is incomplete and was not kept")]
-    SizeMismatch { path: PathBuf, expected: u64, actual: u64 },
-    #[error("{path}: symbolic links are not allowed in a program folder (they could point outside it); replace it with the file itself")]
+    #[error(
+        "{path}: expected SHA-256 {expected}, got {actual}; the file is incomplete or altered and was not kept"
+    )]
+    HashMismatch {
+        path: PathBuf,
+        expected: tillup_core::Sha256Hex,
+        actual: tillup_core::Sha256Hex,
+    },
+    #[error(
+        "{path}: expected {expected} bytes, got {actual}; the file is incomplete and was not kept"
+    )]
+    SizeMismatch {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(
+        "{path}: symbolic links are not allowed in a program folder (they could point outside it); replace it with the file itself"
+    )]
     Symlink { path: PathBuf },
     #[error("{path}: the name is not valid UTF-8 or not a safe relative path: {reason}")]
     BadName { path: PathBuf, reason: String },
     #[error("blob {0} is not in the store")]
     MissingBlob(tillup_core::Sha256Hex),
     #[error("{path}: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// Attaches a path to an `io::Error`.
@@ -41,7 +58,10 @@ pub trait IoContext<T> {
 
 impl<T> IoContext<T> for io::Result<T> {
     fn at(self, path: &Path) -> Result<T, Error> {
-        self.map_err(|source| Error::Io { path: path.to_owned(), source })
+        self.map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })
     }
 }
 

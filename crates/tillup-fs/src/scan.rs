@@ -49,7 +49,10 @@ struct CachedHash {
 impl HashCache {
     /// Loads a cache; a missing or unreadable one is simply empty.
     pub fn load(path: &Path) -> Self {
-        fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+        fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
     }
 
     pub fn save(&self, path: &Path) -> Result<(), Error> {
@@ -80,47 +83,89 @@ fn is_exec(_: &fs::Metadata) -> bool {
 /// whose mtime is within two seconds of now are always hashed.
 pub fn scan_folder(root: &Path, cache: &mut HashCache) -> Result<Manifest, Error> {
     let now_ns = mtime_ns(&fs::metadata(root).at(root)?).max(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128),
     );
     let mut files = Vec::new();
     let mut fresh = BTreeMap::new();
     for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
         let entry = entry.map_err(|e| {
             let path = e.path().unwrap_or(root).to_owned();
-            Error::Io { path, source: e.into_io_error().unwrap_or_else(|| io::Error::other("walk failed")) }
+            Error::Io {
+                path,
+                source: e
+                    .into_io_error()
+                    .unwrap_or_else(|| io::Error::other("walk failed")),
+            }
         })?;
         let path = entry.path();
         let ft = entry.file_type();
         if ft.is_symlink() {
-            return Err(Error::Symlink { path: path.to_owned() });
+            return Err(Error::Symlink {
+                path: path.to_owned(),
+            });
         }
         if ft.is_dir() {
             continue;
         }
-        let rel = path.strip_prefix(root).expect("walkdir stays under its root");
+        let rel = path
+            .strip_prefix(root)
+            .expect("walkdir stays under its root");
         let rel_str = rel
             .to_str()
-            .ok_or_else(|| Error::BadName { path: path.to_owned(), reason: "not UTF-8".into() })?
+            .ok_or_else(|| Error::BadName {
+                path: path.to_owned(),
+                reason: "not UTF-8".into(),
+            })?
             .replace(std::path::MAIN_SEPARATOR, "/");
-        let rel_path = RelPath::new(&rel_str).map_err(|e| Error::BadName { path: path.to_owned(), reason: e.to_string() })?;
-        let md = entry.metadata().map_err(|e| Error::Io { path: path.to_owned(), source: e.into() })?;
+        let rel_path = RelPath::new(&rel_str).map_err(|e| Error::BadName {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let md = entry.metadata().map_err(|e| Error::Io {
+            path: path.to_owned(),
+            source: e.into(),
+        })?;
         let (size, mtime) = (md.len(), mtime_ns(&md));
-        let cached = cache.entries.get(&rel_str).filter(|c| c.size == size && c.mtime_ns == mtime && now_ns - mtime > 2_000_000_000);
+        let cached = cache
+            .entries
+            .get(&rel_str)
+            .filter(|c| c.size == size && c.mtime_ns == mtime && now_ns - mtime > 2_000_000_000);
         let sha256 = match cached {
             Some(c) => c.sha256,
             None => hash_file(path)?.0,
         };
-        fresh.insert(rel_str, CachedHash { size, mtime_ns: mtime, sha256 });
-        files.push(FileEntry { path: rel_path, size, sha256, exec: is_exec(&md) });
+        fresh.insert(
+            rel_str,
+            CachedHash {
+                size,
+                mtime_ns: mtime,
+                sha256,
+            },
+        );
+        files.push(FileEntry {
+            path: rel_path,
+            size,
+            sha256,
+            exec: is_exec(&md),
+        });
     }
     cache.entries = fresh;
-    Manifest::new(files).map_err(|e| Error::BadName { path: root.to_owned(), reason: e.to_string() })
+    Manifest::new(files).map_err(|e| Error::BadName {
+        path: root.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Builds `dest` (which must not exist) from `manifest`, taking each file
 /// from `source(entry)`, checking its size and hash on the way, and syncing
 /// every file and folder so the result survives a power cut.
-pub fn materialize(dest: &Path, manifest: &Manifest, source: &dyn Fn(&FileEntry) -> Result<PathBuf, Error>) -> Result<(), Error> {
+pub fn materialize(
+    dest: &Path,
+    manifest: &Manifest,
+    source: &dyn Fn(&FileEntry) -> Result<PathBuf, Error>,
+) -> Result<(), Error> {
     fs::create_dir(dest).at(dest)?;
     let mut dirs = vec![dest.to_owned()];
     for f in manifest.files() {
@@ -161,16 +206,25 @@ fn copy_verified(from: &Path, to: &Path, f: &FileEntry) -> Result<(), Error> {
         total += n as u64;
     }
     if total != f.size {
-        return Err(Error::SizeMismatch { path: to.to_owned(), expected: f.size, actual: total });
+        return Err(Error::SizeMismatch {
+            path: to.to_owned(),
+            expected: f.size,
+            actual: total,
+        });
     }
     let actual = Sha256Hex::from_bytes(hasher.finalize().into());
     if actual != f.sha256 {
-        return Err(Error::HashMismatch { path: to.to_owned(), expected: f.sha256, actual });
+        return Err(Error::HashMismatch {
+            path: to.to_owned(),
+            expected: f.sha256,
+            actual,
+        });
     }
     #[cfg(unix)]
     if f.exec {
         use std::os::unix::fs::PermissionsExt;
-        out.set_permissions(fs::Permissions::from_mode(0o755)).at(to)?;
+        out.set_permissions(fs::Permissions::from_mode(0o755))
+            .at(to)?;
     }
     out.sync_data().at(to)
 }
@@ -200,7 +254,10 @@ mod tests {
         let mut cache = HashCache::default();
         let m = scan_folder(&src, &mut cache).unwrap();
         assert_eq!(m.len(), 3);
-        assert_eq!(m.get(&RelPath::new("bin/pos").unwrap()).unwrap().exec, cfg!(unix));
+        assert_eq!(
+            m.get(&RelPath::new("bin/pos").unwrap()).unwrap().exec,
+            cfg!(unix)
+        );
         let dest = dir.path().join("dest");
         materialize(&dest, &m, &|f| Ok(join(&src, &f.path))).unwrap();
         assert_eq!(scan_folder(&dest, &mut HashCache::default()).unwrap(), m);
@@ -213,7 +270,8 @@ mod tests {
         write(&src, "a", "right");
         let m = scan_folder(&src, &mut HashCache::default()).unwrap();
         write(&src, "a", "wrong");
-        let err = materialize(&dir.path().join("dest"), &m, &|f| Ok(join(&src, &f.path))).unwrap_err();
+        let err =
+            materialize(&dir.path().join("dest"), &m, &|f| Ok(join(&src, &f.path))).unwrap_err();
         assert!(matches!(err, Error::HashMismatch { .. }), "{err}");
     }
 
@@ -232,13 +290,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "a", "one");
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-        File::options().write(true).open(dir.path().join("a")).unwrap().set_modified(old).unwrap();
+        File::options()
+            .write(true)
+            .open(dir.path().join("a"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         let mut cache = HashCache::default();
         let first = scan_folder(dir.path(), &mut cache).unwrap();
         // Poison the cache: a hit would return the poisoned digest.
         let poisoned = Sha256Hex::of(b"poison");
         cache.entries.get_mut("a").unwrap().sha256 = poisoned;
-        assert_eq!(scan_folder(dir.path(), &mut cache).unwrap().files()[0].sha256, poisoned);
+        assert_eq!(
+            scan_folder(dir.path(), &mut cache).unwrap().files()[0].sha256,
+            poisoned
+        );
         // Same size, new mtime: hashed again.
         write(dir.path(), "a", "two");
         let again = scan_folder(dir.path(), &mut cache).unwrap();

@@ -102,71 +102,9 @@ impl KeySource {
             path: self.path.clone(),
             source,
         })?;
-        match SecretKey::parse(&text, self.password.clone()) {
-            Ok(key) => Ok(key),
-            Err(source) => match repair_unencrypted_checksum(&text) {
-                Some(fixed) => SecretKey::parse(&fixed, None),
-                None => Err(source),
-            }
-            .map_err(|source| Error::Key {
-                path: self.path.clone(),
-                source,
-            }),
-        }
-    }
-}
-
-/// C minisign 0.11 writes an all-zero checksum into the unencrypted keys
-/// that `minisign -G -W` makes (the C tool does not check it), and the
-/// `minisign` crate refuses them as corrupted. For such a key only (no
-/// KDF, zero checksum), returns the key text with the checksum filled in:
-/// BLAKE2b-256 of the algorithm, key id and secret key, as minisign defines it.
-fn repair_unencrypted_checksum(text: &str) -> Option<String> {
-    use base64::Engine;
-    use blake2::Digest;
-    const LEN: usize = 2 + 2 + 2 + 32 + 8 + 8 + 8 + 64 + 32;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut lines: Vec<&str> = text.lines().collect();
-    let i = lines
-        .iter()
-        .position(|l| !l.trim().is_empty() && !l.starts_with("untrusted comment:"))?;
-    let mut raw = b64.decode(lines[i].trim()).ok()?;
-    let chk = 126..LEN;
-    if raw.len() != LEN
-        || &raw[..2] != b"Ed"
-        || raw[2..4] != [0, 0]
-        || raw[chk.clone()].iter().any(|b| *b != 0)
-    {
-        return None;
-    }
-    let mut h = blake2::Blake2b::<blake2::digest::consts::U32>::new();
-    h.update(&raw[..2]);
-    h.update(&raw[54..126]);
-    raw[chk].copy_from_slice(&h.finalize());
-    let fixed = b64.encode(&raw);
-    lines[i] = &fixed;
-    Some(lines.join("\n") + "\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_zero_checksum_of_an_unencrypted_key_is_repaired_and_nothing_else() {
-        use base64::Engine;
-        let keys = tillup_core::sign::generate_keys().unwrap();
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let mut lines: Vec<String> = keys.secret_file.lines().map(str::to_owned).collect();
-        let mut raw = b64.decode(&lines[1]).unwrap();
-        let good = raw.clone();
-        raw[126..].fill(0);
-        lines[1] = b64.encode(&raw);
-        let broken = lines.join("\n");
-        assert!(SecretKey::parse(&broken, None).is_err());
-        let fixed = repair_unencrypted_checksum(&broken).unwrap();
-        assert_eq!(b64.decode(fixed.lines().nth(1).unwrap()).unwrap(), good);
-        SecretKey::parse(&fixed, None).unwrap();
-        assert_eq!(repair_unencrypted_checksum(&keys.secret_file), None);
+        SecretKey::parse(&text, self.password.clone()).map_err(|source| Error::Key {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
