@@ -602,7 +602,7 @@ impl Store {
         cfg.push_str("\n[window]\nstart = \"03:00\"\nend = \"05:00\"\ntime_zone = \"Asia/Shanghai\"\n\n[check]\ninterval_minutes = 60\njitter_minutes = 10\n");
         for t in self.terminals.values() {
             // An offline terminal keeps its last address: nothing answers there.
-            let url = t.url().map(str::to_owned).unwrap_or_else(|| dead_address());
+            let url = t.url().map(str::to_owned).unwrap_or_else(dead_address);
             cfg.push_str(&format!(
                 "\n[[terminals]]\nnumber = {}\naddress = {url:?}\ntoken = {:?}\n",
                 t.number, t.token

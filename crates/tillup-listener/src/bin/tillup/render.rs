@@ -148,8 +148,8 @@ pub fn update(o: &UpdateOutcome, as_json: bool) {
 
 fn table(h: &HistoryEntry) {
     println!(
-        "  {:<9} {:<10} {:<10} {:<10} {:>12}  {}",
-        "terminal", "from", "to", "result", "stopped for", "details"
+        "  {:<9} {:<10} {:<10} {:<10} {:>12}  details",
+        "terminal", "from", "to", "result", "stopped for"
     );
     for t in &h.terminals {
         let stopped = t
@@ -195,8 +195,8 @@ pub fn status(s: &StoreStatus, as_json: bool) {
         println!("Unfinished upgrade {id}: it resumes at the next `tillup update`.");
     }
     println!(
-        "  {:<9} {:<10} {:<10} {:<10} {}",
-        "terminal", "model", "version", "program", "last report"
+        "  {:<9} {:<10} {:<10} {:<10} last report",
+        "terminal", "model", "version", "program"
     );
     for t in &s.terminals {
         let main = match (&t.main, &t.error) {
