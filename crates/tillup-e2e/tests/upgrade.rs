@@ -355,3 +355,111 @@ fn a_bad_config_is_a_clear_error_naming_the_file() -> Result<()> {
     let _ = dead_address();
     Ok(())
 }
+
+#[test]
+fn a_release_that_fails_its_health_check_is_rolled_back_on_the_canary_only() -> Result<()> {
+    let store = Store::new(None, StoreSpec::default())?;
+    let before: Vec<Manifest> = store
+        .terminals
+        .values()
+        .map(|t| manifest_of(&t.folder))
+        .collect();
+    let mut broken = ReleaseSpec::new("1.1.0");
+    broken.fail_health = Some("database migration 42 failed: disk I/O error".into());
+    store.publish(&broken, &[])?;
+
+    let out = store.tillup(&["update", "--json"])?;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a failed upgrade exits 2: {}",
+        text(&out)
+    );
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let terminals = outcome["upgrades"][0]["terminals"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        terminals.iter().all(|t| t["result"] == "restored"),
+        "{outcome}"
+    );
+    let canary = terminals[0]["failure"].as_str().unwrap();
+    assert!(
+        canary.contains("health check") && canary.contains("database migration 42 failed"),
+        "the program's own words: {canary}"
+    );
+    assert!(
+        terminals[1]["failure"].as_str().unwrap().contains("canary"),
+        "{outcome}"
+    );
+
+    for (t, old) in store.terminals.values().zip(&before) {
+        t.wait_running("1.0.0")?;
+        assert_eq!(
+            without(&manifest_of(&t.folder), SALES),
+            without(old, SALES),
+            "terminal {} is all-old",
+            t.number
+        );
+    }
+    // Only the canary's folder was ever swapped.
+    assert!(
+        store.terminals[&1]
+            .root
+            .join("cupos.tillup-previous")
+            .exists()
+    );
+    assert!(
+        !store.terminals[&2]
+            .root
+            .join("cupos.tillup-previous")
+            .exists()
+    );
+    let log = store.local_log();
+    assert_eq!(log["terminals"]["1"]["installed"]["version"], "1.0.0");
+    assert!(
+        log["terminals"]["1"]["last_report"]
+            .as_str()
+            .unwrap()
+            .contains("restored")
+    );
+    Ok(())
+}
+
+#[test]
+fn a_sale_in_progress_delays_the_stop_until_it_ends() -> Result<()> {
+    let store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500")],
+            ..StoreSpec::default()
+        },
+    )?;
+    store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
+    let t = &store.terminals[&1];
+    let busy = t.pos_state.join("busy");
+    fs::write(&busy, "sale 1001")?;
+    // The sale ends while the upgrade waits for it.
+    let clear = {
+        let busy = busy.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            fs::remove_file(busy)
+        })
+    };
+    let out = store.tillup(&["update", "-v"])?;
+    clear.join().unwrap()?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let waited: u64 = err
+        .split("waited_busy_ms=")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(waited > 0, "the stop waited for the sale: {err}");
+    assert!(!err.contains("forced=true"), "{err}");
+    t.wait_running("1.1.0")?;
+    Ok(())
+}
