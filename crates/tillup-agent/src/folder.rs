@@ -105,6 +105,9 @@ pub struct Layout {
     pub staging: PathBuf,
     /// Where the folder before the last swap is kept.
     pub previous: PathBuf,
+    /// The manifest of what the staging folder holds, written only once the
+    /// staging folder is complete and checked; absent while it changes.
+    pub staged_record: PathBuf,
     version_file: RelPath,
 }
 
@@ -115,6 +118,7 @@ impl Layout {
             folder: folder.to_owned(),
             staging: sibling(folder, "tillup-staging"),
             previous: sibling(folder, "tillup-previous"),
+            staged_record: sibling(folder, "tillup-staging.manifest.json"),
             version_file: RelPath::new(version_file).expect("checked when the config was loaded"),
         }
     }
@@ -127,8 +131,14 @@ impl Layout {
 
     /// Builds the staging folder from `req.manifest`, each file taken from
     /// the current folder (`current`, a fresh scan of it) when it has the
-    /// same hash, else from the incoming `store`. Replaces a leftover
-    /// staging folder. Every byte is checked against the manifest.
+    /// same hash, else from the incoming `store`. Every byte is checked
+    /// against the manifest.
+    ///
+    /// Staging is incremental: when the staging folder is complete from an
+    /// earlier stage (its record says what it holds), only the files that
+    /// differ are removed or copied, so staging the release before the main
+    /// program stops and again with the terminal's own files after costs
+    /// in proportion to what changed.
     pub fn stage(
         &self,
         current: &Manifest,
@@ -154,13 +164,20 @@ impl Layout {
         if !missing.is_empty() {
             return Err(FolderError::Missing(missing));
         }
-        remove_dir_if_exists(&self.staging)?;
-        let parent = self
-            .folder
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let (need, free) = (req.manifest.total_size(), tillup_fs::free_space(parent)?);
+        let staged = self.staged();
+        // From here until the record is written again, the staging folder
+        // is not trusted: a crash leaves it to be rebuilt from scratch.
+        remove_file_if_exists(&self.staged_record)?;
+        let parent = parent_of(&self.folder);
+        tillup_fs::fsync_dir(&parent)?;
+        let to_write: Vec<&tillup_core::FileEntry> = req
+            .manifest
+            .files()
+            .iter()
+            .filter(|f| staged.as_ref().and_then(|s| s.get(&f.path)) != Some(f))
+            .collect();
+        let need: u64 = to_write.iter().map(|f| f.size).sum();
+        let free = tillup_fs::free_space(&parent)?;
         if need > free {
             return Err(FolderError::NoSpace {
                 need,
@@ -172,7 +189,7 @@ impl Layout {
             reused_bytes: 0,
             received_bytes: 0,
         };
-        for f in req.manifest.files() {
+        for f in &to_write {
             if local.contains_key(&f.sha256) {
                 report.reused_bytes += f.size;
             } else {
@@ -185,24 +202,71 @@ impl Layout {
                 None => store.path(&f.sha256),
             })
         };
-        let built = tillup_fs::materialize(&self.staging, &req.manifest, &source)
-            .map_err(FolderError::from)
-            .and_then(|()| {
-                let found = self.version_of(&self.staging);
-                if found.as_ref() == Some(&req.version) {
-                    Ok(())
-                } else {
-                    Err(FolderError::WrongVersion {
-                        version: req.version.clone(),
-                        found,
-                    })
-                }
-            });
+        let built = match &staged {
+            Some(old) => self.update_staging(old, &req.manifest, &source),
+            None => remove_dir_if_exists(&self.staging)
+                .and_then(|()| tillup_fs::materialize(&self.staging, &req.manifest, &source))
+                .map_err(FolderError::from),
+        }
+        .and_then(|()| {
+            let found = self.version_of(&self.staging);
+            if found.as_ref() == Some(&req.version) {
+                Ok(())
+            } else {
+                Err(FolderError::WrongVersion {
+                    version: req.version.clone(),
+                    found,
+                })
+            }
+        });
         if let Err(e) = built {
             let _ = std::fs::remove_dir_all(&self.staging);
             return Err(e);
         }
+        tillup_fs::write_atomic(&self.staged_record, &req.manifest.to_bytes())?;
         Ok(report)
+    }
+
+    /// What the staging folder holds, if it is complete.
+    fn staged(&self) -> Option<Manifest> {
+        if !self.staging.is_dir() {
+            return None;
+        }
+        Manifest::parse(&std::fs::read(&self.staged_record).ok()?).ok()
+    }
+
+    /// Turns a complete staging folder holding `old` into one holding `new`.
+    fn update_staging(
+        &self,
+        old: &Manifest,
+        new: &Manifest,
+        source: &dyn Fn(&tillup_core::FileEntry) -> Result<PathBuf, tillup_fs::Error>,
+    ) -> Result<(), FolderError> {
+        let mut touched = std::collections::BTreeSet::new();
+        for f in old.files().iter().filter(|f| new.get(&f.path) != Some(*f)) {
+            let path = tillup_fs::join(&self.staging, &f.path);
+            remove_file_if_exists(&path)?;
+            // Prune folders the removal left empty (a file may replace one).
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| *d != self.staging) {
+                if std::fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+            touched.insert(dir.unwrap_or(&self.staging).to_owned());
+        }
+        for f in new.files().iter().filter(|f| old.get(&f.path) != Some(*f)) {
+            let path = tillup_fs::join(&self.staging, &f.path);
+            let dir = path.parent().expect("joined paths have a parent");
+            std::fs::create_dir_all(dir).at(dir)?;
+            tillup_fs::copy_verified(&source(f)?, &path, f)?;
+            touched.insert(dir.to_owned());
+        }
+        for d in touched.iter().filter(|d| d.is_dir()) {
+            tillup_fs::fsync_dir(d)?;
+        }
+        Ok(())
     }
 
     /// Swaps the staged folder in; the old one becomes previous. Returns
@@ -219,6 +283,7 @@ impl Layout {
             });
         }
         self.swap_in(&self.staging.clone())?;
+        remove_file_if_exists(&self.staged_record)?;
         Ok(true)
     }
 
@@ -275,6 +340,21 @@ impl Layout {
         }
         tillup_fs::fsync_dir(&parent)?;
         Ok(())
+    }
+}
+
+fn parent_of(folder: &Path) -> PathBuf {
+    folder
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned()
+}
+
+fn remove_file_if_exists(path: &Path) -> Result<(), tillup_fs::Error> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).at(path),
+        _ => Ok(()),
     }
 }
 
@@ -358,6 +438,54 @@ mod tests {
             version: Version::parse(version).unwrap(),
             manifest: scan(&f.new),
         }
+    }
+
+    /// Puts every file of `dir` into the incoming store.
+    fn receive(f: &Fixture, dir: &Path) {
+        for e in scan(dir).files() {
+            f.store
+                .put_file(&tillup_fs::join(dir, &e.path), &e.sha256)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_second_stage_changes_only_what_differs() {
+        let f = fixture();
+        receive(&f, &f.new);
+        let current = scan(&f.layout.folder);
+        let first = f
+            .layout
+            .stage(&current, &f.store, &request(&f, "2.0.0"))
+            .unwrap();
+        assert!(f.layout.staged_record.is_file());
+        // The same release plus a terminal-local file, a removed file, and a
+        // file where the release had a folder.
+        write(&f.new, "config/local.ini", "mine");
+        std::fs::remove_dir_all(f.new.join("收银")).unwrap();
+        write(&f.new, "收银", "now a file");
+        receive(&f, &f.new);
+        let second = f
+            .layout
+            .stage(&current, &f.store, &request(&f, "2.0.0"))
+            .unwrap();
+        let changed = ("mine".len() + "now a file".len()) as u64;
+        assert_eq!(
+            second.reused_bytes + second.received_bytes,
+            changed,
+            "{first:?} then {second:?}"
+        );
+        assert_eq!(scan(&f.layout.staging), scan(&f.new));
+        // Without its record, a staging folder is rebuilt whole.
+        std::fs::remove_file(&f.layout.staged_record).unwrap();
+        write(&f.layout.staging, "stray", "left by a crash");
+        f.layout
+            .stage(&current, &f.store, &request(&f, "2.0.0"))
+            .unwrap();
+        assert_eq!(scan(&f.layout.staging), scan(&f.new));
+        // A commit consumes the staging folder and its record.
+        assert!(f.layout.commit(&Version::new(2, 0, 0)).unwrap());
+        assert!(!f.layout.staged_record.exists());
     }
 
     #[test]

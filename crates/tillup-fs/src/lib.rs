@@ -13,7 +13,7 @@ mod scan;
 
 pub use atomic::{fsync_dir, write_atomic, write_json_atomic};
 pub use blobs::BlobStore;
-pub use scan::{HashCache, hash_file, materialize, scan_folder};
+pub use scan::{HashCache, copy_verified, hash_file, materialize, scan_folder};
 
 /// An I/O failure, with the path it concerns.
 #[derive(Debug, thiserror::Error)]

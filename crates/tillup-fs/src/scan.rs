@@ -188,7 +188,18 @@ pub fn materialize(
     Ok(())
 }
 
-fn copy_verified(from: &Path, to: &Path, f: &FileEntry) -> Result<(), Error> {
+/// Copies `from` to the new file `to`, checking it against `f`'s size and
+/// hash on the way, setting its exec bit, and syncing it. On a mismatch the
+/// partial copy is removed.
+pub fn copy_verified(from: &Path, to: &Path, f: &FileEntry) -> Result<(), Error> {
+    let result = copy_checked(from, to, f);
+    if result.is_err() {
+        let _ = fs::remove_file(to);
+    }
+    result
+}
+
+fn copy_checked(from: &Path, to: &Path, f: &FileEntry) -> Result<(), Error> {
     let mut input = File::open(from).at(from)?;
     let mut out = File::create_new(to).at(to)?;
     let mut hasher = Sha256::new();
