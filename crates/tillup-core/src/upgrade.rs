@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// While the main programs still run: the host downloads the release
+    /// and every terminal receives and stages it (DESIGN §7: only what
+    /// cannot happen while a program runs happens while it is stopped).
+    Preparing,
     /// Stopping every terminal's main program.
     Stopping,
     /// Collecting every stopped terminal's folder into the host backup.
@@ -40,6 +44,8 @@ pub enum Phase {
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
     Planned,
+    /// The release is staged on the terminal; its program still runs.
+    Prepared,
     Stopped,
     Collected,
     Staged,
@@ -89,6 +95,7 @@ impl TerminalRun {
         matches!(
             self.step,
             Step::Planned
+                | Step::Prepared
                 | Step::Stopped
                 | Step::Collected
                 | Step::Staged
@@ -115,6 +122,10 @@ impl TerminalRun {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "effect", content = "terminal", rename_all = "snake_case")]
 pub enum Effect {
+    /// The host downloads and verifies the target releases.
+    Prefetch,
+    /// The terminal receives the release files it lacks and stages them.
+    Prestage(u32),
     Stop(u32),
     Collect(u32),
     UploadBackup,
@@ -132,14 +143,19 @@ impl Effect {
     /// The terminal a per-terminal effect acts on.
     pub fn terminal(&self) -> Option<u32> {
         match self {
-            Effect::Stop(n)
+            Effect::Prestage(n)
+            | Effect::Stop(n)
             | Effect::Collect(n)
             | Effect::Stage(n)
             | Effect::Commit(n)
             | Effect::Start(n)
             | Effect::CheckHealth(n)
             | Effect::Rollback(n) => Some(*n),
-            Effect::UploadBackup | Effect::Process | Effect::Deliver | Effect::SendReport => None,
+            Effect::Prefetch
+            | Effect::UploadBackup
+            | Effect::Process
+            | Effect::Deliver
+            | Effect::SendReport => None,
         }
     }
 }
@@ -175,6 +191,9 @@ pub struct Upgrade {
     pub terminals: BTreeMap<u32, TerminalRun>,
     /// Set when the store-wide report reached the server.
     pub reported: bool,
+    /// Set when the host holds every file of the target releases.
+    #[serde(default)]
+    pub prefetched: bool,
     /// A store-wide failure (upload, processing, delivery), if any.
     pub failure: Option<Failure>,
 }
@@ -223,10 +242,11 @@ impl Upgrade {
             started,
             finished: None,
             trigger,
-            phase: Phase::Stopping,
+            phase: Phase::Preparing,
             canary,
             terminals,
             reported: false,
+            prefetched: false,
             failure: None,
         };
         u.advance(started);
@@ -256,9 +276,17 @@ impl Upgrade {
             }
         }
         match self.phase {
-            Phase::Stopping => out.extend(
+            Phase::Preparing if !self.prefetched => {
+                out.insert(Effect::Prefetch);
+            }
+            Phase::Preparing => out.extend(
                 self.active()
                     .filter(|t| t.step == Step::Planned)
+                    .map(|t| Effect::Prestage(t.number)),
+            ),
+            Phase::Stopping => out.extend(
+                self.active()
+                    .filter(|t| t.step == Step::Prepared)
                     .map(|t| Effect::Stop(t.number)),
             ),
             Phase::Collecting => out.extend(
@@ -276,9 +304,13 @@ impl Upgrade {
                 out.insert(Effect::Deliver);
             }
             Phase::Installing => {
-                let canary_done = self.terminals.get(&self.canary).is_none_or(|c| !c.active());
+                // The rest swap only once the canary runs the new release healthily.
+                let canary_ok = self
+                    .terminals
+                    .get(&self.canary)
+                    .is_some_and(|c| c.step == Step::Upgraded);
                 for t in self.active() {
-                    let may_swap = t.number == self.canary || canary_done;
+                    let may_swap = t.number == self.canary || canary_ok;
                     match t.step {
                         Step::Collected => {
                             out.insert(Effect::Stage(t.number));
@@ -327,9 +359,14 @@ impl Upgrade {
             }
         };
         match effect {
+            Effect::Prefetch => self.prefetched = true,
+            Effect::Prestage(n) => self
+                .terminal(n)
+                .into_iter()
+                .for_each(|t| set(t, Step::Planned, Step::Prepared)),
             Effect::Stop(n) => {
                 if let Some(t) = self.terminal(n) {
-                    if t.step == Step::Planned {
+                    if t.step == Step::Prepared {
                         t.step = Step::Stopped;
                         t.stopped_at = Some(now);
                     }
@@ -411,7 +448,8 @@ impl Upgrade {
     fn on_failed(&mut self, effect: Effect, message: String, now: Timestamp) {
         let during = effect_name(&effect);
         match effect {
-            Effect::Stop(n)
+            Effect::Prestage(n)
+            | Effect::Stop(n)
             | Effect::Collect(n)
             | Effect::Stage(n)
             | Effect::Commit(n)
@@ -452,7 +490,7 @@ impl Upgrade {
                     }
                 }
             }
-            Effect::UploadBackup | Effect::Process | Effect::Deliver => {
+            Effect::Prefetch | Effect::UploadBackup | Effect::Process | Effect::Deliver => {
                 self.failure.get_or_insert(Failure {
                     during: during.to_owned(),
                     message: message.clone(),
@@ -482,7 +520,9 @@ impl Upgrade {
         {
             let canary = self.canary;
             for t in self.terminals.values_mut().filter(|t| t.number != canary) {
-                if matches!(t.step, Step::Collected | Step::Staged) {
+                // Whatever their step, those not swapped yet are not touched
+                // further (none can have swapped: they wait for the canary).
+                if t.active() && !matches!(t.step, Step::Committed | Step::Started) {
                     Self::fail_terminal(
                         t,
                         "canary",
@@ -502,7 +542,8 @@ impl Upgrade {
             let none_active = self.active().next().is_none();
             self.phase = match self.phase {
                 _ if none_active && self.phase < Phase::Reporting => Phase::Reporting,
-                Phase::Stopping if !behind(&Step::Planned) => Phase::Collecting,
+                Phase::Preparing if self.prefetched && !behind(&Step::Planned) => Phase::Stopping,
+                Phase::Stopping if !behind(&Step::Prepared) => Phase::Collecting,
                 Phase::Collecting if !behind(&Step::Stopped) => Phase::Uploading,
                 Phase::Installing => Phase::Installing,
                 Phase::Reporting if self.reported => Phase::Done,
@@ -534,6 +575,8 @@ impl Upgrade {
 /// A short name for an effect, used in reports.
 pub fn effect_name(e: &Effect) -> &'static str {
     match e {
+        Effect::Prefetch => "release download",
+        Effect::Prestage(_) => "prestage",
         Effect::Stop(_) => "stop",
         Effect::Collect(_) => "collect",
         Effect::UploadBackup => "backup upload",
@@ -609,6 +652,22 @@ mod tests {
     fn happy_path_goes_through_every_phase_canary_first() {
         let mut u = new(&[3, 1, 2]);
         assert_eq!(u.canary, 1);
+        // Everything that can happen while the programs run comes first.
+        assert_eq!(u.wanted(), [Effect::Prefetch].into());
+        u = done(u, Effect::Prefetch);
+        assert_eq!(
+            u.wanted(),
+            [
+                Effect::Prestage(1),
+                Effect::Prestage(2),
+                Effect::Prestage(3)
+            ]
+            .into()
+        );
+        for n in [1, 2, 3] {
+            assert_eq!(u.phase, Phase::Preparing);
+            u = done(u, Effect::Prestage(n));
+        }
         assert_eq!(
             u.wanted(),
             [Effect::Stop(1), Effect::Stop(2), Effect::Stop(3)].into()
@@ -643,6 +702,57 @@ mod tests {
                 .values()
                 .all(|t| t.step == Step::Upgraded && t.stopped_for().is_some())
         );
+    }
+
+    /// Every effect a run asked for, in order.
+    fn trace(mut u: Upgrade, fails: impl Fn(&Effect) -> bool) -> (Upgrade, Vec<Effect>) {
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            let wanted = u.wanted();
+            if wanted.is_empty() {
+                return (u, seen);
+            }
+            for e in wanted {
+                seen.push(e.clone());
+                u = if fails(&e) { fail(u, e) } else { done(u, e) };
+            }
+        }
+        panic!("did not settle: {u:?}");
+    }
+
+    #[test]
+    fn a_failed_download_or_prestage_never_stops_a_terminal() {
+        let (u, seen) = trace(new(&[1, 2]), |e| *e == Effect::Prefetch);
+        assert!(
+            !seen.iter().any(|e| matches!(e, Effect::Stop(_))),
+            "{seen:?}"
+        );
+        assert!(
+            u.terminals
+                .values()
+                .all(|t| t.step == Step::Restored && t.stopped_at.is_none())
+        );
+        assert_eq!(u.failure.as_ref().unwrap().during, "release download");
+
+        let (u, seen) = trace(new(&[1, 2]), |e| *e == Effect::Prestage(2));
+        assert!(!seen.contains(&Effect::Stop(2)), "{seen:?}");
+        assert_eq!(u.terminals[&1].step, Step::Upgraded);
+        assert_eq!(u.terminals[&2].step, Step::Restored);
+    }
+
+    #[test]
+    fn a_canary_that_fails_early_still_halts_the_rest() {
+        for early in [Effect::Prestage(1), Effect::Stop(1), Effect::Collect(1)] {
+            let (u, seen) = trace(new(&[1, 2, 3]), |e| *e == early);
+            assert!(
+                !seen.iter().any(|e| matches!(e, Effect::Commit(_))),
+                "{early:?}: {seen:?}"
+            );
+            assert!(
+                u.terminals.values().all(|t| t.step == Step::Restored),
+                "{early:?}: {u:?}"
+            );
+        }
     }
 
     #[test]

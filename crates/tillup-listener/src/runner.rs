@@ -491,7 +491,7 @@ impl Listener {
                         &req,
                     )
                     .await?;
-                self.verify_delivery(&delivery, &backups, ctx, blobs)
+                self.verify_delivery(u, &delivery, &backups, ctx, blobs)
                     .await?;
                 tillup_fs::write_json_atomic(&files.delivery(), &delivery)?;
             }
@@ -505,6 +505,22 @@ impl Listener {
                     }
                 }
             }
+            Effect::Prefetch => {
+                for (version, signed) in &ctx.releases {
+                    let release = self.release_manifest(version, ctx, blobs).await?;
+                    for f in release.files() {
+                        self.server
+                            .download_blob(server_routes::BLOB, &f.sha256, Some(f.size), blobs)
+                            .await?;
+                    }
+                    tracing::info!(%version, bytes = signed.size, "release downloaded and verified");
+                }
+            }
+            Effect::Prestage(n) => {
+                let run = run.expect("terminal effect");
+                let release = self.release_manifest(&run.to, ctx, blobs).await?;
+                self.push_and_stage(*n, &run.to, &release, blobs).await?;
+            }
             Effect::Stage(n) => {
                 let run = run.expect("terminal effect");
                 let delivery: Delivery = read_json(&files.delivery())?;
@@ -515,26 +531,7 @@ impl Listener {
                     .ok_or_else(|| {
                         Error::Other(format!("the delivery has no folder for terminal {n}"))
                     })?;
-                let agent = self.agent(*n)?;
-                for h in agent
-                    .missing(
-                        agent_routes::BLOBS_MISSING,
-                        result.manifest.hashes().into_iter().collect(),
-                    )
-                    .await?
-                {
-                    agent.upload_blob(agent_routes::BLOB, &h, blobs).await?;
-                }
-                let _: StageReport = agent
-                    .send_json(
-                        "stage the new folder",
-                        Method::POST,
-                        agent_routes::STAGE,
-                        &StageRequest {
-                            version: run.to.clone(),
-                            manifest: result.manifest.clone(),
-                        },
-                    )
+                self.push_and_stage(*n, &run.to, &result.manifest, blobs)
                     .await?;
             }
             Effect::Commit(n) => {
@@ -607,6 +604,59 @@ impl Listener {
         Ok(())
     }
 
+    /// The manifest of a target release, checked against the signed log.
+    async fn release_manifest(
+        &self,
+        version: &Version,
+        ctx: &Context,
+        blobs: &BlobStore,
+    ) -> Result<Manifest, Error> {
+        let signed = ctx.releases.get(version).ok_or_else(|| {
+            Error::Untrusted(format!("release {version} is not one this upgrade planned"))
+        })?;
+        // The blob store admits it only if it hashes to the signed digest.
+        self.server
+            .download_blob(server_routes::BLOB, &signed.sha256, None, blobs)
+            .await?;
+        Manifest::parse(&blobs.read(&signed.sha256)?)
+            .map_err(|e| Error::Untrusted(format!("release {version} manifest: {e}")))
+    }
+
+    /// Sends a terminal the files of `manifest` it lacks, then has it stage
+    /// `manifest` (incrementally, beside its program folder).
+    async fn push_and_stage(
+        &self,
+        n: u32,
+        version: &Version,
+        manifest: &Manifest,
+        blobs: &BlobStore,
+    ) -> Result<(), Error> {
+        let agent = self.agent(n)?;
+        let hashes = manifest.hashes().into_iter().collect();
+        for h in agent.missing(agent_routes::BLOBS_MISSING, hashes).await? {
+            agent.upload_blob(agent_routes::BLOB, &h, blobs).await?;
+        }
+        let req = StageRequest {
+            version: version.clone(),
+            manifest: manifest.clone(),
+        };
+        let r: StageReport = agent
+            .send_json(
+                "stage the new folder",
+                Method::POST,
+                agent_routes::STAGE,
+                &req,
+            )
+            .await?;
+        tracing::info!(
+            terminal = n,
+            copied_locally = r.reused_bytes,
+            received = r.received_bytes,
+            "staged"
+        );
+        Ok(())
+    }
+
     /// The collected backups of the terminals still on their way.
     fn backups(&self, u: &Upgrade, files: &Files) -> Result<Vec<TerminalBackup>, Error> {
         u.terminals
@@ -620,6 +670,7 @@ impl Listener {
     /// terminal's own backup; the server's answer must be exactly that.
     async fn verify_delivery(
         &self,
+        u: &Upgrade,
         delivery: &Delivery,
         backups: &[TerminalBackup],
         ctx: &Context,
@@ -638,18 +689,17 @@ impl Listener {
                     b.number
                 )));
             };
-            let signed = ctx.releases.get(&result.version).ok_or_else(|| {
-                Error::Untrusted(format!(
-                    "terminal {} was given {}, which was not planned",
-                    b.number, result.version
-                ))
-            })?;
-            self.server
-                .download_blob(server_routes::BLOB, &signed.sha256, None, blobs)
-                .await?;
-            let release = Manifest::parse(&blobs.read(&signed.sha256)?).map_err(|e| {
-                Error::Untrusted(format!("release {} manifest: {e}", result.version))
-            })?;
+            let planned = u.terminals.get(&b.number).map(|t| &t.to);
+            if planned != Some(&result.version) {
+                return Err(Error::Untrusted(format!(
+                    "terminal {} was given {}, the plan is {:?}",
+                    b.number,
+                    result.version,
+                    planned.map(ToString::to_string)
+                )));
+            }
+            let signed = &ctx.releases[&result.version];
+            let release = self.release_manifest(&result.version, ctx, blobs).await?;
             let preserve =
                 Preserve::new(&signed.preserve).map_err(|e| Error::Untrusted(e.to_string()))?;
             let expected = merge_for_terminal(&release, &b.manifest, &preserve)
