@@ -32,7 +32,9 @@ pub enum Error {
         "{path} is damaged ({message}); move it aside to start afresh, or restore it from a backup"
     )]
     Damaged { path: PathBuf, message: String },
-    #[error("cannot reach {peer} to {what}: {message}")]
+    #[error(
+        "cannot reach {peer} to {what}: {message}; check that it is running and that its address in the configuration is right"
+    )]
     Unreachable {
         peer: String,
         what: String,

@@ -200,7 +200,7 @@ pub fn status(s: &StoreStatus, as_json: bool) {
     );
     for t in &s.terminals {
         let main = match (&t.main, &t.error) {
-            (_, Some(e)) => format!("unreachable: {e}"),
+            (_, Some(_)) => "unreachable".into(),
             (Some(tillup_core::api::MainState::Running { .. }), _) if t.busy => "busy".into(),
             (Some(tillup_core::api::MainState::Running { .. }), _) => "running".into(),
             (Some(tillup_core::api::MainState::Stopped), _) => "stopped".into(),
@@ -213,13 +213,18 @@ pub fn status(s: &StoreStatus, as_json: bool) {
             .or(t.recorded_version.as_ref())
             .map_or("?".to_owned(), ToString::to_string);
         println!(
-            "  {:<9} {:<10} {:<10} {:<10} {}",
+            "  {:<9} {:<10} {:<10} {:<12} {}",
             t.number,
             t.model.as_deref().unwrap_or("?"),
             version,
             main,
             t.last_report.as_deref().unwrap_or("")
         );
+    }
+    for t in &s.terminals {
+        if let Some(e) = &t.error {
+            println!("terminal {}: {e}", t.number);
+        }
     }
     for w in &s.warnings {
         println!("warning: {w}");
