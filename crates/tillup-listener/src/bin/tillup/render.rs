@@ -195,7 +195,7 @@ pub fn status(s: &StoreStatus, as_json: bool) {
         println!("Unfinished upgrade {id}: it resumes at the next `tillup update`.");
     }
     println!(
-        "  {:<9} {:<10} {:<10} {:<10} last report",
+        "  {:<9} {:<10} {:<10} {:<12} last report",
         "terminal", "model", "version", "program"
     );
     for t in &s.terminals {
