@@ -62,8 +62,8 @@ pub enum Step {
     },
     /// Back on the old release and running.
     Restored,
-    /// It could not even be restarted (unreachable agent): the agent's
-    /// watchdog brings its main program back; reported.
+    /// It could not even be put back and restarted (its agent does not
+    /// answer): reported, so someone can look at that terminal.
     Abandoned {
         restart_error: String,
     },
@@ -452,10 +452,19 @@ impl Upgrade {
             | Effect::Stop(n)
             | Effect::Collect(n)
             | Effect::Stage(n)
-            | Effect::Commit(n)
             | Effect::CheckHealth(n) => {
                 if let Some(t) = self.terminal(n) {
                     Self::fail_terminal(t, during, message, now);
+                }
+            }
+            Effect::Commit(n) => {
+                if let Some(t) = self.terminal(n) {
+                    Self::fail_terminal(t, during, message, now);
+                    // A swap whose answer was lost may have happened: roll
+                    // back, which does nothing if the folder is still old.
+                    if let Step::Restoring { committed, .. } = &mut t.step {
+                        *committed = true;
+                    }
                 }
             }
             Effect::Start(n) => {
@@ -545,7 +554,6 @@ impl Upgrade {
                 Phase::Preparing if self.prefetched && !behind(&Step::Planned) => Phase::Stopping,
                 Phase::Stopping if !behind(&Step::Prepared) => Phase::Collecting,
                 Phase::Collecting if !behind(&Step::Stopped) => Phase::Uploading,
-                Phase::Installing => Phase::Installing,
                 Phase::Reporting if self.reported => Phase::Done,
                 p => p,
             };
@@ -635,17 +643,8 @@ mod tests {
 
     /// Runs every wanted effect successfully except those `fails` picks,
     /// until nothing is wanted.
-    fn run(mut u: Upgrade, fails: impl Fn(&Effect) -> bool) -> Upgrade {
-        for _ in 0..200 {
-            let wanted = u.wanted();
-            if wanted.is_empty() {
-                return u;
-            }
-            for e in wanted {
-                u = if fails(&e) { fail(u, e) } else { done(u, e) };
-            }
-        }
-        panic!("did not settle: {u:?}");
+    fn run(u: Upgrade, fails: impl Fn(&Effect) -> bool) -> Upgrade {
+        trace(u, fails).0
     }
 
     #[test]
@@ -738,6 +737,17 @@ mod tests {
         assert!(!seen.contains(&Effect::Stop(2)), "{seen:?}");
         assert_eq!(u.terminals[&1].step, Step::Upgraded);
         assert_eq!(u.terminals[&2].step, Step::Restored);
+    }
+
+    #[test]
+    fn a_swap_whose_answer_is_lost_is_rolled_back_before_restart() {
+        let (u, seen) = trace(new(&[1]), |e| *e == Effect::Commit(1));
+        let tail: Vec<&Effect> = seen.iter().rev().take(3).collect();
+        assert_eq!(
+            tail,
+            [&Effect::SendReport, &Effect::Start(1), &Effect::Rollback(1)]
+        );
+        assert_eq!(u.terminals[&1].step, Step::Restored);
     }
 
     #[test]
