@@ -37,6 +37,33 @@ pub enum PathError {
     EmptyComponent(String),
     #[error("path `{0}` contains a backslash or a control character")]
     BadCharacter(String),
+    #[error("path `{path}` cannot exist on a Windows terminal: {reason}")]
+    NotPortable { path: String, reason: String },
+}
+
+/// Names Windows reserves for devices, with or without an extension.
+const RESERVED: &[&str] = &[
+    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+];
+
+/// Why a component could not be a file name on Windows, if it could not.
+/// One manifest serves every terminal, so every path must suit them all.
+fn unportable(part: &str) -> Option<String> {
+    if let Some(c) = part
+        .chars()
+        .find(|c| matches!(c, ':' | '<' | '>' | '"' | '|' | '?' | '*'))
+    {
+        return Some(format!("`{part}` contains `{c}`"));
+    }
+    if part.ends_with('.') || part.ends_with(' ') {
+        return Some(format!("`{part}` ends with a dot or a space"));
+    }
+    let stem = part.split('.').next().unwrap_or(part);
+    if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(stem)) {
+        return Some(format!("`{part}` is a reserved device name"));
+    }
+    None
 }
 
 impl RelPath {
@@ -63,7 +90,14 @@ impl RelPath {
             match part {
                 ".." => return Err(PathError::ParentDir(shown())),
                 "" | "." => return Err(PathError::EmptyComponent(shown())),
-                _ => {}
+                _ => {
+                    if let Some(reason) = unportable(part) {
+                        return Err(PathError::NotPortable {
+                            path: shown(),
+                            reason,
+                        });
+                    }
+                }
             }
         }
         Ok(Self(s.to_owned()))
@@ -146,6 +180,30 @@ mod tests {
     }
 
     #[test]
+    fn refuses_names_a_windows_terminal_would_misread() {
+        // `a/C:evil.dll` would be absolute once joined on Windows.
+        for bad in [
+            "a/C:evil.dll",
+            "data/file.txt:stream",
+            "CON",
+            "logs/nul.txt",
+            "Com1",
+            "a/b.",
+            "a/b ",
+            "a/what?",
+            "x*y",
+        ] {
+            assert!(
+                matches!(RelPath::new(bad), Err(PathError::NotPortable { .. })),
+                "{bad}"
+            );
+        }
+        for ok in ["console.log", "connect/x", "lpt10", "a.b", "数据/收银.db"] {
+            RelPath::new(ok).unwrap();
+        }
+    }
+
+    #[test]
     fn deserialising_checks_too() {
         let err = serde_json::from_str::<RelPath>("\"../../etc/shadow\"").unwrap_err();
         assert!(err.to_string().contains("`..`"), "{err}");
@@ -153,7 +211,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn an_accepted_path_never_leaves_its_folder(s in "[a-z./\\\\:]{0,12}") {
+        fn an_accepted_path_never_leaves_its_folder(s in "[a-zC./\\\\:]{0,12}") {
             if let Ok(p) = RelPath::new(&s) {
                 let joined = std::path::Path::new("/root/folder").join(p.as_str());
                 let mut depth = 0i32;
