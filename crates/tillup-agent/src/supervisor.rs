@@ -3,7 +3,8 @@
 //!
 //! The child is spawned with `kill_on_drop(false)` in its own process group,
 //! so the agent can restart without taking the till down; a task owns the
-//! child and reaps it. Its pid is written to `STATE/main.pid`.
+//! child and reaps it. Its pid is written to `STATE/main.pid`. Signals go
+//! to the whole process group, so the program's children stop with it.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -46,6 +47,16 @@ pub enum SupervisorError {
         pid: u32,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// The main program did not exit even after SIGKILL.
+    #[error(
+        "the main program (pid {pid}) is still running {waited:?} after SIGKILL; it is not stopped: check the terminal (a process stuck in the kernel cannot be killed)"
+    )]
+    StillRunning {
+        /// The main program.
+        pid: u32,
+        /// How long it was waited for after SIGKILL.
+        waited: Duration,
     },
 }
 
@@ -208,8 +219,12 @@ impl Supervisor {
     }
 
     /// Stops the main program: waits while busy (up to `busy_timeout`, or
-    /// the configured one), then SIGTERM, then SIGKILL after `stop_timeout_secs`.
-    /// `forced` is true when it was stopped while still busy or had to be killed.
+    /// the configured one), then SIGTERM to its process group, then SIGKILL
+    /// to the group after `stop_timeout_secs`. `forced` is true when it was
+    /// stopped while still busy or something had to be killed;
+    /// `waited_busy_ms` is 0 when it was not busy. Fails, leaving it
+    /// counted as running, when it is still alive `stop_timeout_secs` after
+    /// SIGKILL.
     pub async fn stop(
         &self,
         busy_timeout: Option<Duration>,
@@ -232,8 +247,9 @@ impl Supervisor {
         };
         let busy_timeout = busy_timeout.unwrap_or(Duration::from_secs(self.cfg.busy_timeout_secs));
         let began = Instant::now();
-        let mut still_busy = false;
+        let (mut still_busy, mut waited) = (false, false);
         while exit.borrow().is_none() && self.is_busy().await {
+            waited = true;
             if began.elapsed() >= busy_timeout {
                 still_busy = true;
                 tracing::warn!(pid, "still busy after {busy_timeout:?}: stopping anyway");
@@ -241,22 +257,43 @@ impl Supervisor {
             }
             tokio::time::sleep(POLL).await;
         }
-        let waited_busy_ms = began.elapsed().as_millis() as u64;
+        let waited_busy_ms = if waited {
+            began.elapsed().as_millis() as u64
+        } else {
+            0
+        };
+        // The program runs in its own process group (pgid = pid): every
+        // signal goes to the whole group, so its children stop with it.
+        let term = Duration::from_secs(self.cfg.stop_timeout_secs);
+        let deadline = Instant::now() + term;
         let mut killed = false;
         if exit.borrow().is_none() {
-            signal(pid, rustix::process::Signal::TERM)?;
-            let term = Duration::from_secs(self.cfg.stop_timeout_secs);
+            signal_group(pid, rustix::process::Signal::TERM)?;
             if tokio::time::timeout(term, exit.wait_for(|e| e.is_some()))
                 .await
                 .is_err()
             {
                 tracing::warn!(pid, "no exit {term:?} after SIGTERM: killing it");
-                signal(pid, rustix::process::Signal::KILL)?;
+                signal_group(pid, rustix::process::Signal::KILL)?;
                 killed = true;
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(10), exit.wait_for(|e| e.is_some()))
-                        .await;
+                if tokio::time::timeout(term, exit.wait_for(|e| e.is_some()))
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(pid, "still running {term:?} after SIGKILL");
+                    return Err(SupervisorError::StillRunning { pid, waited: term });
+                }
             }
+        }
+        // Children that outlive the program had the same SIGTERM: give them
+        // what is left of the stop timeout, then kill what remains.
+        while group_alive(pid) && Instant::now() < deadline {
+            tokio::time::sleep(POLL).await;
+        }
+        if group_alive(pid) {
+            tracing::warn!(pid, "the main program's children outlived it: killing them");
+            signal_group(pid, rustix::process::Signal::KILL)?;
+            killed = true;
         }
         self.forget();
         tracing::info!(pid, waited_busy_ms, killed, "stopped the main program");
@@ -398,12 +435,37 @@ fn runs(pid: u32, program: &str) -> bool {
     }
 }
 
-fn signal(pid: u32, sig: rustix::process::Signal) -> Result<(), SupervisorError> {
-    let Some(p) = to_pid(pid) else { return Ok(()) };
-    match rustix::process::kill_process(p, sig) {
+/// Whether a live (not zombie) process is left in the process group `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    #[cfg(target_os = "linux")]
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        return entries.flatten().any(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state ppid pgrp …`; comm may hold spaces and parentheses.
+            let mut rest = stat
+                .rsplit_once(')')
+                .map_or("", |(_, r)| r)
+                .split_ascii_whitespace();
+            let state = rest.next();
+            let pgrp = rest.nth(1).and_then(|g| g.parse::<u32>().ok());
+            pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+        });
+    }
+    to_pid(pgid).is_some_and(|p| {
+        !matches!(
+            rustix::process::test_kill_process_group(p),
+            Err(rustix::io::Errno::SRCH)
+        )
+    })
+}
+
+/// Sends `sig` to the process group `pgid`; an empty group is not an error.
+fn signal_group(pgid: u32, sig: rustix::process::Signal) -> Result<(), SupervisorError> {
+    let Some(p) = to_pid(pgid) else { return Ok(()) };
+    match rustix::process::kill_process_group(p, sig) {
         Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
         Err(e) => Err(SupervisorError::Signal {
-            pid,
+            pid: pgid,
             source: e.into(),
         }),
     }
@@ -476,6 +538,71 @@ mod tests {
         assert!(stop.forced);
     }
 
+    /// Whether `pid` is gone or only a zombie waiting for its new parent to reap it.
+    fn dead(pid: u32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')')
+            .is_none_or(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+    }
+
+    /// Regression: only the main program got SIGTERM, so its children kept running.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn stop_stops_the_programs_children_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let child_pid = dir.path().join("child.pid");
+        let script = format!("sleep 60 & echo $! > {}; wait", child_pid.to_str().unwrap());
+        let s = Supervisor::new(cfg(&["sh", "-c", &script], None), dir.path());
+        s.start().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let child: u32 = loop {
+            let text = std::fs::read_to_string(&child_pid).unwrap_or_default();
+            if let Ok(pid) = text.trim().parse() {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the child was not started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(!dead(child));
+        let stop = s.stop(Some(Duration::ZERO)).await.unwrap();
+        assert!(stop.was_running, "{stop:?}");
+        assert_eq!(s.state(), MainState::Stopped);
+        // SIGTERM reached the child with its parent; allow it a bounded moment to die.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !dead(child) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(dead(child), "the main program's child {child} still runs");
+    }
+
+    /// Regression: a program still alive after SIGKILL was reported stopped.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_program_alive_after_sigkill_is_not_reported_stopped() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A program this test spawned and never reaps: once killed it stays
+        // a zombie, which a signal test takes for alive, as it would a
+        // process stuck in the kernel. The supervisor adopts it by its pid.
+        let mut zombie = std::process::Command::new("sleep")
+            .arg("60")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::fs::write(dir.path().join("main.pid"), format!("{}\n", zombie.id())).unwrap();
+        let s = Supervisor::new(cfg(&["sleep", "60"], None), dir.path());
+        assert_eq!(s.state(), MainState::Running { pid: zombie.id() });
+        let err = s.stop(Some(Duration::ZERO)).await.unwrap_err();
+        assert!(
+            matches!(err, SupervisorError::StillRunning { pid, .. } if pid == zombie.id()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("after SIGKILL"), "{err}");
+        assert!(s.is_running(), "it is still counted as running");
+        assert!(dir.path().join("main.pid").exists());
+        zombie.wait().unwrap();
+    }
+
     #[tokio::test]
     async fn stop_waits_while_busy_then_stops_anyway() {
         let dir = tempfile::tempdir().unwrap();
@@ -485,7 +612,7 @@ mod tests {
         s.start().await.unwrap();
         assert!(s.is_busy().await);
         let stop = s.stop(Some(Duration::from_millis(300))).await.unwrap();
-        assert!(stop.forced && stop.waited_busy_ms >= 300, "{stop:?}");
+        assert!(stop.forced && stop.waited_busy_ms > 0, "{stop:?}");
     }
 
     #[tokio::test]

@@ -241,7 +241,7 @@ impl Drop for Harness {
             .and_then(|s| s.trim().parse::<i32>().ok())
         {
             if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
             }
         }
     }
@@ -318,7 +318,7 @@ async fn stop_waits_while_busy_then_forces_and_start_brings_it_back() {
     assert!(h.status().await.busy);
     let stop: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
     assert!(
-        stop.was_running && stop.forced && stop.waited_busy_ms >= 1000,
+        stop.was_running && stop.forced && stop.waited_busy_ms > 0,
         "{stop:?}"
     );
     assert_eq!(h.status().await.main, MainState::Stopped);
@@ -343,7 +343,7 @@ async fn stop_waits_while_busy_then_forces_and_start_brings_it_back() {
         )
         .await;
     assert!(
-        stop.was_running && !stop.forced && stop.waited_busy_ms < 1000,
+        stop.was_running && !stop.forced && stop.waited_busy_ms == 0,
         "{stop:?}"
     );
     let log = std::fs::read_to_string(h.state().join("pos/heartbeat.json")).unwrap();
