@@ -282,8 +282,12 @@ impl Layout {
                 staged,
             });
         }
-        self.swap_in(&self.staging.clone())?;
+        // The exchange puts the old release at the staging path: the record
+        // must be gone before, or a crash between the exchange and the
+        // rename would leave it describing a folder that holds the old release.
         remove_file_if_exists(&self.staged_record)?;
+        tillup_fs::fsync_dir(&parent_of(&self.folder))?;
+        self.swap_in(&self.staging.clone())?;
         Ok(true)
     }
 
@@ -308,12 +312,7 @@ impl Layout {
 
     /// Puts `from` at the folder path and the old folder at the previous path.
     fn swap_in(&self, from: &Path) -> Result<(), FolderError> {
-        let parent = self
-            .folder
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
+        let parent = parent_of(&self.folder);
         match exchange(from, &self.folder) {
             Ok(()) => {
                 // The old folder is now at `from`.
@@ -486,6 +485,34 @@ mod tests {
         // A commit consumes the staging folder and its record.
         assert!(f.layout.commit(&Version::new(2, 0, 0)).unwrap());
         assert!(!f.layout.staged_record.exists());
+    }
+
+    /// Regression: the staging record was removed after the swap, so a
+    /// crash between the exchange and the rename left a record describing
+    /// the staging path, which then held the old release.
+    #[test]
+    fn commit_removes_the_staging_record_before_it_swaps() {
+        let f = fixture();
+        receive(&f, &f.new);
+        let current = scan(&f.layout.folder);
+        f.layout
+            .stage(&current, &f.store, &request(&f, "2.0.0"))
+            .unwrap();
+        assert!(f.layout.staged_record.is_file());
+        // A file where the previous folder goes makes the swap fail after
+        // the folder changed hands, as a crash there would.
+        std::fs::write(&f.layout.previous, "in the way").unwrap();
+        f.layout.commit(&Version::new(2, 0, 0)).unwrap_err();
+        assert_eq!(
+            f.layout.version_of(&f.layout.folder),
+            Some(Version::new(2, 0, 0))
+        );
+        assert!(
+            !f.layout.staged_record.exists(),
+            "a record is left for a staging path that now holds {:?}",
+            f.layout.version_of(&f.layout.staging)
+        );
+        assert!(f.layout.staged().is_none());
     }
 
     #[test]
