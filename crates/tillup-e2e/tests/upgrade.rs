@@ -4,7 +4,7 @@ use std::fs;
 
 use anyhow::{Result, ensure};
 use tillup_core::manifest::Manifest;
-use tillup_e2e::{ReleaseSpec, Store, StoreSpec, dead_address, expected_after, manifest_of, text};
+use tillup_e2e::{ReleaseSpec, Store, StoreSpec, expected_after, manifest_of, text};
 
 /// A manifest without one path (pos-sim appends to its sales log at every
 /// start, so that file is checked separately).
@@ -217,6 +217,18 @@ fn republished_same_version_is_a_warning_and_installs_nothing() -> Result<()> {
         "{}",
         text(&status)
     );
+    // ...and reported to the chain's IT, once.
+    store.tillup_json(&["check"])?;
+    let reports: serde_json::Value =
+        serde_json::from_str(&store.server.cli(&["reports", "store-001"])?)?;
+    let warnings: Vec<_> = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["report"]["kind"] == "warnings")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{reports}");
+    assert!(warnings[0].to_string().contains("republished"));
     Ok(())
 }
 
@@ -352,7 +364,6 @@ fn a_bad_config_is_a_clear_error_naming_the_file() -> Result<()> {
         err.contains("config.toml") && err.contains("window.start") && err.contains("HH:MM"),
         "{err}"
     );
-    let _ = dead_address();
     Ok(())
 }
 

@@ -78,17 +78,14 @@ impl Listener {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_owned();
-            let body = resp.bytes().await.map_err(|e| Error::Unreachable {
-                peer: "server".into(),
-                what: "fetch the version log".into(),
-                message: e.to_string(),
-            })?;
-            if body.len() > tillup_core::log::MAX_LOG_BYTES {
-                return Err(Error::LogRejected(format!(
-                    "the version log is {} bytes, over the limit",
-                    body.len()
-                )));
-            }
+            let body = self
+                .server
+                .read_limited(
+                    "fetch the version log",
+                    resp,
+                    tillup_core::log::MAX_LOG_BYTES,
+                )
+                .await?;
             let signature = base64::engine::general_purpose::STANDARD
                 .decode(sig_b64.as_bytes())
                 .ok()
@@ -121,6 +118,14 @@ impl Listener {
     /// The whole check: verified log, each terminal's state, the compare
     /// rule. Records the accepted log and the findings in the local log.
     pub async fn check(&self, now: Timestamp) -> Result<(VerifiedLog, CheckReport), Error> {
+        let _lock = self.exclusive()?;
+        self.check_locked(now).await
+    }
+
+    pub(crate) async fn check_locked(
+        &self,
+        now: Timestamp,
+    ) -> Result<(VerifiedLog, CheckReport), Error> {
         let verified = self.fetch_log(now).await?;
         let statuses = self.agent_statuses().await;
         let mut local = LocalLog::load(&self.data_dir)?;
@@ -187,8 +192,26 @@ impl Listener {
             digest: verified.digest,
         });
         local.last_check = Some(now);
+        // A new finding is reported to the chain's IT, once.
+        let new_warnings =
+            !report.comparison.warnings.is_empty() && report.comparison.warnings != local.warnings;
+        if new_warnings {
+            local.queue_report(serde_json::json!({
+                "id": format!("warnings-{}", verified.log.sequence),
+                "kind": "warnings",
+                "store": self.config.store_id,
+                "checked_at": now,
+                "warnings": report.comparison.warnings,
+                "messages": report.comparison.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }));
+        }
         local.warnings = report.comparison.warnings.clone();
         local.save(&self.data_dir)?;
+        if new_warnings {
+            if let Err(e) = self.send_unsent_reports().await {
+                tracing::warn!("the warnings stay queued for the server: {e}");
+            }
+        }
         for w in &report.comparison.warnings {
             tracing::warn!("{w}");
         }

@@ -15,6 +15,9 @@ use tokio::io::AsyncWriteExt;
 
 use crate::Error;
 
+/// The largest JSON answer read: a delivery holds one manifest per terminal.
+pub const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
+
 /// Builds the shared client: connect timeout, no global timeout (large
 /// files), rustls.
 pub fn client() -> reqwest::Client {
@@ -117,12 +120,40 @@ impl Peer {
         self.json(what, resp).await
     }
 
-    async fn json<T: DeserializeOwned>(&self, what: &str, resp: Response) -> Result<T, Error> {
-        let bytes = resp.bytes().await.map_err(|e| Error::Unreachable {
+    /// Reads a whole answer, refusing one over `limit` bytes before it is
+    /// held in memory.
+    pub async fn read_limited(
+        &self,
+        what: &str,
+        resp: Response,
+        limit: usize,
+    ) -> Result<Vec<u8>, Error> {
+        let too_large = |n: u64| Error::BadAnswer {
             peer: self.name.clone(),
             what: what.to_owned(),
-            message: error_chain(&e),
-        })?;
+            message: format!("the answer is {n} bytes or more, over the {limit} allowed"),
+        };
+        if let Some(len) = resp.content_length().filter(|l| *l > limit as u64) {
+            return Err(too_large(len));
+        }
+        let mut out = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Error::Unreachable {
+                peer: self.name.clone(),
+                what: what.to_owned(),
+                message: error_chain(&e),
+            })?;
+            if out.len() + chunk.len() > limit {
+                return Err(too_large((out.len() + chunk.len()) as u64));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    async fn json<T: DeserializeOwned>(&self, what: &str, resp: Response) -> Result<T, Error> {
+        let bytes = self.read_limited(what, resp, MAX_ANSWER_BYTES).await?;
         // An empty body (201, 204) reads as `null`.
         let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
         serde_json::from_slice(bytes).map_err(|e| Error::BadAnswer {
@@ -227,6 +258,20 @@ impl Peer {
                         .await
                         .expect("adopt does not panic")?;
                     return Ok(size.unwrap_or(0));
+                }
+                // Everything was already here: a crash came between the last
+                // byte and the hash check. Check it now; a partial file that
+                // fails the check is deleted and the next try starts over.
+                Err(Error::Refused { status: 416, .. }) if have > 0 && attempt < 4 => {
+                    attempt += 1;
+                    let (store2, h2) = (store.clone(), *h);
+                    let adopted =
+                        tokio::task::spawn_blocking(move || store2.adopt_partial(&h2, size))
+                            .await
+                            .expect("adopt does not panic");
+                    if adopted.is_ok() {
+                        return Ok(size.unwrap_or(0));
+                    }
                 }
                 Err(Error::Unreachable { .. }) if attempt < 4 => {
                     attempt += 1;

@@ -61,13 +61,16 @@ pub enum Error {
     Untrusted(String),
     #[error("not enough free space: {0}")]
     NoSpace(String),
-    #[error("another upgrade ({0}) is not finished; it is resumed by the next `tillup update`")]
-    Busy(String),
+    #[error("another tillup is working on {0} (a check or an upgrade); try again when it is done")]
+    Busy(PathBuf),
     #[error(transparent)]
     Fs(#[from] tillup_fs::Error),
     #[error("{0}")]
     Other(String),
 }
+
+/// The data folder's lock; released when dropped (or when the process dies).
+pub(crate) struct Lock(#[allow(dead_code)] std::fs::File);
 
 /// The listener: a configuration, its data folder and its peers.
 pub struct Listener {
@@ -117,6 +120,29 @@ impl Listener {
         })
     }
 
+    /// Held by every use case that may change the data folder, so that a
+    /// daemon and a command line never drive the same upgrade or write the
+    /// local log at once.
+    pub(crate) fn exclusive(&self) -> Result<Lock, Error> {
+        let path = self.data_dir.join("tillup.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| tillup_fs::Error::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Lock(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy(self.data_dir.clone())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(tillup_fs::Error::Io { path, source: e }.into())
+            }
+        }
+    }
+
     pub(crate) fn agent(&self, n: u32) -> Result<&Peer, Error> {
         self.agents
             .get(&n)
@@ -133,5 +159,31 @@ impl Listener {
             )
         });
         join_all(asks).await.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(data: &std::path::Path) -> Listener {
+        let key = tillup_core::sign::generate_keys().unwrap().public_line;
+        let text = format!(
+            "server = \"http://127.0.0.1:9\"\npublic_key = \"{key}\"\nstore_id = \"s\"\nstore_token = \"t\"\ndata_dir = {:?}\n",
+            data.display().to_string()
+        );
+        Listener::new(toml::from_str(&text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn one_listener_at_a_time_works_on_a_data_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (listener(dir.path()), listener(dir.path()));
+        let held = a.exclusive().unwrap();
+        let err = b.exclusive().err().expect("the second must wait");
+        assert!(matches!(err, Error::Busy(_)), "{err}");
+        assert!(err.to_string().contains("try again"), "{err}");
+        drop(held);
+        b.exclusive().unwrap();
     }
 }

@@ -22,14 +22,37 @@ pub struct TerminalRecord {
     pub last_report: Option<String>,
 }
 
+/// How a terminal's part of an upgrade ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// On the new release, healthy.
+    Upgraded,
+    /// Back on the old release, running.
+    Restored,
+    /// Could not be put back and restarted: someone must look at it.
+    Abandoned,
+    InProgress,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Outcome::Upgraded => "upgraded",
+            Outcome::Restored => "restored",
+            Outcome::Abandoned => "abandoned",
+            Outcome::InProgress => "in progress",
+        })
+    }
+}
+
 /// One terminal's line in the history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HistoryTerminal {
     pub number: u32,
     pub from: Version,
     pub to: Version,
-    /// `upgraded`, `restored` or `abandoned`.
-    pub result: String,
+    pub result: Outcome,
     pub stopped_ms: Option<i64>,
     pub failure: Option<String>,
 }
@@ -59,12 +82,11 @@ impl HistoryEntry {
                 from: t.from.clone(),
                 to: t.to.clone(),
                 result: match &t.step {
-                    Step::Upgraded => "upgraded",
-                    Step::Restored => "restored",
-                    Step::Abandoned { .. } => "abandoned",
-                    _ => "in progress",
-                }
-                .to_owned(),
+                    Step::Upgraded => Outcome::Upgraded,
+                    Step::Restored => Outcome::Restored,
+                    Step::Abandoned { .. } => Outcome::Abandoned,
+                    _ => Outcome::InProgress,
+                },
                 stopped_ms: t.stopped_for().map(|d| d.as_millis() as i64),
                 failure: t.failure.as_ref().map(|f| match &t.step {
                     Step::Abandoned { restart_error } => format!(
@@ -141,6 +163,13 @@ impl LocalLog {
         }
     }
 
+    /// Queues a report for the server; one with the same `id` is replaced.
+    pub fn queue_report(&mut self, report: serde_json::Value) {
+        self.unsent_reports
+            .retain(|r| r.get("id") != report.get("id") || report.get("id").is_none());
+        self.unsent_reports.push(report);
+    }
+
     pub fn save(&self, data_dir: &Path) -> Result<(), Error> {
         Ok(tillup_fs::write_json_atomic(&Self::path(data_dir), self)?)
     }
@@ -151,7 +180,7 @@ impl LocalLog {
         let terminals = &entry.terminals;
         for t in terminals {
             if let Some(rec) = self.terminals.get_mut(&t.number) {
-                if t.result == "upgraded" {
+                if t.result == Outcome::Upgraded {
                     if let Some(inst) = installed.get(&t.number) {
                         rec.installed = inst.clone();
                     }
@@ -173,5 +202,30 @@ impl LocalLog {
         }) {
             self.pending = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_queued_twice_is_sent_once() {
+        let mut log = LocalLog::default();
+        log.queue_report(serde_json::json!({"id": "u1", "try": 1}));
+        log.queue_report(serde_json::json!({"id": "u2"}));
+        log.queue_report(serde_json::json!({"id": "u1", "try": 2}));
+        let ids: Vec<_> = log
+            .unsent_reports
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["u2", "u1"]);
+        assert_eq!(log.unsent_reports[1]["try"], 2);
+    }
+
+    #[test]
+    fn outcomes_pad_in_tables() {
+        assert_eq!(format!("[{:<10}]", Outcome::Upgraded), "[upgraded  ]");
     }
 }

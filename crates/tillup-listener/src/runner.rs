@@ -127,20 +127,41 @@ impl Listener {
         now: Timestamp,
         observer: &mut Observer<'_>,
     ) -> Result<UpdateOutcome, Error> {
+        let _lock = self.exclusive()?;
+        self.update_locked(trigger, now, observer).await
+    }
+
+    /// Finishes an interrupted upgrade, if there is one, and nothing more.
+    pub(crate) async fn resume_locked(
+        &self,
+        observer: &mut Observer<'_>,
+    ) -> Result<Option<HistoryEntry>, Error> {
+        match self.unfinished()? {
+            Some(u) => {
+                tracing::info!("resuming upgrade {}", u.id);
+                Ok(Some(self.drive(u, observer).await?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) async fn update_locked(
+        &self,
+        trigger: Trigger,
+        now: Timestamp,
+        observer: &mut Observer<'_>,
+    ) -> Result<UpdateOutcome, Error> {
         let mut out = UpdateOutcome {
             upgrades: Vec::new(),
             note: None,
         };
-        if let Some(u) = self.unfinished()? {
-            tracing::info!("resuming upgrade {}", u.id);
-            out.upgrades.push(self.drive(u, observer).await?);
-        }
+        out.upgrades.extend(self.resume_locked(observer).await?);
         let started_at = std::time::Instant::now();
         for _hop in 0..8 {
             // The injected clock moves with real time.
             let now =
                 now + jiff::SignedDuration::try_from(started_at.elapsed()).unwrap_or_default();
-            let (verified, report) = self.check(now).await?;
+            let (verified, report) = self.check_locked(now).await?;
             let Some(u) = self.plan(&verified, &report, trigger.clone(), now).await? else {
                 out.note = Some(match report.target {
                     None => "every reachable terminal is up to date".to_owned(),
@@ -149,7 +170,10 @@ impl Listener {
                 break;
             };
             let entry = self.drive(u, observer).await?;
-            let all_ok = entry.terminals.iter().all(|t| t.result == "upgraded");
+            let all_ok = entry
+                .terminals
+                .iter()
+                .all(|t| t.result == crate::local_log::Outcome::Upgraded);
             out.upgrades.push(entry);
             if !all_ok {
                 break;
@@ -226,7 +250,7 @@ impl Listener {
         }
         let stamp = now.strftime("%Y%m%dT%H%M%SZ").to_string();
         let top = releases.keys().max().expect("planned is not empty").clone();
-        let id = format!("{}-{stamp}-{top}", self.config.store_id);
+        let id = upgrade_id(&stamp, &top);
         let ctx = Context {
             backup_dir: self.data_dir.join("backups").join(format!("{stamp}_{top}")),
             releases,
@@ -274,18 +298,11 @@ impl Listener {
                     continue;
                 }
                 in_flight.insert(e.clone());
-                let (ctx, files, blobs, u2) = (&ctx, &files, &blobs, &u);
-                let run = u2
-                    .terminals
-                    .values()
-                    .find(|t| Some(t.number) == e.terminal())
-                    .cloned();
-                let upgrade_id = u2.id.clone();
-                let snapshot = u2.clone();
+                let (ctx, files, blobs) = (&ctx, &files, &blobs);
+                // The effect works from the state that asked for it.
+                let snapshot = u.clone();
                 running.push(async move {
-                    let result = self
-                        .run_effect(&e, run.as_ref(), &upgrade_id, &snapshot, ctx, files, blobs)
-                        .await;
+                    let result = self.run_effect(&e, &snapshot, ctx, files, blobs).await;
                     (e, result)
                 });
             }
@@ -330,9 +347,7 @@ impl Listener {
         let mut local = LocalLog::load(&self.data_dir)?;
         local.record_upgrade(entry.clone(), &installed);
         if !u.reported {
-            local
-                .unsent_reports
-                .push(self.report_json(u, &ctx.left_out));
+            local.queue_report(self.report_json(u, &ctx.left_out));
         }
         local.save(&self.data_dir)?;
         std::fs::remove_file(self.current_path())
@@ -352,40 +367,51 @@ impl Listener {
 
     fn report_json(&self, u: &Upgrade, left_out: &[(u32, String)]) -> serde_json::Value {
         serde_json::json!({
+            "id": u.id,
+            "kind": "upgrade",
             "store": self.config.store_id,
             "upgrade": HistoryEntry::of(u, left_out.to_vec()),
             "failure": u.failure,
         })
     }
 
-    /// Sends reports a previous run could not deliver.
+    /// Sends the reports not delivered yet, oldest first. A report the
+    /// server refuses as malformed is dropped (with a warning) rather than
+    /// blocking every later one; one it cannot take now stays queued.
     pub async fn send_unsent_reports(&self) -> Result<usize, Error> {
         let mut local = LocalLog::load(&self.data_dir)?;
         let mut sent = 0;
         while let Some(r) = local.unsent_reports.first().cloned() {
             let path = route(server_routes::REPORT, &[("store", &self.config.store_id)]);
-            self.server
+            match self
+                .server
                 .send_json::<_, serde_json::Value>("receive a report", Method::POST, &path, &r)
-                .await?;
+                .await
+            {
+                Ok(_) => sent += 1,
+                Err(Error::Refused {
+                    status, message, ..
+                }) if (400..500).contains(&status) && status != 401 && status != 403 => {
+                    tracing::warn!(report = %r["id"], "the server refused a report, dropped: {message}");
+                }
+                Err(e) => return Err(e),
+            }
             local.unsent_reports.remove(0);
             local.save(&self.data_dir)?;
-            sent += 1;
         }
         Ok(sent)
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn run_effect(
         &self,
         e: &Effect,
-        run: Option<&tillup_core::upgrade::TerminalRun>,
-        upgrade_id: &str,
         u: &Upgrade,
         ctx: &Context,
         files: &Files,
         blobs: &BlobStore,
     ) -> Result<(), Error> {
-        let server_path = |t: &str| store_route(t, &self.config.store_id, upgrade_id);
+        let run = e.terminal().and_then(|n| u.terminals.get(&n));
+        let server_path = |t: &str| store_route(t, &self.config.store_id, &u.id);
         match e {
             Effect::Stop(n) => {
                 let r: StopReport = self
@@ -715,6 +741,22 @@ impl Listener {
     }
 }
 
+/// An upgrade's id: its start and target, within what the server accepts
+/// in a path (`[A-Za-z0-9._-]`, at most 64 characters).
+fn upgrade_id(stamp: &str, target: &Version) -> String {
+    let raw = format!("{stamp}-{target}");
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
 /// Writes a terminal's backup as a plain folder (what the store's staff can
 /// copy back by hand), every file checked against its hash. A folder left
 /// by an interrupted run is replaced.
@@ -755,4 +797,18 @@ fn write_backup_folder(dest: &Path, manifest: &Manifest, blobs: &BlobStore) -> R
     })?;
     tillup_fs::fsync_dir(dest.parent().expect("has a parent"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_ids_fit_the_servers_path_rules() {
+        let v: Version = "2.0.0-rc.1+build.5".parse().unwrap();
+        let id = upgrade_id("20261121T030000Z", &v);
+        assert_eq!(id, "20261121T030000Z-2.0.0-rc.1-build.5");
+        let long: Version = format!("1.0.0-{}", "x".repeat(100)).parse().unwrap();
+        assert_eq!(upgrade_id("20261121T030000Z", &long).len(), 64);
+    }
 }

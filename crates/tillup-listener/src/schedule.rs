@@ -79,15 +79,19 @@ impl Listener {
         now: Timestamp,
         observer: &mut Observer<'_>,
     ) -> Result<TickOutcome, Error> {
-        // An interrupted upgrade never waits: its terminals may be stopped.
-        if self.unfinished()?.is_some() {
-            let person = Trigger::Schedule;
-            return Ok(TickOutcome::Upgraded(
-                self.update(person, now, observer).await?,
-            ));
+        let _lock = self.exclusive()?;
+        // An interrupted upgrade never waits (its terminals may be stopped),
+        // but finishing it starts nothing new: that is for the window or the
+        // store manager to decide.
+        if let Some(entry) = self.resume_locked(observer).await? {
+            let note = Some("an interrupted upgrade was finished".to_owned());
+            return Ok(TickOutcome::Upgraded(UpdateOutcome {
+                upgrades: vec![entry],
+                note,
+            }));
         }
         let _ = self.send_unsent_reports().await;
-        let (_, report) = self.check(now).await?;
+        let (_, report) = self.check_locked(now).await?;
         let mut local = LocalLog::load(&self.data_dir)?;
         let Some(version) = report.target.clone() else {
             if local.pending.take().is_some() {
@@ -102,7 +106,7 @@ impl Listener {
             .contains(now);
         match self.config.mode {
             Mode::Scheduled if in_window => Ok(TickOutcome::Upgraded(
-                self.update(Trigger::Schedule, now, observer).await?,
+                self.update_locked(Trigger::Schedule, now, observer).await?,
             )),
             Mode::Scheduled => Ok(TickOutcome::WaitingForWindow { version }),
             Mode::Prompt => {
@@ -145,7 +149,7 @@ impl Listener {
                             name: "store manager (upgrade tonight)".into(),
                         };
                         Ok(TickOutcome::Upgraded(
-                            self.update(who, now, observer).await?,
+                            self.update_locked(who, now, observer).await?,
                         ))
                     }
                 }
@@ -162,6 +166,7 @@ impl Listener {
         now: Timestamp,
         observer: &mut Observer<'_>,
     ) -> Result<Option<UpdateOutcome>, Error> {
+        let _lock = self.exclusive()?;
         let mut local = LocalLog::load(&self.data_dir)?;
         let Some(mut pending) = local.pending.clone() else {
             return Err(Error::Other(
@@ -173,7 +178,7 @@ impl Listener {
                 local.pending = None;
                 local.save(&self.data_dir)?;
                 return Ok(Some(
-                    self.update(
+                    self.update_locked(
                         Trigger::Person {
                             name: who.to_owned(),
                         },

@@ -132,11 +132,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             progress.finish();
             render::update(&outcome, json);
-            if outcome
-                .upgrades
-                .iter()
-                .any(|u| u.terminals.iter().any(|t| t.result != "upgraded"))
-            {
+            if outcome.upgrades.iter().any(|u| {
+                u.terminals
+                    .iter()
+                    .any(|t| t.result != tillup_listener::local_log::Outcome::Upgraded)
+            }) {
                 return Ok(ExitCode::from(2));
             }
         }
