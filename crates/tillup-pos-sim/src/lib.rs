@@ -1,7 +1,8 @@
 //! A simulated POS main program, real enough to exercise every path of the
 //! agent: it reads its version from the folder, writes a terminal-local file,
 //! keeps a heartbeat, stops cleanly on SIGTERM, and can be built to fail its
-//! health check (a `FAIL_HEALTH` file in the folder).
+//! health check: a `FAIL_HEALTH` file in the folder makes it exit at once,
+//! an `UNHEALTHY` file makes it keep running but report itself unhealthy.
 //!
 //! **Architecture invariant:** nothing here knows about the agent; the agent
 //! only sees the heartbeat through `pos-sim probe` and the exit code.
@@ -25,6 +26,9 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The exit code of a release built to fail (`FAIL_HEALTH`).
 pub const FAIL_EXIT_CODE: u8 = 3;
+
+/// The file that makes a running release report itself unhealthy with its text.
+pub const UNHEALTHY: &str = "UNHEALTHY";
 
 /// `STATE/heartbeat.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -110,8 +114,15 @@ pub fn run(folder: &Path, state: &Path) -> anyhow::Result<ExitCode> {
     drop(f);
     println!("pos-sim {version} running");
 
+    // A release that starts and keeps running, yet is broken: read at every
+    // beat, so the file's words are what the heartbeat says.
+    let unhealthy = folder.join(UNHEALTHY);
     while !stop.load(Ordering::Relaxed) {
-        beat(true, "")?;
+        match fs::read_to_string(&unhealthy) {
+            Ok(text) => beat(false, text.trim())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => beat(true, "")?,
+            Err(e) => beat(false, &format!("cannot read {}: {e}", unhealthy.display()))?,
+        }
         let mut slept = Duration::ZERO;
         while slept < HEARTBEAT_INTERVAL && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(20));

@@ -121,6 +121,54 @@ fn fail_health_exits_3_and_probe_fails_with_the_text() {
     );
 }
 
+/// Reads the heartbeat the program wrote.
+fn heartbeat(state: &Path) -> Option<tillup_pos_sim::Heartbeat> {
+    serde_json::from_slice(&std::fs::read(state.join("heartbeat.json")).ok()?).ok()
+}
+
+#[test]
+fn unhealthy_keeps_running_with_heartbeats_and_probe_fails_with_the_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, state) = (folder(dir.path(), "2.1.0", None), dir.path().join("state"));
+    std::fs::write(
+        f.join(tillup_pos_sim::UNHEALTHY),
+        "printer driver 4 is missing\n",
+    )
+    .unwrap();
+    let mut child = run(&f, &state);
+    // Two heartbeats from the same, still running process, both unhealthy.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let Some(hb) = heartbeat(&state) {
+            break hb;
+        }
+        assert!(Instant::now() < deadline, "no heartbeat within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let second = loop {
+        let hb = heartbeat(&state).unwrap();
+        if hb.updated > first.updated {
+            break hb;
+        }
+        assert!(Instant::now() < deadline, "the heartbeat stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for hb in [&first, &second] {
+        assert!(!hb.healthy, "{hb:?}");
+        assert_eq!(hb.message, "printer driver 4 is missing");
+        assert_eq!((hb.pid, hb.version.as_str()), (child.id(), "2.1.0"));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "it keeps running");
+    let out = probe(&state);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "unhealthy: printer driver 4 is missing"
+    );
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+}
+
 #[test]
 fn sigterm_stops_it_cleanly() {
     let dir = tempfile::tempdir().unwrap();
