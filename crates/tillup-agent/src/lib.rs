@@ -9,6 +9,7 @@
 //!
 //! **Architecture invariant:** the folder is swapped only while the main
 //! program is stopped, and the folder path always names a complete folder.
+//! Commit needs the program stopped; rollback stops it itself.
 
 #![warn(missing_docs)]
 
@@ -189,23 +190,10 @@ impl Agent {
         Ok(report)
     }
 
-    /// `POST /v1/commit`.
+    /// `POST /v1/commit`: needs the main program stopped.
     pub async fn commit(&self, version: Version) -> Result<SwapReport, AgentError> {
-        self.swap(version, folder::Layout::commit).await
-    }
-
-    /// `POST /v1/rollback`.
-    pub async fn rollback(&self, version: Version) -> Result<SwapReport, AgentError> {
-        self.swap(version, folder::Layout::rollback).await
-    }
-
-    async fn swap(
-        &self,
-        version: Version,
-        op: fn(&folder::Layout, &Version) -> Result<bool, folder::FolderError>,
-    ) -> Result<SwapReport, AgentError> {
         let _op = self.folder_ops.lock().await;
-        if self.layout.version_of(&self.layout.folder).as_ref() == Some(&version) {
+        if self.holds(&version) {
             return Ok(SwapReport {
                 version,
                 swapped: false,
@@ -216,6 +204,53 @@ impl Agent {
                 "the main program is running: stop the main program first (POST /v1/stop)".into(),
             ));
         }
+        self.swap(version, folder::Layout::commit).await
+    }
+
+    /// `POST /v1/rollback`: stops the main program first if it runs (as
+    /// `POST /v1/stop` does), so a release that starts but is unhealthy can
+    /// be rolled back. Does nothing, and stops nothing, when the folder
+    /// already holds `version`.
+    pub async fn rollback(&self, version: Version) -> Result<SwapReport, AgentError> {
+        let _op = self.folder_ops.lock().await;
+        if self.holds(&version) {
+            return Ok(SwapReport {
+                version,
+                swapped: false,
+            });
+        }
+        // Refuse before stopping anything when there is nothing to go back to.
+        let previous = self.layout.version_of(&self.layout.previous);
+        if previous.as_ref() != Some(&version) {
+            return Err(folder::FolderError::NoPrevious {
+                version,
+                current: self.layout.version_of(&self.layout.folder),
+                previous,
+            }
+            .into());
+        }
+        if self.supervisor.is_running() {
+            let stop = self
+                .supervisor
+                .stop(None)
+                .await
+                .map_err(AgentError::internal)?;
+            tracing::info!(?stop, "stopped the main program to roll back");
+        }
+        self.swap(version, folder::Layout::rollback).await
+    }
+
+    /// Whether the folder holds `version`.
+    fn holds(&self, version: &Version) -> bool {
+        self.layout.version_of(&self.layout.folder).as_ref() == Some(version)
+    }
+
+    /// Runs the swap `op`; the caller holds `folder_ops` and stopped the main program.
+    async fn swap(
+        &self,
+        version: Version,
+        op: fn(&folder::Layout, &Version) -> Result<bool, folder::FolderError>,
+    ) -> Result<SwapReport, AgentError> {
         let layout = self.layout.clone();
         let v = version.clone();
         let swapped = tokio::task::spawn_blocking(move || op(&layout, &v))

@@ -470,11 +470,6 @@ async fn stage_commit_rollback_round_trip() {
     let v1 = SwapRequest {
         version: "1.0.0".parse().unwrap(),
     };
-    error_of(
-        h.post_raw(routes::ROLLBACK, &v1).await,
-        StatusCode::CONFLICT,
-    )
-    .await;
     let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
     let back: SwapReport = h.post(routes::ROLLBACK, &v1).await;
     assert!(back.swapped);
@@ -539,6 +534,85 @@ async fn a_release_that_fails_health_is_reported_with_its_own_words() {
         .await;
     assert!(back.swapped);
     let _: StartReport = h.post(routes::START, &()).await;
+    h.healthy("1.0.0").await;
+}
+
+/// Regression: rollback answered 409 while the main program ran, so a
+/// release that starts but stays unhealthy was never rolled back.
+#[tokio::test]
+async fn a_running_unhealthy_release_is_rolled_back_without_a_stop_first() {
+    let h = Harness::start(60);
+    h.healthy("1.0.0").await;
+    let old = scan(&h.folder());
+    let old_bytes: Vec<Vec<u8>> = old
+        .files()
+        .iter()
+        .map(|f| std::fs::read(tillup_fs::join(&h.folder(), &f.path)).unwrap())
+        .collect();
+    let new = release(&h, "2.0.0", None);
+    write(&new, "UNHEALTHY", b"printer driver 4 is missing\n");
+    h.send_and_stage(&new, "2.0.0").await;
+    let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
+    let v2 = SwapRequest {
+        version: "2.0.0".parse().unwrap(),
+    };
+    assert!(h.post::<_, SwapReport>(routes::COMMIT, &v2).await.swapped);
+    let started: StartReport = h.post(routes::START, &()).await;
+
+    let report = h.health("2.0.0").await;
+    assert!(!report.healthy, "{report:?}");
+    assert!(
+        report.message.contains("printer driver 4 is missing"),
+        "{report:?}"
+    );
+    let running_new = MainState::Running { pid: started.pid };
+    assert_eq!(h.status().await.main, running_new, "it keeps running");
+
+    // A rollback with nothing to go back to stops nothing.
+    let msg = error_of(
+        h.post_raw(
+            routes::ROLLBACK,
+            &SwapRequest {
+                version: "0.9.0".parse().unwrap(),
+            },
+        )
+        .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert!(msg.contains("0.9.0"), "{msg}");
+    assert_eq!(h.status().await.main, running_new);
+
+    // The rollback stops the running release itself, then swaps.
+    let v1 = SwapRequest {
+        version: "1.0.0".parse().unwrap(),
+    };
+    let back: SwapReport = h.post(routes::ROLLBACK, &v1).await;
+    assert!(back.swapped, "{back:?}");
+    let s = h.status().await;
+    assert!(!running(&s), "{s:?}");
+    assert_eq!(s.version, Some("1.0.0".parse().unwrap()));
+    assert_eq!(scan(&h.folder()), old);
+    for (f, bytes) in old.files().iter().zip(&old_bytes) {
+        assert_eq!(
+            &std::fs::read(tillup_fs::join(&h.folder(), &f.path)).unwrap(),
+            bytes,
+            "{}",
+            f.path
+        );
+    }
+
+    let start: StartReport = h.post(routes::START, &()).await;
+    assert!(!start.was_running);
+    h.healthy("1.0.0").await;
+    // Idempotent by target: the folder holds 1.0.0, so nothing is stopped.
+    let again: SwapReport = h.post(routes::ROLLBACK, &v1).await;
+    assert!(!again.swapped, "{again:?}");
+    assert_eq!(
+        h.status().await.main,
+        MainState::Running { pid: start.pid },
+        "a rollback to the version held must not stop the main program"
+    );
     h.healthy("1.0.0").await;
 }
 
