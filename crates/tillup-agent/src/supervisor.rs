@@ -589,6 +589,12 @@ mod tests {
             .process_group(0)
             .spawn()
             .unwrap();
+        // Adoption checks the program by its command line: wait for the exec.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !runs(zombie.id(), "sleep") {
+            assert!(Instant::now() < deadline, "sleep did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         std::fs::write(dir.path().join("main.pid"), format!("{}\n", zombie.id())).unwrap();
         let s = Supervisor::new(cfg(&["sleep", "60"], None), dir.path());
         assert_eq!(s.state(), MainState::Running { pid: zombie.id() });
