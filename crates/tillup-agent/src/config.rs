@@ -25,6 +25,9 @@ pub struct Config {
     /// The file holding the folder's version, relative to the folder.
     #[serde(default = "default_version_file")]
     pub version_file: String,
+    /// The largest blob `PUT /v1/blobs/{sha256}` accepts, in bytes.
+    #[serde(default = "eight_gib")]
+    pub max_blob_bytes: u64,
     /// The main program.
     pub main: MainConfig,
 }
@@ -60,6 +63,9 @@ pub struct MainConfig {
 
 fn default_version_file() -> String {
     "VERSION".into()
+}
+fn eight_gib() -> u64 {
+    8 << 30
 }
 fn ten() -> u64 {
     10
@@ -212,6 +218,7 @@ health_command = ["{folder}/bin/pos-sim", "probe"]
             (10, 60, 30, true)
         );
         assert_eq!(c.version_file, "VERSION");
+        assert_eq!(c.max_blob_bytes, 8 * 1024 * 1024 * 1024);
         assert_eq!(c.state_dir(), PathBuf::from("/pos/cupos.tillup-agent"));
     }
 

@@ -48,6 +48,9 @@ pub enum AgentError {
     /// Not enough disk space.
     #[error("{0}")]
     NoSpace(String),
+    /// The body is larger than the agent accepts.
+    #[error("{0}")]
+    TooLarge(String),
     /// A `Range` past the end of the file.
     #[error("the range starts past the end of the {0}-byte file")]
     RangeNotSatisfiable(u64),
@@ -69,6 +72,7 @@ impl AgentError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -296,17 +300,51 @@ async fn get_blob(
 async fn put_blob(
     State(a): State<Arc<Agent>>,
     Path(h): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, AgentError> {
     let h = hash_param(&h)?;
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let max = a.config().max_blob_bytes;
+    let too_large = || {
+        AgentError::TooLarge(format!(
+            "the blob is larger than this agent accepts ({max} bytes, `max_blob_bytes` in its config); nothing was kept"
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    // Counted while streaming too: a body may come without a length.
+    let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut received = 0u64;
+    let flag = Arc::clone(&over);
+    let stream = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .and_then(move |chunk| {
+            received += chunk.len() as u64;
+            let res = if received > max {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(std::io::Error::other(
+                    "the blob is larger than max_blob_bytes",
+                ))
+            } else {
+                Ok(chunk)
+            };
+            std::future::ready(res)
+        });
     let mut reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let store = a.store().clone();
+    // The store writes into a temporary file, removed unless the hash checks.
     let put = tokio::task::spawn_blocking(move || store.put_reader(&mut reader, &h, None))
         .await
         .map_err(AgentError::internal)?;
     match put {
         Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Err(_) if over.load(std::sync::atomic::Ordering::Relaxed) => Err(too_large()),
         Err(
             e @ (tillup_fs::Error::HashMismatch { .. } | tillup_fs::Error::SizeMismatch { .. }),
         ) => Err(AgentError::BadRequest(format!(
@@ -335,12 +373,17 @@ mod tests {
     use tower::ServiceExt;
 
     fn agent(dir: &std::path::Path) -> Arc<Agent> {
+        agent_with(dir, "")
+    }
+
+    /// An agent whose config has `extra` as its last top-level lines.
+    fn agent_with(dir: &std::path::Path, extra: &str) -> Arc<Agent> {
         let folder = dir.join("cupos");
         std::fs::create_dir_all(&folder).unwrap();
         std::fs::write(folder.join("VERSION"), "1.0.0\n").unwrap();
         std::fs::write(folder.join("a.txt"), "hello world").unwrap();
         let toml = format!(
-            "terminal = 3\nmodel = \"CP-500\"\ntoken = \"s3cret\"\nlisten = \"127.0.0.1:0\"\nfolder = {:?}\n[main]\ncommand = [\"sleep\", \"60\"]\nhealth_command = [\"true\"]\nautostart = false\n",
+            "terminal = 3\nmodel = \"CP-500\"\ntoken = \"s3cret\"\nlisten = \"127.0.0.1:0\"\nfolder = {:?}\n{extra}\n[main]\ncommand = [\"sleep\", \"60\"]\nhealth_command = [\"true\"]\nautostart = false\n",
             folder.to_str().unwrap()
         );
         Agent::new(crate::Config::parse(&toml).unwrap()).unwrap()
@@ -480,6 +523,64 @@ mod tests {
         assert_eq!(status, StatusCode::NO_CONTENT);
         let (_, _, body) = call(app, "GET", &put_uri, Some("s3cret"), &[], Body::empty()).await;
         assert_eq!(body, b"new");
+    }
+
+    /// Regression: `PUT /v1/blobs/{sha256}` took a body of any size.
+    #[tokio::test]
+    async fn a_blob_larger_than_max_blob_bytes_is_refused_and_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent_with(dir.path(), "max_blob_bytes = 10");
+        let app = app(Arc::clone(&agent));
+        let (fits, big) = (b"0123456789".to_vec(), b"0123456789A".to_vec());
+        for bytes in [&fits, &big] {
+            let h = Sha256Hex::of(bytes);
+            let uri = tillup_core::api::route(routes::BLOB, &[("sha256", &h.to_string())]);
+            let chunks: Vec<Result<Bytes, std::io::Error>> = bytes
+                .chunks(4)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            // With a Content-Length, and streamed without one.
+            for body in [
+                Body::from(bytes.clone()),
+                Body::from_stream(futures_util::stream::iter(chunks)),
+            ] {
+                let (status, _, body) =
+                    call(app.clone(), "PUT", &uri, Some("s3cret"), &[], body).await;
+                if bytes.len() <= 10 {
+                    assert_eq!(status, StatusCode::NO_CONTENT);
+                    continue;
+                }
+                assert_eq!(
+                    status,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "{}",
+                    String::from_utf8_lossy(&body)
+                );
+                let err: ErrorBody = serde_json::from_slice(&body).unwrap();
+                assert!(
+                    err.error.contains("max_blob_bytes") && err.error.contains("nothing was kept"),
+                    "{}",
+                    err.error
+                );
+                assert!(!agent.store().has(&h));
+                let blobs = dir.path().join("cupos.tillup-agent/blobs");
+                let kept = walk(&blobs);
+                assert_eq!(kept, vec![agent.store().path(&Sha256Hex::of(&fits))]);
+            }
+        }
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p))
+            } else {
+                out.push(p)
+            }
+        }
+        out
     }
 
     #[test]
