@@ -129,7 +129,10 @@ impl Db {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on a
+        // power cut, and a signed log sequence already served could then be
+        // signed again with other content, which listeners refuse as forked.
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self {
@@ -454,4 +457,21 @@ fn releases_of(conn: &Connection, channel: &str) -> Result<Vec<Release>, Error> 
         .collect::<Result<_, _>>()?;
     out.sort_by(|a, b| a.version.cmp(&b.version));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: NORMAL could lose a served log sequence on a power cut.
+    #[test]
+    fn commits_are_synced_fully() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("tillup.db")).unwrap();
+        let level: i64 = db
+            .conn()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(level, 2, "synchronous must be FULL (2)");
+    }
 }
