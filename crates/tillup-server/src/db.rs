@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS upgrades (
 CREATE TABLE IF NOT EXISTS reports (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     store TEXT NOT NULL,
+    upgrade TEXT,
     received TEXT NOT NULL,
     body TEXT NOT NULL
 );
@@ -135,6 +136,7 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -412,16 +414,24 @@ impl Db {
         Ok(())
     }
 
-    /// Stores a report.
+    /// Stores a report. A report naming its upgrade (`"upgrade": {"id": "…"}`)
+    /// replaces the store's earlier report of that upgrade, so a report
+    /// sent again (a retry) is kept once; other reports are added.
     pub fn add_report(
         &self,
         store: &str,
         now: Timestamp,
         report: &serde_json::Value,
     ) -> Result<(), Error> {
+        let upgrade = report
+            .get("upgrade")
+            .and_then(|u| u.get("id"))
+            .and_then(|id| id.as_str());
         self.conn().execute(
-            "INSERT INTO reports (store, received, body) VALUES (?1, ?2, ?3)",
-            params![store, now.to_string(), report.to_string()],
+            "INSERT INTO reports (store, upgrade, received, body) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (store, upgrade) DO UPDATE
+             SET received = excluded.received, body = excluded.body",
+            params![store, upgrade, now.to_string(), report.to_string()],
         )?;
         Ok(())
     }
@@ -444,6 +454,24 @@ impl Db {
             })
             .collect()
     }
+}
+
+/// Brings a database made by an older server up to [`SCHEMA`].
+fn migrate(conn: &Connection) -> Result<(), Error> {
+    let has_upgrade: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('reports') WHERE name = 'upgrade')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_upgrade {
+        // Older reports keep a NULL upgrade: NULLs never conflict, so they stay as they are.
+        conn.execute("ALTER TABLE reports ADD COLUMN upgrade TEXT", [])?;
+    }
+    conn.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS reports_by_upgrade ON reports (store, upgrade)",
+        [],
+    )?;
+    Ok(())
 }
 
 fn releases_of(conn: &Connection, channel: &str) -> Result<Vec<Release>, Error> {
@@ -473,5 +501,34 @@ mod tests {
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();
         assert_eq!(level, 2, "synchronous must be FULL (2)");
+    }
+
+    #[test]
+    fn a_database_from_before_idempotent_reports_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tillup.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE reports (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    store TEXT NOT NULL,
+                    received TEXT NOT NULL,
+                    body TEXT NOT NULL
+                );
+                INSERT INTO reports (store, received, body)
+                VALUES ('s', '2026-01-01T00:00:00Z', '{\"upgrade\":{\"id\":\"u1\"}}'),
+                       ('s', '2026-01-01T00:00:01Z', '{\"upgrade\":{\"id\":\"u1\"}}');",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.reports("s").unwrap().len(), 2, "old rows are kept");
+        let report = serde_json::json!({"upgrade": {"id": "u2"}});
+        db.add_report("s", Timestamp::now(), &report).unwrap();
+        db.add_report("s", Timestamp::now(), &report).unwrap();
+        assert_eq!(db.reports("s").unwrap().len(), 3);
+        drop(db);
+        Db::open(&path).unwrap();
     }
 }

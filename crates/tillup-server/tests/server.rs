@@ -932,6 +932,51 @@ async fn reports_are_stored_and_must_be_objects() {
     );
 }
 
+/// Regression: a report sent again by a retrying listener was stored twice.
+#[tokio::test]
+async fn a_report_sent_again_is_kept_once() {
+    let env = env();
+    let uri = api::route(api::server::REPORT, &[("store", "store-a")]);
+    let post = |body: serde_json::Value| {
+        let (env, uri) = (&env, &uri);
+        async move {
+            let resp = json_call(env, Method::POST, uri, &env.token_a, &body).await;
+            assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        }
+    };
+    let first = serde_json::json!({"store": "store-a", "upgrade": {"id": "u-7", "to": "2.0.0"}, "failure": null});
+    post(first.clone()).await;
+    post(first.clone()).await;
+    let reports = env.state.db().reports("store-a").unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    // A later report of the same upgrade replaces it.
+    let later = serde_json::json!({"store": "store-a", "upgrade": {"id": "u-7", "to": "2.0.0"}, "failure": "canary unhealthy"});
+    post(later.clone()).await;
+    let reports = env.state.db().reports("store-a").unwrap();
+    assert_eq!(
+        reports.iter().map(|r| &r.report).collect::<Vec<_>>(),
+        [&later]
+    );
+    // Another upgrade, the same id in another store, and reports without an
+    // upgrade id are added.
+    post(serde_json::json!({"upgrade": {"id": "u-8"}})).await;
+    post(serde_json::json!({"upgrade": "u-7"})).await;
+    post(serde_json::json!({"upgrade": "u-7"})).await;
+    post(serde_json::json!({"upgrade": {"id": 7}})).await;
+    assert_eq!(env.state.db().reports("store-a").unwrap().len(), 5);
+    let resp = json_call(
+        &env,
+        Method::POST,
+        &api::route(api::server::REPORT, &[("store", "store-b")]),
+        &env.token_b,
+        &first,
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(env.state.db().reports("store-b").unwrap().len(), 1);
+    assert_eq!(env.state.db().reports("store-a").unwrap().len(), 5);
+}
+
 // ---- the real binary ---------------------------------------------------------
 
 mod binary {
@@ -1187,6 +1232,38 @@ mod binary {
             serde_json::from_str(&ok(&data, &["reports", "store-1"])).unwrap();
         assert_eq!(reports[0]["report"]["result"], "ok");
         assert!(ok(&data, &["store", "list"]).contains("store-1"));
+    }
+
+    /// Regression: a report sent twice showed twice in `tillup-server reports`.
+    #[tokio::test]
+    async fn the_reports_command_shows_a_retried_report_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let token = first_line(&ok(&data, &["store", "add", "store-1"]));
+        let (_server, base) = serve(&data);
+        let url = format!(
+            "{base}{}",
+            api::route(api::server::REPORT, &[("store", "store-1")])
+        );
+        let report = serde_json::json!({"upgrade": {"id": "u-1", "to": "1.1.0"}, "result": "ok"});
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .unwrap();
+        for _ in 0..2 {
+            let resp = client
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&report)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 204);
+        }
+        let reports: Vec<serde_json::Value> =
+            serde_json::from_str(&ok(&data, &["reports", "store-1"])).unwrap();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0]["report"], report);
     }
 
     #[test]
