@@ -249,6 +249,12 @@ impl Supervisor {
         let began = Instant::now();
         let (mut still_busy, mut waited) = (false, false);
         while exit.borrow().is_none() && self.is_busy().await {
+            if !waited {
+                tracing::info!(
+                    pid,
+                    "a sale is in progress: waiting up to {busy_timeout:?} before stopping"
+                );
+            }
             waited = true;
             if began.elapsed() >= busy_timeout {
                 still_busy = true;

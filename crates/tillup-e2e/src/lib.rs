@@ -175,6 +175,8 @@ pub struct ReleaseSpec {
     pub large_bytes: usize,
     /// Make the main program fail its health check.
     pub fail_health: Option<String>,
+    /// Make the main program run but report itself unhealthy.
+    pub unhealthy: Option<String>,
 }
 
 impl ReleaseSpec {
@@ -183,6 +185,7 @@ impl ReleaseSpec {
             version: version.to_owned(),
             large_bytes: 256 * 1024,
             fail_health: None,
+            unhealthy: None,
         }
     }
 }
@@ -228,6 +231,9 @@ pub fn build_release(dir: &Path, spec: &ReleaseSpec) -> Result<()> {
     }
     if let Some(reason) = &spec.fail_health {
         write(&dir.join("FAIL_HEALTH"), reason);
+    }
+    if let Some(reason) = &spec.unhealthy {
+        write(&dir.join("UNHEALTHY"), reason);
     }
     Ok(())
 }
@@ -355,12 +361,22 @@ pub struct Terminal {
     pub token: String,
     pub config: PathBuf,
     pub agent: Option<Proc>,
+    /// How long the agent waits for a sale to end before stopping anyway.
+    pub busy_timeout_secs: u64,
+    /// How long the agent waits for the main program to report healthy.
+    pub health_timeout_secs: u64,
 }
 
 impl Terminal {
     /// Installs `release` as the terminal's folder (the store's initial
     /// set-up), adds its terminal-local config, writes its agent config.
-    pub fn install(root: &Path, number: u32, model: &str, release: &Path) -> Result<Self> {
+    pub fn install(
+        root: &Path,
+        number: u32,
+        model: &str,
+        release: &Path,
+        health_timeout_secs: u64,
+    ) -> Result<Self> {
         let folder = root.join("cupos");
         copy_dir(release, &folder)?;
         write(
@@ -380,13 +396,17 @@ impl Terminal {
             token,
             config,
             agent: None,
+            busy_timeout_secs: 10,
+            health_timeout_secs,
         };
-        t.write_config(10)?;
+        t.write_config()?;
         Ok(t)
     }
 
-    /// Writes the agent config; `busy_timeout_secs` bounds the wait for a sale.
-    pub fn write_config(&self, busy_timeout_secs: u64) -> Result<()> {
+    /// Writes the agent config.
+    pub fn write_config(&self) -> Result<()> {
+        let (busy_timeout_secs, health_timeout_secs) =
+            (self.busy_timeout_secs, self.health_timeout_secs);
         let folder = self.folder.display().to_string();
         let pos = self.pos_state.display().to_string();
         let cfg = format!(
@@ -404,7 +424,7 @@ stop_timeout_secs = 10
 busy_file = {busy:?}
 busy_timeout_secs = {busy_timeout_secs}
 health_command = ["{{folder}}/bin/pos-sim", "probe", "--state", {pos:?}]
-health_timeout_secs = 20
+health_timeout_secs = {health_timeout_secs}
 autostart = true
 "#,
             number = self.number,
@@ -518,6 +538,8 @@ pub struct StoreSpec {
     pub terminals: Vec<(u32, &'static str)>,
     pub first: ReleaseSpec,
     pub mode: &'static str,
+    /// The agents' health check timeout.
+    pub health_timeout_secs: u64,
 }
 
 impl Default for StoreSpec {
@@ -526,6 +548,7 @@ impl Default for StoreSpec {
             terminals: vec![(1, "CP-500"), (2, "CP-500"), (3, "CP-700")],
             first: ReleaseSpec::new("1.0.0"),
             mode: "prompt",
+            health_timeout_secs: 20,
         }
     }
 }
@@ -551,7 +574,13 @@ impl Store {
         server.publish(&rel, &spec.first.version, &[])?;
         let mut terminals = BTreeMap::new();
         for (n, model) in &spec.terminals {
-            let mut t = Terminal::install(&root.join(format!("terminals/{n}")), *n, model, &rel)?;
+            let mut t = Terminal::install(
+                &root.join(format!("terminals/{n}")),
+                *n,
+                model,
+                &rel,
+                spec.health_timeout_secs,
+            )?;
             t.start_agent()?;
             terminals.insert(*n, t);
         }

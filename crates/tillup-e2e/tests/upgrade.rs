@@ -439,6 +439,47 @@ fn a_release_that_fails_its_health_check_is_rolled_back_on_the_canary_only() -> 
 }
 
 #[test]
+fn a_release_that_runs_but_stays_unhealthy_is_rolled_back() -> Result<()> {
+    let spec = StoreSpec {
+        terminals: vec![(1, "CP-500"), (2, "CP-500")],
+        health_timeout_secs: 3,
+        ..StoreSpec::default()
+    };
+    let store = Store::new(None, spec)?;
+    let before: Vec<Manifest> = store
+        .terminals
+        .values()
+        .map(|t| manifest_of(&t.folder))
+        .collect();
+    let mut sick = ReleaseSpec::new("1.1.0");
+    sick.unhealthy = Some("payment terminal not found on COM3".into());
+    store.publish(&sick, &[])?;
+
+    let out = store.tillup(&["update", "--json"])?;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let canary = &outcome["upgrades"][0]["terminals"][0];
+    assert_eq!(canary["result"], "restored", "{outcome}");
+    assert!(
+        canary["failure"]
+            .as_str()
+            .unwrap()
+            .contains("payment terminal not found on COM3"),
+        "{outcome}"
+    );
+    for (t, old) in store.terminals.values().zip(&before) {
+        t.wait_running("1.0.0")?;
+        assert_eq!(
+            without(&manifest_of(&t.folder), SALES),
+            without(old, SALES),
+            "terminal {} is all-old",
+            t.number
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn a_sale_in_progress_delays_the_stop_until_it_ends() -> Result<()> {
     let store = Store::new(
         None,
@@ -451,11 +492,21 @@ fn a_sale_in_progress_delays_the_stop_until_it_ends() -> Result<()> {
     let t = &store.terminals[&1];
     let busy = t.pos_state.join("busy");
     fs::write(&busy, "sale 1001")?;
-    // The sale ends while the upgrade waits for it.
+    // The sale ends once the agent says it is waiting for it.
+    let agent_log = t.root.join("agent.log");
     let clear = {
         let busy = busy.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(1500));
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_secs(120) {
+                if fs::read_to_string(&agent_log)
+                    .unwrap_or_default()
+                    .contains("a sale is in progress")
+                {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             fs::remove_file(busy)
         })
     };
