@@ -290,10 +290,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         writeln!(out, "listening on http://{addr}")?;
         out.flush()?;
     }
-    if autostart && !agent.supervisor.is_running() {
-        if let Err(e) = agent.start().await {
-            tracing::error!("autostart failed: {e:?}");
-        }
+    if autostart
+        && !agent.supervisor.is_running()
+        && let Err(e) = agent.start().await
+    {
+        tracing::error!("autostart failed: {e:?}");
     }
     axum::serve(listener, app(agent))
         .with_graceful_shutdown(shutdown())

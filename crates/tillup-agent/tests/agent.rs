@@ -239,10 +239,9 @@ impl Drop for Harness {
         if let Some(pid) = std::fs::read_to_string(self.state().join("main.pid"))
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
         {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-            }
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
     }
 }

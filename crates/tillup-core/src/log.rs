@@ -356,14 +356,14 @@ pub fn compare(log: &VersionLog, terminals: &[TerminalView<'_>]) -> Comparison {
             .copied()
             .filter(|r| r.supports(t.model))
             .collect();
-        if let Some(excluded) = newer.first().filter(|r| !r.supports(t.model)) {
-            if !compatible.is_empty() {
-                out.warnings.push(Warning::ModelExcluded {
-                    terminal: t.number,
-                    model: t.model.to_owned(),
-                    version: excluded.version.clone(),
-                });
-            }
+        if let Some(excluded) = newer.first().filter(|r| !r.supports(t.model))
+            && !compatible.is_empty()
+        {
+            out.warnings.push(Warning::ModelExcluded {
+                terminal: t.number,
+                model: t.model.to_owned(),
+                version: excluded.version.clone(),
+            });
         }
         let verdict = match (newer.first(), compatible.first()) {
             (None, _) => Verdict::UpToDate {

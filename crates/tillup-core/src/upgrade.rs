@@ -365,11 +365,11 @@ impl Upgrade {
                 .into_iter()
                 .for_each(|t| set(t, Step::Planned, Step::Prepared)),
             Effect::Stop(n) => {
-                if let Some(t) = self.terminal(n) {
-                    if t.step == Step::Prepared {
-                        t.step = Step::Stopped;
-                        t.stopped_at = Some(now);
-                    }
+                if let Some(t) = self.terminal(n)
+                    && t.step == Step::Prepared
+                {
+                    t.step = Step::Stopped;
+                    t.stopped_at = Some(now);
                 }
             }
             Effect::Collect(n) => self
@@ -407,16 +407,15 @@ impl Upgrade {
                 .into_iter()
                 .for_each(|t| set(t, Step::Started, Step::Upgraded)),
             Effect::Rollback(n) => {
-                if let Some(t) = self.terminal(n) {
-                    if let Step::Restoring {
+                if let Some(t) = self.terminal(n)
+                    && let Step::Restoring {
                         committed: true, ..
                     } = t.step
-                    {
-                        t.step = Step::Restoring {
-                            committed: true,
-                            rolled_back: true,
-                        };
-                    }
+                {
+                    t.step = Step::Restoring {
+                        committed: true,
+                        rolled_back: true,
+                    };
                 }
             }
             Effect::UploadBackup if self.phase == Phase::Uploading => {
@@ -485,18 +484,18 @@ impl Upgrade {
                 }
             }
             Effect::Rollback(n) => {
-                if let Some(t) = self.terminal(n) {
-                    if matches!(
+                if let Some(t) = self.terminal(n)
+                    && matches!(
                         t.step,
                         Step::Restoring {
                             committed: true,
                             rolled_back: false
                         }
-                    ) {
-                        t.step = Step::Abandoned {
-                            restart_error: format!("rollback failed: {message}"),
-                        };
-                    }
+                    )
+                {
+                    t.step = Step::Abandoned {
+                        restart_error: format!("rollback failed: {message}"),
+                    };
                 }
             }
             Effect::Prefetch | Effect::UploadBackup | Effect::Process | Effect::Deliver => {

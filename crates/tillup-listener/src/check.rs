@@ -207,10 +207,8 @@ impl Listener {
         }
         local.warnings = report.comparison.warnings.clone();
         local.save(&self.data_dir)?;
-        if new_warnings {
-            if let Err(e) = self.send_unsent_reports().await {
-                tracing::warn!("the warnings stay queued for the server: {e}");
-            }
+        if new_warnings && let Err(e) = self.send_unsent_reports().await {
+            tracing::warn!("the warnings stay queued for the server: {e}");
         }
         for w in &report.comparison.warnings {
             tracing::warn!("{w}");

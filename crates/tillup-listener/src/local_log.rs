@@ -180,10 +180,10 @@ impl LocalLog {
         let terminals = &entry.terminals;
         for t in terminals {
             if let Some(rec) = self.terminals.get_mut(&t.number) {
-                if t.result == Outcome::Upgraded {
-                    if let Some(inst) = installed.get(&t.number) {
-                        rec.installed = inst.clone();
-                    }
+                if t.result == Outcome::Upgraded
+                    && let Some(inst) = installed.get(&t.number)
+                {
+                    rec.installed = inst.clone();
                 }
                 rec.last_report = Some(match &t.failure {
                     None => format!("{} → {}: {}", t.from, t.to, t.result),

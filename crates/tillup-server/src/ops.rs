@@ -122,13 +122,13 @@ pub fn publish(
 ) -> Result<Published, Error> {
     check_id("channel", &req.channel)?;
     Preserve::new(&req.preserve)?;
-    if let Some(m) = &req.min_from {
-        if *m >= req.version {
-            return Err(Error::MinFromNotOlder {
-                min_from: m.clone(),
-                version: req.version.clone(),
-            });
-        }
+    if let Some(m) = &req.min_from
+        && *m >= req.version
+    {
+        return Err(Error::MinFromNotOlder {
+            min_from: m.clone(),
+            version: req.version.clone(),
+        });
     }
     let existing = db.release(&req.channel, &req.version)?;
     if existing.is_some() && !req.replace {
