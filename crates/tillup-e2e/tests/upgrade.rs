@@ -21,6 +21,16 @@ fn without(m: &Manifest, path: &str) -> Manifest {
 
 const SALES: &str = "data/sales.log";
 
+/// Every terminal holds exactly its old folder and runs 1.0.0.
+fn assert_all_old(store: &Store, before: &[Manifest]) -> Result<()> {
+    for (t, old) in store.terminals.values().zip(before) {
+        t.wait_running("1.0.0")?;
+        let now = without(&manifest_of(&t.folder), SALES);
+        assert_eq!(now, without(old, SALES), "terminal {} is all-old", t.number);
+    }
+    Ok(())
+}
+
 #[test]
 fn happy_path_every_terminal_is_the_new_release_plus_its_own_files() -> Result<()> {
     let store = Store::new(None, StoreSpec::default())?;
@@ -405,15 +415,7 @@ fn a_release_that_fails_its_health_check_is_rolled_back_on_the_canary_only() -> 
         "{outcome}"
     );
 
-    for (t, old) in store.terminals.values().zip(&before) {
-        t.wait_running("1.0.0")?;
-        assert_eq!(
-            without(&manifest_of(&t.folder), SALES),
-            without(old, SALES),
-            "terminal {} is all-old",
-            t.number
-        );
-    }
+    assert_all_old(&store, &before)?;
     // Only the canary's folder was ever swapped.
     assert!(
         store.terminals[&1]
@@ -467,15 +469,7 @@ fn a_release_that_runs_but_stays_unhealthy_is_rolled_back() -> Result<()> {
             .contains("payment terminal not found on COM3"),
         "{outcome}"
     );
-    for (t, old) in store.terminals.values().zip(&before) {
-        t.wait_running("1.0.0")?;
-        assert_eq!(
-            without(&manifest_of(&t.folder), SALES),
-            without(old, SALES),
-            "terminal {} is all-old",
-            t.number
-        );
-    }
+    assert_all_old(&store, &before)?;
     Ok(())
 }
 
