@@ -21,6 +21,21 @@ fn without(m: &Manifest, path: &str) -> Manifest {
 
 const SALES: &str = "data/sales.log";
 
+/// The hashes of the blobs in a blob store.
+fn received_blobs(store: &std::path::Path) -> std::collections::BTreeSet<tillup_core::Sha256Hex> {
+    let mut out = std::collections::BTreeSet::new();
+    for fan in fs::read_dir(store)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name() != "tmp")
+    {
+        for blob in fs::read_dir(fan.path()).unwrap().flatten() {
+            out.insert(blob.file_name().to_string_lossy().parse().unwrap());
+        }
+    }
+    out
+}
+
 /// Every terminal holds exactly its old folder and runs 1.0.0.
 fn assert_all_old(store: &Store, before: &[Manifest]) -> Result<()> {
     for (t, old) in store.terminals.values().zip(before) {
@@ -99,6 +114,16 @@ fn happy_path_every_terminal_is_the_new_release_plus_its_own_files() -> Result<(
             "terminal {n} backup"
         );
         t.wait_running("1.1.0")?;
+        // Content-addressed: the terminal was sent exactly the release files
+        // its folder did not already hold, each once.
+        let held: std::collections::BTreeSet<_> = old_manifest.hashes();
+        let needed: std::collections::BTreeSet<_> =
+            release.hashes().difference(&held).copied().collect();
+        assert_eq!(
+            received_blobs(&t.root.join("agent-state/blobs")),
+            needed,
+            "terminal {n}"
+        );
     }
 
     let log = store.local_log();
