@@ -1,5 +1,7 @@
 //! Checking the server's version log: fetch, verify, compare (DESIGN §1).
 
+use std::collections::BTreeMap;
+
 use base64::Engine;
 use jiff::Timestamp;
 use reqwest::StatusCode;
@@ -41,6 +43,8 @@ pub struct CheckReport {
     pub comparison: Comparison,
     /// Terminals whose agent did not answer, with why.
     pub unreachable: Vec<(u32, String)>,
+    /// Free bytes each reachable terminal reported, for the preflight.
+    pub free_bytes: BTreeMap<u32, u64>,
 }
 
 impl Listener {
@@ -186,6 +190,10 @@ impl Listener {
             critical: comparison.is_critical(),
             comparison,
             unreachable,
+            free_bytes: statuses
+                .iter()
+                .filter_map(|(n, s)| Some((*n, s.as_ref().ok()?.free_bytes)))
+                .collect(),
         };
         local.seen = Some(SeenLog {
             sequence: verified.log.sequence,

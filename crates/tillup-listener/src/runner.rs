@@ -162,7 +162,7 @@ impl Listener {
             let now =
                 now + jiff::SignedDuration::try_from(started_at.elapsed()).unwrap_or_default();
             let (verified, report) = self.check_locked(now).await?;
-            let Some(u) = self.plan(&verified, &report, trigger.clone(), now).await? else {
+            let Some(u) = self.plan(&verified, &report, trigger.clone(), now)? else {
                 out.note = Some(match report.target {
                     None => "every reachable terminal is up to date".to_owned(),
                     Some(v) => format!("an update to {v} exists but no terminal could take it now"),
@@ -183,7 +183,7 @@ impl Listener {
     }
 
     /// Preflight (DESIGN §3.1) and a persisted plan; `None` if nothing to do.
-    async fn plan(
+    fn plan(
         &self,
         verified: &VerifiedLog,
         report: &crate::check::CheckReport,
@@ -191,7 +191,6 @@ impl Listener {
         now: Timestamp,
     ) -> Result<Option<Upgrade>, Error> {
         let mut left_out: Vec<(u32, String)> = report.unreachable.clone();
-        let statuses = self.agent_statuses().await;
         let mut planned = Vec::new();
         let mut releases = BTreeMap::new();
         for (n, verdict) in &report.comparison.terminals {
@@ -202,24 +201,14 @@ impl Listener {
                 .log
                 .release(next)
                 .expect("the compare rule picks releases of the log");
-            match statuses.get(n) {
-                Some(Ok(s)) if s.free_bytes < release.size.saturating_mul(2) => {
-                    left_out.push((
-                        *n,
-                        format!(
-                            "only {} bytes free on the terminal, {} needed to stage {next}",
-                            s.free_bytes,
-                            release.size * 2
-                        ),
-                    ));
-                    continue;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    left_out.push((*n, e.to_string()));
-                    continue;
-                }
-                None => continue,
+            let free = report.free_bytes.get(n).copied().unwrap_or(0);
+            if free < release.size.saturating_mul(2) {
+                let need = release.size.saturating_mul(2);
+                let why = format!(
+                    "only {free} bytes free on the terminal, {need} needed to stage {next}"
+                );
+                left_out.push((*n, why));
+                continue;
             }
             releases.insert(
                 next.clone(),
@@ -321,7 +310,14 @@ impl Listener {
             tillup_fs::write_json_atomic(&files.state(), &u)?;
             observer(&u, Some(&event));
         }
-        debug_assert!(u.is_done(), "nothing wanted but not done: {u:?}");
+        if !u.is_done() {
+            // Nothing runnable yet not done: never record it as finished,
+            // keep it to be resumed.
+            return Err(Error::Other(format!(
+                "upgrade {} stalled in phase {:?}; it is kept and resumes at the next run",
+                u.id, u.phase
+            )));
+        }
         self.finish(&u, &ctx)
     }
 
