@@ -54,6 +54,11 @@ pub enum AgentError {
     /// A `Range` past the end of the file.
     #[error("the range starts past the end of the {0}-byte file")]
     RangeNotSatisfiable(u64),
+    /// The main program could not be started, signalled or stopped. Its
+    /// cause is the store's business (a missing program, a process that
+    /// will not die), so it is sent: the host puts it in its report.
+    #[error("{0}")]
+    MainProgram(String),
     /// Anything else; the details are logged, not sent.
     #[error("internal error in the agent; see the agent's log on the terminal")]
     Internal(String),
@@ -74,8 +79,14 @@ impl AgentError {
             Self::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::MainProgram(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+impl From<crate::supervisor::SupervisorError> for AgentError {
+    fn from(e: crate::supervisor::SupervisorError) -> Self {
+        Self::MainProgram(e.to_string())
     }
 }
 
@@ -101,8 +112,10 @@ impl From<FolderError> for AgentError {
 
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
-        if let Self::Internal(detail) = &self {
-            tracing::error!("internal error: {detail}");
+        match &self {
+            Self::Internal(detail) => tracing::error!("internal error: {detail}"),
+            Self::MainProgram(why) => tracing::error!("{why}"),
+            _ => {}
         }
         let mut res = (
             self.status(),
@@ -371,6 +384,20 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_main_program_failure_reaches_the_host_with_its_cause() {
+        let e: AgentError = crate::supervisor::SupervisorError::Spawn {
+            program: "/opt/cupos/bin/pos".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        }
+        .into();
+        let res = e.into_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let err: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert!(err.error.contains("/opt/cupos/bin/pos"), "{}", err.error);
+    }
 
     fn agent(dir: &std::path::Path) -> Arc<Agent> {
         agent_with(dir, "")

@@ -99,16 +99,13 @@ impl Agent {
     /// `POST /v1/stop`.
     pub async fn stop(&self, busy_timeout: Option<Duration>) -> Result<StopReport, AgentError> {
         let _op = self.folder_ops.lock().await;
-        self.supervisor
-            .stop(busy_timeout)
-            .await
-            .map_err(AgentError::internal)
+        Ok(self.supervisor.stop(busy_timeout).await?)
     }
 
     /// `POST /v1/start`.
     pub async fn start(&self) -> Result<StartReport, AgentError> {
         let _op = self.folder_ops.lock().await;
-        self.supervisor.start().await.map_err(AgentError::internal)
+        Ok(self.supervisor.start().await?)
     }
 
     /// Scans the folder (with the hash cache in STATE) and remembers where each hash lives.
@@ -230,11 +227,7 @@ impl Agent {
             .into());
         }
         if self.supervisor.is_running() {
-            let stop = self
-                .supervisor
-                .stop(None)
-                .await
-                .map_err(AgentError::internal)?;
+            let stop = self.supervisor.stop(None).await?;
             tracing::info!(?stop, "stopped the main program to roll back");
         }
         self.swap(version, folder::Layout::rollback).await
@@ -294,7 +287,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         && !agent.supervisor.is_running()
         && let Err(e) = agent.start().await
     {
-        tracing::error!("autostart failed: {e:?}");
+        tracing::error!("could not start the main program at start-up: {e}");
     }
     axum::serve(listener, app(agent))
         .with_graceful_shutdown(shutdown())
