@@ -120,6 +120,35 @@ pub struct ParsedWindow {
 }
 
 impl ParsedWindow {
+    /// When the window next opens after `now` (now itself if it is open).
+    pub fn next_start(&self, now: jiff::Timestamp) -> jiff::Timestamp {
+        if self.contains(now) {
+            return now;
+        }
+        let local = now.to_zoned(self.tz.clone());
+        let today = local.date().to_datetime(self.start);
+        let start = today
+            .to_zoned(self.tz.clone())
+            .map(|z| z.timestamp())
+            .unwrap_or(now);
+        if start > now {
+            start
+        } else {
+            let tomorrow = (today + jiff::Span::new().days(1)).to_zoned(self.tz.clone());
+            tomorrow.map(|z| z.timestamp()).unwrap_or(now)
+        }
+    }
+
+    /// How long the window stays open once it opens.
+    pub fn length(&self) -> jiff::SignedDuration {
+        let d = self.start.duration_until(self.end);
+        if d.is_negative() {
+            d + jiff::SignedDuration::from_hours(24)
+        } else {
+            d
+        }
+    }
+
     /// Whether `now` falls inside the window.
     pub fn contains(&self, now: jiff::Timestamp) -> bool {
         let t = now.to_zoned(self.tz.clone()).time();
@@ -290,6 +319,25 @@ token = "a"
         assert!(w.contains(at("2026-11-22T01:59:00+08:00[Asia/Shanghai]")));
         assert!(!w.contains(at("2026-11-22T02:00:00+08:00[Asia/Shanghai]")));
         assert!(!w.contains(at("2026-11-22T12:00:00+08:00[Asia/Shanghai]")));
+    }
+
+    #[test]
+    fn the_next_window_opening() {
+        let w = load(&sample()).unwrap().parsed_window().unwrap();
+        let at = |s: &str| s.parse::<jiff::Zoned>().unwrap().timestamp();
+        let noon = at("2026-11-21T12:00:00+08:00[Asia/Shanghai]");
+        assert_eq!(
+            w.next_start(noon),
+            at("2026-11-21T23:00:00+08:00[Asia/Shanghai]")
+        );
+        let inside = at("2026-11-22T01:00:00+08:00[Asia/Shanghai]");
+        assert_eq!(w.next_start(inside), inside);
+        let after = at("2026-11-22T02:30:00+08:00[Asia/Shanghai]");
+        assert_eq!(
+            w.next_start(after),
+            at("2026-11-22T23:00:00+08:00[Asia/Shanghai]")
+        );
+        assert_eq!(w.length(), jiff::SignedDuration::from_hours(3));
     }
 
     #[test]

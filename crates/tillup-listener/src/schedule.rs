@@ -72,6 +72,26 @@ pub fn next_check_delay(
     Duration::from_secs(interval_minutes * 60 + jitter)
 }
 
+/// When the daemon checks next: after the usual interval, or, when an
+/// update waits for the maintenance window, as the window opens (plus a
+/// jitter within its first half, so the stores of a chain do not all ask at
+/// the same second), whichever is sooner.
+pub fn next_wake(
+    outcome: Option<&TickOutcome>,
+    window: &crate::config::ParsedWindow,
+    regular: Duration,
+    now: Timestamp,
+    rng: &mut impl Rng,
+) -> Duration {
+    if !matches!(outcome, Some(TickOutcome::WaitingForWindow { .. })) {
+        return regular;
+    }
+    let half = window.length().as_secs().max(2) as u64 / 2;
+    let opens = window.next_start(now).duration_since(now).as_secs().max(0) as u64;
+    let at_window = Duration::from_secs(opens + rng.random_range(0..half));
+    regular.min(at_window)
+}
+
 impl Listener {
     /// One scheduled check, and whatever it leads to.
     pub async fn tick(
@@ -283,6 +303,44 @@ pub struct TerminalStatus {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn an_update_waiting_for_the_window_wakes_the_daemon_inside_it() {
+        let key = tillup_core::sign::generate_keys().unwrap().public_line;
+        let cfg: crate::Config = toml::from_str(&format!(
+            "server = \"http://x\"\npublic_key = \"{key}\"\nstore_id = \"s\"\nstore_token = \"t\"\n[window]\nstart = \"03:00\"\nend = \"03:30\"\ntime_zone = \"Asia/Shanghai\"\n"
+        ))
+        .unwrap();
+        let window = cfg.parsed_window().unwrap();
+        let now: Timestamp = "2026-11-21T02:10:00+08:00[Asia/Shanghai]"
+            .parse::<jiff::Zoned>()
+            .unwrap()
+            .timestamp();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let waiting = TickOutcome::WaitingForWindow {
+            version: "1.1.0".parse().unwrap(),
+        };
+        let hour = Duration::from_secs(3600);
+        for _ in 0..100 {
+            let wake = now
+                + jiff::SignedDuration::try_from(next_wake(
+                    Some(&waiting),
+                    &window,
+                    hour,
+                    now,
+                    &mut rng,
+                ))
+                .unwrap();
+            assert!(
+                window.contains(wake),
+                "woke at {wake}, outside the 30-minute window"
+            );
+        }
+        assert_eq!(
+            next_wake(Some(&TickOutcome::UpToDate), &window, hour, now, &mut rng),
+            hour
+        );
+    }
 
     #[test]
     fn jitter_stays_within_its_bound() {

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jiff::Timestamp;
 use tillup_core::upgrade::Trigger;
-use tillup_listener::schedule::{Answer, TickOutcome, next_check_delay};
+use tillup_listener::schedule::{Answer, TickOutcome, next_check_delay, next_wake};
 use tillup_listener::{Config, Listener};
 
 mod render;
@@ -159,27 +159,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => println!("answer recorded: {answer:?}"),
             }
         }
-        Command::Daemon { once } => loop {
-            let mut progress = render::Progress::new(false);
-            match listener.tick(now(), &mut |u, e| progress.on(u, e)).await {
-                Ok(TickOutcome::Upgraded(outcome)) => {
-                    progress.finish();
-                    render::update(&outcome, false);
+        Command::Daemon { once } => {
+            let window = listener
+                .config
+                .parsed_window()
+                .map_err(anyhow::Error::msg)?;
+            loop {
+                let mut progress = render::Progress::new(false);
+                let outcome = match listener.tick(now(), &mut |u, e| progress.on(u, e)).await {
+                    Ok(TickOutcome::Upgraded(outcome)) => {
+                        progress.finish();
+                        render::update(&outcome, false);
+                        None
+                    }
+                    Ok(other) => {
+                        println!("{}", serde_json::to_string(&other)?);
+                        Some(other)
+                    }
+                    Err(e) if !once => {
+                        eprintln!("tillup: {e:#}");
+                        None
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if once {
+                    break;
                 }
-                Ok(other) => println!("{}", serde_json::to_string(&other)?),
-                Err(e) if !once => eprintln!("tillup: {e:#}"),
-                Err(e) => return Err(e.into()),
+                let regular = next_check_delay(
+                    listener.config.check.interval_minutes,
+                    listener.config.check.jitter_minutes,
+                    &mut rand::rng(),
+                );
+                let delay = next_wake(outcome.as_ref(), &window, regular, now(), &mut rand::rng());
+                tokio::time::sleep(delay).await;
             }
-            if once {
-                break;
-            }
-            let delay = next_check_delay(
-                listener.config.check.interval_minutes,
-                listener.config.check.jitter_minutes,
-                &mut rand::rng(),
-            );
-            tokio::time::sleep(delay).await;
-        },
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
