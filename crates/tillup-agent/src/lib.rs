@@ -180,9 +180,17 @@ impl Agent {
         let _op = self.folder_ops.lock().await;
         let current = self.scan().await?;
         let (layout, store) = (self.layout.clone(), self.store.clone());
-        let report = tokio::task::spawn_blocking(move || layout.stage(&current, &store, &req))
-            .await
-            .map_err(AgentError::internal)??;
+        let report = tokio::task::spawn_blocking(move || {
+            let report = layout.stage(&current, &store, &req)?;
+            // Received files the staged folder does not use are not needed
+            // again: the incoming store stays within one release's changes.
+            if let Err(e) = store.retain(&req.manifest.hashes()) {
+                tracing::warn!("could not drop received files no longer needed: {e}");
+            }
+            Ok::<_, folder::FolderError>(report)
+        })
+        .await
+        .map_err(AgentError::internal)??;
         tracing::info!(?report, "staged");
         Ok(report)
     }

@@ -269,7 +269,12 @@ fn republished_same_version_is_a_warning_and_installs_nothing() -> Result<()> {
 
 #[test]
 fn min_from_goes_through_the_intermediate_release() -> Result<()> {
-    let store = Store::new(None, StoreSpec::default())?;
+    let mut store = Store::new(None, StoreSpec::default())?;
+    store.write_listener_config("prompt", &["keep_backups = 1"])?;
+    let first_catalog = manifest_of(&store.root.join("releases/1.0.0"))
+        .get(&tillup_core::RelPath::new("assets/catalog.bin")?)
+        .unwrap()
+        .sha256;
     store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
     store.publish(&ReleaseSpec::new("2.0.0"), &["--min-from", "1.1.0"])?;
     let check = store.tillup_json(&["check"])?;
@@ -289,6 +294,23 @@ fn min_from_goes_through_the_intermediate_release() -> Result<()> {
     assert_eq!(hops, ["1.1.0", "2.0.0"], "{outcome}");
     for t in store.terminals.values() {
         t.wait_running("2.0.0")?;
+    }
+    // The host keeps what it was told to: one backup (the newest, of the
+    // 1.1.0 folders), and no longer the files of 1.0.0.
+    let backups = store.backups();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert!(backups[0].to_string_lossy().ends_with("_2.0.0"));
+    let host_blobs = received_blobs(&store.listener_data.join("blobs"));
+    assert!(!host_blobs.is_empty() && !host_blobs.contains(&first_catalog));
+    // Each terminal keeps no received file its folder does not use.
+    for t in store.terminals.values() {
+        let used = manifest_of(&t.folder).hashes();
+        let kept = received_blobs(&t.root.join("agent-state/blobs"));
+        assert!(
+            !kept.is_empty() && kept.is_subset(&used),
+            "terminal {}",
+            t.number
+        );
     }
     Ok(())
 }

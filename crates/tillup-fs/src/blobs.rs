@@ -183,6 +183,46 @@ impl BlobStore {
         fsync_dir(dir)
     }
 
+    /// Deletes every blob not in `live` (`tmp/` is left alone). Returns the
+    /// number of blobs and bytes freed.
+    pub fn retain(
+        &self,
+        live: &std::collections::BTreeSet<Sha256Hex>,
+    ) -> Result<(usize, u64), Error> {
+        let (mut count, mut bytes) = (0, 0);
+        for fan in fs::read_dir(&self.root).at(&self.root)? {
+            let fan = fan.at(&self.root)?;
+            if fan.file_name() == "tmp" || !fan.file_type().at(&fan.path())?.is_dir() {
+                continue;
+            }
+            for blob in fs::read_dir(fan.path()).at(&fan.path())? {
+                let blob = blob.at(&fan.path())?;
+                let keep = blob
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<Sha256Hex>().ok())
+                    .is_some_and(|h| live.contains(&h));
+                if !keep {
+                    bytes += blob.metadata().map(|m| m.len()).unwrap_or(0);
+                    fs::remove_file(blob.path()).at(&blob.path())?;
+                    count += 1;
+                }
+            }
+        }
+        Ok((count, bytes))
+    }
+
+    /// Removes everything in `tmp/`, partial downloads included: call it
+    /// only when no transfer runs.
+    pub fn clear_tmp(&self) -> Result<(), Error> {
+        let tmp = self.root.join("tmp");
+        for e in fs::read_dir(&tmp).at(&tmp)? {
+            let e = e.at(&tmp)?;
+            fs::remove_file(e.path()).at(&e.path())?;
+        }
+        Ok(())
+    }
+
     /// Removes the leftovers of interrupted writes.
     pub fn clean_tmp(&self) -> Result<(), Error> {
         let tmp = self.root.join("tmp");
@@ -216,6 +256,20 @@ mod tests {
         assert!(matches!(short, Error::SizeMismatch { .. }));
         assert_eq!(s.missing([&h, &other, &other]), vec![other]);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn retain_keeps_only_the_live_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let keep = s.put_bytes(b"keep").unwrap();
+        let drop = s.put_bytes(b"drop me").unwrap();
+        fs::write(s.partial_path(&drop), b"drop").unwrap();
+        let (count, bytes) = s.retain(&[keep].into()).unwrap();
+        assert_eq!((count, bytes), (1, 7));
+        assert!(s.has(&keep) && !s.has(&drop) && s.partial_path(&drop).exists());
+        s.clear_tmp().unwrap();
+        assert!(!s.partial_path(&drop).exists());
     }
 
     #[test]

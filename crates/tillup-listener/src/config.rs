@@ -44,6 +44,9 @@ pub struct Config {
     /// How many terminals are installed at once after the canary.
     #[serde(default = "default_parallel")]
     pub parallel: usize,
+    /// How many of the host's backup folders to keep, newest first.
+    #[serde(default = "default_keep_backups")]
+    pub keep_backups: usize,
     #[serde(default)]
     pub window: Window,
     #[serde(default)]
@@ -109,6 +112,10 @@ fn default_channel() -> String {
 
 fn default_parallel() -> usize {
     4
+}
+
+fn default_keep_backups() -> usize {
+    3
 }
 
 /// The checked, ready-to-use form of the window.
@@ -207,6 +214,9 @@ impl Config {
         }
         if self.parallel == 0 {
             return Err("parallel must be at least 1".into());
+        }
+        if self.keep_backups == 0 {
+            return Err("keep_backups must be at least 1: the last backup is what a terminal is restored from".into());
         }
         let mut seen = std::collections::BTreeSet::new();
         for t in &self.terminals {

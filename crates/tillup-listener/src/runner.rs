@@ -346,6 +346,9 @@ impl Listener {
             local.queue_report(self.report_json(u, &ctx.left_out));
         }
         local.save(&self.data_dir)?;
+        if let Err(e) = self.prune(u, ctx) {
+            tracing::warn!("could not free disk space after the upgrade: {e}");
+        }
         std::fs::remove_file(self.current_path())
             .or_else(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
@@ -359,6 +362,65 @@ impl Listener {
                 source: e,
             })?;
         Ok(entry)
+    }
+
+    /// Keeps the host's disk from filling up over the years: the newest
+    /// `keep_backups` backup folders stay, and the blob store keeps only
+    /// what the terminals hold now (their next collect sends only changes).
+    fn prune(&self, u: &Upgrade, ctx: &Context) -> Result<(), Error> {
+        let files = self.files(&u.id);
+        let mut live: BTreeSet<tillup_core::Sha256Hex> =
+            ctx.releases.values().map(|r| r.sha256).collect();
+        if let Ok(delivery) = read_json::<Delivery>(&files.delivery()) {
+            for t in delivery.terminals.iter().filter(|t| {
+                u.terminals
+                    .get(&t.number)
+                    .is_some_and(|r| r.step == tillup_core::upgrade::Step::Upgraded)
+            }) {
+                live.extend(t.manifest.hashes());
+            }
+        }
+        for t in u
+            .terminals
+            .values()
+            .filter(|t| t.step != tillup_core::upgrade::Step::Upgraded)
+        {
+            if let Ok(b) = read_json::<TerminalBackup>(&files.backup(t.number)) {
+                live.extend(b.manifest.hashes());
+            }
+        }
+        let blobs = self.blobs()?;
+        let (count, bytes) = blobs.retain(&live)?;
+        blobs.clear_tmp()?;
+        let backups = self.data_dir.join("backups");
+        let mut folders: Vec<PathBuf> = std::fs::read_dir(&backups)
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Named `<UTC time>_<version>`: the name sorts by time.
+        folders.sort();
+        let old = folders.len().saturating_sub(self.config.keep_backups);
+        for f in folders
+            .into_iter()
+            .take(old)
+            .filter(|f| *f != ctx.backup_dir)
+        {
+            std::fs::remove_dir_all(&f).map_err(|e| tillup_fs::Error::Io {
+                path: f.clone(),
+                source: e,
+            })?;
+        }
+        tracing::info!(
+            blobs = count,
+            bytes,
+            backups_removed = old,
+            "freed disk space"
+        );
+        Ok(())
     }
 
     fn report_json(&self, u: &Upgrade, left_out: &[(u32, String)]) -> serde_json::Value {
