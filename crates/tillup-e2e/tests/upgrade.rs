@@ -566,3 +566,47 @@ fn a_sale_in_progress_delays_the_stop_until_it_ends() -> Result<()> {
     t.wait_running("1.1.0")?;
     Ok(())
 }
+
+#[test]
+fn upgrade_tonight_waits_for_the_window_and_records_who_confirmed() -> Result<()> {
+    let store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500")],
+            ..StoreSpec::default()
+        },
+    )?;
+    store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
+    let noon = ["--now", "2026-11-21T12:00:00+08:00[Asia/Shanghai]"];
+    let tick = |now: &[&str]| {
+        let mut args = vec!["daemon", "--once"];
+        args.extend_from_slice(now);
+        store.tillup(&args)
+    };
+    let first = tick(&noon)?;
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("\"prompted\""),
+        "{}",
+        text(&first)
+    );
+    let answer = store.tillup(&["answer", "tonight"])?;
+    assert!(answer.status.success(), "{}", text(&answer));
+    let later = tick(&noon)?;
+    assert!(
+        String::from_utf8_lossy(&later.stdout).contains("waiting_for_window"),
+        "{}",
+        text(&later)
+    );
+    store.terminals[&1].wait_running("1.0.0")?;
+
+    let night = tick(&["--now", "2026-11-22T03:30:00+08:00[Asia/Shanghai]"])?;
+    assert!(night.status.success(), "{}", text(&night));
+    store.terminals[&1].wait_running("1.1.0")?;
+    let log = store.local_log();
+    assert_eq!(
+        log["history"][0]["trigger"]["name"], "store manager (upgrade tonight)",
+        "{log}"
+    );
+    assert!(log["pending"].is_null(), "the prompt is answered: {log}");
+    Ok(())
+}
