@@ -681,18 +681,9 @@ impl Store {
         .unwrap_or(serde_json::Value::Null)
     }
 
-    /// The host's backup folders (`backups/<time>_<version>`), oldest first.
+    /// The host's backup folders, oldest first.
     pub fn backups(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = fs::read_dir(self.listener_data.join("backups"))
-            .map(|r| {
-                r.filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        tillup_listener::runner::backup_folders(&self.listener_data)
     }
 }
 

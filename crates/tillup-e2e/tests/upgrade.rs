@@ -23,17 +23,7 @@ const SALES: &str = "data/sales.log";
 
 /// The hashes of the blobs in a blob store.
 fn received_blobs(store: &std::path::Path) -> std::collections::BTreeSet<tillup_core::Sha256Hex> {
-    let mut out = std::collections::BTreeSet::new();
-    for fan in fs::read_dir(store)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name() != "tmp")
-    {
-        for blob in fs::read_dir(fan.path()).unwrap().flatten() {
-            out.insert(blob.file_name().to_string_lossy().parse().unwrap());
-        }
-    }
-    out
+    tillup_fs::BlobStore::open(store).unwrap().hashes().unwrap()
 }
 
 /// Every terminal holds exactly its old folder and runs 1.0.0.

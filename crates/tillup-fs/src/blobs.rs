@@ -190,26 +190,29 @@ impl BlobStore {
         live: &std::collections::BTreeSet<Sha256Hex>,
     ) -> Result<(usize, u64), Error> {
         let (mut count, mut bytes) = (0, 0);
+        for h in self.hashes()?.difference(live) {
+            let path = self.path(h);
+            bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(&path).at(&path)?;
+            count += 1;
+        }
+        Ok((count, bytes))
+    }
+
+    /// Every blob the store holds.
+    pub fn hashes(&self) -> Result<std::collections::BTreeSet<Sha256Hex>, Error> {
+        let mut out = std::collections::BTreeSet::new();
         for fan in fs::read_dir(&self.root).at(&self.root)? {
             let fan = fan.at(&self.root)?;
             if fan.file_name() == "tmp" || !fan.file_type().at(&fan.path())?.is_dir() {
                 continue;
             }
             for blob in fs::read_dir(fan.path()).at(&fan.path())? {
-                let blob = blob.at(&fan.path())?;
-                let keep = blob
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<Sha256Hex>().ok())
-                    .is_some_and(|h| live.contains(&h));
-                if !keep {
-                    bytes += blob.metadata().map(|m| m.len()).unwrap_or(0);
-                    fs::remove_file(blob.path()).at(&blob.path())?;
-                    count += 1;
-                }
+                let name = blob.at(&fan.path())?.file_name();
+                out.extend(name.to_str().and_then(|n| n.parse::<Sha256Hex>().ok()));
             }
         }
-        Ok((count, bytes))
+        Ok(out)
     }
 
     /// Removes everything in `tmp/`, partial downloads included: call it

@@ -49,8 +49,12 @@ pub struct CheckReport {
 
 impl Listener {
     /// Downloads the log (conditional GET), checks its signature with the
-    /// configured key and its freshness against the local log.
-    pub async fn fetch_log(&self, now: Timestamp) -> Result<VerifiedLog, Error> {
+    /// configured key and its freshness against the last log accepted.
+    async fn fetch_log(
+        &self,
+        now: Timestamp,
+        seen: Option<&SeenLog>,
+    ) -> Result<VerifiedLog, Error> {
         let cache_path = self.data_dir.join("log-cache.json");
         let cached: Option<CachedLog> = std::fs::read(&cache_path)
             .ok()
@@ -112,9 +116,7 @@ impl Listener {
         let log = VersionLog::parse(fresh.body.as_bytes())
             .map_err(|e| Error::LogRejected(format!("the signed version log is invalid: {e}")))?;
         let digest = Sha256Hex::of(fresh.body.as_bytes());
-        let local = LocalLog::load(&self.data_dir)?;
-        check_fresh(&log, digest, &self.config.channel, local.seen.as_ref(), now)
-            .map_err(Error::Stale)?;
+        check_fresh(&log, digest, &self.config.channel, seen, now).map_err(Error::Stale)?;
         tillup_fs::write_json_atomic(&cache_path, &fresh)?;
         Ok(VerifiedLog { log, digest })
     }
@@ -130,9 +132,9 @@ impl Listener {
         &self,
         now: Timestamp,
     ) -> Result<(VerifiedLog, CheckReport), Error> {
-        let verified = self.fetch_log(now).await?;
-        let statuses = self.agent_statuses().await;
         let mut local = LocalLog::load(&self.data_dir)?;
+        let verified = self.fetch_log(now, local.seen.as_ref()).await?;
+        let statuses = self.agent_statuses().await;
         let mut unreachable = Vec::new();
         // The agents tell what really runs; the local log learns it.
         for (n, status) in &statuses {

@@ -392,17 +392,7 @@ impl Listener {
         let blobs = self.blobs()?;
         let (count, bytes) = blobs.retain(&live)?;
         blobs.clear_tmp()?;
-        let backups = self.data_dir.join("backups");
-        let mut folders: Vec<PathBuf> = std::fs::read_dir(&backups)
-            .map(|r| {
-                r.filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default();
-        // Named `<UTC time>_<version>`: the name sorts by time.
-        folders.sort();
+        let folders = backup_folders(&self.data_dir);
         let old = folders.len().saturating_sub(self.config.keep_backups);
         for f in folders
             .into_iter()
@@ -797,6 +787,21 @@ impl Listener {
         }
         Ok(())
     }
+}
+
+/// The host's backup folders (`backups/<UTC time>_<version>`, one
+/// `terminal-<n>` inside per terminal), oldest first: the names sort by time.
+pub fn backup_folders(data_dir: &Path) -> Vec<PathBuf> {
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(data_dir.join("backups"))
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    folders.sort();
+    folders
 }
 
 /// An upgrade's id: its start and target, within what the server accepts
