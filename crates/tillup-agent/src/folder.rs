@@ -108,6 +108,12 @@ pub struct Layout {
     /// The manifest of what the staging folder holds, written only once the
     /// staging folder is complete and checked; absent while it changes.
     pub staged_record: PathBuf,
+    /// The swap in progress, if any (see [`Layout::recover`]).
+    pub journal: PathBuf,
+    /// Where the two-rename swap parks the old folder.
+    swap_tmp: PathBuf,
+    /// Use the atomic exchange where the system has it.
+    exchange: bool,
     version_file: RelPath,
 }
 
@@ -119,6 +125,9 @@ impl Layout {
             staging: sibling(folder, "tillup-staging"),
             previous: sibling(folder, "tillup-previous"),
             staged_record: sibling(folder, "tillup-staging.manifest.json"),
+            journal: sibling(folder, "tillup-journal.json"),
+            swap_tmp: sibling(folder, "tillup-swap"),
+            exchange: true,
             version_file: RelPath::new(version_file).expect("checked when the config was loaded"),
         }
     }
@@ -269,31 +278,30 @@ impl Layout {
         Ok(())
     }
 
-    /// Swaps the staged folder in; the old one becomes previous. Returns
-    /// false when the folder already holds `version`.
+    /// Swaps the complete staged folder in; the old one becomes previous.
+    /// Returns false when the folder already holds `version`.
     pub fn commit(&self, version: &Version) -> Result<bool, FolderError> {
+        self.recover()?;
         if self.version_of(&self.folder).as_ref() == Some(version) {
             return Ok(false);
         }
-        let staged = self.version_of(&self.staging);
+        // Only a staging folder whose record says it is complete: a stage
+        // cut short leaves files but no record.
+        let staged = self.staged().and_then(|_| self.version_of(&self.staging));
         if staged.as_ref() != Some(version) {
             return Err(FolderError::NotStaged {
                 version: version.clone(),
                 staged,
             });
         }
-        // The exchange puts the old release at the staging path: the record
-        // must be gone before, or a crash between the exchange and the
-        // rename would leave it describing a folder that holds the old release.
-        remove_file_if_exists(&self.staged_record)?;
-        tillup_fs::fsync_dir(&parent_of(&self.folder))?;
-        self.swap_in(&self.staging.clone())?;
+        self.swap_in(Source::Staging, version)?;
         Ok(true)
     }
 
     /// Swaps the previous folder back in; the current one becomes previous.
     /// Returns false when the folder already holds `version`.
     pub fn rollback(&self, version: &Version) -> Result<bool, FolderError> {
+        self.recover()?;
         let current = self.version_of(&self.folder);
         if current.as_ref() == Some(version) {
             return Ok(false);
@@ -306,40 +314,172 @@ impl Layout {
                 previous,
             });
         }
-        self.swap_in(&self.previous.clone())?;
+        self.swap_in(Source::Previous, version)?;
         Ok(true)
     }
 
-    /// Puts `from` at the folder path and the old folder at the previous path.
-    fn swap_in(&self, from: &Path) -> Result<(), FolderError> {
-        let parent = parent_of(&self.folder);
-        match exchange(from, &self.folder) {
-            Ok(()) => {
-                // The old folder is now at `from`.
-                if from != self.previous {
-                    remove_dir_if_exists(&self.previous)?;
-                    std::fs::rename(from, &self.previous).at(&self.previous)?;
-                }
-            }
-            Err(e) if exchange_unsupported(&e) => {
-                let tmp = sibling(&self.folder, "tillup-swap");
-                remove_dir_if_exists(&tmp)?;
-                std::fs::rename(&self.folder, &tmp).at(&self.folder)?;
-                std::fs::rename(from, &self.folder).at(from)?;
-                remove_dir_if_exists(&self.previous)?;
-                std::fs::rename(&tmp, &self.previous).at(&tmp)?;
-            }
-            Err(e) => {
-                return Err(tillup_fs::Error::Io {
-                    path: self.folder.clone(),
-                    source: e,
-                }
-                .into());
-            }
+    fn source_path(&self, source: Source) -> &Path {
+        match source {
+            Source::Staging => &self.staging,
+            Source::Previous => &self.previous,
         }
-        tillup_fs::fsync_dir(&parent)?;
+    }
+
+    /// Puts `source` at the folder path and the old folder at the previous
+    /// path, journaled: the journal is on disk before the first rename and
+    /// removed after the last, so [`Layout::recover`] can finish the swap.
+    fn swap_in(&self, source: Source, target: &Version) -> Result<(), FolderError> {
+        let journal = SwapJournal {
+            target: target.clone(),
+            from: self.version_of(&self.folder),
+            source,
+        };
+        tillup_fs::write_json_atomic(&self.journal, &journal)?;
+        tillup_fs::fault::crash_point("agent.swap.journaled");
+        let from = self.source_path(source);
+        let exchanged = if self.exchange {
+            match exchange(from, &self.folder) {
+                Ok(()) => true,
+                Err(e) if exchange_unsupported(&e) => false,
+                Err(e) => return Err(e).at(&self.folder).map_err(Into::into),
+            }
+        } else {
+            false
+        };
+        if !exchanged {
+            // No atomic exchange here (Windows, some file systems): two
+            // renames, with the folder path empty between them. The journal
+            // says how to finish.
+            remove_dir_if_exists(&self.swap_tmp)?;
+            rename(&self.folder, &self.swap_tmp)?;
+            tillup_fs::fault::crash_point("agent.swap.half");
+            rename(from, &self.folder)?;
+        }
+        tillup_fs::fsync_dir(&parent_of(&self.folder))?;
+        tillup_fs::fault::crash_point("agent.swap.exchanged");
+        self.settle(&journal)?;
         Ok(())
     }
+
+    /// Finishes or undoes a swap cut short (by a crash or a failed rename),
+    /// as its journal describes, so that the folder path names a complete
+    /// folder, all old or all new, and the previous path the other one.
+    /// Does nothing without a journal; safe to run any number of times.
+    /// Returns what it did, to be told in the agent's status.
+    pub fn recover(&self) -> Result<Option<String>, FolderError> {
+        let journal: SwapJournal = match std::fs::read(&self.journal) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(j) => j,
+                Err(e) => {
+                    // Written atomically, so only a hand edit gets here.
+                    tracing::error!(
+                        "the swap journal {} is unreadable ({e}); keeping the folder as it is",
+                        self.journal.display()
+                    );
+                    remove_file_if_exists(&self.journal)?;
+                    return Ok(None);
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).at(&self.journal).map_err(Into::into),
+        };
+        let from = self.source_path(journal.source).to_owned();
+        if !self.folder.exists() {
+            // The two-rename swap stopped between its renames: finish it
+            // when the new folder is whole, else put the old one back.
+            if self.version_of(&from).as_ref() == Some(&journal.target) {
+                rename(&from, &self.folder)?;
+            } else if self.swap_tmp.exists() {
+                rename(&self.swap_tmp, &self.folder)?;
+            }
+            tillup_fs::fsync_dir(&parent_of(&self.folder))?;
+        }
+        let done = self.version_of(&self.folder).as_ref() == Some(&journal.target);
+        if done {
+            self.settle(&journal)?;
+        } else {
+            remove_file_if_exists(&self.journal)?;
+            tillup_fs::fsync_dir(&parent_of(&self.journal))?;
+        }
+        let what = if done { "finished" } else { "undid" };
+        let message = format!(
+            "{what} a swap to {} that was cut short; the folder holds {}",
+            journal.target,
+            show(&self.version_of(&self.folder))
+        );
+        tracing::warn!("{message}");
+        Ok(Some(message))
+    }
+
+    /// The last part of a swap whose folder path holds the target: the old
+    /// folder (at the swap's source path after an exchange, or at the
+    /// temporary path after two renames) becomes previous. Repeatable.
+    fn settle(&self, journal: &SwapJournal) -> Result<(), FolderError> {
+        let parent = parent_of(&self.folder);
+        if journal.source == Source::Staging {
+            // The staging path now holds the old release, not what its
+            // record describes.
+            remove_file_if_exists(&self.staged_record)?;
+            tillup_fs::fsync_dir(&parent)?;
+        }
+        tillup_fs::fault::crash_point("agent.swap.settling");
+        let from = self.source_path(journal.source);
+        let old = if self.swap_tmp.exists() {
+            Some(self.swap_tmp.as_path())
+        } else if from != self.previous && from.exists() {
+            Some(from)
+        } else {
+            None
+        };
+        if let Some(old) = old {
+            remove_dir_if_exists(&self.previous)?;
+            rename(old, &self.previous)?;
+        }
+        tillup_fs::fsync_dir(&parent)?;
+        remove_file_if_exists(&self.journal)?;
+        tillup_fs::fsync_dir(&parent_of(&self.journal))?;
+        Ok(())
+    }
+}
+
+/// Which folder a swap puts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Source {
+    Staging,
+    Previous,
+}
+
+/// A swap in progress: on disk before its first rename, gone after its last.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SwapJournal {
+    /// The version the folder will hold.
+    target: Version,
+    /// The version it held before.
+    from: Option<Version>,
+    /// Where the new folder comes from.
+    source: Source,
+}
+
+/// Renames, retrying on Windows while another process (an antivirus, an
+/// indexer, a POS helper) briefly holds a file open inside the folder.
+fn rename(from: &Path, to: &Path) -> Result<(), tillup_fs::Error> {
+    #[cfg(windows)]
+    {
+        const SHARING: [i32; 3] = [5, 32, 33]; // access denied, sharing and lock violations
+        let mut wait = std::time::Duration::from_millis(100);
+        for _ in 0..8 {
+            match std::fs::rename(from, to) {
+                Err(e) if e.raw_os_error().is_some_and(|c| SHARING.contains(&c)) => {
+                    tracing::warn!("{} is in use ({e}); retrying in {wait:?}", from.display());
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                }
+                other => return other.at(from),
+            }
+        }
+    }
+    std::fs::rename(from, to).at(from)
 }
 
 fn parent_of(folder: &Path) -> PathBuf {
@@ -357,8 +497,13 @@ fn remove_file_if_exists(path: &Path) -> Result<(), tillup_fs::Error> {
     }
 }
 
+/// Removes a folder, or a file left at its path.
 fn remove_dir_if_exists(dir: &Path) -> Result<(), tillup_fs::Error> {
-    match std::fs::remove_dir_all(dir) {
+    let result = match std::fs::symlink_metadata(dir) {
+        Ok(m) if !m.is_dir() => std::fs::remove_file(dir),
+        _ => std::fs::remove_dir_all(dir),
+    };
+    match result {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).at(dir),
         _ => Ok(()),
     }
@@ -487,32 +632,111 @@ mod tests {
         assert!(!f.layout.staged_record.exists());
     }
 
-    /// Regression: the staging record was removed after the swap, so a
-    /// crash between the exchange and the rename left a record describing
-    /// the staging path, which then held the old release.
+    const CUTS: [&str; 4] = [
+        "agent.swap.journaled",
+        "agent.swap.half",
+        "agent.swap.exchanged",
+        "agent.swap.settling",
+    ];
+
+    /// Runs `op` with a crash at `cut`; true if the crash point was reached.
+    fn crash_at(cut: &str, op: impl FnOnce() -> Result<bool, FolderError>) -> bool {
+        tillup_fs::fault::panic_at_in_this_thread(Some(cut));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(op));
+        tillup_fs::fault::panic_at_in_this_thread(None);
+        r.is_err()
+    }
+
+    /// A swap cut at any point leaves the folder all old or all new, and
+    /// recovery makes previous the other one and forgets the journal; a
+    /// commit and a rollback repeated after it then do the right thing.
     #[test]
-    fn commit_removes_the_staging_record_before_it_swaps() {
+    fn a_swap_cut_anywhere_is_finished_or_undone() {
+        for exchange in [true, false] {
+            for cut in CUTS {
+                let mut f = fixture();
+                f.layout.exchange = exchange;
+                receive(&f, &f.new);
+                let old = scan(&f.layout.folder);
+                let req = request(&f, "2.0.0");
+                f.layout.stage(&old, &f.store, &req).unwrap();
+                let (v1, v2) = (Version::new(1, 0, 0), Version::new(2, 0, 0));
+                let ctx = format!("commit cut at {cut}, exchange: {exchange}");
+                let reached = crash_at(cut, || f.layout.commit(&v2));
+                if !reached {
+                    // `agent.swap.half` is only on the two-rename path.
+                    assert!(exchange && cut == "agent.swap.half", "{ctx}");
+                    continue;
+                }
+                if f.layout.folder.exists() {
+                    let now = scan(&f.layout.folder);
+                    assert!(now == old || now == req.manifest, "{ctx}: a mix");
+                } else {
+                    assert_eq!(cut, "agent.swap.half", "{ctx}: no folder");
+                }
+                assert!(f.layout.journal.exists(), "{ctx}");
+                assert!(f.layout.recover().unwrap().is_some(), "{ctx}");
+                assert!(!f.layout.journal.exists(), "{ctx}");
+                let now = scan(&f.layout.folder);
+                if now == req.manifest {
+                    assert_eq!(scan(&f.layout.previous), old, "{ctx}");
+                    assert!(f.layout.staged().is_none(), "{ctx}: stale record");
+                } else {
+                    assert_eq!(now, old, "{ctx}");
+                    // Undone: the staging folder is still whole and committable.
+                    assert!(f.layout.staged().is_some(), "{ctx}");
+                }
+                f.layout.commit(&v2).unwrap();
+                assert_eq!(scan(&f.layout.folder), req.manifest, "{ctx}");
+                assert_eq!(scan(&f.layout.previous), old, "{ctx}");
+
+                // The same for a rollback cut at that point.
+                let ctx = format!("rollback cut at {cut}, exchange: {exchange}");
+                if !crash_at(cut, || f.layout.rollback(&v1)) {
+                    continue;
+                }
+                let recovered = f.layout.recover().unwrap();
+                assert!(recovered.is_some(), "{ctx}");
+                let now = scan(&f.layout.folder);
+                let other = if now == old { &req.manifest } else { &old };
+                assert!(now == old || now == req.manifest, "{ctx}: a mix");
+                assert_eq!(&scan(&f.layout.previous), other, "{ctx}");
+                f.layout.rollback(&v1).unwrap();
+                assert_eq!(scan(&f.layout.folder), old, "{ctx}");
+                assert_eq!(scan(&f.layout.previous), req.manifest, "{ctx}");
+            }
+        }
+    }
+
+    /// A staging folder whose stage was cut short (no record) is never
+    /// swapped in, even when its version file is there.
+    #[test]
+    fn commit_refuses_a_staging_folder_without_its_record() {
         let f = fixture();
         receive(&f, &f.new);
-        let current = scan(&f.layout.folder);
+        let old = scan(&f.layout.folder);
         f.layout
-            .stage(&current, &f.store, &request(&f, "2.0.0"))
+            .stage(&old, &f.store, &request(&f, "2.0.0"))
             .unwrap();
-        assert!(f.layout.staged_record.is_file());
-        // A file where the previous folder goes makes the swap fail after
-        // the folder changed hands, as a crash there would.
+        std::fs::remove_file(&f.layout.staged_record).unwrap();
+        let err = f.layout.commit(&Version::new(2, 0, 0)).unwrap_err();
+        assert!(matches!(err, FolderError::NotStaged { .. }), "{err}");
+        assert_eq!(scan(&f.layout.folder), old);
+    }
+
+    /// Junk at the previous path (a file, say) does not stop a swap.
+    #[test]
+    fn a_file_at_the_previous_path_is_replaced() {
+        let f = fixture();
+        receive(&f, &f.new);
+        let old = scan(&f.layout.folder);
+        f.layout
+            .stage(&old, &f.store, &request(&f, "2.0.0"))
+            .unwrap();
         std::fs::write(&f.layout.previous, "in the way").unwrap();
-        f.layout.commit(&Version::new(2, 0, 0)).unwrap_err();
-        assert_eq!(
-            f.layout.version_of(&f.layout.folder),
-            Some(Version::new(2, 0, 0))
-        );
-        assert!(
-            !f.layout.staged_record.exists(),
-            "a record is left for a staging path that now holds {:?}",
-            f.layout.version_of(&f.layout.staging)
-        );
-        assert!(f.layout.staged().is_none());
+        assert!(f.layout.commit(&Version::new(2, 0, 0)).unwrap());
+        assert_eq!(scan(&f.layout.previous), old);
+        assert!(!f.layout.journal.exists());
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         .prefix(".tmp-")
         .tempfile_in(dir)
         .at(dir)?;
+    crate::fault::charge(bytes.len()).at(tmp.path())?;
     tmp.write_all(bytes).at(tmp.path())?;
     tmp.as_file().sync_data().at(tmp.path())?;
     persist(tmp, path)?;

@@ -98,6 +98,7 @@ impl BlobStore {
                 Err(e) => return Err(e).at(tmp.path()),
             };
             hasher.update(&buf[..n]);
+            crate::fault::charge(n).at(tmp.path())?;
             tmp.write_all(&buf[..n]).at(tmp.path())?;
             total += n as u64;
             if size.is_some_and(|s| total > s) {

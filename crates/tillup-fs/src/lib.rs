@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 mod atomic;
 mod blobs;
+pub mod fault;
 mod scan;
 
 pub use atomic::{fsync_dir, write_atomic, write_json_atomic};

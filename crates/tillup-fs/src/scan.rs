@@ -213,6 +213,7 @@ fn copy_checked(from: &Path, to: &Path, f: &FileEntry) -> Result<(), Error> {
             Err(e) => return Err(e).at(from),
         };
         hasher.update(&buf[..n]);
+        crate::fault::charge(n).at(to)?;
         io::Write::write_all(&mut out, &buf[..n]).at(to)?;
         total += n as u64;
     }
