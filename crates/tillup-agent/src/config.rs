@@ -28,6 +28,11 @@ pub struct Config {
     /// The largest blob `PUT /v1/blobs/{sha256}` accepts, in bytes.
     #[serde(default = "eight_gib")]
     pub max_blob_bytes: u64,
+    /// If the host goes silent this long while the main program is stopped
+    /// (or a new release waits for its health check), the agent starts the
+    /// main program on whatever folder is committed (and checks it).
+    #[serde(default = "ten_minutes")]
+    pub watchdog_secs: u64,
     /// The main program.
     pub main: MainConfig,
 }
@@ -66,6 +71,9 @@ fn default_version_file() -> String {
 }
 fn eight_gib() -> u64 {
     8 << 30
+}
+fn ten_minutes() -> u64 {
+    600
 }
 fn ten() -> u64 {
     10

@@ -171,7 +171,11 @@ async fn auth(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Resp
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or(b"");
     if bool::from(given.ct_eq(agent.config().token.as_bytes())) {
-        next.run(req).await
+        agent.touch();
+        let response = next.run(req).await;
+        // A long request (a stop waiting for a sale) is contact throughout.
+        agent.touch();
+        response
     } else {
         AgentError::Unauthorized.into_response()
     }
@@ -242,7 +246,7 @@ async fn health(
             e.body_text()
         ))
     })?;
-    Ok(Json(a.health(&q.version).await))
+    a.health(&q.version).await.map(Json)
 }
 
 /// The start offset of a `Range: bytes=N-` header; other forms are refused.

@@ -16,12 +16,13 @@
 pub mod config;
 pub mod folder;
 pub mod http;
+pub mod memory;
 pub mod supervisor;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use semver::Version;
 use tillup_core::api::{
@@ -30,6 +31,8 @@ use tillup_core::api::{
 };
 use tillup_core::{Manifest, RelPath, Sha256Hex};
 use tillup_fs::{BlobStore, HashCache};
+
+use memory::{Memory, Trial};
 
 pub use config::Config;
 pub use http::{AgentError, app};
@@ -45,6 +48,10 @@ pub struct Agent {
     folder_ops: tokio::sync::Mutex<()>,
     /// Hash → path in the folder, from the last scan.
     index: Mutex<Option<HashMap<Sha256Hex, RelPath>>>,
+    /// What survives a restart of the agent (see [`memory`]).
+    memory: Mutex<Memory>,
+    /// The last time the host asked anything (for the watchdog).
+    last_contact: Mutex<Instant>,
 }
 
 impl Agent {
@@ -61,6 +68,18 @@ impl Agent {
         let store = BlobStore::open(state_dir.join("blobs"))?;
         let _ = store.clean_tmp();
         let layout = folder::Layout::new(&config.folder, &config.version_file);
+        let mut memory = Memory::load(&Memory::path(&state_dir));
+        // A power cut in the middle of a swap: put the folder back to all
+        // old or all new before anything else looks at it.
+        if let Some(what) = layout.recover()? {
+            memory.notice(what);
+        }
+        if let Some(t) = &memory.trial
+            && layout.version_of(&layout.folder).as_ref() != Some(&t.version)
+        {
+            memory.trial = None;
+        }
+        memory.save(&Memory::path(&state_dir))?;
         let supervisor = supervisor::Supervisor::new(config.main.clone(), &state_dir);
         Ok(Arc::new(Self {
             layout,
@@ -69,8 +88,32 @@ impl Agent {
             state_dir,
             folder_ops: tokio::sync::Mutex::new(()),
             index: Mutex::new(None),
+            memory: Mutex::new(memory),
+            last_contact: Mutex::new(Instant::now()),
             config,
         }))
+    }
+
+    /// Changes the remembered state and writes it before the caller acts on it.
+    fn remember(&self, change: impl FnOnce(&mut Memory)) -> Result<(), AgentError> {
+        let mut m = self.memory.lock().expect("not poisoned");
+        let mut next = m.clone();
+        change(&mut next);
+        if next != *m {
+            next.save(&Memory::path(&self.state_dir))
+                .map_err(AgentError::internal)?;
+            *m = next;
+        }
+        Ok(())
+    }
+
+    fn memory(&self) -> Memory {
+        self.memory.lock().expect("not poisoned").clone()
+    }
+
+    /// The host asked something: the watchdog waits again.
+    pub fn touch(&self) {
+        *self.last_contact.lock().expect("not poisoned") = Instant::now();
     }
 
     /// The configuration it runs with.
@@ -93,19 +136,30 @@ impl Agent {
             staged: self.layout.version_of(&self.layout.staging),
             previous: self.layout.version_of(&self.layout.previous),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            notices: self.memory().notices,
         })
     }
 
-    /// `POST /v1/stop`.
+    /// `POST /v1/stop`. Remembered first, so that a restarted agent leaves
+    /// it stopped for the host and the watchdog bounds how long.
     pub async fn stop(&self, busy_timeout: Option<Duration>) -> Result<StopReport, AgentError> {
         let _op = self.folder_ops.lock().await;
+        self.remember(|m| {
+            m.stopped_by_host.get_or_insert_with(jiff::Timestamp::now);
+        })?;
         Ok(self.supervisor.stop(busy_timeout).await?)
     }
 
     /// `POST /v1/start`.
     pub async fn start(&self) -> Result<StartReport, AgentError> {
         let _op = self.folder_ops.lock().await;
-        Ok(self.supervisor.start().await?)
+        self.start_locked().await
+    }
+
+    async fn start_locked(&self) -> Result<StartReport, AgentError> {
+        let report = self.supervisor.start().await?;
+        self.remember(|m| m.stopped_by_host = None)?;
+        Ok(report)
     }
 
     /// Scans the folder (with the hash cache in STATE) and remembers where each hash lives.
@@ -209,7 +263,22 @@ impl Agent {
                 "the main program is running: stop the main program first (POST /v1/stop)".into(),
             ));
         }
-        self.swap(version, folder::Layout::commit).await
+        // On trial from before the swap: a crash right after it still
+        // leaves the agent knowing what to put back if it is unhealthy.
+        let previous = self.layout.version_of(&self.layout.folder);
+        if let Some(previous) = previous.clone() {
+            self.remember(|m| {
+                m.trial = Some(Trial {
+                    version: version.clone(),
+                    previous,
+                })
+            })?;
+        }
+        let result = self.swap(version, folder::Layout::commit).await;
+        if result.is_err() && self.layout.version_of(&self.layout.folder) == previous {
+            self.remember(|m| m.trial = None)?;
+        }
+        result
     }
 
     /// `POST /v1/rollback`: stops the main program first if it runs (as
@@ -238,7 +307,9 @@ impl Agent {
             let stop = self.supervisor.stop(None).await?;
             tracing::info!(?stop, "stopped the main program to roll back");
         }
-        self.swap(version, folder::Layout::rollback).await
+        let report = self.swap(version, folder::Layout::rollback).await?;
+        self.remember(|m| m.trial = None)?;
+        Ok(report)
     }
 
     /// Whether the folder holds `version`.
@@ -264,14 +335,105 @@ impl Agent {
         Ok(SwapReport { version, swapped })
     }
 
-    /// `GET /v1/health?version=…`.
-    pub async fn health(&self, version: &Version) -> HealthReport {
-        self.supervisor
-            .health(
-                version,
-                Duration::from_secs(self.config.main.health_timeout_secs),
-            )
-            .await
+    /// `GET /v1/health?version=…`: waits for the main program to report
+    /// `version`. When `version` is on trial (just swapped in) and is not
+    /// healthy, the agent puts the previous release back itself, starts it,
+    /// and says so in the report, whatever becomes of the host.
+    pub async fn health(&self, version: &Version) -> Result<HealthReport, AgentError> {
+        let _op = self.folder_ops.lock().await;
+        self.health_locked(version).await
+    }
+
+    async fn health_locked(&self, version: &Version) -> Result<HealthReport, AgentError> {
+        let timeout = Duration::from_secs(self.config.main.health_timeout_secs);
+        tillup_fs::fault::crash_point("agent.health");
+        let mut report = self.supervisor.health(version, timeout).await;
+        let trial = self
+            .memory()
+            .trial
+            .filter(|t| &t.version == version && self.holds(version));
+        let Some(trial) = trial else {
+            return Ok(report);
+        };
+        if report.healthy {
+            self.remember(|m| m.trial = None)?;
+            return Ok(report);
+        }
+        if self.supervisor.is_running() {
+            self.supervisor.stop(None).await?;
+        }
+        self.swap(trial.previous.clone(), folder::Layout::rollback)
+            .await?;
+        tillup_fs::fault::crash_point("agent.health.rolled_back");
+        let started = self.supervisor.start().await;
+        let words = report.message.clone();
+        self.remember(|m| {
+            m.trial = None;
+            m.notice(format!(
+                "version {version} was not healthy ({words}); put {} back{}",
+                trial.previous,
+                match &started {
+                    Ok(_) => " and started it".to_owned(),
+                    Err(e) => format!(", but it would not start: {e}"),
+                }
+            ));
+        })?;
+        started?;
+        report.rolled_back_to = Some(trial.previous);
+        Ok(report)
+    }
+
+    /// The watchdog's look, every tick: if the host has been silent for
+    /// `watchdog_secs` while the main program is stopped, start it on
+    /// whatever folder is committed; if a release is still on trial, check
+    /// it (rolling it back if unhealthy). Skipped while a request works.
+    pub async fn watch(&self) {
+        let bound = Duration::from_secs(self.config.watchdog_secs);
+        let silent = self.last_contact.lock().expect("not poisoned").elapsed();
+        if silent < bound {
+            return;
+        }
+        let Ok(_op) = self.folder_ops.try_lock() else {
+            return;
+        };
+        let memory = self.memory();
+        if memory.stopped_by_host.is_some() {
+            let result = if self.supervisor.is_running() {
+                self.remember(|m| m.stopped_by_host = None)
+            } else {
+                let version = self.layout.version_of(&self.layout.folder);
+                self.start_locked().await.and_then(|_| {
+                    self.remember(|m| {
+                        m.notice(format!(
+                            "the host was silent for {} s while the main program was stopped: started it again on version {}",
+                            silent.as_secs(),
+                            version.map_or_else(|| "unknown".to_owned(), |v| v.to_string())
+                        ))
+                    })
+                })
+            };
+            if let Err(e) = result {
+                tracing::error!("watchdog: could not start the main program: {e}");
+                return;
+            }
+        }
+        if let Some(trial) = memory.trial
+            && self.supervisor.is_running()
+        {
+            match self.health_locked(&trial.version).await {
+                Ok(r) if r.healthy => {
+                    let _ = self.remember(|m| {
+                        m.notice(format!(
+                            "the host was silent for {} s: checked version {} myself, it is healthy",
+                            silent.as_secs(),
+                            trial.version
+                        ))
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!("watchdog: the health check failed: {e}"),
+            }
+        }
     }
 }
 
@@ -291,12 +453,27 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         writeln!(out, "listening on http://{addr}")?;
         out.flush()?;
     }
-    if autostart
+    if agent.memory().stopped_by_host.is_some() {
+        tracing::warn!(
+            "the host stopped the main program before this agent restarted: leaving it to the host, or to the watchdog in {} s",
+            agent.config.watchdog_secs
+        );
+    } else if autostart
         && !agent.supervisor.is_running()
         && let Err(e) = agent.start().await
     {
         tracing::error!("could not start the main program at start-up: {e}");
     }
+    let watchdog = Arc::clone(&agent);
+    let tick = Duration::from_secs(agent.config.watchdog_secs)
+        .div_f32(4.0)
+        .clamp(Duration::from_millis(100), Duration::from_secs(1));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(tick).await;
+            watchdog.watch().await;
+        }
+    });
     axum::serve(listener, app(agent))
         .with_graceful_shutdown(shutdown())
         .await?;

@@ -324,6 +324,7 @@ impl Supervisor {
             healthy: false,
             version,
             message,
+            rolled_back_to: None,
         };
         loop {
             match self.state() {
@@ -355,6 +356,7 @@ impl Supervisor {
                         healthy: true,
                         version: Some(v),
                         message: String::new(),
+                        rolled_back_to: None,
                     };
                 }
                 Ok(v) => {

@@ -60,6 +60,44 @@ struct Harness {
     http: reqwest::Client,
 }
 
+/// Starts the agent binary on `config`; returns it and its base URL.
+fn spawn_agent(config: &Path) -> (Child, String) {
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_tillup-agent"))
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = agent.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the agent printed no address within 20 s");
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (agent, base)
+}
+
+/// Waits, without a word to the agent, until `cond` holds (at most 30 s).
+async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..300 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("waited 30 s for {what}");
+}
+
 impl Harness {
     fn folder(&self) -> PathBuf {
         self.dir.path().join("cupos")
@@ -72,6 +110,10 @@ impl Harness {
     }
 
     fn start(busy_timeout_secs: u64) -> Self {
+        Self::with_watchdog(busy_timeout_secs, 600)
+    }
+
+    fn with_watchdog(busy_timeout_secs: u64, watchdog_secs: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         program_folder(&dir.path().join("cupos"), "1.0.0");
         let state = dir.path().join("state");
@@ -83,6 +125,7 @@ token = "{TOKEN}"
 listen = "127.0.0.1:0"
 folder = {folder:?}
 state_dir = {state:?}
+watchdog_secs = {watchdog_secs}
 [main]
 command = ["{{folder}}/bin/pos-sim", "run", "--folder", "{{folder}}", "--state", {pos:?}]
 stop_timeout_secs = 5
@@ -98,28 +141,7 @@ health_timeout_secs = 10
         );
         let config_path = dir.path().join("agent.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut agent = Command::new(env!("CARGO_BIN_EXE_tillup-agent"))
-            .arg("--config")
-            .arg(&config_path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = agent.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the agent printed no address within 20 s");
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let (agent, base) = spawn_agent(&config_path);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -130,6 +152,24 @@ health_timeout_secs = 10
             base,
             http,
         }
+    }
+
+    /// Kills the agent with SIGKILL (its main program lives on) and starts it again.
+    fn restart(&mut self) {
+        self.agent.kill().unwrap();
+        self.agent.wait().unwrap();
+        let (agent, base) = spawn_agent(&self.dir.path().join("agent.toml"));
+        self.agent = agent;
+        self.base = base;
+    }
+
+    /// Whether the main program runs, from its pid file alone.
+    fn main_alive(&self) -> bool {
+        std::fs::read_to_string(self.state().join("main.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
     }
 
     fn url(&self, route: &str) -> String {
@@ -520,9 +560,20 @@ async fn a_release_that_fails_health_is_reported_with_its_own_words() {
         "{report:?}"
     );
     assert!(report.message.contains("code 3"), "{report:?}");
-    assert_eq!(h.status().await.main, MainState::Exited { code: Some(3) });
-    // Back to the old release.
-    let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
+    // The agent put the old release back and started it by itself.
+    assert_eq!(report.rolled_back_to, Some("1.0.0".parse().unwrap()));
+    let s = h.status().await;
+    assert!(running(&s), "{s:?}");
+    assert_eq!(s.version, Some("1.0.0".parse().unwrap()));
+    let notice = &s.notices.last().expect("a notice").message;
+    assert!(
+        notice.contains("3.0.0 was not healthy")
+            && notice.contains("database schema 7")
+            && notice.contains("put 1.0.0 back and started it"),
+        "{notice}"
+    );
+    h.healthy("1.0.0").await;
+    // The host's own rollback, arriving after, changes nothing.
     let back: SwapReport = h
         .post(
             routes::ROLLBACK,
@@ -531,8 +582,77 @@ async fn a_release_that_fails_health_is_reported_with_its_own_words() {
             },
         )
         .await;
-    assert!(back.swapped);
+    assert!(!back.swapped);
+    h.healthy("1.0.0").await;
+}
+
+/// The host goes silent while the main program is stopped: the agent
+/// starts it again by itself and says so; an agent killed and restarted
+/// meanwhile does not start it under the host's feet, but its watchdog does.
+#[tokio::test]
+async fn the_watchdog_restarts_a_main_program_the_host_left_stopped() {
+    let mut h = Harness::with_watchdog(60, 2);
+    h.healthy("1.0.0").await;
+    let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
+    assert!(!h.main_alive());
+    wait_for("the watchdog to start the main program", || h.main_alive()).await;
+    let s = h.status().await;
+    assert!(running(&s), "{s:?}");
+    let notice = &s.notices.last().expect("a notice").message;
+    assert!(
+        notice.contains("silent") && notice.contains("started it again on version 1.0.0"),
+        "{notice}"
+    );
+
+    let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
+    h.restart();
+    let s = h.status().await;
+    assert_eq!(
+        s.main,
+        MainState::Stopped,
+        "autostarted under the host's feet"
+    );
+    wait_for("the watchdog to start the main program", || h.main_alive()).await;
+    h.healthy("1.0.0").await;
+}
+
+/// A release swapped in, started, and then left by a silent host: the
+/// watchdog checks it, finds it unhealthy, and puts the old one back.
+#[tokio::test]
+async fn the_watchdog_rolls_back_an_unhealthy_release_the_host_left() {
+    let h = Harness::with_watchdog(60, 2);
+    h.healthy("1.0.0").await;
+    let old = scan(&h.folder());
+    let new = release(&h, "2.0.0", None);
+    write(&new, "UNHEALTHY", b"printer driver 4 is missing\n");
+    h.send_and_stage(&new, "2.0.0").await;
+    let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
+    let v2 = SwapRequest {
+        version: "2.0.0".parse().unwrap(),
+    };
+    assert!(h.post::<_, SwapReport>(routes::COMMIT, &v2).await.swapped);
     let _: StartReport = h.post(routes::START, &()).await;
+    let version = h.folder().join("VERSION");
+    wait_for("the watchdog to put 1.0.0 back", || {
+        std::fs::read_to_string(&version).is_ok_and(|v| v.trim() == "1.0.0")
+    })
+    .await;
+    wait_for("the old release to run", || h.main_alive()).await;
+    // The same files, but for the sales the restarted program logged.
+    let files = |m: Manifest| -> Vec<_> {
+        m.files()
+            .iter()
+            .filter(|f| f.path.as_str() != "data/sales.log")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(files(scan(&h.folder())), files(old));
+    let s = h.status().await;
+    let notice = &s.notices.last().expect("a notice").message;
+    assert!(
+        notice.contains("2.0.0 was not healthy") && notice.contains("printer driver 4"),
+        "{notice}"
+    );
     h.healthy("1.0.0").await;
 }
 
@@ -557,13 +677,6 @@ async fn a_running_unhealthy_release_is_rolled_back_without_a_stop_first() {
     };
     assert!(h.post::<_, SwapReport>(routes::COMMIT, &v2).await.swapped);
     let started: StartReport = h.post(routes::START, &()).await;
-
-    let report = h.health("2.0.0").await;
-    assert!(!report.healthy, "{report:?}");
-    assert!(
-        report.message.contains("printer driver 4 is missing"),
-        "{report:?}"
-    );
     let running_new = MainState::Running { pid: started.pid };
     assert_eq!(h.status().await.main, running_new, "it keeps running");
 

@@ -137,6 +137,18 @@ pub struct AgentStatus {
     /// The version kept for rollback, if any.
     pub previous: Option<Version>,
     pub agent_version: String,
+    /// What the agent did on its own (finished a cut swap, restarted the
+    /// main program when the host went silent, rolled back an unhealthy
+    /// release), newest last.
+    #[serde(default)]
+    pub notices: Vec<Notice>,
+}
+
+/// Something the agent did on its own, for the host to report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    pub at: Timestamp,
+    pub message: String,
 }
 
 /// `POST /v1/stop`.
@@ -212,4 +224,8 @@ pub struct HealthReport {
     pub version: Option<Version>,
     /// The program's own words when it is not healthy.
     pub message: String,
+    /// Set when the agent, finding the release it just swapped in
+    /// unhealthy, put this version back and started it.
+    #[serde(default)]
+    pub rolled_back_to: Option<Version>,
 }
