@@ -75,6 +75,10 @@ pub struct Failure {
     pub during: String,
     pub message: String,
     pub at: Timestamp,
+    /// It failed because something else did (the canary, the store's
+    /// transfer, a halt), not on its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub knock_on: bool,
 }
 
 /// One terminal's part of the upgrade.
@@ -140,6 +144,25 @@ pub enum Effect {
 }
 
 impl Effect {
+    /// Its kind, without the terminal: `commit`, `check_health`, …
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Effect::Prefetch => "prefetch",
+            Effect::Prestage(_) => "prestage",
+            Effect::Stop(_) => "stop",
+            Effect::Collect(_) => "collect",
+            Effect::UploadBackup => "upload_backup",
+            Effect::Process => "process",
+            Effect::Deliver => "deliver",
+            Effect::Stage(_) => "stage",
+            Effect::Commit(_) => "commit",
+            Effect::Start(_) => "start",
+            Effect::CheckHealth(_) => "check_health",
+            Effect::Rollback(_) => "rollback",
+            Effect::SendReport => "send_report",
+        }
+    }
+
     /// The terminal a per-terminal effect acts on.
     pub fn terminal(&self) -> Option<u32> {
         match self {
@@ -196,6 +219,35 @@ pub struct Upgrade {
     pub prefetched: bool,
     /// A store-wide failure (upload, processing, delivery), if any.
     pub failure: Option<Failure>,
+    /// How the terminals after the canary are installed.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Set when the upgrade halted, saying why.
+    #[serde(default)]
+    pub halted: Option<Failure>,
+}
+
+/// How a store's terminals are installed after the canary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The canary, if it is to be another than the lowest terminal number.
+    pub canary: Option<u32>,
+    /// How many terminals are between their swap and their health check
+    /// at once, after the canary.
+    pub parallel: u32,
+    /// Halt when more than this share (percent) of the terminals after the
+    /// canary fail: those not swapped yet stay on the old release.
+    pub halt_percent: u8,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            canary: None,
+            parallel: u32::MAX,
+            halt_percent: 100,
+        }
+    }
 }
 
 /// A terminal to upgrade.
@@ -207,15 +259,15 @@ pub struct Planned {
 }
 
 impl Upgrade {
-    /// A new upgrade of `terminals`; the canary is `canary` if it is one of
-    /// them, else the lowest number.
+    /// A new upgrade of `terminals`; the canary is `policy.canary` if it
+    /// is one of them, else the lowest number.
     pub fn new(
         id: String,
         channel: String,
         started: Timestamp,
         trigger: Trigger,
         terminals: Vec<Planned>,
-        canary: Option<u32>,
+        policy: Policy,
     ) -> Self {
         let terminals: BTreeMap<u32, TerminalRun> = terminals
             .into_iter()
@@ -232,7 +284,8 @@ impl Upgrade {
                 (p.number, run)
             })
             .collect();
-        let canary = canary
+        let canary = policy
+            .canary
             .filter(|c| terminals.contains_key(c))
             .or_else(|| terminals.keys().next().copied())
             .unwrap_or(0);
@@ -248,6 +301,12 @@ impl Upgrade {
             reported: false,
             prefetched: false,
             failure: None,
+            policy: Policy {
+                canary: Some(canary),
+                parallel: policy.parallel.max(1),
+                halt_percent: policy.halt_percent.min(100),
+            },
+            halted: None,
         };
         u.advance(started);
         u
@@ -309,13 +368,20 @@ impl Upgrade {
                     .terminals
                     .get(&self.canary)
                     .is_some_and(|c| c.step == Step::Upgraded);
+                // At most `parallel` terminals between swap and health check.
+                let installing = self
+                    .active()
+                    .filter(|t| matches!(t.step, Step::Committed | Step::Started))
+                    .count();
+                let mut room = (self.policy.parallel as usize).saturating_sub(installing);
                 for t in self.active() {
                     let may_swap = t.number == self.canary || canary_ok;
                     match t.step {
                         Step::Collected => {
                             out.insert(Effect::Stage(t.number));
                         }
-                        Step::Staged if may_swap => {
+                        Step::Staged if may_swap && room > 0 => {
+                            room -= 1;
                             out.insert(Effect::Commit(t.number));
                         }
                         Step::Committed => {
@@ -429,6 +495,15 @@ impl Upgrade {
     }
 
     fn fail_terminal(t: &mut TerminalRun, during: &str, message: String, now: Timestamp) {
+        Self::fail(t, during, message, now, false);
+    }
+
+    /// Fails `t` because something else failed.
+    fn hold_back(t: &mut TerminalRun, during: &str, message: String, now: Timestamp) {
+        Self::fail(t, during, message, now, true);
+    }
+
+    fn fail(t: &mut TerminalRun, during: &str, message: String, now: Timestamp, knock_on: bool) {
         if !t.active() {
             return;
         }
@@ -437,6 +512,7 @@ impl Upgrade {
             during: during.to_owned(),
             message,
             at: now,
+            knock_on,
         });
         t.step = Step::Restoring {
             committed,
@@ -503,9 +579,10 @@ impl Upgrade {
                     during: during.to_owned(),
                     message: message.clone(),
                     at: now,
+                    knock_on: false,
                 });
                 for t in self.terminals.values_mut() {
-                    Self::fail_terminal(
+                    Self::hold_back(
                         t,
                         during,
                         format!("the store's {during} failed: {message}"),
@@ -531,7 +608,7 @@ impl Upgrade {
                 // Whatever their step, those not swapped yet are not touched
                 // further (none can have swapped: they wait for the canary).
                 if t.active() && !matches!(t.step, Step::Committed | Step::Started) {
-                    Self::fail_terminal(
+                    Self::hold_back(
                         t,
                         "canary",
                         format!("not installed: the canary terminal {canary} failed"),
@@ -540,6 +617,62 @@ impl Upgrade {
                 }
             }
         }
+        self.halt_if_too_many_failed(now);
+    }
+
+    /// Halts the upgrade once more than `halt_percent` percent of the
+    /// terminals after the canary failed on their own: those not swapped
+    /// yet stay on the old release (and are restarted on it).
+    fn halt_if_too_many_failed(&mut self, now: Timestamp) {
+        if self.halted.is_some() {
+            return;
+        }
+        let rest: Vec<&TerminalRun> = self
+            .terminals
+            .values()
+            .filter(|t| t.number != self.canary)
+            .collect();
+        let failed: Vec<u32> = rest
+            .iter()
+            .filter(|t| t.failure.as_ref().is_some_and(|f| !f.knock_on))
+            .map(|t| t.number)
+            .collect();
+        if rest.is_empty()
+            || failed.len() * 100 <= usize::from(self.policy.halt_percent) * rest.len()
+        {
+            return;
+        }
+        let list = failed
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let why = format!(
+            "{} of the {} terminals after the canary failed ({list}), more than the {}% allowed",
+            failed.len(),
+            rest.len(),
+            self.policy.halt_percent
+        );
+        for t in self
+            .terminals
+            .values_mut()
+            .filter(|t| t.number != self.canary)
+        {
+            if t.active() && !matches!(t.step, Step::Committed | Step::Started) {
+                Self::hold_back(
+                    t,
+                    "halt",
+                    format!("not installed: the upgrade halted: {why}"),
+                    now,
+                );
+            }
+        }
+        self.halted = Some(Failure {
+            during: "halt".into(),
+            message: format!("the upgrade halted: {why}"),
+            at: now,
+            knock_on: false,
+        });
     }
 
     /// Moves the store-wide phase on once no active terminal is behind it.
@@ -622,7 +755,7 @@ mod tests {
             t0(),
             Trigger::Schedule,
             planned,
-            None,
+            Policy::default(),
         )
     }
 
@@ -829,6 +962,131 @@ mod tests {
     fn a_report_that_fails_still_finishes_and_is_kept_unsent() {
         let u = run(new(&[1]), |e| *e == Effect::SendReport);
         assert!(u.is_done() && !u.reported);
+    }
+
+    /// Runs one wanted effect at a time, as a listener with `parallel = 1`.
+    fn serial(mut u: Upgrade, fails: impl Fn(&Effect) -> bool) -> (Upgrade, Vec<Effect>) {
+        let mut seen = Vec::new();
+        for _ in 0..500 {
+            let Some(e) = u.wanted().into_iter().next() else {
+                return (u, seen);
+            };
+            seen.push(e.clone());
+            u = if fails(&e) { fail(u, e) } else { done(u, e) };
+        }
+        panic!("did not settle: {u:?}");
+    }
+
+    fn with_policy(n: &[u32], parallel: u32, halt_percent: u8) -> Upgrade {
+        let planned = new(n)
+            .terminals
+            .values()
+            .map(|t| Planned {
+                number: t.number,
+                from: t.from.clone(),
+                to: t.to.clone(),
+            })
+            .collect();
+        Upgrade::new(
+            "u1".into(),
+            "stable".into(),
+            t0(),
+            Trigger::Schedule,
+            planned,
+            Policy {
+                canary: Some(3),
+                parallel,
+                halt_percent,
+            },
+        )
+    }
+
+    #[test]
+    fn at_most_parallel_terminals_install_at_once() {
+        let u = with_policy(&[1, 2, 3, 4, 5], 2, 100);
+        assert_eq!(u.canary, 3);
+        let (u, seen) = trace(u, |_| false);
+        assert!(u.terminals.values().all(|t| t.step == Step::Upgraded));
+        let commits: Vec<_> = seen
+            .iter()
+            .filter(|e| matches!(e, Effect::Commit(_)))
+            .collect();
+        assert_eq!(commits[0], &Effect::Commit(3), "the canary first");
+        // Replayed with the state: never more than 2 between swap and health.
+        let mut u = with_policy(&[1, 2, 3, 4, 5], 2, 100);
+        for e in seen {
+            u = done(u, e);
+            let installing = u
+                .terminals
+                .values()
+                .filter(|t| matches!(t.step, Step::Committed | Step::Started))
+                .count();
+            assert!(installing <= 2, "{u:?}");
+        }
+    }
+
+    #[test]
+    fn too_many_failures_halt_the_rest_on_the_old_release() {
+        // Canary 3 passes; 1 and 2 fail their health check; 4 and 5 are
+        // not swapped: 2 of 4 is more than 25 %.
+        let u = with_policy(&[1, 2, 3, 4, 5], 1, 25);
+        let (u, seen) = serial(u, |e| matches!(e, Effect::CheckHealth(1 | 2)));
+        assert_eq!(u.terminals[&3].step, Step::Upgraded);
+        for n in [1, 2] {
+            let t = &u.terminals[&n];
+            assert_eq!(t.step, Step::Restored, "{n}");
+            assert!(!t.failure.as_ref().unwrap().knock_on);
+        }
+        for n in [4, 5] {
+            let t = &u.terminals[&n];
+            assert_eq!(t.step, Step::Restored, "{n}");
+            assert!(!seen.contains(&Effect::Commit(n)), "{n} was swapped");
+            let f = t.failure.as_ref().unwrap();
+            assert!(f.knock_on && f.during == "halt", "{f:?}");
+        }
+        let halted = u.halted.as_ref().expect("halted");
+        assert!(
+            halted
+                .message
+                .contains("2 of the 4 terminals after the canary failed (1, 2)")
+                && halted.message.contains("25%"),
+            "{}",
+            halted.message
+        );
+        assert!(u.is_done());
+
+        // One failure of four is within 25 %: the rest go on.
+        let u = with_policy(&[1, 2, 3, 4, 5], 1, 25);
+        let (u, _) = serial(u, |e| *e == Effect::CheckHealth(1));
+        assert!(u.halted.is_none());
+        assert_eq!(u.terminals[&1].step, Step::Restored);
+        assert!(
+            [2, 4, 5]
+                .iter()
+                .all(|n| u.terminals[n].step == Step::Upgraded)
+        );
+    }
+
+    #[test]
+    fn an_effect_kind_is_its_serialized_name() {
+        for e in [
+            Effect::Prefetch,
+            Effect::Prestage(1),
+            Effect::Stop(1),
+            Effect::Collect(1),
+            Effect::UploadBackup,
+            Effect::Process,
+            Effect::Deliver,
+            Effect::Stage(1),
+            Effect::Commit(1),
+            Effect::Start(1),
+            Effect::CheckHealth(1),
+            Effect::Rollback(1),
+            Effect::SendReport,
+        ] {
+            let json = serde_json::to_value(&e).unwrap();
+            assert_eq!(json["effect"], e.kind(), "{e:?}");
+        }
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub struct Config {
     /// How many terminals are installed at once after the canary.
     #[serde(default = "default_parallel")]
     pub parallel: usize,
+    /// Halt the upgrade when more than this percentage of the terminals
+    /// after the canary fail; those not swapped yet stay on the old release.
+    #[serde(default = "default_halt_percent")]
+    pub halt_percent: u8,
     /// How many of the host's backup folders to keep, newest first.
     #[serde(default = "default_keep_backups")]
     pub keep_backups: usize,
@@ -108,6 +112,10 @@ pub struct Terminal {
 
 fn default_channel() -> String {
     "stable".into()
+}
+
+fn default_halt_percent() -> u8 {
+    25
 }
 
 fn default_parallel() -> usize {
@@ -214,6 +222,12 @@ impl Config {
         }
         if self.parallel == 0 {
             return Err("parallel must be at least 1".into());
+        }
+        if self.halt_percent > 100 {
+            return Err(format!(
+                "halt_percent = {} is not a percentage; use 0 to 100",
+                self.halt_percent
+            ));
         }
         if self.keep_backups == 0 {
             return Err("keep_backups must be at least 1: the last backup is what a terminal is restored from".into());

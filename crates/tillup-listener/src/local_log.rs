@@ -55,6 +55,9 @@ pub struct HistoryTerminal {
     pub result: Outcome,
     pub stopped_ms: Option<i64>,
     pub failure: Option<String>,
+    /// When it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<Timestamp>,
 }
 
 /// One upgrade in the history.
@@ -68,6 +71,9 @@ pub struct HistoryEntry {
     /// Terminals that could not be reached and were left out.
     #[serde(default)]
     pub left_out: Vec<(u32, String)>,
+    /// Why the upgrade halted before every terminal was installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
     pub reported: bool,
 }
 
@@ -95,6 +101,7 @@ impl HistoryEntry {
                     ),
                     _ => format!("{}: {}", f.during, f.message),
                 }),
+                failed_at: t.failure.as_ref().map(|f| f.at),
             })
             .collect();
         HistoryEntry {
@@ -104,6 +111,7 @@ impl HistoryEntry {
             trigger: u.trigger.clone(),
             terminals,
             left_out,
+            halted: u.halted.as_ref().map(|h| h.message.clone()),
             reported: u.reported,
         }
     }

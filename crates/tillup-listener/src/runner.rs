@@ -251,7 +251,11 @@ impl Listener {
             now,
             trigger,
             planned,
-            self.config.canary,
+            tillup_core::upgrade::Policy {
+                canary: self.config.canary,
+                parallel: u32::try_from(self.config.parallel).unwrap_or(u32::MAX),
+                halt_percent: self.config.halt_percent,
+            },
         );
         let files = self.files(&id);
         tillup_fs::write_json_atomic(&files.context(), &ctx)?;
@@ -287,6 +291,9 @@ impl Listener {
                     continue;
                 }
                 in_flight.insert(e.clone());
+                // The state that asks for it is on disk: a crash from here
+                // on resumes by running it again.
+                tillup_fs::fault::crash_point(&format!("listener.before.{}", e.kind()));
                 let (ctx, files, blobs) = (&ctx, &files, &blobs);
                 // The effect works from the state that asked for it.
                 let snapshot = u.clone();
@@ -299,6 +306,8 @@ impl Listener {
                 break;
             };
             in_flight.remove(&effect);
+            // Done but not recorded: a crash here runs it again on resume.
+            tillup_fs::fault::crash_point(&format!("listener.after.{}", effect.kind()));
             let event = match result {
                 Ok(()) => Event::Done { effect },
                 Err(e) => Event::Failed {
@@ -641,8 +650,12 @@ impl Listener {
                     .get_json("check the main program's health", &path)
                     .await?;
                 if !h.healthy {
+                    let back = h
+                        .rolled_back_to
+                        .map(|v| format!(" (the terminal put {v} back by itself)"))
+                        .unwrap_or_default();
                     return Err(Error::Other(format!(
-                        "the main program is not healthy on {}: {}",
+                        "the main program is not healthy on {}: {}{back}",
                         run.to, h.message
                     )));
                 }
