@@ -211,6 +211,7 @@ impl Layout {
                 None => store.path(&f.sha256),
             })
         };
+        tillup_fs::fault::crash_point("agent.stage.building");
         let built = match &staged {
             Some(old) => self.update_staging(old, &req.manifest, &source),
             None => remove_dir_if_exists(&self.staging)

@@ -105,7 +105,24 @@ impl From<FolderError> for AgentError {
             ) => Self::Conflict(format!(
                 "a file changed while it was copied; stage again: {e}"
             )),
-            FolderError::Fs(e) => Self::internal(e),
+            FolderError::Fs(e) => e.into(),
+        }
+    }
+}
+
+impl From<tillup_fs::Error> for AgentError {
+    /// A full disk is the terminal's business, said plainly; any other
+    /// disk failure is logged, not sent.
+    fn from(e: tillup_fs::Error) -> Self {
+        match &e {
+            tillup_fs::Error::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                Self::NoSpace(format!(
+                    "the terminal's disk is full ({source}); nothing was changed: free some space on it and upgrade again"
+                ))
+            }
+            _ => Self::internal(e),
         }
     }
 }
@@ -368,7 +385,7 @@ async fn put_blob(
             "the bytes sent do not hash to {h}; nothing was kept ({})",
             short(&e)
         ))),
-        Err(e) => Err(AgentError::internal(e)),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -54,6 +54,22 @@ pub struct Proc {
     pub url: String,
 }
 
+impl Proc {
+    /// Whether it has exited (crashed, or killed).
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .expect("a URL with a port")
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -62,9 +78,14 @@ impl Drop for Proc {
 }
 
 /// Starts `cmd`, waits (bounded) for `listening on URL` on its first
-/// stdout line, and keeps draining its output into `log`.
+/// stdout line, and keeps draining its output into `log` (appended to,
+/// so that a service's restarts share one log).
 pub fn spawn_listening(mut cmd: Command, log: &Path) -> Result<Proc> {
-    let log_file = fs::File::create(log).with_context(|| log.display().to_string())?;
+    let log_file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| log.display().to_string())?;
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(log_file)
@@ -97,7 +118,17 @@ pub fn spawn_listening(mut cmd: Command, log: &Path) -> Result<Proc> {
 }
 
 /// Runs a command to its end (bounded), returning its output.
-pub fn run(mut cmd: Command, timeout: Duration) -> Result<Output> {
+pub fn run(cmd: Command, timeout: Duration) -> Result<Output> {
+    run_with(cmd, timeout, || Ok(()))
+}
+
+/// Runs a command to its end (bounded), calling `tick` every 20 ms while
+/// it runs (to play systemd and restart crashed services, say).
+pub fn run_with(
+    mut cmd: Command,
+    timeout: Duration,
+    mut tick: impl FnMut() -> Result<()>,
+) -> Result<Output> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -128,6 +159,7 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Result<Output> {
             let _ = child.wait();
             bail!("{cmd:?} took longer than {timeout:?}");
         }
+        tick()?;
         std::thread::sleep(Duration::from_millis(20));
     };
     Ok(Output {
@@ -288,10 +320,24 @@ impl Server {
     }
 
     pub fn serve(&mut self) -> Result<()> {
+        self.serve_with(0, &[])
+    }
+
+    /// Serves on 127.0.0.1:`port` (0: any) with extra environment.
+    pub fn serve_with(&mut self, port: u16, env: &[(&str, &str)]) -> Result<()> {
         self.proc = None;
-        let cmd = Self::command_for(&self.data, &["serve", "--listen", "127.0.0.1:0"])?;
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = Self::command_for(&self.data, &["serve", "--listen", &listen])?;
+        cmd.envs(env.iter().copied());
         self.proc = Some(spawn_listening(cmd, &self.data.join("serve.log"))?);
         Ok(())
+    }
+
+    /// Starts it again on the port it had (after a crash), without the
+    /// fault environment.
+    pub fn restart(&mut self) -> Result<()> {
+        let port = self.proc.as_ref().expect("served once").port();
+        self.serve_with(port, &[])
     }
 
     pub fn url(&self) -> &str {
@@ -365,6 +411,11 @@ pub struct Terminal {
     pub busy_timeout_secs: u64,
     /// How long the agent waits for the main program to report healthy.
     pub health_timeout_secs: u64,
+    /// The agent's watchdog bound.
+    pub watchdog_secs: u64,
+    /// The port the agent listens on; 0 until it first started (then it
+    /// keeps it across restarts, as the host's config names it).
+    pub port: u16,
 }
 
 impl Terminal {
@@ -398,6 +449,8 @@ impl Terminal {
             agent: None,
             busy_timeout_secs: 10,
             health_timeout_secs,
+            watchdog_secs: 600,
+            port: 0,
         };
         t.write_config()?;
         Ok(t)
@@ -405,18 +458,23 @@ impl Terminal {
 
     /// Writes the agent config.
     pub fn write_config(&self) -> Result<()> {
-        let (busy_timeout_secs, health_timeout_secs) =
-            (self.busy_timeout_secs, self.health_timeout_secs);
+        let (busy_timeout_secs, health_timeout_secs, watchdog_secs, port) = (
+            self.busy_timeout_secs,
+            self.health_timeout_secs,
+            self.watchdog_secs,
+            self.port,
+        );
         let folder = self.folder.display().to_string();
         let pos = self.pos_state.display().to_string();
         let cfg = format!(
             r#"terminal = {number}
 model = "{model}"
 token = "{token}"
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{port}"
 folder = {folder:?}
 state_dir = {state:?}
 version_file = "VERSION"
+watchdog_secs = {watchdog_secs}
 
 [main]
 command = ["{{folder}}/bin/pos-sim", "run", "--folder", "{{folder}}", "--state", {pos:?}]
@@ -438,11 +496,26 @@ autostart = true
     }
 
     pub fn start_agent(&mut self) -> Result<()> {
+        self.start_agent_with(&[])
+    }
+
+    /// Starts the agent with extra environment (a fault to inject).
+    pub fn start_agent_with(&mut self, env: &[(&str, &str)]) -> Result<()> {
         self.agent = None;
+        self.write_config()?;
         let mut cmd = Command::new(bin("tillup-agent")?);
-        cmd.arg("--config").arg(&self.config);
-        self.agent = Some(spawn_listening(cmd, &self.root.join("agent.log"))?);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .envs(env.iter().copied());
+        let proc = spawn_listening(cmd, &self.root.join("agent.log"))?;
+        self.port = proc.port();
+        self.agent = Some(proc);
         Ok(())
+    }
+
+    /// Whether its agent has exited (crashed).
+    pub fn agent_exited(&mut self) -> bool {
+        self.agent.as_mut().is_some_and(Proc::exited)
     }
 
     /// Stops the agent and its main program (the terminal goes offline).
@@ -679,6 +752,44 @@ impl Store {
             &fs::read(self.listener_data.join("local-log.json")).unwrap_or_default(),
         )
         .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Runs the `tillup` CLI with extra environment (a fault to inject).
+    pub fn tillup_with(&self, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
+        let mut cmd = Command::new(bin("tillup")?);
+        cmd.arg("--config")
+            .arg(&self.listener_config)
+            .args(args)
+            .env_remove("TILLUP_NOW")
+            .envs(env.iter().copied());
+        run(cmd, Duration::from_secs(300))
+    }
+
+    /// Runs the `tillup` CLI while playing systemd for the services: an
+    /// agent or the server that crashes is started again at once, on the
+    /// same port, without its fault. Returns the output and how many
+    /// restarts it took.
+    pub fn tillup_supervised(&mut self, args: &[&str]) -> Result<(Output, usize)> {
+        let mut cmd = Command::new(bin("tillup")?);
+        cmd.arg("--config")
+            .arg(&self.listener_config)
+            .args(args)
+            .env_remove("TILLUP_NOW");
+        let mut restarts = 0;
+        let out = run_with(cmd, Duration::from_secs(300), || {
+            for t in self.terminals.values_mut() {
+                if t.agent_exited() {
+                    t.start_agent()?;
+                    restarts += 1;
+                }
+            }
+            if self.server.proc.as_mut().is_some_and(Proc::exited) {
+                self.server.restart()?;
+                restarts += 1;
+            }
+            Ok(())
+        })?;
+        Ok((out, restarts))
     }
 
     /// The host's backup folders, oldest first.

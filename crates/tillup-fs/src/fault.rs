@@ -3,8 +3,9 @@
 //! the first.
 //!
 //! - `TILLUP_CRASH_AT=NAME` kills the process with SIGKILL the first time
-//!   it reaches [`crash_point`]`(NAME)`: nothing is flushed, no destructor
-//!   runs, exactly as a power cut or `kill -9` at that line would.
+//!   it reaches [`crash_point`]`(NAME)` (`NAME#N`: the N-th time): nothing
+//!   is flushed, no destructor runs, exactly as a power cut or `kill -9`
+//!   at that line would.
 //! - `TILLUP_DISK_BUDGET=BYTES` makes file writes through this crate fail
 //!   with "No space left on device" once that many bytes were written in
 //!   the process, as a disk filling up would ([`charge`]).
@@ -18,7 +19,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 struct Faults {
-    crash_at: Option<String>,
+    crash_at: Option<(String, u64)>,
+    /// Times the crash point was reached.
+    reached: AtomicU64,
     budget: Option<AtomicU64>,
 }
 
@@ -27,7 +30,12 @@ fn faults() -> &'static Faults {
     F.get_or_init(|| Faults {
         crash_at: std::env::var("TILLUP_CRASH_AT")
             .ok()
-            .filter(|s| !s.is_empty()),
+            .filter(|s| !s.is_empty())
+            .map(|s| match s.split_once('#') {
+                Some((name, n)) => (name.to_owned(), n.parse().unwrap_or(1)),
+                None => (s, 1),
+            }),
+        reached: AtomicU64::new(0),
         budget: std::env::var("TILLUP_DISK_BUDGET")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -51,7 +59,11 @@ pub fn crash_point(name: &str) {
     if PANIC_AT.with(|p| p.borrow().as_deref() == Some(name)) {
         panic!("crash point {name}");
     }
-    if faults().crash_at.as_deref() == Some(name) {
+    let f = faults();
+    if let Some((at, nth)) = &f.crash_at
+        && at == name
+        && f.reached.fetch_add(1, Ordering::Relaxed) + 1 == *nth
+    {
         eprintln!("tillup: crash point {name} reached: killing this process (TILLUP_CRASH_AT)");
         kill_self();
     }

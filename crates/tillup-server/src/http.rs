@@ -354,6 +354,7 @@ async fn get_blob(
     req: Request,
 ) -> Result<Response, AppError> {
     let h = parse_hash(&hash)?;
+    tillup_fs::fault::crash_point("server.deliver");
     let missing = st
         .blocking(move |st| st.missing_for(&store.0, &[h]))
         .await?;
@@ -601,6 +602,7 @@ fn build_delivery(
             manifest: merged,
         };
         tillup_fs::write_json_atomic(&data.result(store, upgrade, t.number), &result)?;
+        tillup_fs::fault::crash_point("server.process");
         out.push(result);
     }
     let hashes: Vec<Sha256Hex> = out.iter().flat_map(|r| r.manifest.hashes()).collect();
