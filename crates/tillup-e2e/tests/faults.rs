@@ -448,3 +448,62 @@ fn a_terminal_that_stays_busy_is_stopped_after_its_timeout() -> Result<()> {
     );
     Ok(())
 }
+
+/// A release that breaks on some terminals (their hardware, say): the
+/// canary passes, the next failure is within the allowed share and the
+/// upgrade goes on, the one after is not and it halts, leaving the last
+/// terminal untouched on the old release. The report says which failed,
+/// when, and why it halted.
+#[test]
+fn too_many_failures_after_the_canary_halt_the_upgrade() -> Result<()> {
+    let mut store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500"), (2, "CP-500"), (3, "CP-500"), (4, "CP-500")],
+            health_timeout_secs: 5,
+            ..StoreSpec::default()
+        },
+    )?;
+    store.write_listener_config("prompt", &["parallel = 1", "halt_percent = 40"])?;
+    for n in [2, 3] {
+        let t = &store.terminals[&n];
+        std::fs::write(
+            t.folder.join("config/local/fail-on-1.1.0"),
+            format!("terminal {n}: the new scale driver does not know this scale"),
+        )?;
+    }
+    let release = store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
+    let before = folders(&store);
+    let out = store.tillup(&["update"])?;
+    ensure!(out.status.code() == Some(2), "{}", text(&out));
+    let ends = settled(&store, &before, &release, "1.1.0")?;
+    let expect = [End::New, End::Old, End::Old, End::Old];
+    ensure!(ends.values().copied().eq(expect), "{ends:?}");
+    let log = store.local_log();
+    let entry = &log["history"][0];
+    let failure = |n: usize| {
+        entry["terminals"][n]["failure"]
+            .as_str()
+            .unwrap_or_default()
+    };
+    ensure!(
+        failure(1).contains("the new scale driver") && failure(2).contains("the new scale driver"),
+        "{entry}"
+    );
+    ensure!(failure(3).contains("halted"), "{entry}");
+    let halted = entry["halted"].as_str().unwrap_or_default();
+    ensure!(
+        halted.contains("2 of the 3 terminals after the canary failed (2, 3)")
+            && halted.contains("40%"),
+        "{entry}"
+    );
+    // Never swapped: a swap leaves the old folder as previous.
+    ensure!(
+        !store.terminals[&4]
+            .root
+            .join("cupos.tillup-previous")
+            .exists(),
+        "terminal 4 was swapped"
+    );
+    Ok(())
+}

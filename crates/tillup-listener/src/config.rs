@@ -390,6 +390,10 @@ token = "a"
                 "public_key",
             ),
             (sample() + "\ncolour = 1\n", "colour"),
+            (
+                sample().replace("mode = ", "halt_percent = 150\nmode = "),
+                "halt_percent = 150 is not a percentage",
+            ),
         ];
         for (text, want) in cases {
             let err = load(&text).unwrap_err().to_string();

@@ -3,6 +3,9 @@
 //! keeps a heartbeat, stops cleanly on SIGTERM, and can be built to fail its
 //! health check: a `FAIL_HEALTH` file in the folder makes it exit at once,
 //! an `UNHEALTHY` file makes it keep running but report itself unhealthy.
+//! A terminal-local `config/local/fail-on-VERSION` does what `FAIL_HEALTH`
+//! does, on that version of that terminal only (a release that breaks on
+//! some terminals' hardware).
 //!
 //! **Architecture invariant:** nothing here knows about the agent; the agent
 //! only sees the heartbeat through `pos-sim probe` and the exit code.
@@ -78,7 +81,12 @@ pub fn run(folder: &Path, state: &Path) -> anyhow::Result<ExitCode> {
             .context("cannot write the heartbeat")
     };
 
-    let fail = folder.join("FAIL_HEALTH");
+    let local_fail = folder.join(format!("config/local/fail-on-{version}"));
+    let fail = if local_fail.exists() {
+        local_fail
+    } else {
+        folder.join("FAIL_HEALTH")
+    };
     if fail.exists() {
         let text = fs::read_to_string(&fail)
             .unwrap_or_default()
