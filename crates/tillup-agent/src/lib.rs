@@ -146,6 +146,7 @@ impl Agent {
         let _op = self.folder_ops.lock().await;
         self.remember(|m| {
             m.stopped_by_host.get_or_insert_with(jiff::Timestamp::now);
+            m.watchdog_started = None;
         })?;
         Ok(self.supervisor.stop(busy_timeout).await?)
     }
@@ -259,9 +260,15 @@ impl Agent {
             });
         }
         if self.supervisor.is_running() {
-            return Err(AgentError::Conflict(
-                "the main program is running: stop the main program first (POST /v1/stop)".into(),
-            ));
+            let why = match self.memory().watchdog_started {
+                Some(at) => format!(
+                    ": the watchdog started it again at {at} while the host was silent, so the folder the host collected before is out of date; upgrade this terminal again"
+                ),
+                None => ": stop the main program first (POST /v1/stop)".to_owned(),
+            };
+            return Err(AgentError::Conflict(format!(
+                "the main program is running{why}"
+            )));
         }
         // On trial from before the swap: a crash right after it still
         // leaves the agent knowing what to put back if it is unhealthy.
@@ -404,6 +411,7 @@ impl Agent {
                 let version = self.layout.version_of(&self.layout.folder);
                 self.start_locked().await.and_then(|_| {
                     self.remember(|m| {
+                        m.watchdog_started = Some(jiff::Timestamp::now());
                         m.notice(format!(
                             "the host was silent for {} s while the main program was stopped: started it again on version {}",
                             silent.as_secs(),

@@ -20,6 +20,11 @@ pub struct Memory {
     /// host's feet.
     #[serde(default)]
     pub stopped_by_host: Option<Timestamp>,
+    /// When the watchdog last started the main program, until the host
+    /// stops it again: a host resuming an upgrade learns why its program
+    /// runs and that its collected folder is out of date.
+    #[serde(default)]
+    pub watchdog_started: Option<Timestamp>,
     /// A release swapped in and not yet found healthy.
     #[serde(default)]
     pub trial: Option<Trial>,
@@ -89,6 +94,7 @@ mod tests {
         assert_eq!(Memory::load(&path), Memory::default());
         let mut m = Memory {
             stopped_by_host: Some(Timestamp::UNIX_EPOCH),
+            watchdog_started: None,
             trial: Some(Trial {
                 version: Version::new(2, 0, 0),
                 previous: Version::new(1, 0, 0),

@@ -344,7 +344,8 @@ fn a_listener_that_never_comes_back_leaves_no_terminal_stopped() -> Result<()> {
     ensure!(
         resumed["terminals"][0]["failure"]
             .as_str()
-            .is_some_and(|f| f.contains("main program is running")),
+            .is_some_and(|f| f.contains("the watchdog started it again")
+                && f.contains("upgrade this terminal again")),
         "{resumed}"
     );
     let ends = settled(&store, &now, &release, "1.1.0")?;
