@@ -243,7 +243,7 @@ fn the_agent_killed_while_rolling_back_still_ends_on_the_old_release() -> Result
 /// again: it resumes from its persisted state and completes.
 #[test]
 fn the_listener_killed_at_each_phase_resumes_and_completes() -> Result<()> {
-    let mut store = two_terminals()?;
+    let store = two_terminals()?;
     let before_effects = [
         "prefetch",
         "prestage",
