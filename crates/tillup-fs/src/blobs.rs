@@ -175,10 +175,10 @@ impl BlobStore {
         if owner.is_empty() {
             return Ok(self.partial_path(h));
         }
-        if owner.starts_with('.')
-            || !owner
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        // No separator can get in: the name stays inside `tmp/`.
+        if !owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         {
             return Err(Error::BadName {
                 path: PathBuf::from(owner),
