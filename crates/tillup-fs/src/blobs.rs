@@ -190,13 +190,13 @@ impl BlobStore {
     }
 
     /// How many bytes of an unfinished upload of `h` by `owner` are held.
+    /// Waits while one is being received (the handler of a cut upload may
+    /// still be writing its last bytes), so the answer is where to resume.
     pub fn partial_len(&self, h: &Sha256Hex, owner: &str) -> Result<u64, Error> {
         let path = self.upload_path(h, owner)?;
-        match fs::metadata(&path) {
-            Ok(m) => Ok(m.len()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(Error::Io { path, source: e }),
-        }
+        let lock = self.partial_lock(&path);
+        let _one_writer = lock.0.lock().unwrap_or_else(|p| p.into_inner());
+        held_len(path)
     }
 
     /// Deletes the unfinished upload of `h` by `owner`, if any.
@@ -231,7 +231,7 @@ impl BlobStore {
         let path = self.upload_path(h, owner)?;
         let lock = self.partial_lock(&path);
         let _one_writer = lock.0.lock().unwrap_or_else(|p| p.into_inner());
-        let held = self.partial_len(h, owner)?;
+        let held = held_len(path.clone())?;
         if offset != 0 && offset != held {
             return Err(Error::WrongOffset { path, held, offset });
         }
@@ -381,6 +381,15 @@ impl BlobStore {
             }
         }
         Ok(())
+    }
+}
+
+/// The length of a partial file, 0 if there is none.
+fn held_len(path: PathBuf) -> Result<u64, Error> {
+    match fs::metadata(&path) {
+        Ok(m) => Ok(m.len()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::Io { path, source: e }),
     }
 }
 
