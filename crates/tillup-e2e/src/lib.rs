@@ -18,6 +18,8 @@ use anyhow::{Context, Result, bail};
 use tillup_core::manifest::{Manifest, Preserve, merge_for_terminal};
 use tillup_fs::{HashCache, scan_folder};
 
+pub mod proxy;
+
 /// The preserve patterns of the demo releases: terminal-local config, data and logs.
 pub const PRESERVE: &[&str] = &["config/local/**", "data/**", "logs/**"];
 
