@@ -181,16 +181,11 @@ impl Peer {
 
     /// Sends, retrying transient failures (a streamed body is sent once).
     async fn send(&self, what: &str, req: RequestBuilder) -> Result<Response, Error> {
-        let Some(first) = req.try_clone() else {
+        if req.try_clone().is_none() {
             return self.send_once(what, req).await;
-        };
-        let mut spare = Some(first);
+        }
         self.retrying(what, || {
-            let req = spare
-                .take()
-                .or_else(|| req.try_clone())
-                .expect("cloned once already");
-            self.send_once(what, req)
+            self.send_once(what, req.try_clone().expect("cloneable: checked above"))
         })
         .await
     }
