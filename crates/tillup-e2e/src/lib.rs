@@ -367,6 +367,9 @@ pub struct Terminal {
     pub busy_timeout_secs: u64,
     /// How long the agent waits for the main program to report healthy.
     pub health_timeout_secs: u64,
+    /// The address the listener's config gives for this agent instead of
+    /// its own, e.g. a [`proxy::Proxy`] in front of it.
+    pub listener_address: Option<String>,
 }
 
 impl Terminal {
@@ -400,6 +403,7 @@ impl Terminal {
             agent: None,
             busy_timeout_secs: 10,
             health_timeout_secs,
+            listener_address: None,
         };
         t.write_config()?;
         Ok(t)
@@ -633,7 +637,11 @@ impl Store {
         cfg.push_str("\n[window]\nstart = \"03:00\"\nend = \"05:00\"\ntime_zone = \"Asia/Shanghai\"\n\n[check]\ninterval_minutes = 60\njitter_minutes = 10\n");
         for t in self.terminals.values() {
             // An offline terminal keeps its last address: nothing answers there.
-            let url = t.url().map(str::to_owned).unwrap_or_else(dead_address);
+            let url = t
+                .listener_address
+                .clone()
+                .or_else(|| t.url().map(str::to_owned))
+                .unwrap_or_else(dead_address);
             cfg.push_str(&format!(
                 "\n[[terminals]]\nnumber = {}\naddress = {url:?}\ntoken = {:?}\n",
                 t.number, t.token

@@ -166,3 +166,50 @@ fn the_server_killed_mid_download_and_restarted_elsewhere_is_resumed_from() -> R
     );
     Ok(())
 }
+
+#[test]
+fn a_push_to_a_terminal_cut_three_times_resumes_and_sends_each_byte_once() -> Result<()> {
+    let mut store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500"), (2, "CP-700")],
+            ..StoreSpec::default()
+        },
+    )?;
+    let t1 = &store.terminals[&1];
+    let proxy = Proxy::start(t1.url().expect("agent running"))?;
+    let old = manifest_of(&t1.folder);
+    store
+        .terminals
+        .get_mut(&1)
+        .expect("terminal 1")
+        .listener_address = Some(proxy.url());
+    store.write_listener_config("prompt", &[])?;
+    let release = publish_large(&store)?;
+    // What terminal 1 lacks of the release: the files it must be sent.
+    let held: BTreeSet<_> = old.hashes();
+    let needed = Manifest::new(
+        release
+            .files()
+            .iter()
+            .filter(|f| !held.contains(&f.sha256))
+            .cloned()
+            .collect(),
+    )?;
+    let floor = distinct_bytes(&needed);
+    let cut_at = LARGE as u64 / 4;
+    proxy.cut_next(3, cut_at, Direction::Up);
+
+    let out = store.tillup(&["update"])?;
+    ensure!(out.status.success(), "update failed: {}", text(&out));
+    assert_eq!(proxy.cuts(), 3, "the proxy cut three pushes");
+    assert_all_upgraded(&store)?;
+    let up = proxy.bytes(Direction::Up);
+    eprintln!("host→terminal 1: {up} bytes for {floor} bytes it lacked, 3 cuts after {cut_at}");
+    assert!(up >= floor, "{up} bytes crossed host→terminal");
+    assert!(
+        up < floor + cut_at,
+        "{up} bytes crossed host→terminal 1 for {floor} bytes it lacked: bytes were sent again after the cuts"
+    );
+    Ok(())
+}
