@@ -370,13 +370,26 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Removes the leftovers of interrupted writes.
+    /// How long an unfinished transfer is kept for a resume by
+    /// [`BlobStore::clean_tmp`]: one nobody resumed within a week is
+    /// abandoned (a store that gave up an upgrade), and is dropped.
+    pub const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+    /// Removes the leftovers of interrupted writes, and unfinished
+    /// transfers untouched for [`BlobStore::PARTIAL_MAX_AGE`]; call it at
+    /// start-up, when no transfer runs.
     pub fn clean_tmp(&self) -> Result<(), Error> {
         let tmp = self.root.join("tmp");
-        // Partial downloads are kept: they resume.
+        // Unfinished transfers are kept: they resume.
         for e in fs::read_dir(&tmp).at(&tmp)? {
             let e = e.at(&tmp)?;
-            if !e.file_name().to_string_lossy().ends_with(".partial") {
+            let abandoned = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Self::PARTIAL_MAX_AGE);
+            if abandoned || !e.file_name().to_string_lossy().ends_with(".partial") {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -539,5 +552,28 @@ mod tests {
         assert_eq!(got, Received::Whole { len: 10 });
         assert!(s.upload_path(&h, "../x").is_err());
         assert!(s.partial_locks.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn clean_tmp_keeps_recent_partials_and_drops_abandoned_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let (fresh, old) = (Sha256Hex::of(b"fresh"), Sha256Hex::of(b"old"));
+        s.receive(&fresh, "a", 0, Some(5), &mut &b"fre"[..])
+            .unwrap();
+        s.receive(&old, "a", 0, Some(3), &mut &b"o"[..]).unwrap();
+        let old_path = s.upload_path(&old, "a").unwrap();
+        let long_ago = std::time::SystemTime::now() - BlobStore::PARTIAL_MAX_AGE * 2;
+        File::options()
+            .write(true)
+            .open(&old_path)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        fs::write(dir.path().join("tmp/.tmpXYZ"), b"leftover").unwrap();
+        s.clean_tmp().unwrap();
+        assert_eq!(s.partial_len(&fresh, "a").unwrap(), 3);
+        assert_eq!(s.partial_len(&old, "a").unwrap(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
     }
 }
