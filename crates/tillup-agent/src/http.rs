@@ -19,9 +19,11 @@ use futures_util::TryStreamExt;
 use subtle::ConstantTimeEq;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
-    AgentStatus, ErrorBody, HashList, HealthQuery, HealthReport, Snapshot, StageReport,
-    StageRequest, StartReport, StopReport, StopRequest, SwapReport, SwapRequest, agent as routes,
+    AgentStatus, ErrorBody, HashList, HealthQuery, HealthReport, PARTIAL_HEADER, Snapshot,
+    StageReport, StageRequest, StartReport, StopReport, StopRequest, SwapReport, SwapRequest,
+    agent as routes,
 };
+use tillup_fs::Received;
 use tokio::io::AsyncSeekExt;
 
 use crate::Agent;
@@ -51,6 +53,19 @@ pub enum AgentError {
     /// The body is larger than the agent accepts.
     #[error("{0}")]
     TooLarge(String),
+    /// The bytes arrived but are not what the request named.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// An upload resumed at another byte than the `held` ones.
+    #[error(
+        "this upload resumes at byte {offset}, but the agent holds {held} bytes of it: resume at byte {held}"
+    )]
+    WrongOffset {
+        /// The bytes the agent holds.
+        held: u64,
+        /// Where the request resumed.
+        offset: u64,
+    },
     /// A `Range` past the end of the file.
     #[error("the range starts past the end of the {0}-byte file")]
     RangeNotSatisfiable(u64),
@@ -78,6 +93,8 @@ impl AgentError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::WrongOffset { .. } => StatusCode::CONFLICT,
             Self::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::MainProgram(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -141,11 +158,18 @@ impl IntoResponse for AgentError {
             }),
         )
             .into_response();
-        if let Self::RangeNotSatisfiable(len) = self {
-            res.headers_mut().insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
-            );
+        match self {
+            Self::RangeNotSatisfiable(len) => {
+                res.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
+                );
+            }
+            Self::WrongOffset { held, .. } => {
+                res.headers_mut()
+                    .insert(PARTIAL_HEADER, HeaderValue::from(held));
+            }
+            _ => {}
         }
         res
     }
@@ -168,7 +192,7 @@ pub fn app(agent: Arc<Agent>) -> Router {
         .route(routes::STOP, post(stop))
         .route(routes::START, post(start))
         .route(routes::SNAPSHOT, get(snapshot))
-        .route(routes::BLOB, get(get_blob).put(put_blob))
+        .route(routes::BLOB, get(get_blob).head(head_blob).put(put_blob))
         .route(routes::BLOBS_MISSING, post(missing))
         .route(routes::STAGE, post(stage))
         .route(routes::COMMIT, post(commit))
@@ -331,6 +355,28 @@ async fn get_blob(
         .into_response())
 }
 
+/// `HEAD`: `200` if the agent holds the blob, else `404` with the bytes
+/// held of its unfinished upload (see [`PARTIAL_HEADER`]).
+async fn head_blob(
+    State(a): State<Arc<Agent>>,
+    Path(h): Path<String>,
+) -> Result<Response, AgentError> {
+    let h = hash_param(&h)?;
+    if a.missing(&[h]).await?.is_empty() {
+        return Ok(StatusCode::OK.into_response());
+    }
+    let held = a
+        .store()
+        .partial_len(&h, "")
+        .map_err(AgentError::internal)?;
+    Ok((
+        StatusCode::NOT_FOUND,
+        [(PARTIAL_HEADER, HeaderValue::from(held))],
+    )
+        .into_response())
+}
+
+/// `PUT`: a whole blob, or the rest of a cut upload (see [`PARTIAL_HEADER`]).
 async fn put_blob(
     State(a): State<Arc<Agent>>,
     Path(h): Path<String>,
@@ -344,16 +390,32 @@ async fn put_blob(
             "the blob is larger than this agent accepts ({max} bytes, `max_blob_bytes` in its config); nothing was kept"
         ))
     };
+    let (offset, total) = match headers.get(header::CONTENT_RANGE) {
+        None => (0, None),
+        Some(v) => {
+            let (from, total) = v
+                .to_str()
+                .ok()
+                .and_then(tillup_core::api::parse_content_range)
+                .ok_or_else(|| {
+                    AgentError::BadRequest(
+                        "a blob's Content-Range must be `bytes N-LAST/TOTAL`, LAST being TOTAL-1"
+                            .into(),
+                    )
+                })?;
+            (from, Some(total))
+        }
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
+    if declared.is_some_and(|n| offset + n > max) || total.is_some_and(|t| t > max) {
         return Err(too_large());
     }
     // Counted while streaming too: a body may come without a length.
     let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut received = 0u64;
+    let mut received = offset;
     let flag = Arc::clone(&over);
     let stream = body
         .into_data_stream()
@@ -372,18 +434,37 @@ async fn put_blob(
         });
     let mut reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let store = a.store().clone();
-    // The store writes into a temporary file, removed unless the hash checks.
-    let put = tokio::task::spawn_blocking(move || store.put_reader(&mut reader, &h, None))
-        .await
-        .map_err(AgentError::internal)?;
+    // What arrives grows a partial file, moved into the store only once
+    // whole and hash-checked.
+    let put =
+        tokio::task::spawn_blocking(move || store.receive(&h, "", offset, total, &mut reader))
+            .await
+            .map_err(AgentError::internal)?;
     match put {
-        Ok(_) => Ok(StatusCode::NO_CONTENT),
-        Err(_) if over.load(std::sync::atomic::Ordering::Relaxed) => Err(too_large()),
+        Ok(Received::Whole { .. }) => Ok(StatusCode::NO_CONTENT),
+        Ok(Received::Partial { held }) => Err(AgentError::BadRequest(format!(
+            "the body ended after byte {held} of {}; what arrived is kept: resume at byte {held}",
+            total.unwrap_or(held)
+        ))),
+        Err(_) if over.load(std::sync::atomic::Ordering::Relaxed) => {
+            let store = a.store().clone();
+            tokio::task::spawn_blocking(move || store.discard_partial(&h, ""))
+                .await
+                .map_err(AgentError::internal)?
+                .map_err(AgentError::internal)?;
+            Err(too_large())
+        }
+        Err(tillup_fs::Error::WrongOffset { held, offset, .. }) => {
+            Err(AgentError::WrongOffset { held, offset })
+        }
         Err(
             e @ (tillup_fs::Error::HashMismatch { .. } | tillup_fs::Error::SizeMismatch { .. }),
-        ) => Err(AgentError::BadRequest(format!(
-            "the bytes sent do not hash to {h}; nothing was kept ({})",
+        ) => Err(AgentError::Unprocessable(format!(
+            "the bytes sent do not make the file {h}; nothing was kept, send the whole file again ({})",
             short(&e)
+        ))),
+        Err(tillup_fs::Error::TransferCut { held, .. }) => Err(AgentError::BadRequest(format!(
+            "the upload was cut after byte {held}; what arrived is kept: resume at byte {held}"
         ))),
         Err(e) => Err(e.into()),
     }
@@ -545,7 +626,7 @@ mod tests {
         .await;
         assert_eq!(
             status,
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "{}",
             String::from_utf8_lossy(&body)
         );
@@ -616,6 +697,111 @@ mod tests {
                 assert_eq!(kept, vec![agent.store().path(&Sha256Hex::of(&fits))]);
             }
         }
+    }
+
+    /// A body that sends `bytes` and then breaks, like a cut connection.
+    fn cut_body(bytes: &[u8]) -> Body {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::copy_from_slice(bytes)),
+            Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ];
+        Body::from_stream(futures_util::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn a_cut_push_resumes_at_what_is_held_and_wrong_bytes_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path());
+        let app = app(Arc::clone(&agent));
+        let file: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+        let h = Sha256Hex::of(&file);
+        let uri = tillup_core::api::route(routes::BLOB, &[("sha256", &h.to_string())]);
+        let put = |from: usize, body: Body| {
+            let (app, uri) = (app.clone(), uri.clone());
+            let range = tillup_core::api::content_range(from as u64, 50_000);
+            async move {
+                call(
+                    app,
+                    "PUT",
+                    &uri,
+                    Some("s3cret"),
+                    &[("content-range", &range)],
+                    body,
+                )
+                .await
+            }
+        };
+        let head = || {
+            call(
+                app.clone(),
+                "HEAD",
+                &uri,
+                Some("s3cret"),
+                &[],
+                Body::empty(),
+            )
+        };
+
+        let (status, headers, _) = head().await;
+        assert_eq!(
+            (status, &headers[PARTIAL_HEADER]),
+            (StatusCode::NOT_FOUND, &HeaderValue::from(0))
+        );
+        let (status, ..) = put(0, cut_body(&file[..12_345])).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, headers, _) = head().await;
+        assert_eq!(
+            (status, &headers[PARTIAL_HEADER]),
+            (StatusCode::NOT_FOUND, &HeaderValue::from(12_345))
+        );
+        // Resuming at another byte: 409 with what is held, nothing written.
+        let (status, headers, body) = put(12_000, Body::from(file[12_000..].to_vec())).await;
+        assert_eq!(
+            status,
+            StatusCode::CONFLICT,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(headers[PARTIAL_HEADER], "12345");
+        assert_eq!(agent.store().partial_len(&h, "").unwrap(), 12_345);
+        let (status, ..) = put(12_345, Body::from(file[12_345..].to_vec())).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(head().await.0, StatusCode::OK);
+        assert_eq!(agent.store().read(&h).unwrap(), file);
+
+        // Wrong bytes in the rest: 422, and the partial file is gone.
+        let other: Vec<u8> = file.iter().rev().copied().collect();
+        let h2 = Sha256Hex::of(&other);
+        let uri2 = tillup_core::api::route(routes::BLOB, &[("sha256", &h2.to_string())]);
+        let range = |from: u64| tillup_core::api::content_range(from, 50_000);
+        let (status, ..) = call(
+            app.clone(),
+            "PUT",
+            &uri2,
+            Some("s3cret"),
+            &[("content-range", &range(0))],
+            cut_body(&other[..100]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _, body) = call(
+            app.clone(),
+            "PUT",
+            &uri2,
+            Some("s3cret"),
+            &[("content-range", &range(100))],
+            Body::from(file[100..].to_vec()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let err: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert!(
+            err.error.contains("send the whole file again"),
+            "{}",
+            err.error
+        );
+        assert!(!agent.store().has(&h2));
+        assert_eq!(agent.store().partial_len(&h2, "").unwrap(), 0);
     }
 
     fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

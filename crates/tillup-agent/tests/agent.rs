@@ -798,7 +798,7 @@ async fn a_blob_with_the_wrong_hash_is_refused_and_not_kept() {
     let claimed = Sha256Hex::of(b"the real bytes");
     let msg = error_of(
         h.put_blob(&claimed, b"altered bytes".to_vec()).await,
-        StatusCode::BAD_REQUEST,
+        StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
     assert!(msg.contains("nothing was kept"), "{msg}");

@@ -18,6 +18,8 @@ use anyhow::{Context, Result, bail};
 use tillup_core::manifest::{Manifest, Preserve, merge_for_terminal};
 use tillup_fs::{HashCache, scan_folder};
 
+pub mod proxy;
+
 /// The preserve patterns of the demo releases: terminal-local config, data and logs.
 pub const PRESERVE: &[&str] = &["config/local/**", "data/**", "logs/**"];
 
@@ -416,6 +418,9 @@ pub struct Terminal {
     /// The port the agent listens on; 0 until it first started (then it
     /// keeps it across restarts, as the host's config names it).
     pub port: u16,
+    /// The address the listener's config gives for this agent instead of
+    /// its own, e.g. a [`proxy::Proxy`] in front of it.
+    pub listener_address: Option<String>,
 }
 
 impl Terminal {
@@ -451,6 +456,7 @@ impl Terminal {
             health_timeout_secs,
             watchdog_secs: 600,
             port: 0,
+            listener_address: None,
         };
         t.write_config()?;
         Ok(t)
@@ -704,7 +710,11 @@ impl Store {
         cfg.push_str("\n[window]\nstart = \"03:00\"\nend = \"05:00\"\ntime_zone = \"Asia/Shanghai\"\n\n[check]\ninterval_minutes = 60\njitter_minutes = 10\n");
         for t in self.terminals.values() {
             // An offline terminal keeps its last address: nothing answers there.
-            let url = t.url().map(str::to_owned).unwrap_or_else(dead_address);
+            let url = t
+                .listener_address
+                .clone()
+                .or_else(|| t.url().map(str::to_owned))
+                .unwrap_or_else(dead_address);
             cfg.push_str(&format!(
                 "\n[[terminals]]\nnumber = {}\naddress = {url:?}\ntoken = {:?}\n",
                 t.number, t.token

@@ -13,7 +13,7 @@ pub mod fault;
 mod scan;
 
 pub use atomic::{fsync_dir, write_atomic, write_json_atomic};
-pub use blobs::BlobStore;
+pub use blobs::{BlobStore, Received};
 pub use scan::{HashCache, copy_verified, hash_file, materialize, scan_folder};
 
 /// An I/O failure, with the path it concerns.
@@ -45,6 +45,22 @@ pub enum Error {
     BadName { path: PathBuf, reason: String },
     #[error("blob {0} is not in the store")]
     MissingBlob(tillup_core::Sha256Hex),
+    #[error(
+        "{path}: the upload resumes at byte {offset}, but {held} bytes of it are held; resume at byte {held}"
+    )]
+    WrongOffset {
+        path: PathBuf,
+        held: u64,
+        offset: u64,
+    },
+    #[error(
+        "{path}: the transfer was cut after {held} bytes ({source}); they are kept, resume from there"
+    )]
+    TransferCut {
+        path: PathBuf,
+        held: u64,
+        source: io::Error,
+    },
     #[error("{path}: {source}")]
     Json {
         path: PathBuf,

@@ -24,7 +24,7 @@ use tillup_core::api::{
 };
 use tillup_core::log::Release;
 use tillup_core::manifest::{Manifest, merge_for_terminal};
-use tillup_fs::BlobStore;
+use tillup_fs::{BlobStore, Received};
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
@@ -148,6 +148,16 @@ pub enum AppError {
     Conflict(String),
     /// 413.
     TooLarge(String),
+    /// 422: the bytes arrived but are not what the request named.
+    Unprocessable(String),
+    /// 409 with [`api::PARTIAL_HEADER`]: an upload resumed at another
+    /// byte than the `held` ones.
+    WrongOffset {
+        /// The bytes the server holds.
+        held: u64,
+        /// What to send.
+        message: String,
+    },
     /// 500; the text is logged, not sent.
     Internal(String),
 }
@@ -177,6 +187,14 @@ impl IntoResponse for AppError {
             AppError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             AppError::Conflict(m) => (StatusCode::CONFLICT, m),
             AppError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
+            AppError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+            AppError::WrongOffset { held, message } => {
+                let mut resp =
+                    (StatusCode::CONFLICT, Json(ErrorBody { error: message })).into_response();
+                resp.headers_mut()
+                    .insert(api::PARTIAL_HEADER, HeaderValue::from(held));
+                return resp;
+            }
             AppError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 (
@@ -204,7 +222,7 @@ pub fn app(state: AppState) -> Router {
     let authed = Router::new()
         .route(r::LOG, get(get_log))
         .route(r::LOG_SIGNATURE, get(get_log_signature))
-        .route(r::BLOB, get(get_blob).put(put_blob))
+        .route(r::BLOB, get(get_blob).head(head_blob).put(put_blob))
         .route(r::BLOBS_MISSING, post(blobs_missing))
         .route(r::BACKUP, put(put_backup))
         .route(r::PROCESS, post(process))
@@ -371,6 +389,33 @@ async fn get_blob(
     Ok(resp.map(Body::new))
 }
 
+/// `HEAD`: `200` if the store may read the blob, else `404` with the
+/// bytes held of its unfinished upload (see [`api::PARTIAL_HEADER`]).
+async fn head_blob(
+    State(st): State<AppState>,
+    Extension(store): Extension<StoreId>,
+    Path(hash): Path<String>,
+) -> Result<Response, AppError> {
+    let h = parse_hash(&hash)?;
+    let (readable, held) = st
+        .blocking(move |st| -> Result<(bool, u64), AppError> {
+            let readable = st.missing_for(&store.0, &[h])?.is_empty();
+            Ok((readable, st.blobs().partial_len(&h, &store.0)?))
+        })
+        .await?;
+    if readable {
+        return Ok(StatusCode::OK.into_response());
+    }
+    Ok((
+        StatusCode::NOT_FOUND,
+        [(api::PARTIAL_HEADER, HeaderValue::from(held))],
+    )
+        .into_response())
+}
+
+/// `PUT`: a whole blob, or the rest of a cut upload (see
+/// [`api::PARTIAL_HEADER`]). Each store's unfinished upload is its own, so
+/// a store gains the right to read a blob only by sending all its bytes.
 async fn put_blob(
     State(st): State<AppState>,
     Extension(store): Extension<StoreId>,
@@ -381,56 +426,96 @@ async fn put_blob(
     let max = st.0.limits.max_blob;
     let too_large =
         || AppError::TooLarge(format!("the blob is larger than the {max} bytes allowed"));
+    let (offset, total) = match req.headers().get(header::CONTENT_RANGE) {
+        None => (0, None),
+        Some(v) => {
+            let (from, total) = v
+                .to_str()
+                .ok()
+                .and_then(api::parse_content_range)
+                .ok_or_else(|| {
+                    AppError::BadRequest(
+                        "a blob's Content-Range must be `bytes N-LAST/TOTAL`, LAST being TOTAL-1"
+                            .into(),
+                    )
+                })?;
+            (from, Some(total))
+        }
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
+    if declared.is_some_and(|n| offset + n > max) || total.is_some_and(|t| t > max) {
         return Err(too_large());
     }
-    let (total, over, cut) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicBool::new(false)),
+    let (received, over) = (
+        Arc::new(AtomicU64::new(offset)),
         Arc::new(AtomicBool::new(false)),
     );
-    let (t, o, c) = (total.clone(), over.clone(), cut.clone());
+    let (r, o) = (received.clone(), over.clone());
     let stream = req
         .into_body()
         .into_data_stream()
         .map(move |chunk| match chunk {
             Ok(b) => {
-                if t.fetch_add(b.len() as u64, Ordering::Relaxed) + b.len() as u64 > max {
+                if r.fetch_add(b.len() as u64, Ordering::Relaxed) + b.len() as u64 > max {
                     o.store(true, Ordering::Relaxed);
                     Err(io::Error::other("blob too large"))
                 } else {
                     Ok(b)
                 }
             }
-            Err(e) => {
-                c.store(true, Ordering::Relaxed);
-                Err(io::Error::other(e))
-            }
+            Err(e) => Err(io::Error::other(e)),
         });
     let mut reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let id = store.0.clone();
+    let owner = store.0.clone();
     let result = st
-        .blocking(move |st| -> Result<Result<u64, tillup_fs::Error>, Error> {
-            let r = st.blobs().put_reader(&mut reader, &expected, None);
-            if r.is_ok() {
-                st.db().add_store_blobs(&id, &[expected])?;
-            }
-            Ok(r)
-        })
+        .blocking(
+            move |st| -> Result<Result<Received, tillup_fs::Error>, Error> {
+                let r = st
+                    .blobs()
+                    .receive(&expected, &owner, offset, total, &mut reader);
+                if matches!(r, Ok(Received::Whole { .. })) {
+                    st.db().add_store_blobs(&owner, &[expected])?;
+                }
+                Ok(r)
+            },
+        )
         .await?;
+    let owner = store.0;
     match result {
-        Ok(_) => Ok(StatusCode::NO_CONTENT),
-        Err(tillup_fs::Error::HashMismatch { actual, .. }) => Err(AppError::BadRequest(format!(
-            "the body hashes to {actual}, not to {expected} named in the path; nothing was kept"
+        Ok(Received::Whole { .. }) => Ok(StatusCode::NO_CONTENT),
+        Ok(Received::Partial { held }) => Err(AppError::BadRequest(format!(
+            "the body ended after byte {held} of {}; what arrived is kept: resume at byte {held}",
+            total.unwrap_or(held)
         ))),
-        Err(_) if over.load(Ordering::Relaxed) => Err(too_large()),
-        Err(_) if cut.load(Ordering::Relaxed) => Err(AppError::BadRequest(
-            "the upload was cut before its end; nothing was kept, send it again".into(),
-        )),
+        Err(_) if over.load(Ordering::Relaxed) => {
+            st.blocking(move |st| st.blobs().discard_partial(&expected, &owner))
+                .await?;
+            Err(too_large())
+        }
+        Err(tillup_fs::Error::WrongOffset { held, offset, .. }) => Err(AppError::WrongOffset {
+            held,
+            message: format!(
+                "this upload resumes at byte {offset}, but the server holds {held} bytes of it: resume at byte {held}"
+            ),
+        }),
+        Err(tillup_fs::Error::HashMismatch { actual, .. }) => {
+            Err(AppError::Unprocessable(format!(
+                "the bytes received hash to {actual}, not to {expected} named in the path; nothing was kept: send the whole file again"
+            )))
+        }
+        Err(tillup_fs::Error::SizeMismatch {
+            expected: want,
+            actual,
+            ..
+        }) => Err(AppError::Unprocessable(format!(
+            "{actual} bytes arrived where Content-Range announced {want}; nothing was kept: send the whole file again"
+        ))),
+        Err(tillup_fs::Error::TransferCut { held, .. }) => Err(AppError::BadRequest(format!(
+            "the upload was cut after byte {held}; what arrived is kept: resume at byte {held}"
+        ))),
         Err(e) => Err(e.into()),
     }
 }

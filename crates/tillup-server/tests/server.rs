@@ -492,7 +492,7 @@ async fn put_blob_checks_the_hash_and_blobs_missing_follows_uploads() {
         b"locaL".to_vec(),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let msg = error_of(resp).await;
     assert!(
         msg.contains("nothing was kept") && msg.contains(&local.to_string()),
@@ -597,6 +597,172 @@ async fn oversize_blob_is_413_and_not_kept() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert!(!state.blobs().has(&h));
+}
+
+/// A body that sends `bytes` and then breaks, like a cut connection.
+fn cut_body(bytes: &[u8]) -> Body {
+    let chunks: Vec<Result<axum::body::Bytes, std::io::Error>> = vec![
+        Ok(axum::body::Bytes::copy_from_slice(bytes)),
+        Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+    ];
+    Body::from_stream(futures_util::stream::iter(chunks))
+}
+
+async fn put_range(
+    env: &Env,
+    token: &str,
+    h: &Sha256Hex,
+    from: u64,
+    total: u64,
+    body: Body,
+) -> Response {
+    let req = Request::put(blob_uri(h))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_RANGE, api::content_range(from, total))
+        .body(body)
+        .unwrap();
+    tillup_server::app(env.state.clone())
+        .oneshot(req)
+        .await
+        .unwrap()
+}
+
+/// `HEAD` on a blob: its status and the bytes held of an unfinished upload.
+async fn head(env: &Env, token: &str, h: &Sha256Hex) -> (StatusCode, Option<u64>) {
+    let req = Request::head(blob_uri(h))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = tillup_server::app(env.state.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let held = resp
+        .headers()
+        .get(api::PARTIAL_HEADER)
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    (resp.status(), held)
+}
+
+#[tokio::test]
+async fn a_cut_upload_is_kept_and_resumes_where_it_stopped() {
+    let env = env();
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let h = Sha256Hex::of(&body);
+    assert_eq!(
+        head(&env, &env.token_a, &h).await,
+        (StatusCode::NOT_FOUND, Some(0))
+    );
+    let resp = put_range(
+        &env,
+        &env.token_a,
+        &h,
+        0,
+        100_000,
+        cut_body(&body[..30_000]),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        head(&env, &env.token_a, &h).await,
+        (StatusCode::NOT_FOUND, Some(30_000))
+    );
+    // Another store's partial upload is its own.
+    assert_eq!(
+        head(&env, &env.token_b, &h).await,
+        (StatusCode::NOT_FOUND, Some(0))
+    );
+
+    // A resume at a wrong offset: 409 with what is held, nothing written.
+    for from in [20_000, 40_000] {
+        let resp = put_range(
+            &env,
+            &env.token_a,
+            &h,
+            from,
+            100_000,
+            Body::from(body[from as usize..].to_vec()),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
+        assert_eq!(resp.headers()[api::PARTIAL_HEADER], "30000");
+        assert!(error_of(resp).await.contains("resume at byte 30000"));
+    }
+    // Store B cannot finish store A's upload.
+    let resp = put_range(
+        &env,
+        &env.token_b,
+        &h,
+        30_000,
+        100_000,
+        Body::from(body[30_000..].to_vec()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert!(!env.state.blobs().has(&h));
+
+    let resp = put_range(
+        &env,
+        &env.token_a,
+        &h,
+        30_000,
+        100_000,
+        Body::from(body[30_000..].to_vec()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(head(&env, &env.token_a, &h).await.0, StatusCode::OK);
+    assert_eq!(
+        head(&env, &env.token_b, &h).await,
+        (StatusCode::NOT_FOUND, Some(0))
+    );
+    let resp = call(
+        &env,
+        Method::GET,
+        &blob_uri(&h),
+        Some(&env.token_a),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(bytes(resp).await, body);
+}
+
+#[tokio::test]
+async fn a_resumed_upload_with_wrong_bytes_is_422_and_its_partial_deleted() {
+    let env = env();
+    let body = b"0123456789abcdefghij".to_vec();
+    let h = Sha256Hex::of(&body);
+    let resp = put_range(&env, &env.token_a, &h, 0, 20, cut_body(&body[..8])).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = put_range(&env, &env.token_a, &h, 8, 20, Body::from("XXXXXXXXXXXX")).await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let msg = error_of(resp).await;
+    assert!(
+        msg.contains("send the whole file again") && msg.contains(&h.to_string()),
+        "{msg}"
+    );
+    assert!(!env.state.blobs().has(&h));
+    assert_eq!(
+        head(&env, &env.token_a, &h).await,
+        (StatusCode::NOT_FOUND, Some(0))
+    );
+    // A malformed Content-Range is refused before anything is written.
+    let req = Request::put(blob_uri(&h))
+        .header(header::AUTHORIZATION, format!("Bearer {}", env.token_a))
+        .header(header::CONTENT_RANGE, "bytes 0-5/20")
+        .body(Body::from(body[..6].to_vec()))
+        .unwrap();
+    let resp = tillup_server::app(env.state.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(error_of(resp).await.contains("Content-Range"));
+    assert_eq!(
+        head(&env, &env.token_a, &h).await,
+        (StatusCode::NOT_FOUND, Some(0))
+    );
 }
 
 // ---- backup, process, report -----------------------------------------------
