@@ -562,10 +562,11 @@ autostart = true
         })
     }
 
-    /// Waits (bounded) until the main program reports `version`.
+    /// Waits (bounded by a minute: a loaded CI machine starts processes
+    /// slowly) until the main program reports `version`.
     pub fn wait_running(&self, version: &str) -> Result<()> {
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
+        while start.elapsed() < Duration::from_secs(60) {
             if self.running_version().as_deref() == Some(version) {
                 return Ok(());
             }
