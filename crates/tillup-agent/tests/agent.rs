@@ -243,6 +243,23 @@ health_timeout_secs = 10
             .unwrap()
     }
 
+    /// Stages, swaps in and starts a 2.0.0 that runs but reports itself unhealthy.
+    async fn install_unhealthy_2_0_0(&self) -> StartReport {
+        let new = release(self, "2.0.0", None);
+        write(&new, "UNHEALTHY", b"printer driver 4 is missing\n");
+        self.send_and_stage(&new, "2.0.0").await;
+        let _: StopReport = self.post(routes::STOP, &StopRequest::default()).await;
+        let v2 = SwapRequest {
+            version: "2.0.0".parse().unwrap(),
+        };
+        assert!(
+            self.post::<_, SwapReport>(routes::COMMIT, &v2)
+                .await
+                .swapped
+        );
+        self.post(routes::START, &()).await
+    }
+
     /// Sends the blobs of `release` the agent lacks, then stages it.
     async fn send_and_stage(
         &self,
@@ -623,15 +640,7 @@ async fn the_watchdog_rolls_back_an_unhealthy_release_the_host_left() {
     let h = Harness::with_watchdog(60, 2);
     h.healthy("1.0.0").await;
     let old = scan(&h.folder());
-    let new = release(&h, "2.0.0", None);
-    write(&new, "UNHEALTHY", b"printer driver 4 is missing\n");
-    h.send_and_stage(&new, "2.0.0").await;
-    let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
-    let v2 = SwapRequest {
-        version: "2.0.0".parse().unwrap(),
-    };
-    assert!(h.post::<_, SwapReport>(routes::COMMIT, &v2).await.swapped);
-    let _: StartReport = h.post(routes::START, &()).await;
+    h.install_unhealthy_2_0_0().await;
     let version = h.folder().join("VERSION");
     wait_for("the watchdog to put 1.0.0 back", || {
         std::fs::read_to_string(&version).is_ok_and(|v| v.trim() == "1.0.0")
@@ -668,15 +677,7 @@ async fn a_running_unhealthy_release_is_rolled_back_without_a_stop_first() {
         .iter()
         .map(|f| std::fs::read(tillup_fs::join(&h.folder(), &f.path)).unwrap())
         .collect();
-    let new = release(&h, "2.0.0", None);
-    write(&new, "UNHEALTHY", b"printer driver 4 is missing\n");
-    h.send_and_stage(&new, "2.0.0").await;
-    let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
-    let v2 = SwapRequest {
-        version: "2.0.0".parse().unwrap(),
-    };
-    assert!(h.post::<_, SwapReport>(routes::COMMIT, &v2).await.swapped);
-    let started: StartReport = h.post(routes::START, &()).await;
+    let started = h.install_unhealthy_2_0_0().await;
     let running_new = MainState::Running { pid: started.pid };
     assert_eq!(h.status().await.main, running_new, "it keeps running");
 

@@ -740,6 +740,10 @@ mod tests {
     }
 
     fn new(n: &[u32]) -> Upgrade {
+        with(n, Policy::default())
+    }
+
+    fn with(n: &[u32], policy: Policy) -> Upgrade {
         let v = |s: &str| s.parse::<Version>().unwrap();
         let planned = n
             .iter()
@@ -755,7 +759,7 @@ mod tests {
             t0(),
             Trigger::Schedule,
             planned,
-            Policy::default(),
+            policy,
         )
     }
 
@@ -978,21 +982,8 @@ mod tests {
     }
 
     fn with_policy(n: &[u32], parallel: u32, halt_percent: u8) -> Upgrade {
-        let planned = new(n)
-            .terminals
-            .values()
-            .map(|t| Planned {
-                number: t.number,
-                from: t.from.clone(),
-                to: t.to.clone(),
-            })
-            .collect();
-        Upgrade::new(
-            "u1".into(),
-            "stable".into(),
-            t0(),
-            Trigger::Schedule,
-            planned,
+        with(
+            n,
             Policy {
                 canary: Some(3),
                 parallel,
