@@ -78,22 +78,24 @@ pub enum Error {
         value: String,
     },
     /// The release archive was refused (a bad entry, a bound passed).
-    #[error("release archive {path}: {source}")]
+    // `reason`, not `source`: the message already holds it, and a binary
+    // printing the chain with `{:#}` would say it twice.
+    #[error("release archive {path}: {reason}")]
     Archive {
         /// The `.zip` given to `publish`.
         path: PathBuf,
         /// Why it was refused.
-        source: tillup_fs::ArchiveError,
+        reason: tillup_fs::ArchiveError,
     },
     /// Two paths of the release would be one on a case-insensitive disk.
     #[error(
-        "release {path}: {source}; terminals may run Windows, so rename one of them and publish again"
+        "release {path}: {collision}; terminals may run Windows, so rename one of them and publish again"
     )]
     CaseCollision {
         /// The folder or archive given to `publish`.
         path: PathBuf,
         /// The two paths.
-        source: tillup_core::manifest::ManifestError,
+        collision: tillup_core::manifest::ManifestError,
     },
     /// `publish` was given something that is neither a folder nor a file.
     #[error(

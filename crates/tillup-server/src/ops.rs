@@ -152,9 +152,9 @@ pub fn publish(
     }
     manifest
         .check_case_collisions()
-        .map_err(|source| Error::CaseCollision {
+        .map_err(|collision| Error::CaseCollision {
             path: req.folder.clone(),
-            source,
+            collision,
         })?;
     for f in manifest.files() {
         blobs.put_file(&tillup_fs::join(&folder, &f.path), &f.sha256)?;
@@ -229,9 +229,9 @@ impl<'a> ReleaseSource<'a> {
                 source,
             })?;
         tillup_fs::extract_zip_file(path, &tmp.path().join("release"), &ZipLimits::default())
-            .map_err(|source| Error::Archive {
+            .map_err(|reason| Error::Archive {
                 path: path.to_owned(),
-                source,
+                reason,
             })?;
         Ok(Self::Zip(tmp))
     }

@@ -1486,22 +1486,22 @@ mod binary {
             (
                 "absolute",
                 vec![("/etc/cron.d/evil", b"x", 0o644)],
-                &["/etc/cron.d/evil", "absolute"],
+                &["/etc/cron.d/evil", "is absolute"],
             ),
             (
                 "drive",
                 vec![("C:/Windows/evil.dll", b"x", 0o644)],
-                &["C:/Windows/evil.dll", "drive letter"],
+                &["C:/Windows/evil.dll", "starts with a drive letter"],
             ),
             (
                 "backslash",
                 vec![("..\\evil", b"x", 0o644)],
-                &["..\\evil", "backslash"],
+                &["..\\evil", "a backslash"],
             ),
             (
                 "case",
                 vec![("POS.exe", b"a", 0o644), ("pos.exe", b"b", 0o644)],
-                &["POS.exe", "pos.exe", "case"],
+                &["POS.exe", "pos.exe", "differ only in case"],
             ),
             (
                 "bomb",
@@ -1526,6 +1526,10 @@ mod binary {
             for w in want {
                 assert!(err.contains(w), "{name}: `{w}` not in {err}");
             }
+            assert_eq!(err.lines().count(), 1, "{name}: said once: {err}");
+            // The rule is said once: no error is printed twice in the chain.
+            let rule = want.last().unwrap();
+            assert_eq!(err.matches(rule).count(), 1, "{name}: said once: {err}");
             assert_nothing_recorded(&data);
         }
         // A symbolic link entry.
@@ -1581,6 +1585,11 @@ mod binary {
                 && err.contains("config/app.ini")
                 && err.contains("Windows"),
             "{err}"
+        );
+        assert_eq!(
+            err.matches("differ only in case").count(),
+            1,
+            "said once: {err}"
         );
         assert_nothing_recorded(&data);
 
