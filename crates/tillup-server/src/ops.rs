@@ -221,8 +221,9 @@ impl<'a> ReleaseSource<'a> {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        remove_stale_extractions(work, STALE_EXTRACTION);
         let tmp = tempfile::Builder::new()
-            .prefix(".tillup-publish-")
+            .prefix(EXTRACTION_PREFIX)
             .tempdir_in(work)
             .map_err(|source| Error::Io {
                 path: work.to_owned(),
@@ -240,6 +241,33 @@ impl<'a> ReleaseSource<'a> {
         match self {
             Self::Folder(p) => std::borrow::Cow::Borrowed(p),
             Self::Zip(tmp) => std::borrow::Cow::Owned(tmp.path().join("release")),
+        }
+    }
+}
+
+/// The name prefix of `publish`'s temporary extraction folders.
+const EXTRACTION_PREFIX: &str = ".tillup-publish-";
+
+/// An extraction folder this old was left by a publish that was killed (a
+/// refused or finished one removes its own): the next publish removes it.
+const STALE_EXTRACTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes the extraction folders in `work` older than `age`, as best it
+/// can: a leftover only wastes space, so a failure here stops nothing.
+fn remove_stale_extractions(work: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let stale = e
+            .file_name()
+            .to_string_lossy()
+            .starts_with(EXTRACTION_PREFIX)
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|d| d > age));
+        if stale {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
@@ -432,6 +460,27 @@ mod tests {
         let p = publish(&db, &blobs, &key, again).unwrap();
         assert!(p.replaced);
         assert_eq!(p.sequence, 2);
+    }
+
+    #[test]
+    fn stale_extractions_are_removed_and_fresh_ones_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let old = d.path().join(".tillup-publish-old");
+        let fresh = d.path().join(".tillup-publish-fresh");
+        let other = d.path().join("blobs");
+        for p in [&old, &fresh, &other] {
+            std::fs::create_dir_all(p.join("release/bin")).unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
+        for p in [&old, &other] {
+            std::fs::File::open(p)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        remove_stale_extractions(d.path(), STALE_EXTRACTION);
+        assert!(!old.exists());
+        assert!(fresh.exists() && other.exists());
     }
 
     #[test]
