@@ -1,5 +1,6 @@
 //! The agent's TOML configuration.
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -88,6 +89,10 @@ fn yes() -> bool {
     true
 }
 
+/// The largest configuration file accepted: 1 MiB. A real one is well under
+/// a kilobyte; anything near this is the wrong file.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -98,6 +103,14 @@ pub enum ConfigError {
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// The file is larger than [`MAX_CONFIG_BYTES`].
+    #[error(
+        "config file {path} is larger than {MAX_CONFIG_BYTES} bytes; an agent's configuration is a few hundred bytes: check that --config names the right file"
+    )]
+    TooLarge {
+        /// The config file.
+        path: PathBuf,
     },
     /// The TOML is invalid, a field is unknown, missing or of the wrong type.
     #[error("config file {path}: {message}")]
@@ -118,12 +131,24 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads, parses, checks and expands `{folder}` in `path`.
+    /// Reads (at most [`MAX_CONFIG_BYTES`]), parses, checks and expands
+    /// `{folder}` in `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CONFIG_BYTES as u64 + 1).read_to_end(&mut bytes))
+            .map_err(read)?;
+        if bytes.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|e| read(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
@@ -139,6 +164,11 @@ impl Config {
 
     /// [`Config::load`] of a string (errors carry an empty path).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: PathBuf::new(),
+            });
+        }
         let mut c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             message: e.to_string().trim_end().to_owned(),
@@ -244,6 +274,34 @@ health_command = ["{folder}/bin/pos-sim", "probe"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("terminal"), "{err}");
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let mut text = GOOD.to_owned();
+        text.push_str(&"# padding\n".repeat(MAX_CONFIG_BYTES / 10 + 1));
+        std::fs::write(&p, &text).unwrap();
+        let err = Config::load(&p).unwrap_err();
+        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("agent.toml"), "{err}");
+        assert!(matches!(
+            Config::parse(&text),
+            Err(ConfigError::TooLarge { .. })
+        ));
+        // Just under the bound it loads.
+        text.truncate(MAX_CONFIG_BYTES);
+        text.truncate(text.rfind('\n').unwrap() + 1);
+        std::fs::write(&p, &text).unwrap();
+        Config::load(&p).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_endless_file_is_not_read_to_its_end() {
+        let err = Config::load(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
     }
 
     #[test]

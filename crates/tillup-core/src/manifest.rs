@@ -140,15 +140,28 @@ impl Manifest {
     }
 
     /// Fails if two paths would collide on a case-insensitive file system
-    /// (Windows, macOS): checked before installing on such a target.
+    /// (Windows, macOS): checked at publish and before installing on such a
+    /// target. Folders count too: `Bin/a` and `bin/b` would share one
+    /// folder there, and `a` and `A/b` would be a file and a folder at once.
     pub fn check_case_collisions(&self) -> Result<(), ManifestError> {
-        let mut seen: BTreeMap<String, &RelPath> = BTreeMap::new();
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
         for f in &self.files {
-            if let Some(a) = seen.insert(f.path.case_folded(), &f.path) {
-                return Err(ManifestError::CaseCollision {
-                    a: a.clone(),
-                    b: f.path.clone(),
-                });
+            let s = f.path.as_str();
+            let folders = s.match_indices('/').map(|(i, _)| &s[..i]);
+            for p in folders.chain([s]) {
+                match seen.get(&p.to_lowercase()) {
+                    Some(&a) if a != p => {
+                        let rel = |x: &str| RelPath::new(x).expect("prefix of a valid path");
+                        return Err(ManifestError::CaseCollision {
+                            a: rel(a),
+                            b: rel(p),
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert(p.to_lowercase(), p);
+                    }
+                }
             }
         }
         Ok(())
@@ -310,10 +323,32 @@ pub(crate) mod tests {
     #[test]
     fn case_collisions_are_found() {
         let m = manifest(&[("Config.ini", "1"), ("config.ini", "2")]);
-        assert!(matches!(
-            m.check_case_collisions(),
-            Err(ManifestError::CaseCollision { .. })
-        ));
+        let err = m.check_case_collisions().unwrap_err();
+        assert!(matches!(err, ManifestError::CaseCollision { .. }));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`Config.ini`") && msg.contains("`config.ini`"),
+            "{msg}"
+        );
+        for (a, b) in [
+            ("Bin/a", "bin/b"), // one folder, two spellings
+            ("a", "A/b"),       // a file and a folder at once
+            ("x/Y/z", "x/y"),
+            ("数据/Ä", "数据/ä"),
+        ] {
+            let err = manifest(&[(a, "1"), (b, "2")])
+                .check_case_collisions()
+                .unwrap_err();
+            assert!(
+                matches!(err, ManifestError::CaseCollision { .. }),
+                "{a} {b}"
+            );
+        }
+        for (a, b) in [("bin/a", "bin/b"), ("bin/a", "binary"), ("a", "b/a")] {
+            manifest(&[(a, "1"), (b, "2")])
+                .check_case_collisions()
+                .unwrap();
+        }
     }
 
     #[test]

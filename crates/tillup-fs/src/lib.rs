@@ -7,11 +7,13 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub mod archive;
 mod atomic;
 mod blobs;
 pub mod fault;
 mod scan;
 
+pub use archive::{ArchiveError, ZipLimits, extract_zip, extract_zip_file};
 pub use atomic::{fsync_dir, write_atomic, write_json_atomic};
 pub use blobs::{BlobStore, Received};
 pub use scan::{HashCache, copy_verified, hash_file, materialize, scan_folder};
@@ -38,9 +40,10 @@ pub enum Error {
         actual: u64,
     },
     #[error(
-        "{path}: symbolic links are not allowed in a program folder (they could point outside it); replace it with the file itself"
+        "{path} is a symbolic link (to {}); links are not allowed in a program folder because they could point outside it: replace it with the file or folder itself",
+        target.display()
     )]
-    Symlink { path: PathBuf },
+    Symlink { path: PathBuf, target: PathBuf },
     #[error("{path}: the name is not valid UTF-8 or not a safe relative path: {reason}")]
     BadName { path: PathBuf, reason: String },
     #[error("blob {0} is not in the store")]

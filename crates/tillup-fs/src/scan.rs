@@ -104,6 +104,7 @@ pub fn scan_folder(root: &Path, cache: &mut HashCache) -> Result<Manifest, Error
         if ft.is_symlink() {
             return Err(Error::Symlink {
                 path: path.to_owned(),
+                target: fs::read_link(path).unwrap_or_default(),
             });
         }
         if ft.is_dir() {
@@ -287,13 +288,53 @@ mod tests {
         assert!(matches!(err, Error::HashMismatch { .. }), "{err}");
     }
 
+    /// Scans `root` holding `a` and a link `rel` to `target`, and returns
+    /// the refusal.
+    #[cfg(unix)]
+    fn scan_with_link(rel: &str, target: &str) -> (tempfile::TempDir, Error) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cupos");
+        write(&root, "a", "x");
+        write(&root, "sub/b", "y");
+        std::os::unix::fs::symlink(target, root.join(rel)).unwrap();
+        let err = scan_folder(&root, &mut HashCache::default()).unwrap_err();
+        (dir, err)
+    }
+
     #[cfg(unix)]
     #[test]
-    fn scan_refuses_links() {
-        let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "a", "x");
-        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).unwrap();
-        let err = scan_folder(dir.path(), &mut HashCache::default()).unwrap_err();
+    fn scan_refuses_a_link_pointing_out() {
+        let (_dir, err) = scan_with_link("link", "/etc/passwd");
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Symlink { .. }), "{msg}");
+        assert!(
+            msg.contains("link") && msg.contains("/etc/passwd") && msg.contains("replace it"),
+            "{msg}"
+        );
+        // A relative link that climbs out, deeper in the folder.
+        let (_dir, err) = scan_with_link("sub/up", "../../outside");
+        assert!(
+            matches!(&err, Error::Symlink { path, .. } if path.ends_with("sub/up")),
+            "{err}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn scan_refuses_a_link_to_a_parent_folder() {
+        // Followed, it would loop forever or pull the parent's files in.
+        for target in ["..", "../..", "."] {
+            let (_dir, err) = scan_with_link("sub/loop", target);
+            assert!(matches!(err, Error::Symlink { .. }), "{target}: {err}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn scan_refuses_even_a_link_that_stays_inside() {
+        // A link inside is refused too: a terminal on Windows could not
+        // recreate it, and its target could change after the check.
+        let (_dir, err) = scan_with_link("sub/again", "../a");
         assert!(matches!(err, Error::Symlink { .. }), "{err}");
     }
 

@@ -9,6 +9,26 @@ use tillup_core::sign::PublicKey;
 
 use crate::Error;
 
+/// The largest configuration file accepted: 1 MiB. A real one is a few
+/// hundred bytes per terminal; anything near this is the wrong file.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// Reads `path` as text, refusing more than `max` bytes without reading
+/// further (a config path could name a device or a huge file by mistake).
+pub(crate) fn read_bounded(path: &Path, max: usize) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > max {
+        return Ok(None);
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// How an available update is handled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -181,20 +201,38 @@ impl Config {
         directories::ProjectDirs::from("", "", "tillup").map(|d| d.config_dir().join("config.toml"))
     }
 
-    /// Reads and checks a configuration file.
+    /// Reads and checks a configuration file of at most
+    /// [`MAX_CONFIG_BYTES`].
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
-            path: path.to_owned(),
-            message: format!("cannot read it ({e}); create it or pass --config FILE"),
-        })?;
-        let config: Config = toml::from_str(&text).map_err(|e| Error::Config {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        config.validate().map_err(|message| Error::Config {
+        let config_error = |message: String| Error::Config {
             path: path.to_owned(),
             message,
-        })?;
+        };
+        let text = read_bounded(path, MAX_CONFIG_BYTES)
+            .map_err(|e| {
+                config_error(format!(
+                    "cannot read it ({e}); create it or pass --config FILE"
+                ))
+            })?
+            .ok_or_else(|| config_error(too_large()))?;
+        Self::parse(&text).map_err(|e| match e {
+            Error::Config { message, .. } => config_error(message),
+            other => other,
+        })
+    }
+
+    /// [`Config::load`] of a string: parses and checks it. Errors carry an
+    /// empty path.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let config_error = |message: String| Error::Config {
+            path: PathBuf::new(),
+            message,
+        };
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(config_error(too_large()));
+        }
+        let config: Config = toml::from_str(text).map_err(|e| config_error(e.to_string()))?;
+        config.validate().map_err(config_error)?;
         Ok(config)
     }
 
@@ -285,6 +323,12 @@ impl Config {
     }
 }
 
+fn too_large() -> String {
+    format!(
+        "the file is larger than {MAX_CONFIG_BYTES} bytes; a configuration is a few kilobytes: check that this is the right file"
+    )
+}
+
 fn check_url(what: &str, s: &str) -> Result<(), String> {
     match reqwest::Url::parse(s) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
@@ -362,6 +406,35 @@ token = "a"
             at("2026-11-22T23:00:00+08:00[Asia/Shanghai]")
         );
         assert_eq!(w.length(), jiff::SignedDuration::from_hours(3));
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused_before_parsing() {
+        // Valid TOML all along: only its size is wrong.
+        let mut text = sample();
+        text.push_str(&"# padding\n".repeat(MAX_CONFIG_BYTES / 10 + 1));
+        assert!(text.len() > MAX_CONFIG_BYTES);
+        let err = load(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("config.toml") && err.contains("larger than 1048576 bytes"),
+            "{err}"
+        );
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("larger than"), "{err}");
+        // Just under the bound it loads.
+        text.truncate(MAX_CONFIG_BYTES);
+        let cut = text.rfind('\n').unwrap() + 1;
+        text.truncate(cut);
+        load(&text).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_endless_file_is_not_read_to_its_end() {
+        let err = Config::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("larger than"), "{err}");
     }
 
     #[test]

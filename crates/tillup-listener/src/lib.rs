@@ -20,7 +20,7 @@ pub mod local_log;
 pub mod runner;
 pub mod schedule;
 
-pub use config::Config;
+pub use config::{Config, MAX_CONFIG_BYTES};
 use http::Peer;
 
 /// Everything that can go wrong in the listener, with what to do about it.

@@ -77,6 +77,31 @@ pub enum Error {
         /// The id as given (truncated).
         value: String,
     },
+    /// The release archive was refused (a bad entry, a bound passed).
+    // `reason`, not `source`: the message already holds it, and a binary
+    // printing the chain with `{:#}` would say it twice.
+    #[error("release archive {path}: {reason}")]
+    Archive {
+        /// The `.zip` given to `publish`.
+        path: PathBuf,
+        /// Why it was refused.
+        reason: tillup_fs::ArchiveError,
+    },
+    /// Two paths of the release would be one on a case-insensitive disk.
+    #[error(
+        "release {path}: {collision}; terminals may run Windows, so rename one of them and publish again"
+    )]
+    CaseCollision {
+        /// The folder or archive given to `publish`.
+        path: PathBuf,
+        /// The two paths.
+        collision: tillup_core::manifest::ManifestError,
+    },
+    /// `publish` was given something that is neither a folder nor a file.
+    #[error(
+        "{0} is neither a folder nor a .zip file; point publish at the release's program folder or its .zip"
+    )]
+    NotAFolderOrZip(PathBuf),
     /// The release folder has no file.
     #[error("{0}: the folder holds no file; point publish at the release's program folder")]
     EmptyFolder(PathBuf),

@@ -38,9 +38,10 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Publish a release folder and re-sign its channel's log.
+    /// Publish a release folder (or a .zip of it) and re-sign its channel's log.
     Publish {
-        /// The release's program folder.
+        /// The release's program folder, or a .zip whose entries are the
+        /// paths inside it (checked and bounded: no `..`, links, duplicates, bombs).
         folder: PathBuf,
         /// The release's version (semver).
         #[arg(long)]

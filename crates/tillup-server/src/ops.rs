@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tillup_core::Sha256Hex;
 use tillup_core::log::{Notes, Release, VersionLog};
 use tillup_core::manifest::Preserve;
-use tillup_fs::{BlobStore, HashCache};
+use tillup_fs::{BlobStore, HashCache, ZipLimits};
 
 use crate::data::{DataDir, KeySource};
 use crate::db::{Db, SignedLog};
@@ -76,7 +76,8 @@ fn set_mode(_: &Path, _: u32) -> Result<(), Error> {
 /// What `publish` is asked to record.
 #[derive(Clone, Debug)]
 pub struct PublishRequest {
-    /// The release's program folder.
+    /// The release's program folder, or a `.zip` of its content (entries
+    /// are paths inside the program folder).
     pub folder: PathBuf,
     /// Its version.
     pub version: Version,
@@ -111,8 +112,11 @@ pub struct Published {
     pub sequence: u64,
 }
 
-/// Scans the folder, stores its files and manifest as blobs, records the
-/// release and re-signs the channel's log. The new log keeps the validity
+/// Scans the folder (or a zip, extracted within [`ZipLimits`] into a
+/// temporary folder beside the blob store and removed afterwards), refuses
+/// paths that differ only in case, stores its files and manifest as blobs,
+/// records the release and re-signs the channel's log. Nothing is stored
+/// before every check passed. The new log keeps the validity
 /// of the channel's previous log (30 days for the first one).
 pub fn publish(
     db: &Db,
@@ -140,13 +144,23 @@ pub fn publish(
     // Fail on a bad key before storing anything.
     key.load()?;
 
-    let manifest = tillup_fs::scan_folder(&req.folder, &mut HashCache::default())?;
+    let source = ReleaseSource::open(&req.folder, blobs)?;
+    let folder = source.folder();
+    let manifest = tillup_fs::scan_folder(&folder, &mut HashCache::default())?;
     if manifest.is_empty() {
         return Err(Error::EmptyFolder(req.folder));
     }
+    manifest
+        .check_case_collisions()
+        .map_err(|collision| Error::CaseCollision {
+            path: req.folder.clone(),
+            collision,
+        })?;
     for f in manifest.files() {
-        blobs.put_file(&tillup_fs::join(&req.folder, &f.path), &f.sha256)?;
+        blobs.put_file(&tillup_fs::join(&folder, &f.path), &f.sha256)?;
     }
+    drop(folder);
+    drop(source);
     let digest = blobs.put_bytes(&manifest.to_bytes())?;
     debug_assert_eq!(digest, manifest.digest());
     let release = Release {
@@ -179,6 +193,83 @@ pub fn publish(
         replaced: existing.is_some(),
         sequence: log.sequence,
     })
+}
+
+/// What `publish` reads the release from: the folder itself, or a zip
+/// extracted into a temporary folder that is removed when this is dropped.
+enum ReleaseSource<'a> {
+    Folder(&'a Path),
+    Zip(tempfile::TempDir),
+}
+
+impl<'a> ReleaseSource<'a> {
+    fn open(path: &'a Path, blobs: &BlobStore) -> Result<Self, Error> {
+        let md = std::fs::metadata(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        if md.is_dir() {
+            return Ok(Self::Folder(path));
+        }
+        if !md.is_file() {
+            return Err(Error::NotAFolderOrZip(path.to_owned()));
+        }
+        // Beside the blob store, on the same disk; not inside it, where a
+        // folder would look like one of its fan-out folders.
+        let work = blobs
+            .root()
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        remove_stale_extractions(work, STALE_EXTRACTION);
+        let tmp = tempfile::Builder::new()
+            .prefix(EXTRACTION_PREFIX)
+            .tempdir_in(work)
+            .map_err(|source| Error::Io {
+                path: work.to_owned(),
+                source,
+            })?;
+        tillup_fs::extract_zip_file(path, &tmp.path().join("release"), &ZipLimits::default())
+            .map_err(|reason| Error::Archive {
+                path: path.to_owned(),
+                reason,
+            })?;
+        Ok(Self::Zip(tmp))
+    }
+
+    fn folder(&self) -> std::borrow::Cow<'_, Path> {
+        match self {
+            Self::Folder(p) => std::borrow::Cow::Borrowed(p),
+            Self::Zip(tmp) => std::borrow::Cow::Owned(tmp.path().join("release")),
+        }
+    }
+}
+
+/// The name prefix of `publish`'s temporary extraction folders.
+const EXTRACTION_PREFIX: &str = ".tillup-publish-";
+
+/// An extraction folder this old was left by a publish that was killed (a
+/// refused or finished one removes its own): the next publish removes it.
+const STALE_EXTRACTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes the extraction folders in `work` older than `age`, as best it
+/// can: a leftover only wastes space, so a failure here stops nothing.
+fn remove_stale_extractions(work: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let stale = e
+            .file_name()
+            .to_string_lossy()
+            .starts_with(EXTRACTION_PREFIX)
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|d| d > age));
+        if stale {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// `n` days.
@@ -369,6 +460,27 @@ mod tests {
         let p = publish(&db, &blobs, &key, again).unwrap();
         assert!(p.replaced);
         assert_eq!(p.sequence, 2);
+    }
+
+    #[test]
+    fn stale_extractions_are_removed_and_fresh_ones_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let old = d.path().join(".tillup-publish-old");
+        let fresh = d.path().join(".tillup-publish-fresh");
+        let other = d.path().join("blobs");
+        for p in [&old, &fresh, &other] {
+            std::fs::create_dir_all(p.join("release/bin")).unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
+        for p in [&old, &other] {
+            std::fs::File::open(p)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        remove_stale_extractions(d.path(), STALE_EXTRACTION);
+        assert!(!old.exists());
+        assert!(fresh.exists() && other.exists());
     }
 
     #[test]

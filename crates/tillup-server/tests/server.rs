@@ -1545,4 +1545,234 @@ mod binary {
             .unwrap();
         assert!(String::from_utf8_lossy(&out.stderr).contains("--data"));
     }
+
+    // ---- publishing from a zip, and what publish refuses ----------------
+
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+
+    /// One zip entry: name, content, unix mode.
+    type Entry<'a> = (&'a str, &'a [u8], u32);
+
+    /// A zip of `entries`, deflated.
+    fn zip_file(dir: &Path, name: &str, entries: &[Entry]) -> PathBuf {
+        let path = dir.join(name);
+        let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        for (entry, bytes, mode) in entries {
+            let opts = SimpleFileOptions::default().unix_permissions(*mode);
+            w.start_file(*entry, opts).unwrap();
+            w.write_all(bytes).unwrap();
+        }
+        w.finish().unwrap();
+        path
+    }
+
+    /// What `publish` printed as the manifest's digest.
+    fn manifest_of(stdout: &str) -> String {
+        let (_, rest) = stdout.split_once("manifest ").unwrap();
+        rest.split(';').next().unwrap().to_owned()
+    }
+
+    /// The data folder after a refused publish: no release recorded, no
+    /// blob stored, no temporary folder left.
+    fn assert_nothing_recorded(data: &Path) {
+        let db = tillup_server::Db::open(&data.join("tillup.db")).unwrap();
+        assert!(db.releases("stable").unwrap().is_empty());
+        let blobs = tillup_fs::BlobStore::open(data.join("blobs")).unwrap();
+        assert!(blobs.hashes().unwrap().is_empty());
+        let mut left: Vec<String> = std::fs::read_dir(data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        // The database may keep its WAL files; nothing else appears.
+        left.retain(|n| !n.starts_with("tillup.db"));
+        assert_eq!(left, ["blobs", "keys"]);
+        let tmp = std::fs::read_dir(data.join("blobs/tmp")).unwrap().count();
+        assert_eq!(tmp, 0);
+    }
+
+    #[test]
+    fn a_zip_publishes_the_same_release_as_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        ok(&data, &["keygen"]);
+        let folder = release(dir.path(), "rel", "program");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let exe = std::fs::Permissions::from_mode(0o755);
+            std::fs::set_permissions(folder.join("pos"), exe).unwrap();
+        }
+        let zip = zip_file(
+            dir.path(),
+            "rel.zip",
+            &[
+                ("pos", b"program", 0o755),
+                ("config/", b"", 0o755),
+                ("config/app.ini", b"default", 0o644),
+            ],
+        );
+        let from_folder = ok(
+            &data,
+            &["publish", folder.to_str().unwrap(), "--version", "1.0.0"],
+        );
+        let from_zip = ok(
+            &data,
+            &["publish", zip.to_str().unwrap(), "--version", "1.0.1"],
+        );
+        assert!(from_zip.contains("2 files, 14 bytes"), "{from_zip}");
+        if cfg!(unix) {
+            assert_eq!(manifest_of(&from_zip), manifest_of(&from_folder));
+        }
+        // The extraction is gone once published.
+        let leftovers: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".tillup")
+            })
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_bad_zip_is_refused_with_a_clear_message_and_nothing_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let zeros = vec![0u8; 8 * 1024 * 1024];
+        let cases: Vec<(&str, Vec<Entry>, &[&str])> = vec![
+            (
+                "traversal",
+                vec![("pos", b"x", 0o644), ("../evil", b"x", 0o644)],
+                &["../evil", "`..`"],
+            ),
+            (
+                "absolute",
+                vec![("/etc/cron.d/evil", b"x", 0o644)],
+                &["/etc/cron.d/evil", "is absolute"],
+            ),
+            (
+                "drive",
+                vec![("C:/Windows/evil.dll", b"x", 0o644)],
+                &["C:/Windows/evil.dll", "starts with a drive letter"],
+            ),
+            (
+                "backslash",
+                vec![("..\\evil", b"x", 0o644)],
+                &["..\\evil", "a backslash"],
+            ),
+            (
+                "case",
+                vec![("POS.exe", b"a", 0o644), ("pos.exe", b"b", 0o644)],
+                &["POS.exe", "pos.exe", "differ only in case"],
+            ),
+            (
+                "bomb",
+                vec![("pos", b"x", 0o644), ("data/big.db", &zeros, 0o644)],
+                &["data/big.db", "zip bomb"],
+            ),
+        ];
+        for (name, entries, want) in cases {
+            let data = dir.path().join(name);
+            ok(&data, &["keygen"]);
+            let zip = zip_file(dir.path(), &format!("{name}.zip"), &entries);
+            let out = server(
+                &data,
+                &["publish", zip.to_str().unwrap(), "--version", "1.0.0"],
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{name}: {err}");
+            assert!(
+                err.contains("release archive") && err.contains(&format!("{name}.zip")),
+                "{name}: {err}"
+            );
+            for w in want {
+                assert!(err.contains(w), "{name}: `{w}` not in {err}");
+            }
+            assert_eq!(err.lines().count(), 1, "{name}: said once: {err}");
+            // The rule is said once: no error is printed twice in the chain.
+            let rule = want.last().unwrap();
+            assert_eq!(err.matches(rule).count(), 1, "{name}: said once: {err}");
+            assert_nothing_recorded(&data);
+        }
+        // A symbolic link entry.
+        let data = dir.path().join("link");
+        ok(&data, &["keygen"]);
+        let path = dir.path().join("link.zip");
+        let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        w.add_symlink("lib/libpos.so", "/etc/passwd", SimpleFileOptions::default())
+            .unwrap();
+        w.finish().unwrap();
+        let out = server(
+            &data,
+            &["publish", path.to_str().unwrap(), "--version", "1.0.0"],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("lib/libpos.so") && err.contains("symbolic link"),
+            "{err}"
+        );
+        assert_nothing_recorded(&data);
+        // Not a zip at all.
+        let data = dir.path().join("notzip");
+        ok(&data, &["keygen"]);
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "release notes").unwrap();
+        let out = server(
+            &data,
+            &["publish", path.to_str().unwrap(), "--version", "1.0.0"],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("not a readable zip"), "{err}");
+        assert_nothing_recorded(&data);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_folder_with_case_twins_or_a_link_out_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        ok(&data, &["keygen"]);
+        let folder = release(dir.path(), "twins", "program");
+        std::fs::write(folder.join("config/App.ini"), "other").unwrap();
+        let out = server(
+            &data,
+            &["publish", folder.to_str().unwrap(), "--version", "1.0.0"],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("config/App.ini")
+                && err.contains("config/app.ini")
+                && err.contains("Windows"),
+            "{err}"
+        );
+        assert_eq!(
+            err.matches("differ only in case").count(),
+            1,
+            "said once: {err}"
+        );
+        assert_nothing_recorded(&data);
+
+        let folder = release(dir.path(), "linked", "program");
+        std::os::unix::fs::symlink("../../outside", folder.join("config/local")).unwrap();
+        let out = server(
+            &data,
+            &["publish", folder.to_str().unwrap(), "--version", "1.0.0"],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("config/local")
+                && err.contains("symbolic link")
+                && err.contains("../../outside"),
+            "{err}"
+        );
+        assert_nothing_recorded(&data);
+    }
 }
