@@ -537,20 +537,7 @@ fn partial_header(resp: &Response) -> Option<u64> {
         .ok()
 }
 
-/// An error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
-        }
-        cur = c.source();
-    }
-    s
-}
+pub use tillup_core::error_chain;
 
 /// The server's routes, with the store filled in.
 pub fn store_route(template: &str, store: &str, upgrade: &str) -> String {

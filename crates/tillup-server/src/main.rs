@@ -119,7 +119,10 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tillup-server: error: {e:#}");
+            eprintln!(
+                "tillup-server: error: {}",
+                tillup_core::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

@@ -27,7 +27,10 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!(
+                "tillup-agent: error: {}",
+                tillup_core::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

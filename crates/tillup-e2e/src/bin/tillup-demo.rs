@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tillup-demo: {e:#}");
+            eprintln!("tillup-demo: {}", tillup_core::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -93,7 +93,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tillup: {e:#}");
+            eprintln!("tillup: {}", tillup_core::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -177,7 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         Some(other)
                     }
                     Err(e) if !once => {
-                        eprintln!("tillup: {e:#}");
+                        eprintln!("tillup: {}", tillup_core::error_chain(&e));
                         None
                     }
                     Err(e) => return Err(e.into()),
