@@ -19,6 +19,7 @@ pub mod http;
 pub mod local_log;
 pub mod runner;
 pub mod schedule;
+pub mod view;
 
 pub use config::{Config, MAX_CONFIG_BYTES};
 use http::Peer;
