@@ -348,6 +348,12 @@ fn a_listener_that_never_comes_back_leaves_no_terminal_stopped() -> Result<()> {
                 && f.contains("upgrade this terminal again")),
         "{resumed}"
     );
+    // The store's report on the server carries what the agents did alone.
+    let reports = store.server.cli(&["reports", &store.store_id])?;
+    ensure!(
+        reports.contains("agent_notices") && reports.contains("started it again on version 1.0.0"),
+        "{reports}"
+    );
     let ends = settled(&store, &now, &release, "1.1.0")?;
     ensure!(all(&ends, End::New), "{ends:?}");
     ensure!(manifest_of(&store.backups()[0].join("terminal-1")) == before[&1]);

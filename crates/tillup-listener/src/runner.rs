@@ -422,6 +422,36 @@ impl Listener {
         Ok(())
     }
 
+    /// What the agents did on their own during `u` (finished a cut swap,
+    /// restarted a program the host left stopped, rolled back a release),
+    /// by terminal. Best effort: a terminal that does not answer adds nothing.
+    async fn agent_notices(&self, u: &Upgrade) -> serde_json::Value {
+        let asks = u
+            .terminals
+            .values()
+            .filter(|t| !matches!(t.step, tillup_core::upgrade::Step::Abandoned { .. }))
+            .filter_map(|t| Some((t.number, self.agent(t.number).ok()?)))
+            .map(|(n, peer)| async move {
+                let status = peer
+                    .get_json::<api::AgentStatus>("report its status", agent_routes::STATUS)
+                    .await;
+                (n, status)
+            });
+        let mut out = serde_json::Map::new();
+        for (n, status) in futures_util::future::join_all(asks).await {
+            let notices: Vec<_> = status
+                .map(|s| s.notices)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|notice| notice.at >= u.started)
+                .collect();
+            if !notices.is_empty() {
+                out.insert(n.to_string(), serde_json::json!(notices));
+            }
+        }
+        out.into()
+    }
+
     fn report_json(&self, u: &Upgrade, left_out: &[(u32, String)]) -> serde_json::Value {
         serde_json::json!({
             "id": u.id,
@@ -677,14 +707,11 @@ impl Listener {
             Effect::SendReport => {
                 self.send_unsent_reports().await?;
                 let path = route(server_routes::REPORT, &[("store", &self.config.store_id)]);
+                let mut report = self.report_json(u, &ctx.left_out);
+                report["agent_notices"] = self.agent_notices(u).await;
                 let _: serde_json::Value = self
                     .server
-                    .send_json(
-                        "receive the store's report",
-                        Method::POST,
-                        &path,
-                        &self.report_json(u, &ctx.left_out),
-                    )
+                    .send_json("receive the store's report", Method::POST, &path, &report)
                     .await?;
             }
         }
