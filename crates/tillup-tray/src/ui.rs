@@ -74,6 +74,7 @@ pub fn run(lang: Lang, commands: UnboundedSender<Cmd>, first: Shown) -> anyhow::
             "quit" => Cmd::Quit,
             _ => return,
         };
+        tracing::debug!("menu: {cmd:?}");
         let _ = commands.send(cmd);
     }));
     let tray = TrayIconBuilder::new()
