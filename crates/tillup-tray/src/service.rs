@@ -115,23 +115,23 @@ pub async fn run(
 
     loop {
         tokio::select! {
-            cmd = commands.recv() => { tracing::debug!("command: {cmd:?}"); match cmd {
-                None | Some(Cmd::Quit) => break,
-                Some(Cmd::Open) => {
-                    problem = match window.open(&window_tx).await {
-                        Ok(()) => None,
-                        Err(e) => {
+            cmd = commands.recv() => {
+                tracing::debug!("command: {cmd:?}");
+                match cmd {
+                    None | Some(Cmd::Quit) => break,
+                    Some(Cmd::Open) => {
+                        if let Err(e) = window.open(&window_tx).await {
                             let text = decide::window_problem(&e, lang);
                             tracing::warn!("{text}");
-                            Some(text)
+                            problem = Some(text);
+                            refresh(&problem);
                         }
-                    };
-                    refresh(&problem);
+                    }
+                    Some(Cmd::Check) if job.is_none() => job = Some(tick(&listener, lang, true)),
+                    Some(Cmd::UpgradeNow) if job.is_none() => job = Some(upgrade_now(&listener, lang)),
+                    Some(other) => tracing::info!("{other:?}: a check or an upgrade is running; try again when it is done"),
                 }
-                Some(Cmd::Check) if job.is_none() => job = Some(tick(&listener, lang, true)),
-                Some(Cmd::UpgradeNow) if job.is_none() => job = Some(upgrade_now(&listener, lang)),
-                Some(other) => tracing::info!("{other:?}: a check or an upgrade is running; try again when it is done"),
-            }},
+            }
             done = async { job.as_mut().expect("guarded").await }, if job.is_some() => {
                 job = None;
                 let outcome = match done.result {
