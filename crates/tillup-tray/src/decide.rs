@@ -90,10 +90,18 @@ pub fn decode_rgba(png_bytes: &[u8]) -> Result<(Vec<u8>, u32, u32), String> {
     Ok((buf, info.width, info.height))
 }
 
+/// The longest problem the status line shows; the log has all of it.
+pub const PROBLEM_CHARS: usize = 80;
+
 /// The disabled first menu item: the view's tooltip (appindicator ignores
-/// tooltips), then what went wrong last, if anything.
+/// tooltips), then what went wrong last, if anything, cut to
+/// [`PROBLEM_CHARS`] so the menu stays readable.
 pub fn status_line(tooltip: &str, problem: Option<&str>) -> String {
     match problem {
+        Some(p) if p.chars().count() > PROBLEM_CHARS => {
+            let cut: String = p.chars().take(PROBLEM_CHARS - 1).collect();
+            format!("{tooltip} — {}…", cut.trim_end())
+        }
         Some(p) => format!("{tooltip} — {p}"),
         None => tooltip.to_owned(),
     }
@@ -336,6 +344,17 @@ mod tests {
         assert_eq!(
             status_line("tillup: up to date", Some("tillup-window is not installed")),
             "tillup: up to date — tillup-window is not installed"
+        );
+        let long = "cannot reach the server to fetch the version log: ".repeat(4);
+        let line = status_line("tillup：已是最新版本", Some(&long));
+        assert!(line.ends_with('…'), "{line}");
+        assert!(line.chars().count() <= "tillup：已是最新版本 — ".chars().count() + PROBLEM_CHARS);
+        let chinese = "无法连接服务器".repeat(20);
+        let line = status_line("t", Some(&chinese));
+        assert_eq!(
+            line.chars().count(),
+            "t — ".chars().count() + PROBLEM_CHARS,
+            "{line}"
         );
     }
 
