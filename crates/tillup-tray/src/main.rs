@@ -109,10 +109,10 @@ fn run(cli: Cli, gdk_gl: Option<std::ffi::OsString>) -> anyhow::Result<ExitCode>
         })
         .context("cannot start the listener thread")?;
     let quit = commands.clone();
-    let shown = ui::run(lang, commands, first);
+    let gtk = ui::run(lang, commands, first);
     // However GTK ended, the listener thread ends too.
     let _ = quit.send(ui::Cmd::Quit);
     let _ = listener_thread.join();
-    shown?;
+    gtk?;
     Ok(ExitCode::SUCCESS)
 }
