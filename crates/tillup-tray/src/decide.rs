@@ -146,6 +146,14 @@ pub fn status_message(shown: &Shown) -> String {
     serde_json::json!({"type": "status", "view": shown.view, "problem": shown.problem}).to_string()
 }
 
+/// The status line after Quit while a check or an upgrade runs.
+pub fn quit_later(lang: Lang) -> &'static str {
+    match lang {
+        Lang::En => "quitting when the running check or upgrade ends (Quit again to stop it now)",
+        Lang::ZhCn => "检查或升级结束后退出（再次点击“退出”立即退出）",
+    }
+}
+
 /// What "Upgrade now" runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpgradeNow {
@@ -396,6 +404,12 @@ mod tests {
         assert_eq!(msg["type"], "status");
         assert_eq!(msg["view"]["icon"], "idle");
         assert_eq!(msg["view"]["tooltip"], "tillup: up to date");
+    }
+
+    #[test]
+    fn quitting_later_says_how_to_quit_now() {
+        assert!(quit_later(Lang::En).contains(labels(Lang::En).quit));
+        assert!(quit_later(Lang::ZhCn).contains(labels(Lang::ZhCn).quit));
     }
 
     #[test]

@@ -90,7 +90,8 @@ fn upgrade_now(listener: &Listener, lang: Lang) -> Job<'_> {
     })
 }
 
-/// Runs until the menu (or SIGTERM/SIGINT) says quit.
+/// Runs until the menu (or SIGTERM/SIGINT) says quit. The menu's Quit
+/// waits for a running check or upgrade, unless given twice.
 pub async fn run(
     listener: Listener,
     lang: Lang,
@@ -106,6 +107,7 @@ pub async fn run(
     let mut announced: Option<Version> = None;
     let mut next_tick = Instant::now();
     let mut job: Option<Job<'_>> = None;
+    let mut quitting = false;
 
     let refresh = |problem: &Option<String>| {
         let shown = view_now(&listener, lang, problem.clone());
@@ -118,7 +120,16 @@ pub async fn run(
             cmd = commands.recv() => {
                 tracing::debug!("command: {cmd:?}");
                 match cmd {
-                    None | Some(Cmd::Quit) => break,
+                    None => break,
+                    // Stopping an upgrade midway leaves terminals stopped until
+                    // the agents' watchdog or the next start: wait for it,
+                    // unless the manager insists.
+                    Some(Cmd::Quit) if job.is_none() || quitting => break,
+                    Some(Cmd::Quit) => {
+                        quitting = true;
+                        problem = Some(decide::quit_later(lang).to_owned());
+                        refresh(&problem);
+                    }
                     Some(Cmd::Open) => {
                         if let Err(e) = window.open(&window_tx).await {
                             let text = decide::window_problem(&e, lang);
@@ -156,6 +167,9 @@ pub async fn run(
                 }
                 if done.scheduled {
                     next_tick = Instant::now() + next_delay(&listener, outcome.as_ref());
+                }
+                if quitting {
+                    break;
                 }
                 let shown = refresh(&problem);
                 send_status(&mut window, &shown).await;
