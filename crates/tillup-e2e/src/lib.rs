@@ -738,12 +738,17 @@ impl Store {
 
     /// Runs the `tillup` CLI with this store's config.
     pub fn tillup(&self, args: &[&str]) -> Result<Output> {
+        self.tillup_with(args, &[])
+    }
+
+    /// The `tillup` command with this store's config and no injected clock.
+    fn tillup_command(&self, args: &[&str]) -> Result<Command> {
         let mut cmd = Command::new(bin("tillup")?);
         cmd.arg("--config")
             .arg(&self.listener_config)
             .args(args)
             .env_remove("TILLUP_NOW");
-        run(cmd, Duration::from_secs(300))
+        Ok(cmd)
     }
 
     /// `tillup ARGS --json`, parsed; fails unless it exits 0.
@@ -767,12 +772,8 @@ impl Store {
 
     /// Runs the `tillup` CLI with extra environment (a fault to inject).
     pub fn tillup_with(&self, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
-        let mut cmd = Command::new(bin("tillup")?);
-        cmd.arg("--config")
-            .arg(&self.listener_config)
-            .args(args)
-            .env_remove("TILLUP_NOW")
-            .envs(env.iter().copied());
+        let mut cmd = self.tillup_command(args)?;
+        cmd.envs(env.iter().copied());
         run(cmd, Duration::from_secs(300))
     }
 
@@ -781,11 +782,7 @@ impl Store {
     /// same port, without its fault. Returns the output and how many
     /// restarts it took.
     pub fn tillup_supervised(&mut self, args: &[&str]) -> Result<(Output, usize)> {
-        let mut cmd = Command::new(bin("tillup")?);
-        cmd.arg("--config")
-            .arg(&self.listener_config)
-            .args(args)
-            .env_remove("TILLUP_NOW");
+        let cmd = self.tillup_command(args)?;
         let mut restarts = 0;
         let out = run_with(cmd, Duration::from_secs(300), || {
             for t in self.terminals.values_mut() {

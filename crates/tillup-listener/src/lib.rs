@@ -152,13 +152,24 @@ impl Listener {
 
     /// Every terminal's agent status, asked at once.
     pub async fn agent_statuses(&self) -> BTreeMap<u32, Result<AgentStatus, Error>> {
-        let asks = self.agents.iter().map(|(n, peer)| async move {
-            (
-                *n,
-                peer.get_json::<AgentStatus>("report its status", agent_routes::STATUS)
-                    .await,
-            )
-        });
+        self.statuses_of(self.agents.keys().copied()).await
+    }
+
+    /// The agent status of each of `terminals` in the configuration, asked at once.
+    pub(crate) async fn statuses_of(
+        &self,
+        terminals: impl IntoIterator<Item = u32>,
+    ) -> BTreeMap<u32, Result<AgentStatus, Error>> {
+        let asks = terminals
+            .into_iter()
+            .filter_map(|n| Some((n, self.agents.get(&n)?)))
+            .map(|(n, peer)| async move {
+                (
+                    n,
+                    peer.get_json::<AgentStatus>("report its status", agent_routes::STATUS)
+                        .await,
+                )
+            });
         join_all(asks).await.into_iter().collect()
     }
 }

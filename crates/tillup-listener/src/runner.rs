@@ -426,19 +426,13 @@ impl Listener {
     /// restarted a program the host left stopped, rolled back a release),
     /// by terminal. Best effort: a terminal that does not answer adds nothing.
     async fn agent_notices(&self, u: &Upgrade) -> serde_json::Value {
-        let asks = u
+        let reachable = u
             .terminals
             .values()
             .filter(|t| !matches!(t.step, tillup_core::upgrade::Step::Abandoned { .. }))
-            .filter_map(|t| Some((t.number, self.agent(t.number).ok()?)))
-            .map(|(n, peer)| async move {
-                let status = peer
-                    .get_json::<api::AgentStatus>("report its status", agent_routes::STATUS)
-                    .await;
-                (n, status)
-            });
+            .map(|t| t.number);
         let mut out = serde_json::Map::new();
-        for (n, status) in futures_util::future::join_all(asks).await {
+        for (n, status) in self.statuses_of(reachable).await {
             let notices: Vec<_> = status
                 .map(|s| s.notices)
                 .unwrap_or_default()
