@@ -121,7 +121,7 @@ impl Default for CheckSchedule {
 }
 
 /// A POS terminal of the store.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Terminal {
     pub number: u32,

@@ -422,6 +422,10 @@ mod tests {
             found: Timestamp::UNIX_EPOCH,
             snoozed_until: None,
             tonight: true,
+            date: None,
+            size: None,
+            notes: Default::default(),
+            terminals: vec![],
         });
         assert_eq!(upgrade_now(&log), UpgradeNow::Answer);
     }
