@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes the tray's four icons (32x32 RGBA PNG, standard library only).
+"""Writes the tray's four icons (32x32 RGBA PNG, standard library only) and
+the window's icon (icon.png, 128x128).
 
 Run from anywhere: `python3 icons/make.py`. The PNGs are committed; the tray
 embeds them with include_bytes!.
@@ -38,13 +39,13 @@ def mark(kind, x, y):
     raise ValueError(kind)
 
 
-def pixels(colour, kind):
+def pixels(colour, kind, size=SIZE):
     rows = []
-    for py in range(SIZE):
+    for py in range(size):
         row = bytearray([0])  # filter: none
-        for px in range(SIZE):
-            x = (px + 0.5) / SIZE * 2 - 1
-            y = (py + 0.5) / SIZE * 2 - 1
+        for px in range(size):
+            x = (px + 0.5) / size * 2 - 1
+            y = (py + 0.5) / size * 2 - 1
             r = math.hypot(x, y)
             if r > 0.94:
                 row += bytes([0, 0, 0, 0])
@@ -56,7 +57,7 @@ def pixels(colour, kind):
     return b"".join(rows)
 
 
-def png(raw):
+def png(raw, size=SIZE):
     def chunk(tag, data):
         return (
             struct.pack(">I", len(data))
@@ -65,7 +66,7 @@ def png(raw):
             + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
         )
 
-    header = struct.pack(">IIBBBBB", SIZE, SIZE, 8, 6, 0, 0, 0)  # 8-bit RGBA
+    header = struct.pack(">IIBBBBB", size, size, 8, 6, 0, 0, 0)  # 8-bit RGBA
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
@@ -77,3 +78,7 @@ def png(raw):
 for name, (colour, kind) in ICONS.items():
     with open(os.path.join(HERE, f"tray-{name}.png"), "wb") as f:
         f.write(png(pixels(colour, kind)))
+
+# The window's icon (tauri.conf.json): the "update" arrow, larger.
+with open(os.path.join(HERE, "icon.png"), "wb") as f:
+    f.write(png(pixels(ICONS["available"][0], "arrow", 128), 128))

@@ -31,6 +31,16 @@ pub enum Page {
     Window,
 }
 
+impl Page {
+    /// Its name on the command line and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Page::Popup => "popup",
+            Page::Window => "window",
+        }
+    }
+}
+
 /// Resident → window.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -21,6 +21,14 @@ pub enum Lang {
 impl Lang {
     /// From a locale name (`zh_CN.UTF-8`, `zh-Hans`, `en_US`): Chinese for
     /// any `zh`, English otherwise.
+    /// Its name on the command line and in JSON: `en` or `zh-CN`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::ZhCn => "zh-CN",
+        }
+    }
+
     pub fn from_locale(locale: &str) -> Self {
         if locale.to_ascii_lowercase().starts_with("zh") {
             Lang::ZhCn

@@ -9,7 +9,6 @@ use tillup_listener::runner::UpdateOutcome;
 use tillup_listener::schedule::TickOutcome;
 use tillup_listener::view::{Icon, Lang};
 
-use crate::ui::{Cmd, Shown};
 use crate::window::OpenError;
 
 /// `--lang` if given, else the locale: `LC_ALL`, then `LC_MESSAGES`, then
@@ -121,36 +120,19 @@ pub fn window_problem(e: &OpenError, lang: Lang) -> String {
     }
 }
 
-/// What a line from the window asks for. The protocol is JSON lines (see
-/// docs/tray-memory-study.md); the window app is not written yet, so this
-/// is its first draft: `{"type":"ready"}` and
-/// `{"type":"action","action":"check_now"|"upgrade_now"}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FromWindow {
-    Ready,
-    Do(Cmd),
-}
-
-pub fn window_says(line: &str) -> Option<FromWindow> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    match (v["type"].as_str()?, v["action"].as_str()) {
-        ("ready", _) => Some(FromWindow::Ready),
-        ("action", Some("check_now")) => Some(FromWindow::Do(Cmd::Check)),
-        ("action", Some("upgrade_now")) => Some(FromWindow::Do(Cmd::UpgradeNow)),
-        _ => None,
-    }
-}
-
-/// The status line sent to the window: `{"type":"status","view":…,"problem":…}`.
-pub fn status_message(shown: &Shown) -> String {
-    serde_json::json!({"type": "status", "view": shown.view, "problem": shown.problem}).to_string()
-}
-
 /// The status line after Quit while a check or an upgrade runs.
 pub fn quit_later(lang: Lang) -> &'static str {
     match lang {
         Lang::En => "quitting when the running check or upgrade ends (Quit again to stop it now)",
         Lang::ZhCn => "检查或升级结束后退出（再次点击“退出”立即退出）",
+    }
+}
+
+/// The refusal of a request while a check or an upgrade runs.
+pub fn busy(lang: Lang) -> &'static str {
+    match lang {
+        Lang::En => "a check or an upgrade is running; try again when it is done",
+        Lang::ZhCn => "正在检查或升级，请在完成后再试",
     }
 }
 
@@ -374,36 +356,6 @@ mod tests {
             "the window program is not installed (/opt/tillup/tillup-window is missing)"
         );
         assert!(window_problem(&missing, Lang::ZhCn).contains("/opt/tillup/tillup-window"));
-    }
-
-    #[test]
-    fn the_window_speaks_json_lines() {
-        assert_eq!(window_says(r#"{"type":"ready"}"#), Some(FromWindow::Ready));
-        assert_eq!(
-            window_says(r#"{"type":"action","action":"check_now"}"#),
-            Some(FromWindow::Do(Cmd::Check))
-        );
-        assert_eq!(
-            window_says(r#"{"type":"action","action":"upgrade_now"}"#),
-            Some(FromWindow::Do(Cmd::UpgradeNow))
-        );
-        for noise in [
-            "",
-            "hello",
-            "{}",
-            r#"{"type":"action","action":"quit"}"#,
-            r#"{"type":1}"#,
-        ] {
-            assert_eq!(window_says(noise), None, "{noise}");
-        }
-        let shown = Shown {
-            view: tillup_listener::view::tray_view(&LocalLog::default(), None, Lang::En),
-            problem: None,
-        };
-        let msg: serde_json::Value = serde_json::from_str(&status_message(&shown)).unwrap();
-        assert_eq!(msg["type"], "status");
-        assert_eq!(msg["view"]["icon"], "idle");
-        assert_eq!(msg["view"]["tooltip"], "tillup: up to date");
     }
 
     #[test]

@@ -44,6 +44,19 @@ pub fn acquire(dir: &Path) -> anyhow::Result<Result<Instance, String>> {
     }
 }
 
+/// Asks the tray `pid` (as read from `tray.lock`) to open its window.
+pub fn open_window_of(pid: &str) -> Result<(), String> {
+    let pid = pid
+        .parse::<i32>()
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| {
+            format!("its pid `{pid}` is unreadable: open the window from its tray icon")
+        })?;
+    rustix::process::kill_process(pid, rustix::process::Signal::USR1)
+        .map_err(|e| format!("cannot ask it to open its window ({e}): use its tray icon"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ use clap::Parser;
 use tillup_listener::view::Lang;
 use tillup_listener::{Config, Listener};
 
+mod autostart;
 mod decide;
 mod instance;
 mod service;
@@ -88,13 +89,25 @@ fn run(cli: Cli, gdk_gl: Option<std::ffi::OsString>) -> anyhow::Result<ExitCode>
     let _instance = match instance::acquire(&listener.data_dir)? {
         Ok(held) => held,
         Err(pid) => {
-            println!("tillup-tray already runs (pid {pid})");
+            // Started again from the menu or the desktop: the manager wants
+            // the window of the one that runs.
+            match instance::open_window_of(&pid) {
+                Ok(()) => println!("tillup-tray already runs (pid {pid}); its window opens"),
+                Err(e) => println!("tillup-tray already runs (pid {pid}); {e}"),
+            }
             return Ok(ExitCode::SUCCESS);
         }
     };
     let first = service::view_now(&listener, lang, None);
     let window = window::Window::new(window::Window::beside_current_exe(), gdk_gl);
     let (commands, received) = tokio::sync::mpsc::unbounded_channel();
+    let start = service::Start {
+        listener,
+        config_path: path,
+        lang,
+        window,
+        commands: received,
+    };
     let listener_thread = std::thread::Builder::new()
         .name("listener".into())
         .spawn(move || {
@@ -102,7 +115,7 @@ fn run(cli: Cli, gdk_gl: Option<std::ffi::OsString>) -> anyhow::Result<ExitCode>
                 .enable_all()
                 .build()
             {
-                Ok(rt) => rt.block_on(service::run(listener, lang, window, received)),
+                Ok(rt) => rt.block_on(service::run(start)),
                 Err(e) => tracing::error!("cannot start the tokio runtime: {e}"),
             }
             ui::quit();

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use tillup_listener::bridge::{Page, ToWindow};
+use tillup_listener::view::Lang;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, Command};
 use tokio::sync::mpsc::UnboundedSender;
@@ -61,16 +63,27 @@ impl Window {
         self.stdin.is_some()
     }
 
-    /// Opens the window, or asks the open one to come forward.
-    pub async fn open(&mut self, events: &UnboundedSender<Event>) -> Result<(), OpenError> {
+    /// Opens the window on `page`, or asks the open one to come forward
+    /// and show it.
+    pub async fn open(
+        &mut self,
+        page: Page,
+        lang: Lang,
+        events: &UnboundedSender<Event>,
+    ) -> Result<(), OpenError> {
         if self.is_open() {
-            self.send(r#"{"cmd":"focus"}"#).await;
+            self.send(&ToWindow::Show { page }).await;
             return Ok(());
         }
         if !self.bin.is_file() {
             return Err(OpenError::Missing(self.bin.clone()));
         }
         let mut command = Command::new(&self.bin);
+        command
+            .arg("--page")
+            .arg(page.as_str())
+            .arg("--lang")
+            .arg(lang.code());
         match &self.gdk_gl {
             Some(v) => command.env("GDK_GL", v),
             None => command.env_remove("GDK_GL"),
@@ -106,14 +119,18 @@ impl Window {
         Ok(())
     }
 
-    /// Writes one JSON line to the window, if it is open.
-    pub async fn send(&mut self, line: &str) {
-        if let Some(stdin) = self.stdin.as_mut() {
-            let mut bytes = line.as_bytes().to_vec();
-            bytes.push(b'\n');
-            if let Err(e) = stdin.write_all(&bytes).await {
-                tracing::warn!("cannot write to the window: {e}");
-            }
+    /// Writes `message` to the window as one JSON line, if it is open.
+    pub async fn send(&mut self, message: &ToWindow) {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return;
+        };
+        let mut bytes = match serde_json::to_vec(message) {
+            Ok(b) => b,
+            Err(e) => return tracing::error!("cannot encode a message to the window: {e}"),
+        };
+        bytes.push(b'\n');
+        if let Err(e) = stdin.write_all(&bytes).await {
+            tracing::warn!("cannot write to the window: {e}");
         }
     }
 

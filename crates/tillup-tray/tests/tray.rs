@@ -56,7 +56,7 @@ fn config(dir: &Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn the_tray_stays_up_without_a_server_and_a_second_one_leaves_it_alone() {
+fn the_tray_stays_up_without_a_server_and_a_second_start_opens_its_window() {
     let missing: Vec<_> = ["xvfb-run", "xauth", "dbus-run-session"]
         .into_iter()
         .filter(|p| !have(p))
@@ -100,8 +100,14 @@ fn the_tray_stays_up_without_a_server_and_a_second_one_leaves_it_alone() {
     assert!(second.status.success(), "{second:?}");
     assert_eq!(
         String::from_utf8_lossy(&second.stdout).trim(),
-        format!("tillup-tray already runs (pid {pid})")
+        format!("tillup-tray already runs (pid {pid}); its window opens")
     );
+    // The first one got SIGUSR1 and opened its window (or says why not,
+    // when tillup-window is not built next to it).
+    wait_for("the window opened by the second start", &mut tray, || {
+        let t = text();
+        t.contains("window pid") || t.contains("the window program is not installed")
+    });
 
     // The first check fails after its retries; the tray shows it and stays up.
     wait_for("the failed check in the log", &mut tray, || {
