@@ -22,7 +22,10 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// The programs these tests need, and the Debian packages they come in.
 pub const TOOLS: &[(&str, &str)] = &[
-    ("tauri-driver", "cargo install tauri-driver --version ^2 --locked"),
+    (
+        "tauri-driver",
+        "cargo install tauri-driver --version ^2 --locked",
+    ),
     ("WebKitWebDriver", "apt-get install webkit2gtk-driver"),
     ("xvfb-run", "apt-get install xvfb xauth"),
     ("dbus-run-session", "apt-get install dbus-daemon"),
@@ -60,7 +63,12 @@ impl Driver {
         let mut cmd = Command::new("dbus-run-session");
         cmd.args(["--", "xvfb-run", "-a", "-s", "-screen 0 1280x900x24"])
             .arg("tauri-driver")
-            .args(["--port", &port.to_string(), "--native-port", &native.to_string()])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--native-port",
+                &native.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(log)?)
             .stderr(std::fs::File::create(log.with_extension("err.log"))?)
@@ -78,9 +86,17 @@ impl Driver {
             log: log.to_owned(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while driver.http.get(format!("{}/status", driver.base)).send().is_err() {
+        while driver
+            .http
+            .get(format!("{}/status", driver.base))
+            .send()
+            .is_err()
+        {
             if Instant::now() > deadline {
-                bail!("tauri-driver did not listen within 30 s; see {}", log.display());
+                bail!(
+                    "tauri-driver did not listen within 30 s; see {}",
+                    log.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -174,20 +190,32 @@ impl Session {
             return Ok(false);
         }
         let id = self.find(css)?;
-        let v = self.call(reqwest::Method::GET, &format!("/element/{id}/displayed"), None)?;
+        let v = self.call(
+            reqwest::Method::GET,
+            &format!("/element/{id}/displayed"),
+            None,
+        )?;
         Ok(v.as_bool().unwrap_or(false))
     }
 
     pub fn click(&self, css: &str) -> Result<()> {
         let id = self.find(css)?;
-        self.call(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({})))?;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )?;
         Ok(())
     }
 
     /// Replaces the value of an input.
     pub fn type_into(&self, css: &str, text: &str) -> Result<()> {
         let id = self.find(css)?;
-        self.call(reqwest::Method::POST, &format!("/element/{id}/clear"), Some(json!({})))?;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/clear"),
+            Some(json!({})),
+        )?;
         self.call(
             reqwest::Method::POST,
             &format!("/element/{id}/value"),
@@ -197,7 +225,12 @@ impl Session {
     }
 
     /// Polls `check` until it holds, for at most `within`.
-    pub fn wait(&self, what: &str, within: Duration, mut check: impl FnMut(&Self) -> Result<bool>) -> Result<()> {
+    pub fn wait(
+        &self,
+        what: &str,
+        within: Duration,
+        mut check: impl FnMut(&Self) -> Result<bool>,
+    ) -> Result<()> {
         let deadline = Instant::now() + within;
         let mut last = None;
         loop {
@@ -214,7 +247,12 @@ impl Session {
     }
 
     /// Waits until the text of `css` satisfies `want`.
-    pub fn wait_text(&self, css: &str, within: Duration, want: impl Fn(&str) -> bool) -> Result<String> {
+    pub fn wait_text(
+        &self,
+        css: &str,
+        within: Duration,
+        want: impl Fn(&str) -> bool,
+    ) -> Result<String> {
         let mut seen = String::new();
         self.wait(&format!("the text of {css}"), within, |s| {
             seen = s.text(css)?;
@@ -227,7 +265,8 @@ impl Session {
     /// Saves a PNG of the window.
     pub fn screenshot(&self, to: &Path) -> Result<()> {
         let v = self.call(reqwest::Method::GET, "/screenshot", None)?;
-        let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or_default())?;
+        let png =
+            base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or_default())?;
         if let Some(dir) = to.parent() {
             std::fs::create_dir_all(dir)?;
         }
