@@ -269,14 +269,22 @@ fn skip_is_remembered_across_a_restart_and_settings_refuse_a_bad_server_url() ->
     );
     s.type_into("#set-server", store.server.url())?;
     s.type_into("#set-interval", "30")?;
+    s.click("#set-autostart")?;
     s.click("#btn-save")?;
-    s.wait("the saved settings", WAIT, |_| {
+    s.wait("the saved settings", WAIT, |s| {
         let text = std::fs::read_to_string(&store.listener_config)?;
-        Ok(text.contains("interval_minutes = 30"))
+        Ok(text.contains("interval_minutes = 30") && s.displayed("#settings-saved")?)
     })?;
     let saved = tillup_listener::Config::load(&store.listener_config)?;
     ensure!(saved.server == store.server.url(), "{}", saved.server);
     ensure!(saved.terminals.len() == store.terminals.len());
+    // "Start tillup when I log in": an XDG autostart entry that starts this tray.
+    let entry = std::fs::read_to_string(store.root.join("home/.config/autostart/tillup.desktop"))
+        .context("the autostart entry")?;
+    ensure!(
+        entry.contains("tillup-tray") && entry.contains("--config"),
+        "{entry}"
+    );
     s.end();
     Ok(())
 }
