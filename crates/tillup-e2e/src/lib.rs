@@ -19,6 +19,7 @@ use tillup_core::manifest::{Manifest, Preserve, merge_for_terminal};
 use tillup_fs::{HashCache, scan_folder};
 
 pub mod proxy;
+pub mod webdriver;
 
 /// The preserve patterns of the demo releases: terminal-local config, data and logs.
 pub const PRESERVE: &[&str] = &["config/local/**", "data/**", "logs/**"];

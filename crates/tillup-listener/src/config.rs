@@ -121,7 +121,7 @@ impl Default for CheckSchedule {
 }
 
 /// A POS terminal of the store.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Terminal {
     pub number: u32,
@@ -234,6 +234,21 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| config_error(e.to_string()))?;
         config.validate().map_err(config_error)?;
         Ok(config)
+    }
+
+    /// Checks this configuration and writes it to `path` atomically (the
+    /// tray's settings page). Comments in the file are not kept.
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
+        let config_error = |message: String| Error::Config {
+            path: path.to_owned(),
+            message,
+        };
+        self.validate().map_err(config_error)?;
+        let text = toml::to_string(self).map_err(|e| config_error(e.to_string()))?;
+        let text =
+            format!("# tillup listener configuration (saved from the tillup window).\n{text}");
+        tillup_fs::write_atomic(path, text.as_bytes())?;
+        Ok(())
     }
 
     /// Checks what TOML types cannot: URLs, the key, the window, numbers.
@@ -377,6 +392,27 @@ token = "a"
         assert_eq!(c.mode, Mode::Scheduled);
         assert_eq!(c.channel, "stable");
         assert_eq!(c.check.interval_minutes, 60);
+    }
+
+    #[test]
+    fn a_saved_configuration_loads_back_the_same_and_a_bad_one_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let mut c = load(&sample()).unwrap();
+        c.save(&path).unwrap();
+        let back = Config::load(&path).unwrap();
+        assert_eq!(
+            toml::to_string(&back).unwrap(),
+            toml::to_string(&c).unwrap()
+        );
+        c.server = "not a url".into();
+        let e = c.save(&path).unwrap_err().to_string();
+        assert!(e.contains("server"), "{e}");
+        assert_eq!(
+            Config::load(&path).unwrap().server,
+            back.server,
+            "the file is unchanged"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use futures_util::future::join_all;
 use tillup_core::api::{AgentStatus, agent as agent_routes};
 
+pub mod bridge;
 pub mod check;
 pub mod config;
 pub mod http;

@@ -129,6 +129,16 @@ pub struct PendingPrompt {
     /// "Upgrade tonight": run in the next maintenance window.
     #[serde(default)]
     pub tonight: bool,
+    /// What the prompt shows of the release (from the signed log).
+    #[serde(default)]
+    pub date: Option<Timestamp>,
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub notes: tillup_core::log::Notes,
+    /// The terminals it applies to.
+    #[serde(default)]
+    pub terminals: Vec<u32>,
 }
 
 /// The whole local log.

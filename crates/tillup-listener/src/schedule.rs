@@ -8,6 +8,7 @@ use rand::Rng;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 use tillup_core::api::MainState;
+use tillup_core::log::Verdict;
 use tillup_core::upgrade::Trigger;
 
 use crate::config::Mode;
@@ -111,7 +112,7 @@ impl Listener {
             }));
         }
         let _ = self.send_unsent_reports().await;
-        let (_, report) = self.check_locked(now).await?;
+        let (verified, report) = self.check_locked(now).await?;
         let mut local = LocalLog::load(&self.data_dir)?;
         let Some(version) = report.target.clone() else {
             if local.pending.take().is_some() {
@@ -133,7 +134,7 @@ impl Listener {
                 if local.skipped.contains(&version) && !report.critical {
                     return Ok(TickOutcome::Skipped { version });
                 }
-                let pending = match local.pending.take() {
+                let mut pending = match local.pending.take() {
                     Some(p) if p.version == version => p,
                     _ => PendingPrompt {
                         version: version.clone(),
@@ -141,8 +142,25 @@ impl Listener {
                         found: now,
                         snoozed_until: None,
                         tonight: false,
+                        date: None,
+                        size: None,
+                        notes: Default::default(),
+                        terminals: Vec::new(),
                     },
                 };
+                // What the prompt shows, from the log just verified.
+                if let Some(release) = verified.log.release(&version) {
+                    pending.date = Some(release.date);
+                    pending.size = Some(release.size);
+                    pending.notes = release.notes.clone();
+                }
+                pending.terminals = report
+                    .comparison
+                    .terminals
+                    .iter()
+                    .filter(|(_, v)| matches!(v, Verdict::Update { .. }))
+                    .map(|(n, _)| *n)
+                    .collect();
                 let outcome = if pending.tonight && in_window {
                     None
                 } else if pending.tonight {

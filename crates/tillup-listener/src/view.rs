@@ -3,13 +3,13 @@
 //! draws what it is given.
 
 use semver::Version;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tillup_core::upgrade::Upgrade;
 
 use crate::local_log::{LocalLog, Outcome};
 
 /// The language of what the store manager reads.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Lang {
     #[default]
     #[serde(rename = "en")]
@@ -21,6 +21,14 @@ pub enum Lang {
 impl Lang {
     /// From a locale name (`zh_CN.UTF-8`, `zh-Hans`, `en_US`): Chinese for
     /// any `zh`, English otherwise.
+    /// Its name on the command line and in JSON: `en` or `zh-CN`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::ZhCn => "zh-CN",
+        }
+    }
+
     pub fn from_locale(locale: &str) -> Self {
         if locale.to_ascii_lowercase().starts_with("zh") {
             Lang::ZhCn
@@ -31,7 +39,7 @@ impl Lang {
 }
 
 /// The tray's state, most urgent first.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum TrayState {
     /// An upgrade is running: `done` of `total` terminals finished.
@@ -55,7 +63,7 @@ pub enum TrayState {
 }
 
 /// Which icon the tray draws.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Icon {
     Idle,
@@ -65,7 +73,7 @@ pub enum Icon {
 }
 
 /// Everything the tray draws.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrayView {
     pub state: TrayState,
     pub icon: Icon,
@@ -247,6 +255,10 @@ mod tests {
             found: Timestamp::UNIX_EPOCH,
             snoozed_until: None,
             tonight: false,
+            date: None,
+            size: None,
+            notes: Default::default(),
+            terminals: vec![],
         }
     }
 

@@ -1,0 +1,281 @@
+//! Just enough W3C WebDriver to drive the real tillup window: `tauri-driver`
+//! (which starts Debian's `WebKitWebDriver`) on a virtual display with its
+//! own session bus, sessions, elements, clicks, typing and screenshots.
+//!
+//! The session's application is `tillup-tray`, the resident: the window is
+//! its child process, and inherits the automation settings WebKitWebDriver
+//! gives the resident, so creating a session waits until the tray has
+//! opened a window (the popup, or the window after SIGUSR1).
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+/// The W3C key of an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// The programs these tests need, and the Debian packages they come in.
+pub const TOOLS: &[(&str, &str)] = &[
+    (
+        "tauri-driver",
+        "cargo install tauri-driver --version ^2 --locked",
+    ),
+    ("WebKitWebDriver", "apt-get install webkit2gtk-driver"),
+    ("xvfb-run", "apt-get install xvfb xauth"),
+    ("dbus-run-session", "apt-get install dbus-daemon"),
+];
+
+/// The first missing tool, with how to install it.
+pub fn missing_tool() -> Option<String> {
+    TOOLS.iter().find_map(|(tool, install)| {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()));
+        (!found).then(|| format!("{tool} is not installed ({install})"))
+    })
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `tauri-driver` on Xvfb, killed with everything it started when dropped.
+pub struct Driver {
+    child: Child,
+    base: String,
+    http: reqwest::blocking::Client,
+    pub log: PathBuf,
+}
+
+impl Driver {
+    /// Starts the driver; the application inherits `env` (give it its own
+    /// `HOME`, so the webview's storage and autostart entries stay in the test).
+    pub fn start(log: &Path, env: &[(&str, &Path)]) -> Result<Self> {
+        if let Some(missing) = missing_tool() {
+            bail!("{missing}");
+        }
+        let (port, native) = (free_port()?, free_port()?);
+        let mut cmd = Command::new("dbus-run-session");
+        cmd.args(["--", "xvfb-run", "-a", "-s", "-screen 0 1280x900x24"])
+            .arg("tauri-driver")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--native-port",
+                &native.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(log)?)
+            .stderr(std::fs::File::create(log.with_extension("err.log"))?)
+            .process_group(0);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("cannot start tauri-driver")?;
+        let driver = Driver {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()?,
+            log: log.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while driver
+            .http
+            .get(format!("{}/status", driver.base))
+            .send()
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "tauri-driver did not listen within 30 s; see {}",
+                    log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(driver)
+    }
+
+    /// A session whose application is `app`; returns once it has a window.
+    pub fn session(&self, app: &Path, args: &[&str]) -> Result<Session> {
+        let body = json!({"capabilities": {"alwaysMatch": {"tauri:options": {
+            "application": app, "args": args}}}});
+        let v: Value = self
+            .http
+            .post(format!("{}/session", self.base))
+            .json(&body)
+            .send()
+            .context("no window appeared for the WebDriver session")?
+            .json()?;
+        let id = v["value"]["sessionId"]
+            .as_str()
+            .with_context(|| format!("no session: {v}"))?;
+        Ok(Session {
+            url: format!("{}/session/{id}", self.base),
+            http: self.http.clone(),
+        })
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The whole group: dbus, Xvfb, the drivers and the app.
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.child.id())])
+            .status();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// One WebDriver session: one window of the app.
+pub struct Session {
+    url: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Session {
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let v: Value = req.send()?.json()?;
+        if let Some(e) = v["value"]["error"].as_str() {
+            bail!("WebDriver {path}: {e}: {}", v["value"]["message"]);
+        }
+        Ok(v["value"].clone())
+    }
+
+    fn find(&self, css: &str) -> Result<String> {
+        let v = self.call(
+            reqwest::Method::POST,
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        )?;
+        v[ELEMENT]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no element {css}"))
+    }
+
+    /// Whether `css` matches an element.
+    pub fn exists(&self, css: &str) -> Result<bool> {
+        let v = self.call(
+            reqwest::Method::POST,
+            "/elements",
+            Some(json!({"using": "css selector", "value": css})),
+        )?;
+        Ok(v.as_array().is_some_and(|a| !a.is_empty()))
+    }
+
+    pub fn text(&self, css: &str) -> Result<String> {
+        let id = self.find(css)?;
+        let v = self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None)?;
+        Ok(v.as_str().unwrap_or_default().to_owned())
+    }
+
+    pub fn displayed(&self, css: &str) -> Result<bool> {
+        if !self.exists(css)? {
+            return Ok(false);
+        }
+        let id = self.find(css)?;
+        let v = self.call(
+            reqwest::Method::GET,
+            &format!("/element/{id}/displayed"),
+            None,
+        )?;
+        Ok(v.as_bool().unwrap_or(false))
+    }
+
+    pub fn click(&self, css: &str) -> Result<()> {
+        let id = self.find(css)?;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )?;
+        Ok(())
+    }
+
+    /// Replaces the value of an input.
+    pub fn type_into(&self, css: &str, text: &str) -> Result<()> {
+        let id = self.find(css)?;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/clear"),
+            Some(json!({})),
+        )?;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({"text": text})),
+        )?;
+        Ok(())
+    }
+
+    /// Polls `check` until it holds, for at most `within`.
+    pub fn wait(
+        &self,
+        what: &str,
+        within: Duration,
+        mut check: impl FnMut(&Self) -> Result<bool>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + within;
+        let mut last = None;
+        loop {
+            match check(self) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => last = Some(e),
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {what} (last error: {last:?})");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the text of `css` satisfies `want`.
+    pub fn wait_text(
+        &self,
+        css: &str,
+        within: Duration,
+        want: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let mut seen = String::new();
+        self.wait(&format!("the text of {css}"), within, |s| {
+            seen = s.text(css)?;
+            Ok(want(&seen))
+        })
+        .with_context(|| format!("{css} says {seen:?}"))?;
+        Ok(seen)
+    }
+
+    /// Saves a PNG of the window.
+    pub fn screenshot(&self, to: &Path) -> Result<()> {
+        let v = self.call(reqwest::Method::GET, "/screenshot", None)?;
+        let png =
+            base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or_default())?;
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(to, png)?;
+        Ok(())
+    }
+
+    /// Ends the session (and with it the app).
+    pub fn end(self) {
+        let _ = self.http.delete(&self.url).send();
+    }
+}

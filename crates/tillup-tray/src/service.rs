@@ -1,0 +1,396 @@
+//! The tokio side: runs the listener as `tillup daemon` does (scheduled
+//! ticks, prompt or scheduled mode, upgrades), carries out the menu's
+//! commands and the window's requests, and after every change sends the
+//! tray a fresh view and the window a fresh snapshot. All state lives in
+//! the listener library; this only routes.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use semver::Version;
+use tillup_core::upgrade::{Event as UpgradeEvent, Trigger, Upgrade};
+use tillup_listener::bridge::{self, FromWindow, Page, Request, ToWindow};
+use tillup_listener::local_log::LocalLog;
+use tillup_listener::schedule::{Answer, TickOutcome, next_check_delay, next_wake};
+use tillup_listener::view::{Lang, tray_view};
+use tillup_listener::{Error, Listener};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::time::Instant;
+
+use crate::autostart;
+use crate::decide::{self, UpgradeNow};
+use crate::ui::{self, Cmd, Shown};
+use crate::window::{self, Window};
+
+/// What a job (a tick or an upgrade the manager asked for) ended with.
+struct Done {
+    scheduled: bool,
+    result: Result<TickOutcome, Error>,
+}
+
+/// Jobs own their listener: saving the settings replaces it between jobs.
+type Job = Pin<Box<dyn Future<Output = Done>>>;
+
+/// The tray's view now, from the local log.
+pub fn view_now(listener: &Listener, lang: Lang, problem: Option<String>) -> Shown {
+    match LocalLog::load(&listener.data_dir) {
+        Ok(log) => Shown {
+            view: tray_view(&log, None, lang),
+            problem,
+        },
+        Err(e) => Shown {
+            view: tray_view(&LocalLog::default(), None, lang),
+            problem: Some(tillup_core::error_chain(&e)),
+        },
+    }
+}
+
+/// Sends every state of the running upgrade to the service loop.
+fn observer(tx: UnboundedSender<Upgrade>) -> impl FnMut(&Upgrade, Option<&UpgradeEvent>) + Send {
+    move |u, _| {
+        let _ = tx.send(u.clone());
+    }
+}
+
+fn who() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "store manager".into())
+}
+
+fn tick(listener: Rc<Listener>, progress: UnboundedSender<Upgrade>, scheduled: bool) -> Job {
+    Box::pin(async move {
+        let result = listener
+            .tick(Timestamp::now(), &mut observer(progress))
+            .await;
+        Done { scheduled, result }
+    })
+}
+
+fn upgrade_now(listener: Rc<Listener>, progress: UnboundedSender<Upgrade>) -> Job {
+    Box::pin(async move {
+        let log = LocalLog::load(&listener.data_dir).unwrap_or_default();
+        let mut observer = observer(progress);
+        let now = Timestamp::now();
+        let result = match decide::upgrade_now(&log) {
+            UpgradeNow::Answer => listener
+                .answer(Answer::Now, &who(), now, &mut observer)
+                .await
+                .map(|o| o.map_or(TickOutcome::UpToDate, TickOutcome::Upgraded)),
+            UpgradeNow::Update => listener
+                .update(Trigger::Person { name: who() }, now, &mut observer)
+                .await
+                .map(TickOutcome::Upgraded),
+        };
+        Done {
+            scheduled: false,
+            result,
+        }
+    })
+}
+
+/// Everything the loop holds.
+struct Resident {
+    listener: Rc<Listener>,
+    config_path: PathBuf,
+    lang: Lang,
+    window: Window,
+    windows: UnboundedSender<window::Event>,
+    progress: UnboundedSender<Upgrade>,
+    problem: Option<String>,
+    /// The running upgrade as the last progress event left it.
+    running: Option<Upgrade>,
+    job: Option<Job>,
+    next_tick: Instant,
+}
+
+impl Resident {
+    fn shown(&self) -> Shown {
+        let mut shown = view_now(&self.listener, self.lang, self.problem.clone());
+        if let Some(u) = &self.running
+            && let Ok(log) = LocalLog::load(&self.listener.data_dir)
+        {
+            shown.view = tray_view(&log, Some(u), self.lang);
+        }
+        shown
+    }
+
+    fn snapshot(&self) -> ToWindow {
+        let log = LocalLog::load(&self.listener.data_dir).unwrap_or_default();
+        ToWindow::Snapshot(Box::new(bridge::snapshot(
+            &log,
+            bridge::Context {
+                config: &self.listener.config,
+                running: self.running.as_ref(),
+                lang: self.lang,
+                busy: self.job.is_some(),
+                problem: self.problem.clone(),
+                autostart: autostart::enabled(&self.config_path),
+            },
+        )))
+    }
+
+    /// Redraws the tray and, if it is open, the window.
+    async fn refresh(&mut self) {
+        ui::show(self.shown());
+        if self.window.is_open() {
+            let snapshot = self.snapshot();
+            self.window.send(&snapshot).await;
+        }
+    }
+
+    async fn open(&mut self, page: Page) {
+        if let Err(e) = self.window.open(page, self.lang, &self.windows).await {
+            let text = decide::window_problem(&e, self.lang);
+            tracing::warn!("{text}");
+            self.problem = Some(text);
+            ui::show(self.shown());
+        }
+    }
+
+    fn idle(&self) -> Result<(), String> {
+        match self.job {
+            None => Ok(()),
+            Some(_) => Err(decide::busy(self.lang).to_owned()),
+        }
+    }
+
+    fn start(&mut self, job: Job) {
+        self.job = Some(job);
+    }
+
+    /// Carries out a window's request; the error is for the store manager.
+    async fn request(&mut self, request: Request) -> Result<(), String> {
+        let chain = |e: Error| tillup_core::error_chain(&e);
+        match request {
+            Request::Ready => Ok(()),
+            Request::CheckNow => {
+                self.idle()?;
+                self.start(tick(self.listener.clone(), self.progress.clone(), true));
+                Ok(())
+            }
+            Request::UpgradeNow
+            | Request::Answer {
+                answer: Answer::Now,
+            } => {
+                self.idle()?;
+                self.start(upgrade_now(self.listener.clone(), self.progress.clone()));
+                Ok(())
+            }
+            Request::Answer { answer } => {
+                self.idle()?;
+                self.listener
+                    .answer(answer, &who(), Timestamp::now(), &mut |_, _| {})
+                    .await
+                    .map(drop)
+                    .map_err(chain)
+            }
+            Request::SaveSettings { settings } => {
+                self.idle()?;
+                let config = settings.apply(&self.listener.config)?;
+                config.save(&self.config_path).map_err(chain)?;
+                autostart::set(&self.config_path, settings.autostart)?;
+                self.listener = Rc::new(Listener::new(config).map_err(chain)?);
+                tracing::info!("settings saved to {}", self.config_path.display());
+                // The interval may have changed.
+                self.next_tick = Instant::now() + next_delay(&self.listener, None);
+                Ok(())
+            }
+        }
+    }
+
+    /// A job ended: the problem line, notifications, the popup, the next tick.
+    async fn done(&mut self, done: Done, announced: &mut Option<Version>) {
+        self.job = None;
+        self.running = None;
+        let outcome = match done.result {
+            Ok(outcome) => {
+                self.problem = None;
+                Some(outcome)
+            }
+            Err(e) => {
+                let text = tillup_core::error_chain(&e);
+                tracing::warn!("{text}");
+                self.problem = Some(text);
+                None
+            }
+        };
+        let mode = self.listener.config.mode;
+        if let Some(o) = &outcome {
+            if let Some(note) = decide::notification(mode, o, announced.as_ref(), self.lang) {
+                tokio::spawn(notify(note));
+            }
+            if let TickOutcome::Prompted { version, .. } = o {
+                *announced = Some(version.clone());
+                // Asked at every check until answered; an open window is
+                // not interrupted (it shows the prompt in its header).
+                if !self.window.is_open() {
+                    self.open(Page::Popup).await;
+                }
+            }
+        }
+        if done.scheduled {
+            self.next_tick = Instant::now() + next_delay(&self.listener, outcome.as_ref());
+        }
+    }
+}
+
+pub struct Start {
+    pub listener: Listener,
+    pub config_path: PathBuf,
+    pub lang: Lang,
+    pub window: Window,
+    pub commands: UnboundedReceiver<Cmd>,
+}
+
+/// Runs until the menu (or SIGTERM/SIGINT) says quit. The menu's Quit
+/// waits for a running check or upgrade, unless given twice. SIGUSR1 opens
+/// the window (a second `tillup-tray` sends it).
+pub async fn run(start: Start) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let mut usr1 = signal(SignalKind::user_defined1()).ok();
+    let (windows, mut window_rx) = mpsc::unbounded_channel::<window::Event>();
+    let (progress, mut progress_rx) = mpsc::unbounded_channel::<Upgrade>();
+    let mut commands = start.commands;
+    let mut me = Resident {
+        listener: Rc::new(start.listener),
+        config_path: start.config_path,
+        lang: start.lang,
+        window: start.window,
+        windows,
+        progress,
+        problem: None,
+        running: None,
+        job: None,
+        next_tick: Instant::now(),
+    };
+    let mut announced: Option<Version> = None;
+    let mut quitting = false;
+
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => {
+                tracing::debug!("command: {cmd:?}");
+                match cmd {
+                    None => break,
+                    // Stopping an upgrade midway leaves terminals stopped until
+                    // the agents' watchdog or the next start: wait for it,
+                    // unless the manager insists.
+                    Some(Cmd::Quit) if me.job.is_none() || quitting => break,
+                    Some(Cmd::Quit) => {
+                        quitting = true;
+                        me.problem = Some(decide::quit_later(me.lang).to_owned());
+                        me.refresh().await;
+                    }
+                    Some(Cmd::Open) => me.open(Page::Window).await,
+                    Some(Cmd::Check) if me.job.is_none() => {
+                        me.start(tick(me.listener.clone(), me.progress.clone(), true));
+                        me.refresh().await;
+                    }
+                    Some(Cmd::UpgradeNow) if me.job.is_none() => {
+                        me.start(upgrade_now(me.listener.clone(), me.progress.clone()));
+                        me.refresh().await;
+                    }
+                    Some(other) => tracing::info!("{other:?}: a check or an upgrade is running; try again when it is done"),
+                }
+            }
+            done = async { me.job.as_mut().expect("guarded").await }, if me.job.is_some() => {
+                me.done(done, &mut announced).await;
+                if quitting {
+                    break;
+                }
+                me.refresh().await;
+            }
+            Some(u) = progress_rx.recv() => {
+                me.running = Some(u);
+                me.refresh().await;
+            }
+            _ = tokio::time::sleep_until(me.next_tick), if me.job.is_none() => {
+                me.start(tick(me.listener.clone(), me.progress.clone(), true));
+                me.refresh().await;
+            }
+            Some(event) = window_rx.recv() => match event {
+                window::Event::Line(line) => {
+                    tracing::debug!("from window: {line}");
+                    match serde_json::from_str::<FromWindow>(&line) {
+                        Ok(FromWindow { id, request }) => {
+                            let error = me.request(request).await.err();
+                            if let Some(e) = &error {
+                                tracing::info!("the window's request {id} was refused: {e}");
+                            }
+                            me.window.send(&ToWindow::Reply { id, error }).await;
+                            me.refresh().await;
+                        }
+                        Err(e) => tracing::warn!("ignored a line from the window ({e}): {line}"),
+                    }
+                }
+                window::Event::Exited(status) => {
+                    tracing::info!("window exited and reaped: {status}");
+                    me.window.exited();
+                }
+            },
+            Some(()) = recv_signal(&mut usr1) => me.open(Page::Window).await,
+            Some(()) = recv_signal(&mut term) => break,
+            Some(()) = recv_signal(&mut int) => break,
+        }
+    }
+    tracing::info!("quitting");
+    if me.window.is_open() {
+        me.window.close().await;
+        // Reap it before the runtime goes.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(event) = window_rx.recv().await {
+                if matches!(event, window::Event::Exited(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    // A job still running stops here; the upgrade's state is on disk and
+    // the next start resumes it.
+    drop(me.job.take());
+}
+
+async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The delay before the next scheduled tick, as `tillup daemon` computes it.
+fn next_delay(listener: &Listener, outcome: Option<&TickOutcome>) -> Duration {
+    let regular = next_check_delay(
+        listener.config.check.interval_minutes,
+        listener.config.check.jitter_minutes,
+        &mut rand::rng(),
+    );
+    match listener.config.parsed_window() {
+        Ok(window) => next_wake(
+            outcome,
+            &window,
+            regular,
+            Timestamp::now(),
+            &mut rand::rng(),
+        ),
+        Err(_) => regular,
+    }
+}
+
+/// Shows a desktop notification; without a notification daemon, logs why.
+async fn notify(note: decide::Note) {
+    let result = notify_rust::Notification::new()
+        .appname("tillup")
+        .summary(&note.summary)
+        .body(&note.body)
+        .show_async()
+        .await;
+    if let Err(e) = result {
+        tracing::warn!("cannot show the notification \"{}\": {e}", note.summary);
+    }
+}
