@@ -71,6 +71,20 @@ pub enum Error {
     Other(String),
 }
 
+/// Logs to stderr at `filter` (an `EnvFilter` directive), unless
+/// `TILLUP_LOG` says otherwise; colours only on a terminal. For the
+/// binaries over this library (`tillup`, `tillup-tray`).
+pub fn init_logging(filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TILLUP_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 /// The data folder's lock; released when dropped (or when the process dies).
 pub(crate) struct Lock(#[allow(dead_code)] std::fs::File);
 
