@@ -91,7 +91,7 @@ fn run(cli: Cli, gdk_gl: Option<std::ffi::OsString>) -> anyhow::Result<ExitCode>
             return Ok(ExitCode::SUCCESS);
         }
     };
-    let first = service::view_now(&listener, lang, None);
+    let first = service::view_now(&listener, None, lang, None);
     let window = window::Window::new(window::Window::beside_current_exe(), gdk_gl);
     let (commands, received) = tokio::sync::mpsc::unbounded_channel();
     let start = service::Start {

@@ -35,15 +35,20 @@ struct Done {
 /// Jobs own their listener: saving the settings replaces it between jobs.
 type Job = Pin<Box<dyn Future<Output = Done>>>;
 
-/// The tray's view now, from the local log.
-pub fn view_now(listener: &Listener, lang: Lang, problem: Option<String>) -> Shown {
+/// The tray's view now, from the local log and the running upgrade, if any.
+pub fn view_now(
+    listener: &Listener,
+    running: Option<&Upgrade>,
+    lang: Lang,
+    problem: Option<String>,
+) -> Shown {
     match LocalLog::load(&listener.data_dir) {
         Ok(log) => Shown {
-            view: tray_view(&log, None, lang),
+            view: tray_view(&log, running, lang),
             problem,
         },
         Err(e) => Shown {
-            view: tray_view(&LocalLog::default(), None, lang),
+            view: tray_view(&LocalLog::default(), running, lang),
             problem: Some(tillup_core::error_chain(&e)),
         },
     }
@@ -108,13 +113,12 @@ struct Resident {
 
 impl Resident {
     fn shown(&self) -> Shown {
-        let mut shown = view_now(&self.listener, self.lang, self.problem.clone());
-        if let Some(u) = &self.running
-            && let Ok(log) = LocalLog::load(&self.listener.data_dir)
-        {
-            shown.view = tray_view(&log, Some(u), self.lang);
-        }
-        shown
+        view_now(
+            &self.listener,
+            self.running.as_ref(),
+            self.lang,
+            self.problem.clone(),
+        )
     }
 
     fn snapshot(&self) -> ToWindow {
