@@ -42,14 +42,30 @@ pub fn view_now(
     lang: Lang,
     problem: Option<String>,
 ) -> Shown {
-    match LocalLog::load(&listener.data_dir) {
+    view_of(
+        LocalLog::load(&listener.data_dir).as_ref(),
+        running,
+        lang,
+        problem,
+    )
+}
+
+/// The tray's view of a local log as loaded: one that cannot be read is
+/// the problem shown.
+fn view_of(
+    log: Result<&LocalLog, &Error>,
+    running: Option<&Upgrade>,
+    lang: Lang,
+    problem: Option<String>,
+) -> Shown {
+    match log {
         Ok(log) => Shown {
-            view: tray_view(&log, running, lang),
+            view: tray_view(log, running, lang),
             problem,
         },
         Err(e) => Shown {
             view: tray_view(&LocalLog::default(), running, lang),
-            problem: Some(tillup_core::error_chain(&e)),
+            problem: Some(tillup_core::error_chain(e)),
         },
     }
 }
@@ -121,26 +137,29 @@ impl Resident {
         )
     }
 
-    fn snapshot(&self) -> ToWindow {
-        let log = LocalLog::load(&self.listener.data_dir).unwrap_or_default();
-        ToWindow::Snapshot(Box::new(bridge::snapshot(
-            &log,
-            bridge::Context {
-                config: &self.listener.config,
-                running: self.running.as_ref(),
-                lang: self.lang,
-                busy: self.job.is_some(),
-                problem: self.problem.clone(),
-                autostart: autostart::enabled(&self.config_path),
-            },
-        )))
-    }
-
-    /// Redraws the tray and, if it is open, the window.
+    /// Redraws the tray and, if it is open, the window, from one read of
+    /// the local log (this runs at every progress event).
     async fn refresh(&mut self) {
-        ui::show(self.shown());
+        let log = LocalLog::load(&self.listener.data_dir);
+        let running = self.running.as_ref();
+        ui::show(view_of(
+            log.as_ref(),
+            running,
+            self.lang,
+            self.problem.clone(),
+        ));
         if self.window.is_open() {
-            let snapshot = self.snapshot();
+            let snapshot = ToWindow::Snapshot(Box::new(bridge::snapshot(
+                log.as_ref().unwrap_or(&LocalLog::default()),
+                bridge::Context {
+                    config: &self.listener.config,
+                    running,
+                    lang: self.lang,
+                    busy: self.job.is_some(),
+                    problem: self.problem.clone(),
+                    autostart: autostart::enabled(&self.config_path),
+                },
+            )));
             self.window.send(&snapshot).await;
         }
     }
