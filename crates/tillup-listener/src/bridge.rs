@@ -421,11 +421,6 @@ token = "c"
 
     fn pending(version: &str, critical: bool) -> PendingPrompt {
         PendingPrompt {
-            version: v(version),
-            critical,
-            found: Timestamp::UNIX_EPOCH,
-            snoozed_until: None,
-            tonight: false,
             date: Some(Timestamp::UNIX_EPOCH),
             size: Some(1234),
             notes: Notes {
@@ -433,6 +428,7 @@ token = "c"
                 zh_cn: "更快的小票".into(),
             },
             terminals: vec![1, 3],
+            ..PendingPrompt::new(v(version), critical, Timestamp::UNIX_EPOCH)
         }
     }
 

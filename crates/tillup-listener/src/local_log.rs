@@ -141,6 +141,23 @@ pub struct PendingPrompt {
     pub terminals: Vec<u32>,
 }
 
+impl PendingPrompt {
+    /// `version` found at `found`, with no answer and no release details yet.
+    pub fn new(version: Version, critical: bool, found: Timestamp) -> Self {
+        PendingPrompt {
+            version,
+            critical,
+            found,
+            snoozed_until: None,
+            tonight: false,
+            date: None,
+            size: None,
+            notes: tillup_core::log::Notes::default(),
+            terminals: Vec::new(),
+        }
+    }
+}
+
 /// The whole local log.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LocalLog {

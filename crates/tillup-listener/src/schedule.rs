@@ -136,17 +136,7 @@ impl Listener {
                 }
                 let mut pending = match local.pending.take() {
                     Some(p) if p.version == version => p,
-                    _ => PendingPrompt {
-                        version: version.clone(),
-                        critical: report.critical,
-                        found: now,
-                        snoozed_until: None,
-                        tonight: false,
-                        date: None,
-                        size: None,
-                        notes: Default::default(),
-                        terminals: Vec::new(),
-                    },
+                    _ => PendingPrompt::new(version.clone(), report.critical, now),
                 };
                 // What the prompt shows, from the log just verified.
                 if let Some(release) = verified.log.release(&version) {

@@ -249,17 +249,7 @@ mod tests {
     }
 
     fn pending(version: &str, critical: bool) -> PendingPrompt {
-        PendingPrompt {
-            version: v(version),
-            critical,
-            found: Timestamp::UNIX_EPOCH,
-            snoozed_until: None,
-            tonight: false,
-            date: None,
-            size: None,
-            notes: Default::default(),
-            terminals: vec![],
-        }
+        PendingPrompt::new(v(version), critical, Timestamp::UNIX_EPOCH)
     }
 
     fn history(results: &[Outcome]) -> HistoryEntry {

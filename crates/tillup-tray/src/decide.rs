@@ -369,15 +369,8 @@ mod tests {
         let mut log = LocalLog::default();
         assert_eq!(upgrade_now(&log), UpgradeNow::Update);
         log.pending = Some(PendingPrompt {
-            version: v("1.1.0"),
-            critical: false,
-            found: Timestamp::UNIX_EPOCH,
-            snoozed_until: None,
             tonight: true,
-            date: None,
-            size: None,
-            notes: Default::default(),
-            terminals: vec![],
+            ..PendingPrompt::new(v("1.1.0"), false, Timestamp::UNIX_EPOCH)
         });
         assert_eq!(upgrade_now(&log), UpgradeNow::Answer);
     }
