@@ -244,7 +244,7 @@ function notesText(notes) {
 function applyStaticText() {
   for (const node of $$("[data-t]")) setText(node, t(node.dataset.t));
   const sw = $("#lang-switch");
-  setText(sw, t("lang.other"));
+  setText(sw, lang() === "en" && !canDrawChinese() ? t("lang.other.no_cjk_font") : t("lang.other"));
   sw.setAttribute("aria-label", t("lang.other.label"));
   sw.lang = lang() === "zh-CN" ? "en" : "zh-CN";
   for (const node of $$("[data-t-label]")) node.setAttribute("aria-label", t(node.dataset.tLabel));
@@ -252,6 +252,19 @@ function applyStaticText() {
     const n = b.closest("tr").querySelector(".t-number").value;
     b.setAttribute("aria-label", t("set.remove.label", { n }));
   }
+}
+
+// Whether the system has a font for Chinese: without one, 中文 draws as two
+// empty boxes, as wide as two characters no font has.
+let chineseDrawable = null;
+function canDrawChinese() {
+  if (chineseDrawable === null) {
+    const ctx = document.createElement("canvas").getContext("2d");
+    if (!ctx) return (chineseDrawable = true);
+    ctx.font = getComputedStyle(document.body).font;
+    chineseDrawable = ctx.measureText("中文").width !== ctx.measureText("\uE000\uE001").width;
+  }
+  return chineseDrawable;
 }
 
 function chooseLang() {
@@ -664,7 +677,32 @@ function normalized(s) {
   });
 }
 
+// The input a refusal is about: `Config::validate` starts its message with
+// the field's name ("server `…`: …", "window.start `…`: …", "terminal 2 address `…`: …").
+function refusedField(message) {
+  const terminal = /^terminal (\d+)(:| address| is listed)/.exec(message);
+  if (terminal) {
+    const row = $$("#set-terminals tr").find((tr) => tr.querySelector(".t-number").value.trim() === terminal[1]);
+    if (!row) return null;
+    if (terminal[2] === " address") return row.querySelector(".t-address");
+    if (terminal[2] === ":") return row.querySelector(".t-token");
+    return row.querySelector(".t-number");
+  }
+  const fields = [
+    ["server", "#set-server"],
+    ["window.start", "#set-window-start"],
+    ["window.end", "#set-window-end"],
+    ["window.time_zone", null],
+    ["check.interval_minutes", "#set-interval"],
+  ];
+  for (const [name, css] of fields) {
+    if (message.startsWith(name + " ") || message.startsWith(name + ":")) return css ? $(css) : null;
+  }
+  return null;
+}
+
 function settingsMessage(error, saved) {
+  for (const field of $$("#settings [aria-invalid]")) field.removeAttribute("aria-invalid");
   setText("#settings-error", error || "");
   show($("#settings-error"), !!error);
   show($("#settings-saved"), !!saved);
@@ -689,9 +727,16 @@ async function saveSettings(event) {
     fillSettings(normalized(settings));
     settingsMessage(null, true);
   } catch (e) {
-    // What the manager typed stays; the message says what to change.
-    settingsMessage(errorText(e), false);
-    $("#settings-error").scrollIntoView({ block: "nearest" });
+    // What the manager typed stays; the message says what to change, and
+    // the field it names is marked and focused (scrolled into view).
+    const message = errorText(e);
+    settingsMessage(message, false);
+    const field = refusedField(message);
+    if (field) {
+      field.setAttribute("aria-invalid", "true");
+      field.focus();
+      field.scrollIntoView({ block: "nearest" });
+    }
   } finally {
     state.saving = false;
     $("#btn-save").disabled = false;

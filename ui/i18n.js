@@ -11,6 +11,8 @@ const STRINGS = {
     "loading": "Loading…",
     "busy": "Working…",
     "lang.other": "中文",
+    // The switch's words where no font can draw Chinese (a new English machine).
+    "lang.other.no_cjk_font": "Chinese",
     "lang.other.label": "Show in Chinese",
     "list.sep": ", ",
     "none": "—",

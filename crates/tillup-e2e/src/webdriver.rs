@@ -198,6 +198,12 @@ impl Session {
         Ok(v.as_bool().unwrap_or(false))
     }
 
+    /// Whether `css` is the element that has the keyboard focus.
+    pub fn focused(&self, css: &str) -> Result<bool> {
+        let active = self.call(reqwest::Method::GET, "/element/active", None)?;
+        Ok(active[ELEMENT].as_str() == Some(self.find(css)?.as_str()))
+    }
+
     pub fn click(&self, css: &str) -> Result<()> {
         let id = self.find(css)?;
         self.call(

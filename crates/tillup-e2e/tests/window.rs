@@ -19,7 +19,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// The display tools, or why this machine cannot run these tests. Missing
 /// tools fail the test unless `TILLUP_SKIP_GUI_TESTS=1` says to skip them
-/// knowingly (`.ci/run` installs them).
+/// knowingly (`scripts/setup` installs them).
 fn gui_ready() -> Result<bool> {
     match missing_tool() {
         None => Ok(true),
@@ -28,7 +28,7 @@ fn gui_ready() -> Result<bool> {
             Ok(false)
         }
         Some(missing) => anyhow::bail!(
-            "{missing}; .ci/run installs it, or set TILLUP_SKIP_GUI_TESTS=1 to skip the window tests"
+            "{missing}; scripts/setup installs it, or set TILLUP_SKIP_GUI_TESTS=1 to skip the window tests"
         ),
     }
 }
@@ -267,6 +267,9 @@ fn skip_is_remembered_across_a_restart_and_settings_refuse_a_bad_server_url() ->
         std::fs::read_to_string(&store.listener_config)? == config_before,
         "a refused setting changes nothing on disk"
     );
+    // The page takes the manager to the field to fix (with the fonts of a
+    // new machine the form is taller than the window and scrolls).
+    ensure!(s.focused("#set-server")?, "the refused field has the focus");
     s.type_into("#set-server", store.server.url())?;
     s.type_into("#set-interval", "30")?;
     s.click("#set-autostart")?;

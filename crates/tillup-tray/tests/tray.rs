@@ -63,7 +63,7 @@ fn the_tray_stays_up_without_a_server_and_a_second_start_opens_its_window() {
         .collect();
     if !missing.is_empty() {
         let why = format!(
-            "this test needs {} (Debian: apt-get install xvfb xauth dbus-daemon; .ci/run installs them)",
+            "this test needs {} (Debian: apt-get install xvfb xauth dbus-daemon; scripts/setup installs them)",
             missing.join(", ")
         );
         // Skipped only when asked to, knowingly.
