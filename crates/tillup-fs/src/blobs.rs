@@ -278,7 +278,7 @@ impl BlobStore {
         Ok(Received::Whole { len })
     }
 
-    fn partial_lock(&self, path: &Path) -> PartialLock {
+    pub(crate) fn partial_lock(&self, path: &Path) -> PartialLock {
         let lock = self
             .partial_locks
             .lock()
@@ -312,6 +312,7 @@ impl BlobStore {
         File::open(partial)
             .and_then(|f| f.sync_data())
             .at(partial)?;
+        read_only(partial)?;
         let dest = self.path(h);
         let dir = dest.parent().expect("blob paths have a parent");
         fs::create_dir_all(dir).at(dir)?;
@@ -321,6 +322,7 @@ impl BlobStore {
 
     fn commit(&self, tmp: tempfile::NamedTempFile, h: &Sha256Hex) -> Result<(), Error> {
         tmp.as_file().sync_data().at(tmp.path())?;
+        read_only(tmp.path())?;
         let dest = self.path(h);
         let dir = dest.parent().expect("blob paths have a parent");
         fs::create_dir_all(dir).at(dir)?;
@@ -398,8 +400,22 @@ impl BlobStore {
     }
 }
 
+/// Makes a blob read-only (on Unix): the host's backup folders are hard
+/// links to blobs, and neither may change under the other's name. Windows
+/// keeps the default, so the store can still delete what it no longer needs.
+pub(crate) fn read_only(path: &Path) -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o444)).at(path)?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// The length of a partial file, 0 if there is none.
-fn held_len(path: PathBuf) -> Result<u64, Error> {
+pub(crate) fn held_len(path: PathBuf) -> Result<u64, Error> {
     match fs::metadata(&path) {
         Ok(m) => Ok(m.len()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
@@ -408,8 +424,8 @@ fn held_len(path: PathBuf) -> Result<u64, Error> {
 }
 
 /// The lock of one partial file; its map entry goes with its last user.
-struct PartialLock(
-    Arc<Mutex<()>>,
+pub(crate) struct PartialLock(
+    pub(crate) Arc<Mutex<()>>,
     Arc<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>>,
     PathBuf,
 );

@@ -9,14 +9,16 @@ use std::path::{Path, PathBuf};
 
 pub mod archive;
 mod atomic;
+mod batch;
 mod blobs;
 pub mod fault;
 mod scan;
 
 pub use archive::{ArchiveError, ZipLimits, extract_zip, extract_zip_file};
 pub use atomic::{fsync_dir, write_atomic, write_json_atomic};
+pub use batch::Batch;
 pub use blobs::{BlobStore, Received};
-pub use scan::{HashCache, copy_verified, hash_file, materialize, scan_folder};
+pub use scan::{HashCache, copy_verified, hash_file, link_tree, materialize, scan_folder};
 
 /// An I/O failure, with the path it concerns.
 #[derive(Debug, thiserror::Error)]

@@ -189,6 +189,42 @@ pub fn materialize(
     Ok(())
 }
 
+/// Builds `dest` (which must not exist) from `manifest` as hard links to
+/// the blobs of `blobs`, which were checked when they entered the store and
+/// are read-only: a view of the files that costs no copy. Where a link
+/// cannot be made (another file system), and for executable files, the
+/// file is copied and checked. Linked files keep the blobs' read-only mode.
+/// Every folder is synced, so the view survives a power cut.
+pub fn link_tree(dest: &Path, manifest: &Manifest, blobs: &crate::BlobStore) -> Result<(), Error> {
+    fs::create_dir(dest).at(dest)?;
+    let mut dirs = std::collections::BTreeSet::from([dest.to_owned()]);
+    for f in manifest.files() {
+        let to = join(dest, &f.path);
+        let parent = to.parent().expect("joined paths have a parent");
+        if !dirs.contains(parent) {
+            fs::create_dir_all(parent).at(parent)?;
+            let mut p = parent;
+            while p != dest && dirs.insert(p.to_owned()) {
+                p = p.parent().expect("under dest");
+            }
+        }
+        let from = blobs.path(&f.sha256);
+        if !from.is_file() {
+            return Err(Error::MissingBlob(f.sha256));
+        }
+        // Blobs are not executable: an executable file is copied (and set
+        // so), so the view holds exactly the manifest's exec bits.
+        let linkable = !(cfg!(unix) && f.exec);
+        if !linkable || fs::hard_link(&from, &to).is_err() {
+            copy_verified(&from, &to, f)?;
+        }
+    }
+    for d in dirs.iter().rev() {
+        fsync_dir(d)?;
+    }
+    Ok(())
+}
+
 /// Copies `from` to the new file `to`, checking it against `f`'s size and
 /// hash on the way, setting its exec bit, and syncing it. On a mismatch the
 /// partial copy is removed.
