@@ -19,9 +19,9 @@ use futures_util::TryStreamExt;
 use subtle::ConstantTimeEq;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
-    AgentStatus, ErrorBody, HashList, HealthQuery, HealthReport, PARTIAL_HEADER, Snapshot,
-    StageReport, StageRequest, StartReport, StopReport, StopRequest, SwapReport, SwapRequest,
-    agent as routes,
+    AgentStatus, ErrorBody, HashList, HealthQuery, HealthReport, PARTIAL_HEADER, PackReceipt,
+    PackRequest, Snapshot, StageReport, StageRequest, StartReport, StopReport, StopRequest,
+    SwapReport, SwapRequest, agent as routes,
 };
 use tillup_fs::Received;
 use tokio::io::AsyncSeekExt;
@@ -194,6 +194,7 @@ pub fn app(agent: Arc<Agent>) -> Router {
         .route(routes::SNAPSHOT, get(snapshot))
         .route(routes::BLOB, get(get_blob).head(head_blob).put(put_blob))
         .route(routes::BLOBS_MISSING, post(missing))
+        .route(routes::PACK, post(get_pack).put(put_pack))
         .route(routes::STAGE, post(stage))
         .route(routes::COMMIT, post(commit))
         .route(routes::ROLLBACK, post(rollback))
@@ -251,9 +252,88 @@ async fn missing(
     body: Result<Json<HashList>, JsonRejection>,
 ) -> Result<Json<HashList>, AgentError> {
     let wanted = json_body(body)?;
+    let hashes = a.missing(&wanted.hashes).await?;
+    let store = a.store().clone();
+    let held = tokio::task::spawn_blocking(move || {
+        let mut held = std::collections::BTreeMap::new();
+        for h in &hashes {
+            let n = store.partial_len(h, "")?;
+            if n > 0 {
+                held.insert(*h, n);
+            }
+        }
+        Ok::<_, tillup_fs::Error>((hashes, held))
+    })
+    .await
+    .map_err(AgentError::internal)??;
     Ok(Json(HashList {
-        hashes: a.missing(&wanted.hashes).await?,
+        hashes: held.0,
+        held: held.1,
     }))
+}
+
+/// `POST /v1/pack`: files of the folder (or received), in one pack.
+async fn get_pack(
+    State(a): State<Arc<Agent>>,
+    body: Result<Json<PackRequest>, JsonRejection>,
+) -> Result<Response, AgentError> {
+    let req = json_body(body)?;
+    let wanted: Vec<Sha256Hex> = req.blobs.iter().map(|e| e.sha256).collect();
+    let locate = a.locator(&wanted).await?;
+    let body = tillup_transfer::pack_body(req.blobs, locate, tillup_transfer::pack::LAN_LEVEL);
+    Ok((
+        [(header::CONTENT_TYPE, tillup_core::api::PACK_MEDIA_TYPE)],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// `PUT /v1/pack`: files for the next staging, each checked on arrival;
+/// those that arrived whole are kept even if the pack was cut after them.
+async fn put_pack(
+    State(a): State<Arc<Agent>>,
+    body: Body,
+) -> Result<Json<PackReceipt>, AgentError> {
+    let max = a.config().max_blob_bytes;
+    let admit: tillup_transfer::Admit = Box::new(move |_, total| {
+        if total > max {
+            return Err(format!(
+                "larger than this agent accepts ({max} bytes, `max_blob_bytes` in its config)"
+            ));
+        }
+        Ok(())
+    });
+    let received = tillup_transfer::receive_pack(
+        body.into_data_stream(),
+        a.store().clone(),
+        String::new(),
+        admit,
+        Box::new(|_| {}),
+    )
+    .await;
+    use tillup_transfer::PackError as P;
+    match received.result {
+        Ok(()) => Ok(Json(PackReceipt {
+            received: received.unpacked.blobs,
+            bytes: received.unpacked.bytes,
+        })),
+        Err(e @ P::NotAPack) => Err(AgentError::BadRequest(e.to_string())),
+        Err(e @ P::Refused { .. }) => Err(AgentError::TooLarge(e.to_string())),
+        Err(P::Blob(tillup_fs::Error::WrongOffset { held, offset, .. })) => {
+            Err(AgentError::WrongOffset { held, offset })
+        }
+        Err(P::Blob(e @ (tillup_fs::Error::HashMismatch { .. } | tillup_fs::Error::SizeMismatch { .. }))) => {
+            Err(AgentError::Unprocessable(format!(
+                "a file of the pack is not what it is named; it was not kept, send it again ({})",
+                short(&e)
+            )))
+        }
+        Err(P::Cut { .. } | P::Blob(tillup_fs::Error::TransferCut { .. })) => Err(AgentError::BadRequest(
+            "the pack was cut; the files that arrived whole are kept: ask blobs/missing for the rest".into(),
+        )),
+        Err(P::Blob(e)) => Err(e.into()),
+        Err(e) => Err(AgentError::internal(e)),
+    }
 }
 
 async fn stage(

@@ -215,6 +215,37 @@ impl Agent {
         Ok(in_folder.or_else(|| self.store.has(h).then(|| self.store.path(h))))
     }
 
+    /// Where the bytes of each of `wanted` are (the folder by the last scan,
+    /// or the incoming store), for a pack; the hashes not here are refused.
+    pub async fn locator(
+        &self,
+        wanted: &[Sha256Hex],
+    ) -> Result<tillup_transfer::Locate, AgentError> {
+        let missing = self.missing(wanted).await?;
+        if !missing.is_empty() {
+            let shown: Vec<String> = missing.iter().take(5).map(ToString::to_string).collect();
+            return Err(AgentError::NotFound(format!(
+                "{} of the files asked for are neither in the folder nor received: {}{}",
+                missing.len(),
+                shown.join(", "),
+                if missing.len() > 5 { ", …" } else { "" }
+            )));
+        }
+        let index = self
+            .index
+            .lock()
+            .expect("not poisoned")
+            .clone()
+            .unwrap_or_default();
+        let (folder, store) = (self.layout.folder.clone(), self.store.clone());
+        Ok(Box::new(move |h| {
+            index
+                .get(h)
+                .map(|p| tillup_fs::join(&folder, p))
+                .or_else(|| store.has(h).then(|| store.path(h)))
+        }))
+    }
+
     /// `POST /v1/blobs/missing`: the hashes neither in the folder nor in the incoming store.
     pub async fn missing(&self, wanted: &[Sha256Hex]) -> Result<Vec<Sha256Hex>, AgentError> {
         self.ensure_index().await?;

@@ -267,9 +267,7 @@ health_timeout_secs = 10
         version: &str,
     ) -> (Manifest, Vec<Sha256Hex>, StageReport) {
         let manifest = scan(release);
-        let wanted = HashList {
-            hashes: manifest.hashes().into_iter().collect(),
-        };
+        let wanted = HashList::new(manifest.hashes().into_iter().collect());
         let missing: HashList = self.post(routes::BLOBS_MISSING, &wanted).await;
         for h in &missing.hashes {
             let f = manifest.files().iter().find(|f| f.sha256 == *h).unwrap();
@@ -804,12 +802,7 @@ async fn a_blob_with_the_wrong_hash_is_refused_and_not_kept() {
     .await;
     assert!(msg.contains("nothing was kept"), "{msg}");
     let missing: HashList = h
-        .post(
-            routes::BLOBS_MISSING,
-            &HashList {
-                hashes: vec![claimed],
-            },
-        )
+        .post(routes::BLOBS_MISSING, &HashList::new(vec![claimed]))
         .await;
     assert_eq!(missing.hashes, vec![claimed]);
     let blobs = h.state().join("blobs");
@@ -818,12 +811,7 @@ async fn a_blob_with_the_wrong_hash_is_refused_and_not_kept() {
     let res = h.put_blob(&claimed, b"the real bytes".to_vec()).await;
     assert!(res.status().is_success());
     let missing: HashList = h
-        .post(
-            routes::BLOBS_MISSING,
-            &HashList {
-                hashes: vec![claimed],
-            },
-        )
+        .post(routes::BLOBS_MISSING, &HashList::new(vec![claimed]))
         .await;
     assert!(missing.hashes.is_empty());
 }

@@ -47,6 +47,9 @@ pub mod server {
     pub const BLOB: &str = "/v1/blobs/{sha256}";
     /// `POST /v1/blobs/missing`: [`super::HashList`] in, [`super::HashList`] out.
     pub const BLOBS_MISSING: &str = "/v1/blobs/missing";
+    /// `POST`: [`super::PackRequest`] in, a pack of those blobs out;
+    /// `PUT`: a pack in, [`super::PackReceipt`] out.
+    pub const PACK: &str = "/v1/pack";
     /// `PUT`: [`super::Backup`].
     pub const BACKUP: &str = "/v1/stores/{store}/upgrades/{upgrade}/backup";
     /// `POST`: [`super::ProcessRequest`] in, [`super::Delivery`] out.
@@ -64,6 +67,9 @@ pub mod agent {
     /// `GET` (Range), `HEAD` and `PUT` (resumable, see [`super::PARTIAL_HEADER`]).
     pub const BLOB: &str = "/v1/blobs/{sha256}";
     pub const BLOBS_MISSING: &str = "/v1/blobs/missing";
+    /// `POST`: [`super::PackRequest`] in, a pack of files of the folder (or
+    /// received) out; `PUT`: a pack in, [`super::PackReceipt`] out.
+    pub const PACK: &str = "/v1/pack";
     pub const STAGE: &str = "/v1/stage";
     pub const COMMIT: &str = "/v1/commit";
     pub const ROLLBACK: &str = "/v1/rollback";
@@ -99,7 +105,46 @@ pub fn content_range(from: u64, total: u64) -> String {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HashList {
     pub hashes: Vec<Sha256Hex>,
+    /// In an answer to `blobs/missing`: of the missing blobs, the bytes the
+    /// receiver already holds of a cut upload, where a pack resumes them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub held: std::collections::BTreeMap<Sha256Hex, u64>,
 }
+
+impl HashList {
+    pub fn new(hashes: Vec<Sha256Hex>) -> Self {
+        Self {
+            hashes,
+            held: Default::default(),
+        }
+    }
+}
+
+/// One blob of a pack: its hash, and the byte it starts from (what the
+/// receiver holds already of a cut transfer).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PackEntry {
+    pub sha256: Sha256Hex,
+    #[serde(default)]
+    pub from: u64,
+}
+
+/// `POST` to a `PACK` route: the blobs wanted, in the order to send them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRequest {
+    pub blobs: Vec<PackEntry>,
+}
+
+/// The answer to a `PUT` of a pack: the blobs now held whole.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackReceipt {
+    pub received: Vec<Sha256Hex>,
+    /// Bytes of files received.
+    pub bytes: u64,
+}
+
+/// The media type of a pack (`tillup_transfer::pack`).
+pub const PACK_MEDIA_TYPE: &str = "application/x-tillup-pack";
 
 /// An error body, as every endpoint of the server and the agent sends it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -126,7 +126,12 @@ impl TerminalRun {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "effect", content = "terminal", rename_all = "snake_case")]
 pub enum Effect {
-    /// The host downloads and verifies the target releases.
+    /// Before any stop, the host gathers and verifies everything that does
+    /// not need a program stopped: the target releases (the files the
+    /// terminals hold already from them, over the LAN; only the rest from
+    /// the server) and every terminal's folder as it is now (so the backup
+    /// after the stop fetches only what changed since), and hands the
+    /// server what it lacks of those folders.
     Prefetch,
     /// The terminal receives the release files it lacks and stages them.
     Prestage(u32),

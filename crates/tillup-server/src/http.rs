@@ -224,6 +224,7 @@ pub fn app(state: AppState) -> Router {
         .route(r::LOG_SIGNATURE, get(get_log_signature))
         .route(r::BLOB, get(get_blob).head(head_blob).put(put_blob))
         .route(r::BLOBS_MISSING, post(blobs_missing))
+        .route(r::PACK, post(get_pack).put(put_pack))
         .route(r::BACKUP, put(put_backup))
         .route(r::PROCESS, post(process))
         .route(r::REPORT, post(report))
@@ -534,10 +535,132 @@ async fn blobs_missing(
             list.hashes.len()
         )));
     }
-    let hashes = st
-        .blocking(move |st| st.missing_for(&store.0, &list.hashes))
+    let (hashes, held) = st
+        .blocking(move |st| -> Result<_, AppError> {
+            let hashes = st.missing_for(&store.0, &list.hashes)?;
+            let mut held = BTreeMap::new();
+            for h in &hashes {
+                let n = st.blobs().partial_len(h, &store.0)?;
+                if n > 0 {
+                    held.insert(*h, n);
+                }
+            }
+            Ok((hashes, held))
+        })
         .await?;
-    Ok(Json(HashList { hashes }))
+    Ok(Json(HashList { hashes, held }))
+}
+
+/// `POST /v1/pack`: the blobs asked for, in one compressed pack. Every one
+/// must be readable by the store (a release's file or its own upload).
+async fn get_pack(
+    State(st): State<AppState>,
+    Extension(store): Extension<StoreId>,
+    body: Body,
+) -> Result<Response, AppError> {
+    let max = st.0.limits.max_hashes;
+    let bytes = read_body(body, hash_list_bytes(max), "pack request").await?;
+    let req: api::PackRequest = parse_json(
+        &bytes,
+        "pack request (`{\"blobs\": [{\"sha256\": …, \"from\": 0}, …]}`)",
+    )?;
+    if req.blobs.len() > max {
+        return Err(AppError::TooLarge(format!(
+            "{} blobs asked for, at most {max} per pack: split the request",
+            req.blobs.len()
+        )));
+    }
+    tillup_fs::fault::crash_point("server.deliver");
+    let hashes: Vec<Sha256Hex> = req.blobs.iter().map(|e| e.sha256).collect();
+    let missing = st
+        .blocking(move |st| st.missing_for(&store.0, &hashes))
+        .await?;
+    if !missing.is_empty() {
+        return Err(AppError::NotFound(format!(
+            "not available to this store: {}",
+            list_some(&missing)
+        )));
+    }
+    let blobs = st.blobs().clone();
+    let body = tillup_transfer::pack_body(
+        req.blobs,
+        Box::new(move |h| Some(blobs.path(h))),
+        tillup_transfer::pack::WAN_LEVEL,
+    );
+    Ok((
+        [(header::CONTENT_TYPE, api::PACK_MEDIA_TYPE)],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// `PUT /v1/pack`: a pack of the store's own files (its terminals'
+/// backups). Each blob is checked on arrival; those that arrived whole are
+/// the store's to read, even if the pack was cut after them.
+async fn put_pack(
+    State(st): State<AppState>,
+    Extension(store): Extension<StoreId>,
+    body: Body,
+) -> Result<Json<api::PackReceipt>, AppError> {
+    let (max_blob, max_blobs) = (st.0.limits.max_blob, st.0.limits.max_hashes);
+    let mut count = 0usize;
+    let admit: tillup_transfer::Admit = Box::new(move |_, total| {
+        count += 1;
+        if count > max_blobs {
+            return Err(format!("a pack holds at most {max_blobs} files"));
+        }
+        if total > max_blob {
+            return Err(format!("larger than the {max_blob} bytes allowed"));
+        }
+        Ok(())
+    });
+    let received = tillup_transfer::receive_pack(
+        body.into_data_stream(),
+        st.blobs().clone(),
+        store.0.clone(),
+        admit,
+        Box::new(|_| {}),
+    )
+    .await;
+    let whole = received.unpacked.blobs.clone();
+    let owner = store.0.clone();
+    st.blocking(move |st| st.db().add_store_blobs(&owner, &whole))
+        .await?;
+    match received.result {
+        Ok(()) => Ok(Json(api::PackReceipt {
+            received: received.unpacked.blobs,
+            bytes: received.unpacked.bytes,
+        })),
+        Err(e) => Err(pack_refusal(e)),
+    }
+}
+
+/// The answer to a pack that did not arrive whole.
+fn pack_refusal(e: tillup_transfer::PackError) -> AppError {
+    use tillup_transfer::PackError as P;
+    match e {
+        P::NotAPack => AppError::BadRequest(e.to_string()),
+        P::Refused { .. } => AppError::TooLarge(e.to_string()),
+        P::Blob(tillup_fs::Error::HashMismatch { expected, actual, .. }) => {
+            AppError::Unprocessable(format!(
+                "file {expected}: the bytes received hash to {actual}; it was not kept, send it again"
+            ))
+        }
+        P::Blob(tillup_fs::Error::WrongOffset { held, offset, .. }) => AppError::WrongOffset {
+            held,
+            message: format!(
+                "a file of the pack resumes at byte {offset}, but the server holds {held} bytes of it: ask blobs/missing where to resume"
+            ),
+        },
+        P::Blob(tillup_fs::Error::SizeMismatch { .. }) => AppError::Unprocessable(
+            "a file of the pack resumes past its own end; ask blobs/missing where to resume".into(),
+        ),
+        P::Cut { .. } | P::Blob(tillup_fs::Error::TransferCut { .. }) => AppError::BadRequest(
+            "the pack was cut; the files that arrived whole are kept: ask blobs/missing for the rest"
+                .into(),
+        ),
+        other => AppError::Internal(other.to_string()),
+    }
 }
 
 fn list_some(hashes: &[Sha256Hex]) -> String {

@@ -203,10 +203,7 @@ async fn every_route_refuses_a_missing_or_wrong_token_and_changes_nothing() {
         (
             Method::POST,
             api::server::BLOBS_MISSING.to_owned(),
-            serde_json::to_vec(&HashList {
-                hashes: vec![local_hash],
-            })
-            .unwrap(),
+            serde_json::to_vec(&HashList::new(vec![local_hash])).unwrap(),
         ),
         (
             Method::PUT,
@@ -467,7 +464,7 @@ async fn put_blob_checks_the_hash_and_blobs_missing_follows_uploads() {
             let req = Request::post(api::server::BLOBS_MISSING)
                 .header(header::AUTHORIZATION, format!("Bearer {token}"))
                 .body(Body::from(
-                    serde_json::to_vec(&HashList { hashes }).unwrap(),
+                    serde_json::to_vec(&HashList::new(hashes)).unwrap(),
                 ))
                 .unwrap();
             let resp = tillup_server::app(state).oneshot(req).await.unwrap();
@@ -864,7 +861,7 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
         Method::POST,
         api::server::BLOBS_MISSING,
         &env.token_a,
-        &HashList { hashes: all },
+        &HashList::new(all),
     )
     .await;
     let want_missing: std::collections::BTreeSet<Sha256Hex> =
@@ -978,7 +975,7 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
         Method::POST,
         api::server::BLOBS_MISSING,
         &env.token_a,
-        &HashList { hashes },
+        &HashList::new(hashes),
     )
     .await;
     assert!(

@@ -1,0 +1,440 @@
+//! The pack format: many blobs in one zstd stream.
+//!
+//! ```text
+//! zstd( MAGIC
+//!       { sha256: 32 bytes | total: u64 BE | from: u64 BE | bytes from..total }*
+//!       32 zero bytes )
+//! ```
+//!
+//! `from` lets a cut transfer resume inside a blob: the receiver holds the
+//! first `from` bytes already. The closing zero hash tells a whole pack from
+//! a cut one. Nothing in a pack is trusted: the receiver admits each blob
+//! (is it one it asked for or accepts, of the size it expects?) before it
+//! reads its bytes, and every blob is hashed before it enters the store.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use tillup_core::Sha256Hex;
+use tillup_core::api::PackEntry;
+use tillup_fs::Batch;
+
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// The first bytes of every pack (after decompression).
+pub const MAGIC: &[u8] = b"tillup-pack 1\n";
+
+/// The zstd level for packs sent over a WAN: zstd's default, about
+/// 300 MB/s per core, which outruns any store's line.
+pub const WAN_LEVEL: i32 = 3;
+/// The zstd level for packs on the shop LAN, where the line is fast and the
+/// terminals' CPUs are small.
+pub const LAN_LEVEL: i32 = 1;
+/// The largest zstd window a receiver accepts (2^24 = 16 MiB): the levels
+/// above use far less, and a pack asking for more is refused rather than
+/// allowed to claim the memory.
+pub const MAX_WINDOW_LOG: u32 = 24;
+
+/// What went wrong with a pack.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PackError {
+    /// The bytes are not a pack (or a pack of another version).
+    #[error(
+        "the answer is not a tillup pack (no `tillup-pack 1` header); is the peer a tillup of this version?"
+    )]
+    NotAPack,
+    /// The receiver does not accept a blob the pack holds.
+    #[error("the pack holds file {sha256} ({total} bytes), which was refused: {reason}")]
+    Refused {
+        sha256: Sha256Hex,
+        total: u64,
+        reason: String,
+    },
+    /// The sender cannot read a blob it was asked for.
+    #[error("file {sha256} cannot be sent: {reason}")]
+    Unavailable { sha256: Sha256Hex, reason: String },
+    /// Storing a blob failed: a wrong hash, a wrong offset, a full disk, a cut.
+    #[error(transparent)]
+    Blob(#[from] tillup_fs::Error),
+    /// The stream broke between two blobs or inside a header.
+    #[error(
+        "the pack was cut after {received} bytes of files: {source}; what arrived whole is kept"
+    )]
+    Cut { received: u64, source: io::Error },
+}
+
+impl PackError {
+    /// Whether trying again may help: the stream was cut, or a blob's bytes
+    /// stopped short. A refusal or a wrong hash will not pass.
+    pub fn is_cut(&self) -> bool {
+        matches!(
+            self,
+            PackError::Cut { .. } | PackError::Blob(tillup_fs::Error::TransferCut { .. })
+        )
+    }
+}
+
+/// What [`write_pack`] sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub blobs: u64,
+    /// Bytes of files, before compression.
+    pub bytes: u64,
+}
+
+/// Writes a pack of `entries` to `out`, compressed at `level`; `locate`
+/// says where each blob's bytes are. A blob it cannot find, or shorter
+/// than its `from`, stops the pack with [`PackError::Unavailable`] (the
+/// receiver sees a pack without its end and keeps what arrived whole).
+pub fn write_pack(
+    entries: &[PackEntry],
+    locate: &dyn Fn(&Sha256Hex) -> Option<PathBuf>,
+    level: i32,
+    out: impl Write,
+) -> Result<Sent, PackError> {
+    let cut = |source| PackError::Cut {
+        received: 0,
+        source,
+    };
+    let mut z = zstd::stream::write::Encoder::new(out, level).map_err(cut)?;
+    z.write_all(MAGIC).map_err(cut)?;
+    let mut sent = Sent::default();
+    for e in entries {
+        let unavailable = |reason: String| PackError::Unavailable {
+            sha256: e.sha256,
+            reason,
+        };
+        let path = locate(&e.sha256).ok_or_else(|| unavailable("not held here".into()))?;
+        let mut file = std::fs::File::open(&path).map_err(|err| unavailable(err.to_string()))?;
+        let total = file
+            .metadata()
+            .map_err(|err| unavailable(err.to_string()))?
+            .len();
+        if e.from > total {
+            return Err(unavailable(format!(
+                "asked from byte {}, it has {total}",
+                e.from
+            )));
+        }
+        io::Seek::seek(&mut file, io::SeekFrom::Start(e.from))
+            .map_err(|err| unavailable(err.to_string()))?;
+        z.write_all(e.sha256.as_bytes()).map_err(cut)?;
+        z.write_all(&total.to_be_bytes()).map_err(cut)?;
+        z.write_all(&e.from.to_be_bytes()).map_err(cut)?;
+        let n = io::copy(&mut file.take(total - e.from), &mut z).map_err(cut)?;
+        if n != total - e.from {
+            return Err(unavailable(format!(
+                "it shrank while being sent ({n} of {} bytes)",
+                total - e.from
+            )));
+        }
+        sent.blobs += 1;
+        sent.bytes += n;
+    }
+    z.write_all(&[0u8; 32]).map_err(cut)?;
+    z.finish().map_err(cut)?.flush().map_err(cut)?;
+    Ok(sent)
+}
+
+/// What [`read_pack`] took in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unpacked {
+    /// Blobs received whole and checked, in the order they came.
+    pub blobs: Vec<Sha256Hex>,
+    /// Bytes of files received (what was held before a resume excluded).
+    pub bytes: u64,
+}
+
+/// Reads a pack from `input` (compressed) into `batch`. Each blob is first
+/// put to `admit(sha256, total)`, which refuses what the receiver did not
+/// ask for or does not accept; its bytes are then appended to what the
+/// receiver holds of it (`from` must match) and hashed. `progress` hears
+/// the bytes of files as they arrive. Blobs received whole stay in `batch`
+/// whatever happens after them: the caller finishes the batch.
+pub fn read_pack(
+    input: impl Read,
+    batch: &mut Batch<'_>,
+    admit: &mut dyn FnMut(&Sha256Hex, u64) -> Result<(), String>,
+    progress: &mut dyn FnMut(u64),
+    out: &mut Unpacked,
+) -> Result<(), PackError> {
+    // A zstd frame starts with its magic number: anything else (an error
+    // page, a proxy's answer) is not a pack, which a cut could not make.
+    let mut input = input;
+    let mut first = [0u8; 4];
+    input
+        .read_exact(&mut first)
+        .map_err(|source| PackError::Cut {
+            received: 0,
+            source,
+        })?;
+    if first != ZSTD_MAGIC {
+        return Err(PackError::NotAPack);
+    }
+    let mut z = zstd::stream::read::Decoder::new(io::Cursor::new(first).chain(input)).map_err(
+        |source| PackError::Cut {
+            received: 0,
+            source,
+        },
+    )?;
+    z.window_log_max(MAX_WINDOW_LOG)
+        .map_err(|source| PackError::Cut {
+            received: 0,
+            source,
+        })?;
+    let mut magic = [0u8; MAGIC.len()];
+    match z.read_exact(&mut magic) {
+        Ok(()) if magic == MAGIC => {}
+        Ok(()) => return Err(PackError::NotAPack),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(PackError::NotAPack),
+        Err(source) => {
+            return Err(PackError::Cut {
+                received: 0,
+                source,
+            });
+        }
+    }
+    loop {
+        let mut head = [0u8; 48];
+        let cut = |source, received| PackError::Cut { received, source };
+        z.read_exact(&mut head[..32])
+            .map_err(|e| cut(e, out.bytes))?;
+        if head[..32] == [0u8; 32] {
+            return Ok(());
+        }
+        z.read_exact(&mut head[32..])
+            .map_err(|e| cut(e, out.bytes))?;
+        let sha256 = Sha256Hex::from_bytes(head[..32].try_into().expect("32 bytes"));
+        let total = u64::from_be_bytes(head[32..40].try_into().expect("8 bytes"));
+        let from = u64::from_be_bytes(head[40..48].try_into().expect("8 bytes"));
+        admit(&sha256, total).map_err(|reason| PackError::Refused {
+            sha256,
+            total,
+            reason,
+        })?;
+        let mut counted = Counting {
+            inner: &mut z,
+            progress: &mut *progress,
+        };
+        batch.receive(&sha256, from, total, &mut counted)?;
+        out.blobs.push(sha256);
+        out.bytes += total - from;
+    }
+}
+
+/// Reports the bytes read through it.
+struct Counting<'a, R> {
+    inner: &'a mut R,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.progress)(n as u64);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tillup_fs::BlobStore;
+
+    use super::*;
+
+    fn blob(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|i| {
+                if i % 3 == 0 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                }
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    struct Side {
+        _dir: tempfile::TempDir,
+        store: BlobStore,
+    }
+
+    fn side() -> Side {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        Side { _dir: dir, store }
+    }
+
+    fn sender(blobs: &[Vec<u8>]) -> (Side, Vec<PackEntry>) {
+        let s = side();
+        let entries = blobs
+            .iter()
+            .map(|b| PackEntry {
+                sha256: s.store.put_bytes(b).unwrap(),
+                from: 0,
+            })
+            .collect();
+        (s, entries)
+    }
+
+    fn pack(s: &Side, entries: &[PackEntry]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let store = s.store.clone();
+        write_pack(
+            entries,
+            &move |h| store.has(h).then(|| store.path(h)),
+            WAN_LEVEL,
+            &mut out,
+        )
+        .unwrap();
+        out
+    }
+
+    fn receive(
+        to: &BlobStore,
+        bytes: &[u8],
+        sizes: &BTreeMap<Sha256Hex, u64>,
+    ) -> (Result<(), PackError>, Unpacked) {
+        let mut batch = to.batch("").unwrap();
+        let mut out = Unpacked::default();
+        let r = read_pack(
+            bytes,
+            &mut batch,
+            &mut |h, total| match sizes.get(h) {
+                Some(s) if *s == total => Ok(()),
+                Some(s) => Err(format!("expected {s} bytes")),
+                None => Err("not asked for".into()),
+            },
+            &mut |_| {},
+            &mut out,
+        );
+        batch.finish().unwrap();
+        (r, out)
+    }
+
+    #[test]
+    fn a_pack_round_trips_and_compresses() {
+        let blobs: Vec<Vec<u8>> = (0..20)
+            .map(|i| {
+                let mut b = blob(i, 5000 + i as usize * 100);
+                b.extend(std::iter::repeat_n(b'a', 5000));
+                b
+            })
+            .collect();
+        let (s, entries) = sender(&blobs);
+        let bytes = pack(&s, &entries);
+        let raw: usize = blobs.iter().map(Vec::len).sum();
+        assert!(bytes.len() < raw * 3 / 4, "{} of {raw}", bytes.len());
+        let r = side();
+        let sizes = blobs
+            .iter()
+            .map(|b| (Sha256Hex::of(b), b.len() as u64))
+            .collect();
+        let (result, out) = receive(&r.store, &bytes, &sizes);
+        result.unwrap();
+        assert_eq!(out.blobs.len(), 20);
+        for b in &blobs {
+            assert_eq!(&r.store.read(&Sha256Hex::of(b)).unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn a_cut_pack_keeps_whole_blobs_and_resumes_inside_the_cut_one() {
+        let blobs = vec![blob(1, 100_000), blob(2, 200_000), blob(3, 50_000)];
+        let (s, entries) = sender(&blobs);
+        // Stored (level 1 makes noise incompressible enough): cut in the
+        // middle of the second blob.
+        let mut bytes = Vec::new();
+        let store = s.store.clone();
+        write_pack(
+            &entries,
+            &move |h| Some(store.path(h)),
+            LAN_LEVEL,
+            &mut bytes,
+        )
+        .unwrap();
+        let r = side();
+        let sizes: BTreeMap<_, _> = blobs
+            .iter()
+            .map(|b| (Sha256Hex::of(b), b.len() as u64))
+            .collect();
+        let (result, out) = receive(&r.store, &bytes[..bytes.len() / 2], &sizes);
+        assert!(result.unwrap_err().is_cut());
+        assert_eq!(out.blobs, vec![entries[0].sha256]);
+        assert!(r.store.has(&entries[0].sha256), "the whole one is kept");
+        let held = r.store.partial_len(&entries[1].sha256, "").unwrap();
+        assert!(held > 0 && held < 200_000, "{held}");
+        // The resume asks for the rest only: nothing whole crosses again.
+        let rest = vec![
+            PackEntry {
+                sha256: entries[1].sha256,
+                from: held,
+            },
+            entries[2].clone(),
+        ];
+        let bytes = pack(&s, &rest);
+        let (result, out) = receive(&r.store, &bytes, &sizes);
+        result.unwrap();
+        assert_eq!(out.bytes, 200_000 - held + 50_000);
+        for b in &blobs {
+            assert_eq!(&r.store.read(&Sha256Hex::of(b)).unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn a_blob_not_asked_for_or_of_another_size_is_refused_before_its_bytes() {
+        let blobs = vec![blob(4, 1000), blob(5, 1000)];
+        let (s, entries) = sender(&blobs);
+        let bytes = pack(&s, &entries);
+        let r = side();
+        let only_first = BTreeMap::from([(entries[0].sha256, 1000)]);
+        let (result, out) = receive(&r.store, &bytes, &only_first);
+        assert!(
+            matches!(result, Err(PackError::Refused { sha256, .. }) if sha256 == entries[1].sha256)
+        );
+        assert_eq!(out.blobs.len(), 1);
+        assert!(!r.store.has(&entries[1].sha256));
+        let wrong_size = BTreeMap::from([(entries[0].sha256, 999)]);
+        let (result, _) = receive(&side().store, &bytes, &wrong_size);
+        assert!(matches!(result, Err(PackError::Refused { .. })));
+    }
+
+    #[test]
+    fn bytes_that_lie_about_their_hash_never_enter_the_store() {
+        let good = blob(6, 4000);
+        let h = Sha256Hex::of(&good);
+        // A hand-made pack: the right name, other bytes.
+        let mut raw = MAGIC.to_vec();
+        raw.extend(h.as_bytes());
+        raw.extend(4000u64.to_be_bytes());
+        raw.extend(0u64.to_be_bytes());
+        raw.extend(blob(7, 4000));
+        raw.extend([0u8; 32]);
+        let bytes = zstd::encode_all(&raw[..], 1).unwrap();
+        let r = side();
+        let (result, out) = receive(&r.store, &bytes, &BTreeMap::from([(h, 4000)]));
+        assert!(matches!(
+            result,
+            Err(PackError::Blob(tillup_fs::Error::HashMismatch { .. }))
+        ));
+        assert!(out.blobs.is_empty() && !r.store.has(&h));
+    }
+
+    #[test]
+    fn garbage_is_not_a_pack() {
+        let r = side();
+        for junk in [
+            &b"hello"[..],
+            &zstd::encode_all(&b"not a pack at all"[..], 1).unwrap(),
+        ] {
+            let (result, _) = receive(&r.store, junk, &BTreeMap::new());
+            assert!(matches!(result, Err(PackError::NotAPack)), "{result:?}");
+        }
+    }
+}
