@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use reqwest::StatusCode;
 use serde::Serialize;
 use tillup_core::Sha256Hex;
-use tillup_core::api::{SIGNATURE_HEADER, route, server as routes};
+use tillup_core::api::SIGNATURE_HEADER;
 use tillup_core::log::{
     Comparison, Installed, SeenLog, TerminalView, VersionLog, check_fresh, compare,
 };
@@ -59,12 +59,10 @@ impl Listener {
         let cached: Option<CachedLog> = std::fs::read(&cache_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        let path = route(routes::LOG, &[("channel", &self.config.channel)]);
         let resp = self
             .server
-            .get_conditional(
-                "fetch the version log",
-                &path,
+            .log(
+                &self.config.channel,
                 cached.as_ref().and_then(|c| c.etag.as_deref()),
             )
             .await?;
@@ -88,6 +86,7 @@ impl Listener {
                 .to_owned();
             let body = self
                 .server
+                .peer()
                 .read_limited(
                     "fetch the version log",
                     resp,

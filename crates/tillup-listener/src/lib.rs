@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use futures_util::future::join_all;
-use tillup_core::api::{AgentStatus, agent as agent_routes};
+use tillup_core::api::AgentStatus;
 
 pub mod bridge;
 pub mod check;
+pub mod clients;
 pub mod config;
 pub mod http;
 pub mod local_log;
@@ -22,6 +23,7 @@ pub mod runner;
 pub mod schedule;
 pub mod view;
 
+use clients::{AgentClient, ServerClient};
 pub use config::{Config, MAX_CONFIG_BYTES};
 use http::Peer;
 
@@ -92,8 +94,8 @@ pub(crate) struct Lock(#[allow(dead_code)] std::fs::File);
 pub struct Listener {
     pub config: Config,
     pub data_dir: PathBuf,
-    server: Peer,
-    agents: BTreeMap<u32, Peer>,
+    server: ServerClient,
+    agents: BTreeMap<u32, AgentClient>,
 }
 
 impl Listener {
@@ -104,28 +106,22 @@ impl Listener {
             path: data_dir.clone(),
             source: e,
         })?;
-        let downloads = http::Downloads::default();
-        let server = Peer::new(
-            "the server",
-            &config.server,
-            &config.store_token,
-            http.clone(),
-            downloads.clone(),
+        let server = ServerClient::new(
+            Peer::new(
+                "the server",
+                &config.server,
+                &config.store_token,
+                http.clone(),
+            ),
+            &config.store_id,
         );
         let agents = config
             .terminals
             .iter()
             .map(|t| {
-                (
-                    t.number,
-                    Peer::new(
-                        format!("terminal {}", t.number),
-                        &t.address,
-                        &t.token,
-                        http.clone(),
-                        downloads.clone(),
-                    ),
-                )
+                let name = format!("terminal {}", t.number);
+                let peer = Peer::new(name, &t.address, &t.token, http.clone());
+                (t.number, AgentClient::new(peer))
             })
             .collect();
         Ok(Self {
@@ -159,7 +155,7 @@ impl Listener {
         }
     }
 
-    pub(crate) fn agent(&self, n: u32) -> Result<&Peer, Error> {
+    pub(crate) fn agent(&self, n: u32) -> Result<&AgentClient, Error> {
         self.agents
             .get(&n)
             .ok_or_else(|| Error::Other(format!("terminal {n} is not in the configuration")))
@@ -178,13 +174,7 @@ impl Listener {
         let asks = terminals
             .into_iter()
             .filter_map(|n| Some((n, self.agents.get(&n)?)))
-            .map(|(n, peer)| async move {
-                (
-                    n,
-                    peer.get_json::<AgentStatus>("report its status", agent_routes::STATUS)
-                        .await,
-                )
-            });
+            .map(|(n, agent)| async move { (n, agent.status().await) });
         join_all(asks).await.into_iter().collect()
     }
 }

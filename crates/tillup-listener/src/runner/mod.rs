@@ -11,22 +11,19 @@ use std::path::{Path, PathBuf};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use jiff::Timestamp;
-use reqwest::Method;
 use semver::Version;
 use serde::{Deserialize, Serialize};
-use tillup_core::api::{
-    self, Delivery, HealthReport, ProcessRequest, Snapshot, StageReport, StageRequest, StartReport,
-    StopReport, StopRequest, SwapReport, SwapRequest, TerminalBackup, TerminalTarget, route,
-};
+use tillup_core::api::{Delivery, TerminalBackup};
 use tillup_core::log::{Installed, Verdict};
-use tillup_core::manifest::{Manifest, Preserve, merge_for_terminal};
 use tillup_core::upgrade::{Effect, Event, Planned, Trigger, Upgrade};
 use tillup_fs::BlobStore;
 
 use crate::check::VerifiedLog;
-use crate::http::{agent_routes, server_routes, store_route};
 use crate::local_log::{HistoryEntry, LocalLog};
 use crate::{Error, Listener};
+
+pub mod backup;
+mod effects;
 
 /// What an upgrade needs beyond the core state, fixed when it is planned.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -401,7 +398,7 @@ impl Listener {
         let blobs = self.blobs()?;
         let (count, bytes) = blobs.retain(&live)?;
         blobs.clear_tmp()?;
-        let folders = backup_folders(&self.data_dir);
+        let folders = backup::folders(&self.data_dir);
         let old = folders.len().saturating_sub(self.config.keep_backups);
         for f in folders
             .into_iter()
@@ -463,12 +460,7 @@ impl Listener {
         let mut local = LocalLog::load(&self.data_dir)?;
         let mut sent = 0;
         while let Some(r) = local.unsent_reports.first().cloned() {
-            let path = route(server_routes::REPORT, &[("store", &self.config.store_id)]);
-            match self
-                .server
-                .send_json::<_, serde_json::Value>("receive a report", Method::POST, &path, &r)
-                .await
-            {
+            match self.server.report(&r).await {
                 Ok(_) => sent += 1,
                 Err(Error::Refused {
                     status, message, ..
@@ -482,360 +474,6 @@ impl Listener {
         }
         Ok(sent)
     }
-
-    async fn run_effect(
-        &self,
-        e: &Effect,
-        u: &Upgrade,
-        ctx: &Context,
-        files: &Files,
-        blobs: &BlobStore,
-    ) -> Result<(), Error> {
-        let run = e.terminal().and_then(|n| u.terminals.get(&n));
-        let server_path = |t: &str| store_route(t, &self.config.store_id, &u.id);
-        match e {
-            Effect::Stop(n) => {
-                let r: StopReport = self
-                    .agent(*n)?
-                    .send_json(
-                        "stop its main program",
-                        Method::POST,
-                        agent_routes::STOP,
-                        &StopRequest::default(),
-                    )
-                    .await?;
-                tracing::info!(
-                    terminal = n,
-                    forced = r.forced,
-                    waited_busy_ms = r.waited_busy_ms,
-                    "main program stopped"
-                );
-            }
-            Effect::Collect(n) => {
-                let run = run.expect("terminal effect");
-                let agent = self.agent(*n)?;
-                let snap: Snapshot = agent
-                    .get_json("describe its program folder", agent_routes::SNAPSHOT)
-                    .await?;
-                if snap.version.as_ref() != Some(&run.from) {
-                    return Err(Error::Other(format!(
-                        "terminal {n} holds version {:?}, the plan expected {}",
-                        snap.version.map(|v| v.to_string()),
-                        run.from
-                    )));
-                }
-                for f in snap.manifest.files() {
-                    if !blobs.has(&f.sha256) {
-                        agent
-                            .download_blob(agent_routes::BLOB, &f.sha256, Some(f.size), blobs)
-                            .await?;
-                    }
-                }
-                let status: api::AgentStatus = agent
-                    .get_json("report its status", agent_routes::STATUS)
-                    .await?;
-                let backup = TerminalBackup {
-                    number: *n,
-                    model: status.model,
-                    version: run.from.clone(),
-                    manifest: snap.manifest,
-                };
-                let dest = ctx.backup_dir.join(format!("terminal-{n}"));
-                let (blobs2, backup2) = (blobs.clone(), backup.clone());
-                tokio::task::spawn_blocking(move || {
-                    write_backup_folder(&dest, &backup2.manifest, &blobs2)
-                })
-                .await
-                .expect("no panic")?;
-                tillup_fs::write_json_atomic(&files.backup(*n), &backup)?;
-            }
-            Effect::UploadBackup => {
-                let backups = self.backups(u, files)?;
-                let hashes: Vec<_> = backups
-                    .iter()
-                    .flat_map(|b| b.manifest.hashes())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
-                for h in self
-                    .server
-                    .missing(server_routes::BLOBS_MISSING, hashes)
-                    .await?
-                {
-                    self.server
-                        .upload_blob(server_routes::BLOB, &h, blobs)
-                        .await?;
-                }
-                let _: serde_json::Value = self
-                    .server
-                    .send_json(
-                        "take the store's backup",
-                        Method::PUT,
-                        &server_path(server_routes::BACKUP),
-                        &api::Backup { terminals: backups },
-                    )
-                    .await?;
-            }
-            Effect::Process => {
-                let backups = self.backups(u, files)?;
-                let targets = backups
-                    .iter()
-                    .map(|b| TerminalTarget {
-                        number: b.number,
-                        target: u.terminals[&b.number].to.clone(),
-                    })
-                    .collect();
-                let req = ProcessRequest {
-                    channel: self.config.channel.clone(),
-                    terminals: targets,
-                };
-                let delivery: Delivery = self
-                    .server
-                    .send_json(
-                        "build the terminals' new folders",
-                        Method::POST,
-                        &server_path(server_routes::PROCESS),
-                        &req,
-                    )
-                    .await?;
-                self.verify_delivery(u, &delivery, &backups, ctx, blobs)
-                    .await?;
-                tillup_fs::write_json_atomic(&files.delivery(), &delivery)?;
-            }
-            Effect::Deliver => {
-                let delivery: Delivery = read_json(&files.delivery())?;
-                for t in &delivery.terminals {
-                    for f in t.manifest.files() {
-                        self.server
-                            .download_blob(server_routes::BLOB, &f.sha256, Some(f.size), blobs)
-                            .await?;
-                    }
-                }
-            }
-            Effect::Prefetch => {
-                for (version, signed) in &ctx.releases {
-                    let release = self.release_manifest(version, ctx, blobs).await?;
-                    for f in release.files() {
-                        self.server
-                            .download_blob(server_routes::BLOB, &f.sha256, Some(f.size), blobs)
-                            .await?;
-                    }
-                    tracing::info!(%version, bytes = signed.size, "release downloaded and verified");
-                }
-            }
-            Effect::Prestage(n) => {
-                let run = run.expect("terminal effect");
-                let release = self.release_manifest(&run.to, ctx, blobs).await?;
-                self.push_and_stage(*n, &run.to, &release, blobs).await?;
-            }
-            Effect::Stage(n) => {
-                let run = run.expect("terminal effect");
-                let delivery: Delivery = read_json(&files.delivery())?;
-                let result = delivery
-                    .terminals
-                    .iter()
-                    .find(|t| t.number == *n)
-                    .ok_or_else(|| {
-                        Error::Other(format!("the delivery has no folder for terminal {n}"))
-                    })?;
-                self.push_and_stage(*n, &run.to, &result.manifest, blobs)
-                    .await?;
-            }
-            Effect::Commit(n) => {
-                let run = run.expect("terminal effect");
-                let _: SwapReport = self
-                    .agent(*n)?
-                    .send_json(
-                        "swap in the new folder",
-                        Method::POST,
-                        agent_routes::COMMIT,
-                        &SwapRequest {
-                            version: run.to.clone(),
-                        },
-                    )
-                    .await?;
-            }
-            Effect::Start(n) => {
-                let _: StartReport = self
-                    .agent(*n)?
-                    .send_json(
-                        "start its main program",
-                        Method::POST,
-                        agent_routes::START,
-                        &serde_json::json!({}),
-                    )
-                    .await?;
-            }
-            Effect::CheckHealth(n) => {
-                let run = run.expect("terminal effect");
-                let path = format!("{}?version={}", agent_routes::HEALTH, run.to);
-                let h: HealthReport = self
-                    .agent(*n)?
-                    .get_json("check the main program's health", &path)
-                    .await?;
-                if !h.healthy {
-                    let back = h
-                        .rolled_back_to
-                        .map(|v| format!(" (the terminal put {v} back by itself)"))
-                        .unwrap_or_default();
-                    return Err(Error::Other(format!(
-                        "the main program is not healthy on {}: {}{back}",
-                        run.to, h.message
-                    )));
-                }
-            }
-            Effect::Rollback(n) => {
-                let run = run.expect("terminal effect");
-                let _: SwapReport = self
-                    .agent(*n)?
-                    .send_json(
-                        "put the old folder back",
-                        Method::POST,
-                        agent_routes::ROLLBACK,
-                        &SwapRequest {
-                            version: run.from.clone(),
-                        },
-                    )
-                    .await?;
-            }
-            Effect::SendReport => {
-                self.send_unsent_reports().await?;
-                let path = route(server_routes::REPORT, &[("store", &self.config.store_id)]);
-                let mut report = self.report_json(u, &ctx.left_out);
-                report["agent_notices"] = self.agent_notices(u).await;
-                let _: serde_json::Value = self
-                    .server
-                    .send_json("receive the store's report", Method::POST, &path, &report)
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The manifest of a target release, checked against the signed log.
-    async fn release_manifest(
-        &self,
-        version: &Version,
-        ctx: &Context,
-        blobs: &BlobStore,
-    ) -> Result<Manifest, Error> {
-        let signed = ctx.releases.get(version).ok_or_else(|| {
-            Error::Untrusted(format!("release {version} is not one this upgrade planned"))
-        })?;
-        // The blob store admits it only if it hashes to the signed digest.
-        self.server
-            .download_blob(server_routes::BLOB, &signed.sha256, None, blobs)
-            .await?;
-        Manifest::parse(&blobs.read(&signed.sha256)?)
-            .map_err(|e| Error::Untrusted(format!("release {version} manifest: {e}")))
-    }
-
-    /// Sends a terminal the files of `manifest` it lacks, then has it stage
-    /// `manifest` (incrementally, beside its program folder).
-    async fn push_and_stage(
-        &self,
-        n: u32,
-        version: &Version,
-        manifest: &Manifest,
-        blobs: &BlobStore,
-    ) -> Result<(), Error> {
-        let agent = self.agent(n)?;
-        let hashes = manifest.hashes().into_iter().collect();
-        for h in agent.missing(agent_routes::BLOBS_MISSING, hashes).await? {
-            agent.upload_blob(agent_routes::BLOB, &h, blobs).await?;
-        }
-        let req = StageRequest {
-            version: version.clone(),
-            manifest: manifest.clone(),
-        };
-        let r: StageReport = agent
-            .send_json(
-                "stage the new folder",
-                Method::POST,
-                agent_routes::STAGE,
-                &req,
-            )
-            .await?;
-        tracing::info!(
-            terminal = n,
-            copied_locally = r.reused_bytes,
-            received = r.received_bytes,
-            "staged"
-        );
-        Ok(())
-    }
-
-    /// The collected backups of the terminals still on their way.
-    fn backups(&self, u: &Upgrade, files: &Files) -> Result<Vec<TerminalBackup>, Error> {
-        u.terminals
-            .values()
-            .filter(|t| t.active())
-            .map(|t| read_json(&files.backup(t.number)))
-            .collect()
-    }
-
-    /// Recomputes every terminal's folder from the signed release and the
-    /// terminal's own backup; the server's answer must be exactly that.
-    async fn verify_delivery(
-        &self,
-        u: &Upgrade,
-        delivery: &Delivery,
-        backups: &[TerminalBackup],
-        ctx: &Context,
-        blobs: &BlobStore,
-    ) -> Result<(), Error> {
-        let numbers: Vec<u32> = delivery.terminals.iter().map(|t| t.number).collect();
-        if numbers.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Error::Untrusted(format!(
-                "the delivery is not in terminal order: {numbers:?}"
-            )));
-        }
-        for b in backups {
-            let Some(result) = delivery.terminals.iter().find(|t| t.number == b.number) else {
-                return Err(Error::Untrusted(format!(
-                    "the delivery has no folder for terminal {}",
-                    b.number
-                )));
-            };
-            let planned = u.terminals.get(&b.number).map(|t| &t.to);
-            if planned != Some(&result.version) {
-                return Err(Error::Untrusted(format!(
-                    "terminal {} was given {}, the plan is {:?}",
-                    b.number,
-                    result.version,
-                    planned.map(ToString::to_string)
-                )));
-            }
-            let signed = &ctx.releases[&result.version];
-            let release = self.release_manifest(&result.version, ctx, blobs).await?;
-            let preserve =
-                Preserve::new(&signed.preserve).map_err(|e| Error::Untrusted(e.to_string()))?;
-            let expected = merge_for_terminal(&release, &b.manifest, &preserve)
-                .map_err(|e| Error::Untrusted(e.to_string()))?;
-            if expected != result.manifest {
-                return Err(Error::Untrusted(format!(
-                    "the server's folder for terminal {} differs from the signed release {} plus its preserved files",
-                    b.number, result.version
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The host's backup folders (`backups/<UTC time>_<version>`, one
-/// `terminal-<n>` inside per terminal), oldest first: the names sort by time.
-pub fn backup_folders(data_dir: &Path) -> Vec<PathBuf> {
-    let mut folders: Vec<PathBuf> = std::fs::read_dir(data_dir.join("backups"))
-        .map(|r| {
-            r.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    folders.sort();
-    folders
 }
 
 /// An upgrade's id: its start and target, within what the server accepts
@@ -852,48 +490,6 @@ fn upgrade_id(stamp: &str, target: &Version) -> String {
         })
         .take(64)
         .collect()
-}
-
-/// Writes a terminal's backup as a plain folder (what the store's staff can
-/// copy back by hand), every file checked against its hash. A folder left
-/// by an interrupted run is replaced.
-fn write_backup_folder(dest: &Path, manifest: &Manifest, blobs: &BlobStore) -> Result<(), Error> {
-    let marker = dest.with_extension("manifest.json");
-    if dest.exists() {
-        if std::fs::read(&marker)
-            .ok()
-            .and_then(|b| Manifest::parse(&b).ok())
-            .as_ref()
-            == Some(manifest)
-        {
-            return Ok(());
-        }
-        std::fs::remove_dir_all(dest).map_err(|e| tillup_fs::Error::Io {
-            path: dest.to_owned(),
-            source: e,
-        })?;
-    }
-    std::fs::create_dir_all(dest.parent().expect("backup folders have a parent")).map_err(|e| {
-        tillup_fs::Error::Io {
-            path: dest.to_owned(),
-            source: e,
-        }
-    })?;
-    let tmp = dest.with_extension("partial");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| tillup_fs::Error::Io {
-            path: tmp.clone(),
-            source: e,
-        })?;
-    }
-    tillup_fs::materialize(&tmp, manifest, &|f| Ok(blobs.path(&f.sha256)))?;
-    tillup_fs::write_atomic(&marker, &manifest.to_bytes())?;
-    std::fs::rename(&tmp, dest).map_err(|e| tillup_fs::Error::Io {
-        path: dest.to_owned(),
-        source: e,
-    })?;
-    tillup_fs::fsync_dir(dest.parent().expect("has a parent"))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,236 @@
+//! Typed clients of the server and of an agent: one method per thing the
+//! listener asks, so no use case spells a route, a method or a query
+//! string. Both sit on [`Peer`] (retries, bounded reads) and move blobs
+//! with the one pack protocol (`tillup_transfer`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use reqwest::Method;
+use semver::Version;
+use tillup_core::Sha256Hex;
+use tillup_core::api::{
+    self, AgentStatus, Backup, Delivery, HealthReport, ProcessRequest, Snapshot, StageReport,
+    StageRequest, StartReport, StopReport, StopRequest, SwapReport, SwapRequest, route,
+};
+use tillup_fs::BlobStore;
+use tillup_transfer::Size;
+use tillup_transfer::pack::{LAN_LEVEL, WAN_LEVEL};
+
+use crate::Error;
+use crate::http::Peer;
+
+/// `tillup-server`, as one store.
+#[derive(Clone, Debug)]
+pub struct ServerClient {
+    peer: Peer,
+    store: String,
+}
+
+impl ServerClient {
+    pub fn new(peer: Peer, store: &str) -> Self {
+        Self {
+            peer,
+            store: store.to_owned(),
+        }
+    }
+
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    fn upgrade_route(&self, template: &str, upgrade: &str) -> String {
+        route(template, &[("store", &self.store), ("upgrade", upgrade)])
+    }
+
+    /// The channel's log; a `304` when it still has `etag`.
+    pub async fn log(&self, channel: &str, etag: Option<&str>) -> Result<reqwest::Response, Error> {
+        let path = route(api::server::LOG, &[("channel", channel)]);
+        self.peer
+            .get_conditional("fetch the version log", &path, etag)
+            .await
+    }
+
+    /// Fetches `wanted` (hash → signed size) into `store`, in packs.
+    pub async fn fetch(
+        &self,
+        wanted: &BTreeMap<Sha256Hex, Size>,
+        store: &BlobStore,
+        progress: &Arc<AtomicU64>,
+    ) -> Result<u64, Error> {
+        self.peer
+            .fetch_pack(api::server::PACK, wanted, store, progress)
+            .await
+    }
+
+    /// Fetches the blob `h` (a release's manifest, at most `max` bytes) into `store`.
+    pub async fn fetch_one(&self, h: &Sha256Hex, max: u64, store: &BlobStore) -> Result<(), Error> {
+        let wanted = BTreeMap::from([(*h, Size::AtMost(max))]);
+        self.fetch(&wanted, store, &Arc::default())
+            .await
+            .map(|_| ())
+    }
+
+    /// Sends the server the blobs of `hashes` it lacks, from `store`.
+    pub async fn send(&self, hashes: Vec<Sha256Hex>, store: &BlobStore) -> Result<u64, Error> {
+        self.peer
+            .send_pack(
+                api::server::BLOBS_MISSING,
+                api::server::PACK,
+                hashes,
+                store,
+                WAN_LEVEL,
+            )
+            .await
+    }
+
+    pub async fn put_backup(&self, upgrade: &str, backup: &Backup) -> Result<(), Error> {
+        let _: serde_json::Value = self
+            .peer
+            .send_json(
+                "take the store's backup",
+                Method::PUT,
+                &self.upgrade_route(api::server::BACKUP, upgrade),
+                backup,
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn process(&self, upgrade: &str, req: &ProcessRequest) -> Result<Delivery, Error> {
+        self.peer
+            .send_json(
+                "build the terminals' new folders",
+                Method::POST,
+                &self.upgrade_route(api::server::PROCESS, upgrade),
+                req,
+            )
+            .await
+    }
+
+    pub async fn report(&self, report: &serde_json::Value) -> Result<(), Error> {
+        let path = route(api::server::REPORT, &[("store", &self.store)]);
+        let _: serde_json::Value = self
+            .peer
+            .send_json("receive the store's report", Method::POST, &path, report)
+            .await?;
+        Ok(())
+    }
+}
+
+/// One terminal's `tillup-agent`.
+#[derive(Clone, Debug)]
+pub struct AgentClient {
+    peer: Peer,
+}
+
+impl AgentClient {
+    pub fn new(peer: Peer) -> Self {
+        Self { peer }
+    }
+
+    pub async fn status(&self) -> Result<AgentStatus, Error> {
+        self.peer
+            .get_json("report its status", api::agent::STATUS)
+            .await
+    }
+
+    pub async fn stop(&self) -> Result<StopReport, Error> {
+        self.peer
+            .send_json(
+                "stop its main program",
+                Method::POST,
+                api::agent::STOP,
+                &StopRequest::default(),
+            )
+            .await
+    }
+
+    pub async fn start(&self) -> Result<StartReport, Error> {
+        self.peer
+            .send_json(
+                "start its main program",
+                Method::POST,
+                api::agent::START,
+                &serde_json::json!({}),
+            )
+            .await
+    }
+
+    /// The manifest of its program folder (hashed with its cache: cheap
+    /// when nothing changed).
+    pub async fn snapshot(&self) -> Result<Snapshot, Error> {
+        self.peer
+            .get_json("describe its program folder", api::agent::SNAPSHOT)
+            .await
+    }
+
+    /// Fetches files it holds (hash → size, from its snapshot) into `store`.
+    pub async fn fetch(
+        &self,
+        wanted: &BTreeMap<Sha256Hex, Size>,
+        store: &BlobStore,
+        progress: &Arc<AtomicU64>,
+    ) -> Result<u64, Error> {
+        self.peer
+            .fetch_pack(api::agent::PACK, wanted, store, progress)
+            .await
+    }
+
+    /// Sends it the blobs of `hashes` it lacks, from `store`.
+    pub async fn send(&self, hashes: Vec<Sha256Hex>, store: &BlobStore) -> Result<u64, Error> {
+        self.peer
+            .send_pack(
+                api::agent::BLOBS_MISSING,
+                api::agent::PACK,
+                hashes,
+                store,
+                LAN_LEVEL,
+            )
+            .await
+    }
+
+    pub async fn stage(&self, req: &StageRequest) -> Result<StageReport, Error> {
+        self.peer
+            .send_json("stage the new folder", Method::POST, api::agent::STAGE, req)
+            .await
+    }
+
+    pub async fn commit(&self, version: &Version) -> Result<SwapReport, Error> {
+        self.peer
+            .send_json(
+                "swap in the new folder",
+                Method::POST,
+                api::agent::COMMIT,
+                &SwapRequest {
+                    version: version.clone(),
+                },
+            )
+            .await
+    }
+
+    pub async fn rollback(&self, version: &Version) -> Result<SwapReport, Error> {
+        self.peer
+            .send_json(
+                "put the old folder back",
+                Method::POST,
+                api::agent::ROLLBACK,
+                &SwapRequest {
+                    version: version.clone(),
+                },
+            )
+            .await
+    }
+
+    /// Whether the main program runs `version` and is healthy.
+    pub async fn health(&self, version: &Version) -> Result<HealthReport, Error> {
+        self.peer
+            .get_json_query(
+                "check the main program's health",
+                api::agent::HEALTH,
+                &[("version", &version.to_string())],
+            )
+            .await
+    }
+}
