@@ -19,6 +19,8 @@ use tillup_core::manifest::{Manifest, Preserve, merge_for_terminal};
 use tillup_fs::{HashCache, scan_folder};
 
 pub mod proxy;
+pub mod realistic;
+pub mod wan;
 pub mod webdriver;
 
 /// The preserve patterns of the demo releases: terminal-local config, data and logs.
@@ -803,7 +805,7 @@ impl Store {
 
     /// The host's backup folders, oldest first.
     pub fn backups(&self) -> Vec<PathBuf> {
-        tillup_listener::runner::backup_folders(&self.listener_data)
+        tillup_listener::runner::backup::folders(&self.listener_data)
     }
 }
 
@@ -851,4 +853,60 @@ pub fn static_http(
         }
     });
     Ok(url)
+}
+
+/// A store like [`Store::new`] whose first release is the ready folder
+/// `first`, published as `version` (so it must hold `VERSION` and a
+/// runnable `bin/pos-sim`), under `keep` or a temporary folder;
+/// `local(number, folder)` adds each terminal's own files before its agent
+/// starts. `spec.first` is not used.
+pub fn store_with_release(
+    keep: Option<&Path>,
+    spec: &StoreSpec,
+    first: &Path,
+    version: &str,
+    mut local: impl FnMut(u32, &Path) -> Result<()>,
+) -> Result<Store> {
+    let (root, tmp) = match keep {
+        Some(dir) => {
+            fs::create_dir_all(dir)?;
+            (dir.canonicalize()?, None)
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("tillup-e2e-").tempdir()?;
+            (t.path().to_owned(), Some(t))
+        }
+    };
+    let server = Server::start(&root.join("server"))?;
+    let store_id = "store-001".to_owned();
+    let store_token = server.add_store(&store_id)?;
+    server.publish(first, version, &[])?;
+    let mut terminals = BTreeMap::new();
+    for (n, model) in &spec.terminals {
+        let mut t = Terminal::install(
+            &root.join(format!("terminals/{n}")),
+            *n,
+            model,
+            first,
+            spec.health_timeout_secs,
+        )?;
+        local(*n, &t.folder)?;
+        t.start_agent()?;
+        terminals.insert(*n, t);
+    }
+    for t in terminals.values() {
+        t.wait_running(version)?;
+    }
+    let mut store = Store {
+        listener_config: root.join("host/config.toml"),
+        listener_data: root.join("host/data"),
+        root,
+        server,
+        store_id,
+        store_token,
+        terminals,
+        _tmp: tmp,
+    };
+    store.write_listener_config(spec.mode, &[])?;
+    Ok(store)
 }
