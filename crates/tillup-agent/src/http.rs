@@ -203,6 +203,8 @@ pub fn app(agent: Arc<Agent>) -> Router {
             tillup_core::manifest::MAX_MANIFEST_BYTES + 64 * 1024,
         ))
         .layer(middleware::from_fn_with_state(Arc::clone(&agent), auth))
+        // The host may send large JSON (a staging manifest) zstd-compressed.
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
         .with_state(agent)
 }
 

@@ -55,6 +55,11 @@ pub fn retry_delay(attempt: u32) -> Duration {
 /// The largest JSON answer read: a delivery holds one manifest per terminal.
 pub const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
 
+/// JSON requests from this size on are sent zstd-compressed (the server
+/// and the agents take `Content-Encoding: zstd`): a store's backup is
+/// eight near-identical manifests.
+pub const COMPRESS_FROM: usize = 16 * 1024;
+
 /// The most blobs asked for in one pack: within the server's and the
 /// agent's bounds on a request, and enough that a store's upgrade is a
 /// handful of packs whatever the number of files.
@@ -204,10 +209,24 @@ impl Peer {
         path: &str,
         body: &B,
     ) -> Result<T, Error> {
+        let json = serde_json::to_vec(body).map_err(|e| Error::Other(e.to_string()))?;
+        let (bytes, encoding) = if json.len() >= COMPRESS_FROM {
+            let z = zstd::bulk::compress(&json, tillup_transfer::pack::WAN_LEVEL)
+                .map_err(|e| Error::Other(format!("cannot compress a request: {e}")))?;
+            (z, Some("zstd"))
+        } else {
+            (json, None)
+        };
+        let bytes = bytes::Bytes::from(bytes);
         self.retrying(what, || async {
-            let resp = self
-                .send_once(what, self.request(method.clone(), path).json(body))
-                .await?;
+            let mut req = self
+                .request(method.clone(), path)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(bytes.clone());
+            if let Some(encoding) = encoding {
+                req = req.header(header::CONTENT_ENCODING, encoding);
+            }
+            let resp = self.send_once(what, req).await?;
             self.json(what, resp).await
         })
         .await

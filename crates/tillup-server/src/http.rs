@@ -26,6 +26,7 @@ use tillup_core::log::Release;
 use tillup_core::manifest::{Manifest, merge_for_terminal};
 use tillup_fs::{BlobStore, Received};
 use tower::ServiceExt;
+use tower_http::compression::Predicate as _;
 use tower_http::services::ServeFile;
 
 use crate::data::DataDir;
@@ -232,6 +233,26 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(authed)
+        // JSON both ways may be zstd-compressed (a store's backup and its
+        // delivery are eight near-identical manifests); packs are
+        // compressed already, and single blobs are sent as they are.
+        .layer(
+            tower_http::compression::CompressionLayer::new().compress_when(
+                tower_http::compression::DefaultPredicate::new()
+                    .and(
+                        tower_http::compression::predicate::NotForContentType::const_new(
+                            api::PACK_MEDIA_TYPE,
+                        ),
+                    )
+                    // Single blobs are served as they are (Range, a CDN).
+                    .and(
+                        tower_http::compression::predicate::NotForContentType::const_new(
+                            "application/octet-stream",
+                        ),
+                    ),
+            ),
+        )
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
