@@ -600,3 +600,33 @@ fn upgrade_tonight_waits_for_the_window_and_records_who_confirmed() -> Result<()
     assert!(log["pending"].is_null(), "the prompt is answered: {log}");
     Ok(())
 }
+
+/// A release whose version carries semver build metadata installs: the
+/// health check's query once sent the `+` unencoded, the agent read it as
+/// a space, and every terminal was rolled back.
+#[test]
+fn a_version_with_build_metadata_installs_on_every_terminal() -> Result<()> {
+    let store = Store::new(None, StoreSpec::default())?;
+    store.publish(&ReleaseSpec::new("1.1.0+build.5"), &[])?;
+    let out = store.tillup(&["update"])?;
+    ensure!(out.status.success(), "update failed: {}", text(&out));
+    for t in store.terminals.values() {
+        t.wait_running("1.1.0+build.5")?;
+        assert_eq!(
+            fs::read_to_string(t.folder.join("VERSION"))?.trim(),
+            "1.1.0+build.5",
+            "terminal {}",
+            t.number
+        );
+    }
+    let log = store.local_log();
+    let results: Vec<&str> = log["history"][0]["terminals"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t["result"].as_str()).collect())
+        .unwrap_or_default();
+    ensure!(
+        !results.is_empty() && results.iter().all(|r| *r == "upgraded"),
+        "{results:?}"
+    );
+    Ok(())
+}

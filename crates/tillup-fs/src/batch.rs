@@ -173,7 +173,10 @@ impl Drop for Batch<'_> {
 
 /// Makes the data of `files` (all under `root`) durable: one `syncfs` of
 /// the file system on Linux, one `sync_data` per file elsewhere.
-fn sync_files<'p>(root: &Path, files: impl Iterator<Item = &'p Path>) -> Result<(), Error> {
+pub(crate) fn sync_files<'p>(
+    root: &Path,
+    files: impl Iterator<Item = &'p Path>,
+) -> Result<(), Error> {
     #[cfg(target_os = "linux")]
     {
         let _ = files;

@@ -161,13 +161,15 @@ pub fn scan_folder(root: &Path, cache: &mut HashCache) -> Result<Manifest, Error
 
 /// Builds `dest` (which must not exist) from `manifest`, taking each file
 /// from `source(entry)`, checking its size and hash on the way, and syncing
-/// every file and folder so the result survives a power cut.
+/// every file and folder so the result survives a power cut (the files
+/// together at the end: one `syncfs` on Linux rather than one sync each).
 pub fn materialize(
     dest: &Path,
     manifest: &Manifest,
     source: &dyn Fn(&FileEntry) -> Result<PathBuf, Error>,
 ) -> Result<(), Error> {
     fs::create_dir(dest).at(dest)?;
+    let mut written = Vec::with_capacity(manifest.len());
     let mut dirs = vec![dest.to_owned()];
     for f in manifest.files() {
         let to = join(dest, &f.path);
@@ -181,8 +183,14 @@ pub fn materialize(
             }
         }
         let from = source(f)?;
-        copy_verified(&from, &to, f)?;
+        let copied = copy_checked(&from, &to, f, false);
+        if copied.is_err() {
+            let _ = fs::remove_file(&to);
+        }
+        copied?;
+        written.push(to);
     }
+    crate::batch::sync_files(dest, written.iter().map(PathBuf::as_path))?;
     for d in dirs.iter().rev() {
         fsync_dir(d)?;
     }
@@ -229,14 +237,14 @@ pub fn link_tree(dest: &Path, manifest: &Manifest, blobs: &crate::BlobStore) -> 
 /// hash on the way, setting its exec bit, and syncing it. On a mismatch the
 /// partial copy is removed.
 pub fn copy_verified(from: &Path, to: &Path, f: &FileEntry) -> Result<(), Error> {
-    let result = copy_checked(from, to, f);
+    let result = copy_checked(from, to, f, true);
     if result.is_err() {
         let _ = fs::remove_file(to);
     }
     result
 }
 
-fn copy_checked(from: &Path, to: &Path, f: &FileEntry) -> Result<(), Error> {
+fn copy_checked(from: &Path, to: &Path, f: &FileEntry, sync: bool) -> Result<(), Error> {
     let mut input = File::open(from).at(from)?;
     let mut out = File::create_new(to).at(to)?;
     let mut hasher = Sha256::new();
@@ -275,7 +283,10 @@ fn copy_checked(from: &Path, to: &Path, f: &FileEntry) -> Result<(), Error> {
         out.set_permissions(fs::Permissions::from_mode(0o755))
             .at(to)?;
     }
-    out.sync_data().at(to)
+    if sync {
+        out.sync_data().at(to)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

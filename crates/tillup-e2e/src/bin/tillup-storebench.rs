@@ -389,6 +389,12 @@ fn tillup_scenario(
     let start = Instant::now();
     let out = run(cmd, args.timeout())?;
     let wall = start.elapsed();
+    // The listener's log (TILLUP_LOG sets its level), to see where the time goes.
+    if let Some(dir) = std::env::var_os("TILLUP_STOREBENCH_LOGS") {
+        let dir = PathBuf::from(dir);
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join(format!("listener-{version}.log")), &out.stderr)?;
+    }
     let crossed = wan.counters().since(&before);
     ensure!(out.status.success(), "tillup update failed: {}", text(&out));
     if crossed.unparsed > 0 {
