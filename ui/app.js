@@ -510,6 +510,18 @@ function renderProgress(snap) {
   const done = Math.min(Math.max(Number(u.done) || 0, 0), total);
   setText("#progress-line", t("progress.line", { done, total }));
   setText("#progress-started", u.started ? t("progress.started", { time: fmtTime(u.started) }) : "");
+  const moving = u.transfer;
+  show($("#progress-transfer"), !!moving);
+  if (moving) {
+    const key = moving.moving === "to_terminals" ? "progress.to_terminals" : "progress.to_host";
+    const mb = (b) => (Math.max(Number(b) || 0, 0) / 1e6).toFixed(1) + " MB";
+    let line = t(key, { done: mb(moving.done), total: mb(moving.total) });
+    const eta = moving.eta_secs;
+    if (eta !== null && eta !== undefined) {
+      line += " · " + (eta < 90 ? t("progress.eta_s", { n: eta }) : t("progress.eta_min", { n: Math.ceil(eta / 60) }));
+    }
+    setText("#progress-transfer", line);
+  }
   const bar = $("#progress-bar");
   bar.max = Math.max(total, 1);
   bar.value = done;

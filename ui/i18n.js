@@ -83,6 +83,10 @@ const STRINGS = {
     // upgrade
     "progress.line": "{done} of {total} terminals done",
     "progress.started": "Started {time}",
+    "progress.to_host": "Gathering the release on this computer: {done} of {total}",
+    "progress.to_terminals": "Sending the release to the terminals: {done} of {total}",
+    "progress.eta_s": "about {n} s left",
+    "progress.eta_min": "about {n} min left",
     "progress.none": "No upgrade is running.",
     "progress.last": "Last upgrade ({time}): {summary}",
     "progress.never": "There has been no upgrade yet.",
@@ -216,6 +220,10 @@ const STRINGS = {
     // upgrade
     "progress.line": "已完成 {done} 台，共 {total} 台",
     "progress.started": "开始于 {time}",
+    "progress.to_host": "正在把新版本收集到本机：{done} / {total}",
+    "progress.to_terminals": "正在把新版本发送到收银机：{done} / {total}",
+    "progress.eta_s": "约剩 {n} 秒",
+    "progress.eta_min": "约剩 {n} 分钟",
     "progress.none": "当前没有正在进行的升级。",
     "progress.last": "上次升级（{time}）：{summary}",
     "progress.never": "还没有升级过。",

@@ -148,6 +148,8 @@ pub struct Progress {
     pub done: usize,
     pub total: usize,
     pub terminals: Vec<ProgressRow>,
+    /// During a long transfer: bytes moved of bytes to move, time left.
+    pub transfer: Option<crate::progress::TransferProgress>,
 }
 
 /// What the settings page edits: the part of the configuration a store
@@ -253,6 +255,8 @@ pub struct Context<'a> {
     pub busy: bool,
     pub problem: Option<String>,
     pub autostart: bool,
+    /// The running upgrade's transfer, if one moves bytes now.
+    pub transfer: Option<crate::progress::TransferProgress>,
 }
 
 /// The window's whole view: a pure function of the local log, the
@@ -325,6 +329,7 @@ pub fn snapshot(log: &LocalLog, cx: Context<'_>) -> Snapshot {
             started: u.started,
             done,
             total,
+            transfer: cx.transfer.clone(),
             terminals: u
                 .terminals
                 .values()
@@ -416,6 +421,7 @@ token = "c"
             busy: false,
             problem: None,
             autostart: true,
+            transfer: None,
         }
     }
 
@@ -507,6 +513,42 @@ token = "c"
             snapshot(&log, cx(&config)).terminals[2].state,
             TerminalState::UpToDate
         );
+    }
+
+    #[test]
+    fn a_running_transfer_shows_its_bytes_and_time_left() {
+        use crate::progress::{Moving, TransferProgress};
+        use tillup_core::upgrade::{Planned, Policy, Trigger, Upgrade};
+        let config = config();
+        let u = Upgrade::new(
+            "u1".into(),
+            "stable".into(),
+            Timestamp::UNIX_EPOCH,
+            Trigger::Schedule,
+            vec![Planned {
+                number: 1,
+                from: v("1.0.0"),
+                to: v("1.1.0"),
+            }],
+            Policy::default(),
+        );
+        let moving = TransferProgress {
+            moving: Moving::ToHost,
+            done: 120_000_000,
+            total: 218_000_000,
+            eta_secs: Some(3),
+        };
+        let snap = snapshot(
+            &LocalLog::default(),
+            Context {
+                running: Some(&u),
+                transfer: Some(moving.clone()),
+                ..cx(&config)
+            },
+        );
+        assert_eq!(snap.upgrade.unwrap().transfer, Some(moving));
+        let idle = snapshot(&LocalLog::default(), cx(&config));
+        assert!(idle.upgrade.is_none());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tillup_transfer::pack::{LAN_LEVEL, WAN_LEVEL};
 
 use crate::Error;
 use crate::http::Peer;
+use crate::progress::Transfers;
 
 /// `tillup-server`, as one store.
 #[derive(Clone, Debug)]
@@ -81,6 +82,7 @@ impl ServerClient {
                 hashes,
                 store,
                 WAN_LEVEL,
+                None,
             )
             .await
     }
@@ -178,8 +180,14 @@ impl AgentClient {
             .await
     }
 
-    /// Sends it the blobs of `hashes` it lacks, from `store`.
-    pub async fn send(&self, hashes: Vec<Sha256Hex>, store: &BlobStore) -> Result<u64, Error> {
+    /// Sends it the blobs of `hashes` it lacks, from `store`, counting
+    /// them in `progress`.
+    pub async fn send(
+        &self,
+        hashes: Vec<Sha256Hex>,
+        store: &BlobStore,
+        progress: &Transfers,
+    ) -> Result<u64, Error> {
         self.peer
             .send_pack(
                 api::agent::BLOBS_MISSING,
@@ -187,6 +195,7 @@ impl AgentClient {
                 hashes,
                 store,
                 LAN_LEVEL,
+                Some(progress),
             )
             .await
     }

@@ -14,6 +14,8 @@ use tillup_core::api::{self, ErrorBody, HashList, PackEntry, PackReceipt, PackRe
 use tillup_fs::BlobStore;
 use tillup_transfer::Size;
 
+use crate::progress::{Moving, Transfers};
+
 use crate::Error;
 
 /// How many times a request is tried before its failure is reported, when
@@ -396,14 +398,26 @@ impl Peer {
         hashes: Vec<Sha256Hex>,
         store: &BlobStore,
         level: i32,
+        progress: Option<&Transfers>,
     ) -> Result<u64, Error> {
         let what = format!("take {} files", hashes.len());
+        let mut counted = false;
         let mut sent = 0;
         let mut attempt = 1;
         loop {
             let (missing, held) = self.missing(missing_route, hashes.clone()).await?;
             if missing.is_empty() {
                 return Ok(sent);
+            }
+            if let Some(p) = progress.filter(|_| !counted) {
+                counted = true;
+                let total = missing
+                    .iter()
+                    .filter_map(|h| std::fs::metadata(store.path(h)).ok())
+                    .map(|m| m.len())
+                    .sum::<u64>()
+                    .saturating_sub(held.values().sum());
+                p.begin(Moving::ToTerminals, total);
             }
             let mut result = Ok(());
             for chunk in missing.chunks(PACK_MAX_BLOBS) {
@@ -419,6 +433,7 @@ impl Peer {
                     blobs,
                     Box::new(move |h| source.has(h).then(|| source.path(h))),
                     level,
+                    progress.map(|p| p.counter().clone()),
                 );
                 let req = self
                     .request(Method::PUT, pack_route)

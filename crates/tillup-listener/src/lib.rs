@@ -19,6 +19,7 @@ pub mod clients;
 pub mod config;
 pub mod http;
 pub mod local_log;
+pub mod progress;
 pub mod runner;
 pub mod schedule;
 pub mod view;
@@ -96,6 +97,8 @@ pub struct Listener {
     pub data_dir: PathBuf,
     server: ServerClient,
     agents: BTreeMap<u32, AgentClient>,
+    /// The bytes of the running upgrade's transfers, for the CLI and the window.
+    pub transfers: std::sync::Arc<progress::Transfers>,
 }
 
 impl Listener {
@@ -129,6 +132,7 @@ impl Listener {
             data_dir,
             server,
             agents,
+            transfers: Default::default(),
         })
     }
 

@@ -607,6 +607,7 @@ async fn get_pack(
         req.blobs,
         Box::new(move |h| Some(blobs.path(h))),
         tillup_transfer::pack::WAN_LEVEL,
+        None,
     );
     Ok((
         [(header::CONTENT_TYPE, api::PACK_MEDIA_TYPE)],

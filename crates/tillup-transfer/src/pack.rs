@@ -92,6 +92,7 @@ pub fn write_pack(
     entries: &[PackEntry],
     locate: &dyn Fn(&Sha256Hex) -> Option<PathBuf>,
     level: i32,
+    progress: &dyn Fn(u64),
     out: impl Write,
 ) -> Result<Sent, PackError> {
     let cut = |source| PackError::Cut {
@@ -124,6 +125,7 @@ pub fn write_pack(
         z.write_all(&total.to_be_bytes()).map_err(cut)?;
         z.write_all(&e.from.to_be_bytes()).map_err(cut)?;
         let n = io::copy(&mut file.take(total - e.from), &mut z).map_err(cut)?;
+        progress(n);
         if n != total - e.from {
             return Err(unavailable(format!(
                 "it shrank while being sent ({n} of {} bytes)",
@@ -290,6 +292,7 @@ mod tests {
             entries,
             &move |h| store.has(h).then(|| store.path(h)),
             WAN_LEVEL,
+            &|_| {},
             &mut out,
         )
         .unwrap();
@@ -356,6 +359,7 @@ mod tests {
             &entries,
             &move |h| Some(store.path(h)),
             LAN_LEVEL,
+            &|_| {},
             &mut bytes,
         )
         .unwrap();

@@ -26,6 +26,9 @@ use crate::decide::{self, UpgradeNow};
 use crate::ui::{self, Cmd, Shown};
 use crate::window::{self, Window};
 
+/// How often the open window's transfer line is redrawn while bytes move.
+const TRANSFER_REDRAW: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What a job (a tick or an upgrade the manager asked for) ended with.
 struct Done {
     scheduled: bool,
@@ -158,6 +161,7 @@ impl Resident {
                     busy: self.job.is_some(),
                     problem: self.problem.clone(),
                     autostart: autostart::enabled(&self.config_path),
+                    transfer: self.listener.transfers.now(),
                 },
             )));
             self.window.send(&snapshot).await;
@@ -330,6 +334,11 @@ pub async fn run(start: Start) {
             }
             Some(u) = progress_rx.recv() => {
                 me.running = Some(u);
+                me.refresh().await;
+            }
+            // A long transfer moves between two progress events: the
+            // window's bytes and time left follow it.
+            _ = tokio::time::sleep(TRANSFER_REDRAW), if me.window.is_open() && me.listener.transfers.now().is_some() => {
                 me.refresh().await;
             }
             _ = tokio::time::sleep_until(me.next_tick), if me.job.is_none() => {

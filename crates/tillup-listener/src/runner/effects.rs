@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use futures_util::future::join_all;
 use semver::Version;
@@ -27,6 +26,7 @@ use tillup_fs::BlobStore;
 use tillup_transfer::Size;
 
 use super::{Context, Files, backup, read_json};
+use crate::progress::Moving;
 use crate::{Error, Listener};
 
 /// Hash → signed size of every file of `manifests`.
@@ -256,26 +256,46 @@ impl Listener {
             *load.entry(n).or_default() += size;
             plan.entry(n).or_default().insert(*h, Size::Exactly(*size));
         }
-        let moved = Arc::new(AtomicU64::new(0));
-        let pulls = plan.iter().map(|(n, wanted)| {
-            let moved = moved.clone();
-            async move {
-                let result = match self.agent(*n) {
-                    Ok(agent) => agent.fetch(wanted, blobs, &moved).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = result {
-                    tracing::warn!(terminal = n, "could not hand over its files now: {e}");
-                }
+        // What moves to the host: the terminals' files, and the release's
+        // that no terminal holds.
+        let from_terminals: u64 = load.values().sum();
+        let only_on_server: BTreeMap<Sha256Hex, Size> = release_files
+            .iter()
+            .filter(|(h, _)| !blobs.has(h) && !planned.contains(h))
+            .map(|(h, s)| (*h, *s))
+            .collect();
+        let release_only: u64 = only_on_server
+            .values()
+            .map(|s| match s {
+                Size::Exactly(n) | Size::AtMost(n) => *n,
+            })
+            .sum();
+        self.transfers
+            .begin(Moving::ToHost, from_terminals + release_only);
+        let moved = self.transfers.counter();
+        let before = moved.load(std::sync::atomic::Ordering::Relaxed);
+        let pulls = plan.iter().map(|(n, wanted)| async move {
+            let result = match self.agent(*n) {
+                Ok(agent) => agent.fetch(wanted, blobs, moved).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::warn!(terminal = n, "could not hand over its files now: {e}");
             }
         });
-        join_all(pulls).await;
-
-        // From the server: only what no terminal had.
-        let from_server = lacking(&release_files, blobs);
-        let downloaded = self.server.fetch(&from_server, blobs, &moved).await?;
+        // From the server, at the same time: only what no terminal holds;
+        // then whatever a terminal could not hand over after all.
+        let (_, downloaded) = futures_util::join!(
+            join_all(pulls),
+            self.server.fetch(&only_on_server, blobs, moved)
+        );
+        let downloaded = downloaded?
+            + self
+                .server
+                .fetch(&lacking(&release_files, blobs), blobs, moved)
+                .await?;
         tracing::info!(
-            from_terminals = moved.load(std::sync::atomic::Ordering::Relaxed) - downloaded,
+            from_terminals = moved.load(std::sync::atomic::Ordering::Relaxed) - before - downloaded,
             from_server = downloaded,
             "the releases are on the host, verified"
         );
@@ -326,7 +346,11 @@ impl Listener {
     ) -> Result<(), Error> {
         let agent = self.agent(n)?;
         agent
-            .send(manifest.hashes().into_iter().collect(), blobs)
+            .send(
+                manifest.hashes().into_iter().collect(),
+                blobs,
+                &self.transfers,
+            )
             .await?;
         let r = agent
             .stage(&StageRequest {

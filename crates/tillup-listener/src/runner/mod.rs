@@ -313,6 +313,10 @@ impl Listener {
                 },
             };
             u = u.step(event.clone(), Timestamp::now());
+            if u.phase != tillup_core::upgrade::Phase::Preparing {
+                // The long transfers are over.
+                self.transfers.end();
+            }
             tillup_fs::write_json_atomic(&files.state(), &u)?;
             observer(&u, Some(&event));
         }

@@ -116,7 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             render::check(&report, json);
         }
         Command::Update { json } => {
-            let mut progress = render::Progress::new(json);
+            let mut progress = render::Progress::new(json, listener.transfers.clone());
             let who = std::env::var("USER").unwrap_or_else(|_| "command line".into());
             let outcome = listener
                 .update(Trigger::Person { name: who }, now(), &mut |u, e| {
@@ -139,7 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         ),
         Command::Answer { answer } => {
-            let mut progress = render::Progress::new(false);
+            let mut progress = render::Progress::new(false, listener.transfers.clone());
             let who = std::env::var("USER").unwrap_or_else(|_| "store manager".into());
             match listener
                 .answer(answer, &who, now(), &mut |u, e| progress.on(u, e))
@@ -158,7 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .parsed_window()
                 .map_err(anyhow::Error::msg)?;
             loop {
-                let mut progress = render::Progress::new(false);
+                let mut progress = render::Progress::new(false, listener.transfers.clone());
                 let outcome = match listener.tick(now(), &mut |u, e| progress.on(u, e)).await {
                     Ok(TickOutcome::Upgraded(outcome)) => {
                         progress.finish();

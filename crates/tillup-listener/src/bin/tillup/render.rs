@@ -1,12 +1,14 @@
 //! How the CLI shows things: tables for people, JSON for scripts.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tillup_core::log::Verdict;
 use tillup_core::upgrade::{Event, Upgrade, effect_name};
 use tillup_listener::check::CheckReport;
 use tillup_listener::local_log::HistoryEntry;
+use tillup_listener::progress::{Moving, TransferProgress, Transfers};
 use tillup_listener::runner::UpdateOutcome;
 use tillup_listener::schedule::StoreStatus;
 
@@ -56,15 +58,43 @@ pub fn check(r: &CheckReport, as_json: bool) {
     }
 }
 
-/// Live progress of an upgrade.
+/// Live progress of an upgrade: a bar of terminals done, the phase, and
+/// during long transfers the bytes moved of bytes to move with the time
+/// left (redrawn four times a second from the listener's counters).
 pub struct Progress {
     bar: Option<ProgressBar>,
     quiet: bool,
+    transfers: Arc<Transfers>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A transfer in words: `release to the host: 120.5 MB of 218.8 MB, about 3 s left`.
+pub fn transfer_line(t: &TransferProgress) -> String {
+    let what = match t.moving {
+        Moving::ToHost => "gathering the release on the host",
+        Moving::ToTerminals => "sending the release to the terminals",
+    };
+    let mb = |b: u64| b as f64 / 1e6;
+    let left = match t.eta_secs {
+        None => String::new(),
+        Some(s) if s < 90 => format!(", about {s} s left"),
+        Some(s) => format!(", about {} min left", s.div_ceil(60)),
+    };
+    format!(
+        "{what}: {:.1} MB of {:.1} MB{left}",
+        mb(t.done),
+        mb(t.total)
+    )
 }
 
 impl Progress {
-    pub fn new(quiet: bool) -> Self {
-        Self { bar: None, quiet }
+    pub fn new(quiet: bool, transfers: Arc<Transfers>) -> Self {
+        Self {
+            bar: None,
+            quiet,
+            transfers,
+            ticker: None,
+        }
     }
 
     fn say(&self, line: String) {
@@ -79,6 +109,8 @@ impl Progress {
             return;
         }
         let (done, total) = u.progress();
+        let transfers = &self.transfers;
+        let ticker = &mut self.ticker;
         let bar = self.bar.get_or_insert_with(|| {
             let b = if std::io::stdout().is_terminal() {
                 ProgressBar::new(total as u64)
@@ -87,15 +119,29 @@ impl Progress {
             };
             b.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} upgrading [{bar:30}] {pos}/{len} terminals  {msg}",
+                    "{spinner} upgrading [{bar:30}] {pos}/{len} terminals  {prefix}  {msg}",
                 )
                 .expect("valid template")
                 .progress_chars("=> "),
             );
+            if !b.is_hidden() {
+                let (bar, transfers) = (b.clone(), transfers.clone());
+                *ticker = Some(tokio::spawn(async move {
+                    loop {
+                        bar.set_message(
+                            transfers
+                                .now()
+                                .map(|t| transfer_line(&t))
+                                .unwrap_or_default(),
+                        );
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    }
+                }));
+            }
             b
         });
         bar.set_position(done as u64);
-        bar.set_message(format!("{:?}", u.phase).to_lowercase());
+        bar.set_prefix(format!("{:?}", u.phase).to_lowercase());
         let Some(e) = e else {
             let targets: Vec<String> = u
                 .terminals
@@ -127,6 +173,9 @@ impl Progress {
     }
 
     pub fn finish(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
