@@ -57,6 +57,10 @@ pub fn retry_delay(attempt: u32) -> Duration {
 /// The largest JSON answer read: a delivery holds one manifest per terminal.
 pub const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
 
+/// How many times in a row a pack upload may be told that a resume point
+/// moved (409) before that counts as a failure.
+const RESUME_CONFLICTS: usize = 3;
+
 /// JSON requests from this size on are sent zstd-compressed (the server
 /// and the agents take `Content-Encoding: zstd`): a store's backup is
 /// eight near-identical manifests.
@@ -312,33 +316,21 @@ impl Peer {
         progress: &Arc<AtomicU64>,
     ) -> Result<u64, Error> {
         let what = format!("send {} files", wanted.len());
-        let mut fetched = 0;
-        let mut attempt = 1;
-        loop {
+        let fetched = AtomicU64::new(0);
+        // Each try asks for what is still missing, from where it stopped.
+        self.retrying(&what, || async {
             let remaining: Vec<Sha256Hex> =
                 wanted.keys().filter(|h| !store.has(h)).copied().collect();
-            if remaining.is_empty() {
-                return Ok(fetched);
-            }
-            let mut result = Ok(());
             for chunk in remaining.chunks(PACK_MAX_BLOBS) {
-                result = self
+                let n = self
                     .fetch_one_pack(&what, route, chunk, wanted, store, progress)
-                    .await
-                    .map(|n| fetched += n);
-                if result.is_err() {
-                    break;
-                }
+                    .await?;
+                fetched.fetch_add(n, Ordering::Relaxed);
             }
-            match result {
-                Ok(()) => {}
-                Err(e) if is_transient(&e) && attempt < RETRY_ATTEMPTS => {
-                    self.wait_before_retry(&what, attempt, &e).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+            Ok(())
+        })
+        .await?;
+        Ok(fetched.into_inner())
     }
 
     async fn fetch_one_pack(
@@ -401,69 +393,87 @@ impl Peer {
         progress: Option<&Transfers>,
     ) -> Result<u64, Error> {
         let what = format!("take {} files", hashes.len());
-        let mut counted = false;
+        let counted = std::sync::atomic::AtomicBool::new(false);
+        let sent = AtomicU64::new(0);
+        // Each try asks where every blob stands, and sends the rest.
+        self.retrying(&what, || async {
+            // A 409 says a resume point moved (another sender's bytes):
+            // ask again at once.
+            for _ in 0..RESUME_CONFLICTS {
+                let (missing, held) = self.missing(missing_route, hashes.clone()).await?;
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                if let Some(p) = progress.filter(|_| !counted.swap(true, Ordering::Relaxed)) {
+                    let total = missing
+                        .iter()
+                        .filter_map(|h| std::fs::metadata(store.path(h)).ok())
+                        .map(|m| m.len())
+                        .sum::<u64>()
+                        .saturating_sub(held.values().sum());
+                    p.begin(Moving::ToTerminals, total);
+                }
+                match self
+                    .send_packs(&what, pack_route, &missing, &held, store, level, progress)
+                    .await
+                {
+                    Ok(n) => {
+                        sent.fetch_add(n, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Err(Error::Refused { status: 409, .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(Error::BadAnswer {
+                peer: self.name.clone(),
+                what: what.clone(),
+                message: "it keeps moving where the files resume; is another host sending to it?"
+                    .into(),
+            })
+        })
+        .await?;
+        Ok(sent.into_inner())
+    }
+
+    /// One round of [`Peer::send_pack`]: `missing` in packs, each blob from
+    /// the byte the peer holds.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_packs(
+        &self,
+        what: &str,
+        pack_route: &str,
+        missing: &[Sha256Hex],
+        held: &BTreeMap<Sha256Hex, u64>,
+        store: &BlobStore,
+        level: i32,
+        progress: Option<&Transfers>,
+    ) -> Result<u64, Error> {
         let mut sent = 0;
-        let mut attempt = 1;
-        loop {
-            let (missing, held) = self.missing(missing_route, hashes.clone()).await?;
-            if missing.is_empty() {
-                return Ok(sent);
-            }
-            if let Some(p) = progress.filter(|_| !counted) {
-                counted = true;
-                let total = missing
-                    .iter()
-                    .filter_map(|h| std::fs::metadata(store.path(h)).ok())
-                    .map(|m| m.len())
-                    .sum::<u64>()
-                    .saturating_sub(held.values().sum());
-                p.begin(Moving::ToTerminals, total);
-            }
-            let mut result = Ok(());
-            for chunk in missing.chunks(PACK_MAX_BLOBS) {
-                let blobs: Vec<PackEntry> = chunk
-                    .iter()
-                    .map(|h| PackEntry {
-                        sha256: *h,
-                        from: held.get(h).copied().unwrap_or(0),
-                    })
-                    .collect();
-                let source = store.clone();
-                let body = tillup_transfer::pack_body(
-                    blobs,
-                    Box::new(move |h| source.has(h).then(|| source.path(h))),
-                    level,
-                    progress.map(|p| p.counter().clone()),
-                );
-                let req = self
-                    .request(Method::PUT, pack_route)
-                    .header(header::CONTENT_TYPE, api::PACK_MEDIA_TYPE)
-                    .body(reqwest::Body::wrap_stream(body));
-                result = async {
-                    let resp = self.send_once(&what, req).await?;
-                    let receipt: PackReceipt = self.json(&what, resp).await?;
-                    sent += receipt.bytes;
-                    Ok(())
-                }
-                .await;
-                if result.is_err() {
-                    break;
-                }
-            }
-            match result {
-                Ok(()) => {}
-                // Another sender's bytes, or a resume point that moved:
-                // ask again where each blob stands.
-                Err(Error::Refused { status: 409, .. }) if attempt < RETRY_ATTEMPTS => {
-                    attempt += 1;
-                }
-                Err(e) if is_transient(&e) && attempt < RETRY_ATTEMPTS => {
-                    self.wait_before_retry(&what, attempt, &e).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
+        for chunk in missing.chunks(PACK_MAX_BLOBS) {
+            let blobs: Vec<PackEntry> = chunk
+                .iter()
+                .map(|h| PackEntry {
+                    sha256: *h,
+                    from: held.get(h).copied().unwrap_or(0),
+                })
+                .collect();
+            let source = store.clone();
+            let body = tillup_transfer::pack_body(
+                blobs,
+                Box::new(move |h| source.has(h).then(|| source.path(h))),
+                level,
+                progress.map(|p| p.counter().clone()),
+            );
+            let req = self
+                .request(Method::PUT, pack_route)
+                .header(header::CONTENT_TYPE, api::PACK_MEDIA_TYPE)
+                .body(reqwest::Body::wrap_stream(body));
+            let resp = self.send_once(what, req).await?;
+            let receipt: PackReceipt = self.json(what, resp).await?;
+            sent += receipt.bytes;
         }
+        Ok(sent)
     }
 
     /// The error for a pack that did not arrive whole: a cut may pass, the
