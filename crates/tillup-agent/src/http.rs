@@ -2,7 +2,6 @@
 //! behind `Authorization: Bearer <token>`. Handlers are one-liners over
 //! [`Agent`]; errors go through the one [`AgentError`].
 
-use std::io::SeekFrom;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +9,11 @@ use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::TryStreamExt;
 use subtle::ConstantTimeEq;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
@@ -23,8 +21,6 @@ use tillup_core::api::{
     PackRequest, Snapshot, StageReport, StageRequest, StartReport, StopReport, StopRequest,
     SwapReport, SwapRequest, agent as routes,
 };
-use tillup_fs::Received;
-use tokio::io::AsyncSeekExt;
 
 use crate::Agent;
 use crate::folder::FolderError;
@@ -66,9 +62,6 @@ pub enum AgentError {
         /// Where the request resumed.
         offset: u64,
     },
-    /// A `Range` past the end of the file.
-    #[error("the range starts past the end of the {0}-byte file")]
-    RangeNotSatisfiable(u64),
     /// The main program could not be started, signalled or stopped. Its
     /// cause is the store's business (a missing program, a process that
     /// will not die), so it is sent: the host puts it in its report.
@@ -95,7 +88,6 @@ impl AgentError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::WrongOffset { .. } => StatusCode::CONFLICT,
-            Self::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::MainProgram(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -158,18 +150,9 @@ impl IntoResponse for AgentError {
             }),
         )
             .into_response();
-        match self {
-            Self::RangeNotSatisfiable(len) => {
-                res.headers_mut().insert(
-                    header::CONTENT_RANGE,
-                    HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
-                );
-            }
-            Self::WrongOffset { held, .. } => {
-                res.headers_mut()
-                    .insert(PARTIAL_HEADER, HeaderValue::from(held));
-            }
-            _ => {}
+        if let Self::WrongOffset { held, .. } = self {
+            res.headers_mut()
+                .insert(PARTIAL_HEADER, HeaderValue::from(held));
         }
         res
     }
@@ -180,11 +163,6 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, AgentError> {
         .map_err(|e| AgentError::BadRequest(e.body_text()))
 }
 
-fn hash_param(s: &str) -> Result<Sha256Hex, AgentError> {
-    s.parse()
-        .map_err(|e: tillup_core::hash::BadDigest| AgentError::BadRequest(e.to_string()))
-}
-
 /// The router; `agent` is shared by every request.
 pub fn app(agent: Arc<Agent>) -> Router {
     Router::new()
@@ -192,7 +170,6 @@ pub fn app(agent: Arc<Agent>) -> Router {
         .route(routes::STOP, post(stop))
         .route(routes::START, post(start))
         .route(routes::SNAPSHOT, get(snapshot))
-        .route(routes::BLOB, get(get_blob).head(head_blob).put(put_blob))
         .route(routes::BLOBS_MISSING, post(missing))
         .route(routes::PACK, post(get_pack).put(put_pack))
         .route(routes::STAGE, post(stage))
@@ -373,186 +350,6 @@ async fn health(
     a.health(&q.version).await.map(Json)
 }
 
-/// The start offset of a `Range: bytes=N-` header; other forms are refused.
-pub fn parse_range(headers: &HeaderMap) -> Result<Option<u64>, AgentError> {
-    let Some(v) = headers.get(header::RANGE) else {
-        return Ok(None);
-    };
-    let bad = || AgentError::BadRequest("only `Range: bytes=N-` is supported".into());
-    let s = v.to_str().map_err(|_| bad())?.trim();
-    let n = s
-        .strip_prefix("bytes=")
-        .and_then(|r| r.strip_suffix('-'))
-        .ok_or_else(bad)?;
-    n.parse().map(Some).map_err(|_| bad())
-}
-
-async fn get_blob(
-    State(a): State<Arc<Agent>>,
-    Path(h): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, AgentError> {
-    let h = hash_param(&h)?;
-    let start = parse_range(&headers)?;
-    let path = a.blob_path(&h).await?.ok_or_else(|| {
-        AgentError::NotFound(format!(
-            "no file with SHA-256 {h} in the folder or the incoming store"
-        ))
-    })?;
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .map_err(AgentError::internal)?;
-    let len = file.metadata().await.map_err(AgentError::internal)?.len();
-    let mut res_headers = HeaderMap::new();
-    res_headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    res_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let status = match start {
-        Some(s) if s > len || (s == len && len > 0) => {
-            return Err(AgentError::RangeNotSatisfiable(len));
-        }
-        Some(s) => {
-            file.seek(SeekFrom::Start(s))
-                .await
-                .map_err(AgentError::internal)?;
-            let range = format!("bytes {s}-{}/{len}", len.saturating_sub(1));
-            res_headers.insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&range).expect("ascii"),
-            );
-            res_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len - s));
-            StatusCode::PARTIAL_CONTENT
-        }
-        None => {
-            res_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            StatusCode::OK
-        }
-    };
-    Ok((
-        status,
-        res_headers,
-        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
-    )
-        .into_response())
-}
-
-/// `HEAD`: `200` if the agent holds the blob, else `404` with the bytes
-/// held of its unfinished upload (see [`PARTIAL_HEADER`]).
-async fn head_blob(
-    State(a): State<Arc<Agent>>,
-    Path(h): Path<String>,
-) -> Result<Response, AgentError> {
-    let h = hash_param(&h)?;
-    if a.missing(&[h]).await?.is_empty() {
-        return Ok(StatusCode::OK.into_response());
-    }
-    let held = a
-        .store()
-        .partial_len(&h, "")
-        .map_err(AgentError::internal)?;
-    Ok((
-        StatusCode::NOT_FOUND,
-        [(PARTIAL_HEADER, HeaderValue::from(held))],
-    )
-        .into_response())
-}
-
-/// `PUT`: a whole blob, or the rest of a cut upload (see [`PARTIAL_HEADER`]).
-async fn put_blob(
-    State(a): State<Arc<Agent>>,
-    Path(h): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<StatusCode, AgentError> {
-    let h = hash_param(&h)?;
-    let max = a.config().max_blob_bytes;
-    let too_large = || {
-        AgentError::TooLarge(format!(
-            "the blob is larger than this agent accepts ({max} bytes, `max_blob_bytes` in its config); nothing was kept"
-        ))
-    };
-    let (offset, total) = match headers.get(header::CONTENT_RANGE) {
-        None => (0, None),
-        Some(v) => {
-            let (from, total) = v
-                .to_str()
-                .ok()
-                .and_then(tillup_core::api::parse_content_range)
-                .ok_or_else(|| {
-                    AgentError::BadRequest(
-                        "a blob's Content-Range must be `bytes N-LAST/TOTAL`, LAST being TOTAL-1"
-                            .into(),
-                    )
-                })?;
-            (from, Some(total))
-        }
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| offset + n > max) || total.is_some_and(|t| t > max) {
-        return Err(too_large());
-    }
-    // Counted while streaming too: a body may come without a length.
-    let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut received = offset;
-    let flag = Arc::clone(&over);
-    let stream = body
-        .into_data_stream()
-        .map_err(std::io::Error::other)
-        .and_then(move |chunk| {
-            received += chunk.len() as u64;
-            let res = if received > max {
-                flag.store(true, std::sync::atomic::Ordering::Relaxed);
-                Err(std::io::Error::other(
-                    "the blob is larger than max_blob_bytes",
-                ))
-            } else {
-                Ok(chunk)
-            };
-            std::future::ready(res)
-        });
-    let mut reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let store = a.store().clone();
-    // What arrives grows a partial file, moved into the store only once
-    // whole and hash-checked.
-    let put =
-        tokio::task::spawn_blocking(move || store.receive(&h, "", offset, total, &mut reader))
-            .await
-            .map_err(AgentError::internal)?;
-    match put {
-        Ok(Received::Whole { .. }) => Ok(StatusCode::NO_CONTENT),
-        Ok(Received::Partial { held }) => Err(AgentError::BadRequest(format!(
-            "the body ended after byte {held} of {}; what arrived is kept: resume at byte {held}",
-            total.unwrap_or(held)
-        ))),
-        Err(_) if over.load(std::sync::atomic::Ordering::Relaxed) => {
-            let store = a.store().clone();
-            tokio::task::spawn_blocking(move || store.discard_partial(&h, ""))
-                .await
-                .map_err(AgentError::internal)?
-                .map_err(AgentError::internal)?;
-            Err(too_large())
-        }
-        Err(tillup_fs::Error::WrongOffset { held, offset, .. }) => {
-            Err(AgentError::WrongOffset { held, offset })
-        }
-        Err(
-            e @ (tillup_fs::Error::HashMismatch { .. } | tillup_fs::Error::SizeMismatch { .. }),
-        ) => Err(AgentError::Unprocessable(format!(
-            "the bytes sent do not make the file {h}; nothing was kept, send the whole file again ({})",
-            short(&e)
-        ))),
-        Err(tillup_fs::Error::TransferCut { held, .. }) => Err(AgentError::BadRequest(format!(
-            "the upload was cut after byte {held}; what arrived is kept: resume at byte {held}"
-        ))),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// The error text without the store's path (which is internal).
 fn short(e: &tillup_fs::Error) -> String {
     match e {
@@ -608,7 +405,7 @@ mod tests {
         token: Option<&str>,
         headers: &[(&str, &str)],
         body: Body,
-    ) -> (StatusCode, HeaderMap, Vec<u8>) {
+    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -660,81 +457,10 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn blob_get_supports_resume_and_put_checks_the_hash() {
-        let dir = tempfile::tempdir().unwrap();
-        let app = app(agent(dir.path()));
-        let h = Sha256Hex::of(b"hello world");
-        let uri = tillup_core::api::route(routes::BLOB, &[("sha256", &h.to_string())]);
-        let (status, _, body) =
-            call(app.clone(), "GET", &uri, Some("s3cret"), &[], Body::empty()).await;
-        assert_eq!(
-            (status, body.as_slice()),
-            (StatusCode::OK, &b"hello world"[..])
-        );
-        let (status, headers, body) = call(
-            app.clone(),
-            "GET",
-            &uri,
-            Some("s3cret"),
-            &[("range", "bytes=6-")],
-            Body::empty(),
-        )
-        .await;
-        assert_eq!(
-            (status, body.as_slice()),
-            (StatusCode::PARTIAL_CONTENT, &b"world"[..])
-        );
-        assert_eq!(headers[header::CONTENT_RANGE], "bytes 6-10/11");
-        let (status, ..) = call(
-            app.clone(),
-            "GET",
-            &uri,
-            Some("s3cret"),
-            &[("range", "bytes=11-")],
-            Body::empty(),
-        )
-        .await;
-        assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
-        let other = Sha256Hex::of(b"new");
-        let put_uri = tillup_core::api::route(routes::BLOB, &[("sha256", &other.to_string())]);
-        let (status, _, body) = call(
-            app.clone(),
-            "PUT",
-            &put_uri,
-            Some("s3cret"),
-            &[],
-            Body::from("NEW"),
-        )
-        .await;
-        assert_eq!(
-            status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{}",
-            String::from_utf8_lossy(&body)
-        );
-        let (status, ..) = call(
-            app.clone(),
-            "GET",
-            &put_uri,
-            Some("s3cret"),
-            &[],
-            Body::empty(),
-        )
-        .await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        let (status, ..) = call(
-            app.clone(),
-            "PUT",
-            &put_uri,
-            Some("s3cret"),
-            &[],
-            Body::from("new"),
-        )
-        .await;
-        assert_eq!(status, StatusCode::NO_CONTENT);
-        let (_, _, body) = call(app, "GET", &put_uri, Some("s3cret"), &[], Body::empty()).await;
-        assert_eq!(body, b"new");
+    /// A pack of whole blobs.
+    fn pack(blobs: &[&[u8]]) -> Body {
+        let whole: Vec<(&[u8], u64)> = blobs.iter().map(|b| (*b, 0)).collect();
+        Body::from(tillup_transfer::pack::in_memory(&whole, 1))
     }
 
     /// Regression: `PUT /v1/blobs/{sha256}` took a body of any size.
@@ -744,42 +470,32 @@ mod tests {
         let agent = agent_with(dir.path(), "max_blob_bytes = 10");
         let app = app(Arc::clone(&agent));
         let (fits, big) = (b"0123456789".to_vec(), b"0123456789A".to_vec());
-        for bytes in [&fits, &big] {
-            let h = Sha256Hex::of(bytes);
-            let uri = tillup_core::api::route(routes::BLOB, &[("sha256", &h.to_string())]);
-            let chunks: Vec<Result<Bytes, std::io::Error>> = bytes
-                .chunks(4)
-                .map(|c| Ok(Bytes::copy_from_slice(c)))
-                .collect();
-            // With a Content-Length, and streamed without one.
-            for body in [
-                Body::from(bytes.clone()),
-                Body::from_stream(futures_util::stream::iter(chunks)),
-            ] {
-                let (status, _, body) =
-                    call(app.clone(), "PUT", &uri, Some("s3cret"), &[], body).await;
-                if bytes.len() <= 10 {
-                    assert_eq!(status, StatusCode::NO_CONTENT);
-                    continue;
-                }
-                assert_eq!(
-                    status,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "{}",
-                    String::from_utf8_lossy(&body)
-                );
-                let err: ErrorBody = serde_json::from_slice(&body).unwrap();
-                assert!(
-                    err.error.contains("max_blob_bytes") && err.error.contains("nothing was kept"),
-                    "{}",
-                    err.error
-                );
-                assert!(!agent.store().has(&h));
-                let blobs = dir.path().join("cupos.tillup-agent/blobs");
-                let kept = walk(&blobs);
-                assert_eq!(kept, vec![agent.store().path(&Sha256Hex::of(&fits))]);
-            }
-        }
+        let (status, _, _) = call(
+            app.clone(),
+            "PUT",
+            routes::PACK,
+            Some("s3cret"),
+            &[],
+            pack(&[&fits]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, body) =
+            call(app, "PUT", routes::PACK, Some("s3cret"), &[], pack(&[&big])).await;
+        assert_eq!(
+            status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        let err: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert!(err.error.contains("max_blob_bytes"), "{}", err.error);
+        assert!(!agent.store().has(&Sha256Hex::of(&big)));
+        let blobs = dir.path().join("cupos.tillup-agent/blobs");
+        assert_eq!(
+            walk(&blobs),
+            vec![agent.store().path(&Sha256Hex::of(&fits))]
+        );
     }
 
     /// A body that sends `bytes` and then breaks, like a cut connection.
@@ -792,99 +508,57 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_cut_push_resumes_at_what_is_held_and_wrong_bytes_are_deleted() {
+    async fn a_cut_push_resumes_at_what_is_held() {
         let dir = tempfile::tempdir().unwrap();
         let agent = agent(dir.path());
         let app = app(Arc::clone(&agent));
-        let file: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+        let mut x = 7u64;
+        let file: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
         let h = Sha256Hex::of(&file);
-        let uri = tillup_core::api::route(routes::BLOB, &[("sha256", &h.to_string())]);
-        let put = |from: usize, body: Body| {
-            let (app, uri) = (app.clone(), uri.clone());
-            let range = tillup_core::api::content_range(from as u64, 50_000);
-            async move {
-                call(
-                    app,
-                    "PUT",
-                    &uri,
-                    Some("s3cret"),
-                    &[("content-range", &range)],
-                    body,
-                )
-                .await
-            }
-        };
-        let head = || {
-            call(
-                app.clone(),
-                "HEAD",
-                &uri,
-                Some("s3cret"),
-                &[],
-                Body::empty(),
-            )
-        };
-
-        let (status, headers, _) = head().await;
-        assert_eq!(
-            (status, &headers[PARTIAL_HEADER]),
-            (StatusCode::NOT_FOUND, &HeaderValue::from(0))
-        );
-        let (status, ..) = put(0, cut_body(&file[..12_345])).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        let (status, headers, _) = head().await;
-        assert_eq!(
-            (status, &headers[PARTIAL_HEADER]),
-            (StatusCode::NOT_FOUND, &HeaderValue::from(12_345))
-        );
-        // Resuming at another byte: 409 with what is held, nothing written.
-        let (status, headers, body) = put(12_000, Body::from(file[12_000..].to_vec())).await;
-        assert_eq!(
-            status,
-            StatusCode::CONFLICT,
-            "{}",
-            String::from_utf8_lossy(&body)
-        );
-        assert_eq!(headers[PARTIAL_HEADER], "12345");
-        assert_eq!(agent.store().partial_len(&h, "").unwrap(), 12_345);
-        let (status, ..) = put(12_345, Body::from(file[12_345..].to_vec())).await;
-        assert_eq!(status, StatusCode::NO_CONTENT);
-        assert_eq!(head().await.0, StatusCode::OK);
-        assert_eq!(agent.store().read(&h).unwrap(), file);
-
-        // Wrong bytes in the rest: 422, and the partial file is gone.
-        let other: Vec<u8> = file.iter().rev().copied().collect();
-        let h2 = Sha256Hex::of(&other);
-        let uri2 = tillup_core::api::route(routes::BLOB, &[("sha256", &h2.to_string())]);
-        let range = |from: u64| tillup_core::api::content_range(from, 50_000);
-        let (status, ..) = call(
+        let whole = tillup_transfer::pack::in_memory(&[(&file, 0)], 1);
+        let (status, _, _) = call(
             app.clone(),
             "PUT",
-            &uri2,
+            routes::PACK,
             Some("s3cret"),
-            &[("content-range", &range(0))],
-            cut_body(&other[..100]),
+            &[],
+            cut_body(&whole[..whole.len() / 2]),
         )
         .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (_, _, body) = call(
+            app.clone(),
+            "POST",
+            routes::BLOBS_MISSING,
+            Some("s3cret"),
+            &[("content-type", "application/json")],
+            Body::from(serde_json::to_vec(&HashList::new(vec![h])).unwrap()),
+        )
+        .await;
+        let missing: HashList = serde_json::from_slice(&body).unwrap();
+        let held = missing.held[&h];
+        assert!(held > 0 && held < 300_000, "{held}");
+        let rest = tillup_transfer::pack::in_memory(&[(&file, held)], 1);
         let (status, _, body) = call(
-            app.clone(),
+            app,
             "PUT",
-            &uri2,
+            routes::PACK,
             Some("s3cret"),
-            &[("content-range", &range(100))],
-            Body::from(file[100..].to_vec()),
+            &[],
+            Body::from(rest),
         )
         .await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-        let err: ErrorBody = serde_json::from_slice(&body).unwrap();
-        assert!(
-            err.error.contains("send the whole file again"),
-            "{}",
-            err.error
-        );
-        assert!(!agent.store().has(&h2));
-        assert_eq!(agent.store().partial_len(&h2, "").unwrap(), 0);
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let receipt: PackReceipt = serde_json::from_slice(&body).unwrap();
+        assert_eq!(receipt.bytes, 300_000 - held, "only the rest crossed");
+        assert_eq!(agent.store().read(&h).unwrap(), file);
     }
 
     fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -898,15 +572,5 @@ mod tests {
             }
         }
         out
-    }
-
-    #[test]
-    fn range_forms() {
-        let mut h = HeaderMap::new();
-        assert_eq!(parse_range(&h).unwrap(), None);
-        h.insert(header::RANGE, HeaderValue::from_static("bytes=5-"));
-        assert_eq!(parse_range(&h).unwrap(), Some(5));
-        h.insert(header::RANGE, HeaderValue::from_static("bytes=5-9"));
-        assert!(parse_range(&h).is_err());
     }
 }

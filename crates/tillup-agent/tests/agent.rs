@@ -232,12 +232,33 @@ health_timeout_secs = 10
         );
     }
 
-    async fn put_blob(&self, h: &Sha256Hex, bytes: Vec<u8>) -> reqwest::Response {
-        let uri = api::route(routes::BLOB, &[("sha256", &h.to_string())]);
+    /// `PUT /v1/pack` with the whole of each of `blobs`.
+    async fn put_pack(&self, blobs: &[&[u8]]) -> reqwest::Response {
+        let whole: Vec<(&[u8], u64)> = blobs.iter().map(|b| (*b, 0)).collect();
         self.http
-            .put(self.url(&uri))
+            .put(self.url(routes::PACK))
             .bearer_auth(TOKEN)
-            .body(bytes)
+            .body(tillup_transfer::pack::in_memory(&whole, 1))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /v1/pack` for `hashes`: the answer.
+    async fn get_pack(&self, hashes: &[Sha256Hex]) -> reqwest::Response {
+        let req = api::PackRequest {
+            blobs: hashes
+                .iter()
+                .map(|h| api::PackEntry {
+                    sha256: *h,
+                    from: 0,
+                })
+                .collect(),
+        };
+        self.http
+            .post(self.url(routes::PACK))
+            .bearer_auth(TOKEN)
+            .json(&req)
             .send()
             .await
             .unwrap()
@@ -269,13 +290,17 @@ health_timeout_secs = 10
         let manifest = scan(release);
         let wanted = HashList::new(manifest.hashes().into_iter().collect());
         let missing: HashList = self.post(routes::BLOBS_MISSING, &wanted).await;
-        for h in &missing.hashes {
-            let f = manifest.files().iter().find(|f| f.sha256 == *h).unwrap();
-            let res = self
-                .put_blob(h, std::fs::read(tillup_fs::join(release, &f.path)).unwrap())
-                .await;
-            assert!(res.status().is_success(), "{}", res.text().await.unwrap());
-        }
+        let bytes: Vec<Vec<u8>> = missing
+            .hashes
+            .iter()
+            .map(|h| {
+                let f = manifest.files().iter().find(|f| f.sha256 == *h).unwrap();
+                std::fs::read(tillup_fs::join(release, &f.path)).unwrap()
+            })
+            .collect();
+        let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+        let res = self.put_pack(&refs).await;
+        assert!(res.status().is_success(), "{}", res.text().await.unwrap());
         let none: HashList = self.post(routes::BLOBS_MISSING, &wanted).await;
         assert!(none.hashes.is_empty());
         let req = StageRequest {
@@ -405,7 +430,7 @@ async fn stop_waits_while_busy_then_forces_and_start_brings_it_back() {
 }
 
 #[tokio::test]
-async fn snapshot_matches_scan_and_blobs_resume() {
+async fn snapshot_matches_scan_and_its_files_come_in_a_pack() {
     let h = Harness::start(60);
     h.healthy("1.0.0").await;
     let snap: Snapshot = h.get(routes::SNAPSHOT).await;
@@ -417,38 +442,31 @@ async fn snapshot_matches_scan_and_blobs_resume() {
         .iter()
         .find(|f| f.path.as_str() == "config/app.ini")
         .unwrap();
-    let uri = h.url(&api::route(
-        routes::BLOB,
-        &[("sha256", &entry.sha256.to_string())],
-    ));
-    let whole = h.http.get(&uri).bearer_auth(TOKEN).send().await.unwrap();
-    assert_eq!(whole.status(), StatusCode::OK);
+    let res = h.get_pack(&[entry.sha256]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let raw = res.bytes().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = tillup_fs::BlobStore::open(dir.path()).unwrap();
+    let mut batch = store.batch("").unwrap();
+    let mut out = tillup_transfer::Unpacked::default();
+    tillup_transfer::pack::read_pack(
+        &raw[..],
+        &mut batch,
+        &mut |_, total| {
+            (total == entry.size)
+                .then_some(())
+                .ok_or_else(|| "size".into())
+        },
+        &mut |_| {},
+        &mut out,
+    )
+    .unwrap();
+    batch.finish().unwrap();
     assert_eq!(
-        whole.bytes().await.unwrap().as_ref(),
+        store.read(&entry.sha256).unwrap(),
         b"[till]\nprinter = lpt1\n"
     );
-    let part = h
-        .http
-        .get(&uri)
-        .bearer_auth(TOKEN)
-        .header("range", "bytes=7-")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(part.headers()["content-range"], "bytes 7-21/22");
-    assert_eq!(part.bytes().await.unwrap().as_ref(), b"printer = lpt1\n");
-    let unknown = h.url(&api::route(
-        routes::BLOB,
-        &[("sha256", &Sha256Hex::of(b"nothing").to_string())],
-    ));
-    let res = h
-        .http
-        .get(&unknown)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = h.get_pack(&[Sha256Hex::of(b"nothing")]).await;
     error_of(res, StatusCode::NOT_FOUND).await;
 }
 
@@ -736,7 +754,7 @@ async fn wrong_or_missing_token_changes_nothing() {
     let new = release(&h, "2.0.0", None);
     let manifest = scan(&new);
     let hash = manifest.files()[0].sha256.to_string();
-    let blob = api::route(routes::BLOB, &[("sha256", &hash)]);
+    let pack_request = serde_json::json!({ "blobs": [{ "sha256": hash, "from": 0 }] });
     let stage = serde_json::to_value(StageRequest {
         version: "2.0.0".parse().unwrap(),
         manifest,
@@ -752,8 +770,16 @@ async fn wrong_or_missing_token_changes_nothing() {
         ),
         (reqwest::Method::POST, routes::START.into(), None),
         (reqwest::Method::GET, routes::SNAPSHOT.into(), None),
-        (reqwest::Method::GET, blob.clone(), None),
-        (reqwest::Method::PUT, blob, Some(serde_json::json!("bytes"))),
+        (
+            reqwest::Method::POST,
+            routes::PACK.into(),
+            Some(pack_request),
+        ),
+        (
+            reqwest::Method::PUT,
+            routes::PACK.into(),
+            Some(serde_json::json!("bytes")),
+        ),
         (
             reqwest::Method::POST,
             routes::BLOBS_MISSING.into(),
@@ -795,12 +821,23 @@ async fn wrong_or_missing_token_changes_nothing() {
 async fn a_blob_with_the_wrong_hash_is_refused_and_not_kept() {
     let h = Harness::start(60);
     let claimed = Sha256Hex::of(b"the real bytes");
-    let msg = error_of(
-        h.put_blob(&claimed, b"altered bytes".to_vec()).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-    )
-    .await;
-    assert!(msg.contains("nothing was kept"), "{msg}");
+    // A pack that names the real bytes' hash over other bytes.
+    let mut raw = tillup_transfer::pack::MAGIC.to_vec();
+    raw.extend(claimed.as_bytes());
+    raw.extend(13u64.to_be_bytes());
+    raw.extend(0u64.to_be_bytes());
+    raw.extend(b"altered bytes");
+    raw.extend([0u8; 32]);
+    let res = h
+        .http
+        .put(h.url(routes::PACK))
+        .bearer_auth(TOKEN)
+        .body(zstd::encode_all(&raw[..], 1).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let msg = error_of(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(msg.contains("not kept"), "{msg}");
     let missing: HashList = h
         .post(routes::BLOBS_MISSING, &HashList::new(vec![claimed]))
         .await;
@@ -808,7 +845,7 @@ async fn a_blob_with_the_wrong_hash_is_refused_and_not_kept() {
     let blobs = h.state().join("blobs");
     let files: Vec<_> = walk(&blobs);
     assert!(files.is_empty(), "{files:?}");
-    let res = h.put_blob(&claimed, b"the real bytes".to_vec()).await;
+    let res = h.put_pack(&[b"the real bytes"]).await;
     assert!(res.status().is_success());
     let missing: HashList = h
         .post(routes::BLOBS_MISSING, &HashList::new(vec![claimed]))

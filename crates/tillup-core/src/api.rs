@@ -14,26 +14,9 @@ use crate::manifest::Manifest;
 /// its signature arrive in one response.
 pub const SIGNATURE_HEADER: &str = "x-tillup-signature";
 
-/// Header of the resumable upload protocol: how many bytes of an
-/// unfinished upload of a blob the receiver holds.
-///
-/// The protocol, on the blob route of the server and of the agent
-/// (`/v1/blobs/{sha256}`):
-///
-/// - `HEAD` answers `200` when the receiver holds the whole blob (for the
-///   server: and the asking store may read it), else `404` with
-///   `x-tillup-partial: N`, the bytes it holds of an unfinished upload
-///   (`0` for none).
-/// - `PUT` with `Content-Range: bytes N-LAST/TOTAL` sends bytes `N..=LAST`
-///   of a `TOTAL`-byte blob. `N` is `0` (start over) or exactly the held
-///   length, else `409` with `x-tillup-partial: <held>` and nothing is
-///   written. A `PUT` without `Content-Range` sends the whole blob from 0.
-/// - When a connection is cut, what arrived is kept. When the bytes reach
-///   `TOTAL`, the whole file is hashed: `204` if it hashes to `{sha256}`
-///   (only then is the blob there), else the partial upload is deleted and
-///   the answer is `422`; send the whole blob again.
-///
-/// A sender that was cut asks `HEAD` and sends only the rest.
+/// Header of a `409` to a pack upload: a blob of the pack resumed at
+/// another byte than the bytes the receiver holds of it, given here. The
+/// sender asks `blobs/missing` (whose answer has `held`) and sends again.
 pub const PARTIAL_HEADER: &str = "x-tillup-partial";
 
 /// Routes of `tillup-server`. Every one takes `Authorization: Bearer <store token>`.
@@ -42,8 +25,8 @@ pub mod server {
     pub const LOG: &str = "/v1/log/{channel}";
     /// `GET /v1/log/{channel}/minisig`: the detached signature, for `minisign -V`.
     pub const LOG_SIGNATURE: &str = "/v1/log/{channel}/minisig";
-    /// `GET /v1/blobs/{sha256}` (Range), `HEAD` and `PUT` (resumable, see
-    /// [`super::PARTIAL_HEADER`]).
+    /// `GET /v1/blobs/{sha256}` (Range): one blob as it is, the store's own
+    /// or a release's; content-addressed, so a CDN may cache it for ever.
     pub const BLOB: &str = "/v1/blobs/{sha256}";
     /// `POST /v1/blobs/missing`: [`super::HashList`] in, [`super::HashList`] out.
     pub const BLOBS_MISSING: &str = "/v1/blobs/missing";
@@ -64,8 +47,6 @@ pub mod agent {
     pub const STOP: &str = "/v1/stop";
     pub const START: &str = "/v1/start";
     pub const SNAPSHOT: &str = "/v1/snapshot";
-    /// `GET` (Range), `HEAD` and `PUT` (resumable, see [`super::PARTIAL_HEADER`]).
-    pub const BLOB: &str = "/v1/blobs/{sha256}";
     pub const BLOBS_MISSING: &str = "/v1/blobs/missing";
     /// `POST`: [`super::PackRequest`] in, a pack of files of the folder (or
     /// received) out; `PUT`: a pack in, [`super::PackReceipt`] out.
@@ -83,22 +64,6 @@ pub fn route(template: &str, params: &[(&str, &str)]) -> String {
         s = s.replace(&format!("{{{k}}}"), v);
     }
     s
-}
-
-/// The value of a `Content-Range: bytes N-LAST/TOTAL` request header:
-/// `(N, TOTAL)`. `None` unless it is well formed, with `LAST` the last
-/// byte (`TOTAL - 1`) and `N <= LAST`.
-pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
-    let (range, total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
-    let (first, last) = range.split_once('-')?;
-    let (first, last, total): (u64, u64, u64) =
-        (first.parse().ok()?, last.parse().ok()?, total.parse().ok()?);
-    (first <= last && last.checked_add(1) == Some(total)).then_some((first, total))
-}
-
-/// The `Content-Range` request header that sends bytes `from..total`.
-pub fn content_range(from: u64, total: u64) -> String {
-    format!("bytes {from}-{}/{total}", total.saturating_sub(1))
 }
 
 /// A list of content hashes.
@@ -313,27 +278,4 @@ pub struct HealthReport {
     /// unhealthy, put this version back and started it.
     #[serde(default)]
     pub rolled_back_to: Option<Version>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_range_round_trips_and_refuses_other_forms() {
-        assert_eq!(content_range(5, 20), "bytes 5-19/20");
-        assert_eq!(parse_content_range(&content_range(5, 20)), Some((5, 20)));
-        assert_eq!(parse_content_range("bytes 0-0/1"), Some((0, 1)));
-        for bad in [
-            "bytes 5-18/20",
-            "bytes 20-19/20",
-            "bytes */20",
-            "bytes 0-9/*",
-            "5-19/20",
-            "bytes -1-19/20",
-            "bytes 0-18446744073709551615/0",
-        ] {
-            assert_eq!(parse_content_range(bad), None, "{bad}");
-        }
-    }
 }

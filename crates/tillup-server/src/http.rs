@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -14,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use base64::Engine;
-use futures_util::StreamExt;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use jiff::Timestamp;
 use semver::Version;
@@ -24,7 +22,7 @@ use tillup_core::api::{
 };
 use tillup_core::log::Release;
 use tillup_core::manifest::{Manifest, merge_for_terminal};
-use tillup_fs::{BlobStore, Received};
+use tillup_fs::BlobStore;
 use tower::ServiceExt;
 use tower_http::compression::Predicate as _;
 use tower_http::services::ServeFile;
@@ -223,7 +221,7 @@ pub fn app(state: AppState) -> Router {
     let authed = Router::new()
         .route(r::LOG, get(get_log))
         .route(r::LOG_SIGNATURE, get(get_log_signature))
-        .route(r::BLOB, get(get_blob).head(head_blob).put(put_blob))
+        .route(r::BLOB, get(get_blob))
         .route(r::BLOBS_MISSING, post(blobs_missing))
         .route(r::PACK, post(get_pack).put(put_pack))
         .route(r::BACKUP, put(put_backup))
@@ -409,137 +407,6 @@ async fn get_blob(
         Err(never) => match never {},
     };
     Ok(resp.map(Body::new))
-}
-
-/// `HEAD`: `200` if the store may read the blob, else `404` with the
-/// bytes held of its unfinished upload (see [`api::PARTIAL_HEADER`]).
-async fn head_blob(
-    State(st): State<AppState>,
-    Extension(store): Extension<StoreId>,
-    Path(hash): Path<String>,
-) -> Result<Response, AppError> {
-    let h = parse_hash(&hash)?;
-    let (readable, held) = st
-        .blocking(move |st| -> Result<(bool, u64), AppError> {
-            let readable = st.missing_for(&store.0, &[h])?.is_empty();
-            Ok((readable, st.blobs().partial_len(&h, &store.0)?))
-        })
-        .await?;
-    if readable {
-        return Ok(StatusCode::OK.into_response());
-    }
-    Ok((
-        StatusCode::NOT_FOUND,
-        [(api::PARTIAL_HEADER, HeaderValue::from(held))],
-    )
-        .into_response())
-}
-
-/// `PUT`: a whole blob, or the rest of a cut upload (see
-/// [`api::PARTIAL_HEADER`]). Each store's unfinished upload is its own, so
-/// a store gains the right to read a blob only by sending all its bytes.
-async fn put_blob(
-    State(st): State<AppState>,
-    Extension(store): Extension<StoreId>,
-    Path(hash): Path<String>,
-    req: Request,
-) -> Result<StatusCode, AppError> {
-    let expected = parse_hash(&hash)?;
-    let max = st.0.limits.max_blob;
-    let too_large =
-        || AppError::TooLarge(format!("the blob is larger than the {max} bytes allowed"));
-    let (offset, total) = match req.headers().get(header::CONTENT_RANGE) {
-        None => (0, None),
-        Some(v) => {
-            let (from, total) = v
-                .to_str()
-                .ok()
-                .and_then(api::parse_content_range)
-                .ok_or_else(|| {
-                    AppError::BadRequest(
-                        "a blob's Content-Range must be `bytes N-LAST/TOTAL`, LAST being TOTAL-1"
-                            .into(),
-                    )
-                })?;
-            (from, Some(total))
-        }
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| offset + n > max) || total.is_some_and(|t| t > max) {
-        return Err(too_large());
-    }
-    let (received, over) = (
-        Arc::new(AtomicU64::new(offset)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let (r, o) = (received.clone(), over.clone());
-    let stream = req
-        .into_body()
-        .into_data_stream()
-        .map(move |chunk| match chunk {
-            Ok(b) => {
-                if r.fetch_add(b.len() as u64, Ordering::Relaxed) + b.len() as u64 > max {
-                    o.store(true, Ordering::Relaxed);
-                    Err(io::Error::other("blob too large"))
-                } else {
-                    Ok(b)
-                }
-            }
-            Err(e) => Err(io::Error::other(e)),
-        });
-    let mut reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let owner = store.0.clone();
-    let result = st
-        .blocking(
-            move |st| -> Result<Result<Received, tillup_fs::Error>, Error> {
-                let r = st
-                    .blobs()
-                    .receive(&expected, &owner, offset, total, &mut reader);
-                if matches!(r, Ok(Received::Whole { .. })) {
-                    st.db().add_store_blobs(&owner, &[expected])?;
-                }
-                Ok(r)
-            },
-        )
-        .await?;
-    let owner = store.0;
-    match result {
-        Ok(Received::Whole { .. }) => Ok(StatusCode::NO_CONTENT),
-        Ok(Received::Partial { held }) => Err(AppError::BadRequest(format!(
-            "the body ended after byte {held} of {}; what arrived is kept: resume at byte {held}",
-            total.unwrap_or(held)
-        ))),
-        Err(_) if over.load(Ordering::Relaxed) => {
-            st.blocking(move |st| st.blobs().discard_partial(&expected, &owner))
-                .await?;
-            Err(too_large())
-        }
-        Err(tillup_fs::Error::WrongOffset { held, offset, .. }) => Err(AppError::WrongOffset {
-            held,
-            message: format!(
-                "this upload resumes at byte {offset}, but the server holds {held} bytes of it: resume at byte {held}"
-            ),
-        }),
-        Err(tillup_fs::Error::HashMismatch { actual, .. }) => {
-            Err(AppError::Unprocessable(format!(
-                "the bytes received hash to {actual}, not to {expected} named in the path; nothing was kept: send the whole file again"
-            )))
-        }
-        Err(tillup_fs::Error::SizeMismatch {
-            expected: want,
-            actual,
-            ..
-        }) => Err(AppError::Unprocessable(format!(
-            "{actual} bytes arrived where Content-Range announced {want}; nothing was kept: send the whole file again"
-        ))),
-        Err(tillup_fs::Error::TransferCut { held, .. }) => Err(AppError::BadRequest(format!(
-            "the upload was cut after byte {held}; what arrived is kept: resume at byte {held}"
-        ))),
-        Err(e) => Err(e.into()),
-    }
 }
 
 async fn blobs_missing(

@@ -31,6 +31,9 @@ pub const WAN_LEVEL: i32 = 3;
 /// The zstd level for packs on the shop LAN, where the line is fast and the
 /// terminals' CPUs are small.
 pub const LAN_LEVEL: i32 = 1;
+/// Bytes of files after which the sender ends a zstd block at the next
+/// blob boundary: what a cut can cost on top of the blob it cut.
+pub const FLUSH_AFTER: u64 = 64 * 1024;
 /// The largest zstd window a receiver accepts (2^24 = 16 MiB): the levels
 /// above use far less, and a pack asking for more is refused rather than
 /// allowed to claim the memory.
@@ -102,6 +105,7 @@ pub fn write_pack(
     let mut z = zstd::stream::write::Encoder::new(out, level).map_err(cut)?;
     z.write_all(MAGIC).map_err(cut)?;
     let mut sent = Sent::default();
+    let mut since_flush = 0u64;
     for e in entries {
         let unavailable = |reason: String| PackError::Unavailable {
             sha256: e.sha256,
@@ -134,10 +138,36 @@ pub fn write_pack(
         }
         sent.blobs += 1;
         sent.bytes += n;
+        // End the zstd block after a blob once enough went into it: a
+        // receiver decodes a block only whole, so what arrived before a
+        // cut is usable, while small files still share blocks.
+        since_flush += n;
+        if since_flush >= FLUSH_AFTER {
+            z.flush().map_err(cut)?;
+            since_flush = 0;
+        }
     }
     z.write_all(&[0u8; 32]).map_err(cut)?;
     z.finish().map_err(cut)?.flush().map_err(cut)?;
     Ok(sent)
+}
+
+/// A pack of blobs held in memory, each sent from byte `from` on (for
+/// tests and tools; a peer sends with [`write_pack`]).
+pub fn in_memory(blobs: &[(&[u8], u64)], level: i32) -> Vec<u8> {
+    let mut raw = MAGIC.to_vec();
+    for (bytes, from) in blobs {
+        raw.extend(Sha256Hex::of(bytes).as_bytes());
+        raw.extend((bytes.len() as u64).to_be_bytes());
+        raw.extend(from.to_be_bytes());
+        raw.extend(
+            &bytes[usize::try_from(*from)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len())..],
+        );
+    }
+    raw.extend([0u8; 32]);
+    zstd::encode_all(&raw[..], level).expect("compressing into memory does not fail")
 }
 
 /// What [`read_pack`] took in.

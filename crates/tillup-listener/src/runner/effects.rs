@@ -7,8 +7,9 @@
 //! holds the target releases (files the terminals hold already come from
 //! them over the LAN, only the rest from the server) and every terminal's
 //! folder as it was a moment before; the server holds those folders too.
-//! After the stop, `Collect` fetches only what changed since, the backup is
-//! a folder of hard links (no copy), and the upload carries only the
+//! After the stop, `Collect` fetches only what changed since, the backup
+//! is the terminal's manifest over checked blobs (its folder of hard links
+//! is made once the programs run again), and the upload carries only the
 //! changes.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,7 +26,7 @@ use tillup_core::upgrade::{Effect, Upgrade};
 use tillup_fs::BlobStore;
 use tillup_transfer::Size;
 
-use super::{Context, Files, backup, read_json};
+use super::{Context, Files, read_json};
 use crate::progress::Moving;
 use crate::{Error, Listener};
 
@@ -95,13 +96,9 @@ impl Listener {
                     version: run.from.clone(),
                     manifest: snap.manifest,
                 };
-                let dest = ctx.backup_dir.join(format!("terminal-{n}"));
-                let (blobs2, backup2) = (blobs.clone(), backup.clone());
-                tokio::task::spawn_blocking(move || {
-                    backup::write_folder(&dest, &backup2.manifest, &blobs2)
-                })
-                .await
-                .expect("no panic")?;
+                // With its bytes in the blob store (checked), this manifest
+                // is the terminal's backup; its folder view is made once
+                // the programs run again (`finish`).
                 tillup_fs::write_json_atomic(&files.backup(*n), &backup)?;
             }
             Effect::UploadBackup => {

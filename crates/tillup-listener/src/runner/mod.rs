@@ -333,6 +333,10 @@ impl Listener {
 
     /// Writes the outcome into the local log. Idempotent.
     fn finish(&self, u: &Upgrade, ctx: &Context) -> Result<HistoryEntry, Error> {
+        // The by-number backup folders, made once every program runs again:
+        // the backup itself (each terminal's manifest, its bytes in the blob
+        // store, all checked) was complete before any folder was touched.
+        self.write_backup_folders(u, ctx)?;
         let entry = HistoryEntry::of(u, ctx.left_out.clone());
         let installed: BTreeMap<u32, Installed> = u
             .terminals
@@ -372,6 +376,23 @@ impl Listener {
                 source: e,
             })?;
         Ok(entry)
+    }
+
+    /// Writes `backups/<time>_<version>/terminal-<n>/` for every terminal
+    /// collected, as links to the blobs. Idempotent.
+    fn write_backup_folders(&self, u: &Upgrade, ctx: &Context) -> Result<(), Error> {
+        let files = self.files(&u.id);
+        let blobs = self.blobs()?;
+        for n in u.terminals.keys() {
+            let path = files.backup(*n);
+            if !path.exists() {
+                continue;
+            }
+            let b: TerminalBackup = read_json(&path)?;
+            let dest = ctx.backup_dir.join(format!("terminal-{n}"));
+            backup::write_folder(&dest, &b.manifest, &blobs)?;
+        }
+        Ok(())
     }
 
     /// Keeps the host's disk from filling up over the years: the newest
