@@ -237,6 +237,38 @@ impl Layout {
         Ok(report)
     }
 
+    /// Turns the previous folder into the staging folder, when there is no
+    /// complete staging folder and no previous release is needed any more
+    /// (the caller knows: no release on trial), so the next stage writes
+    /// only what differs from it rather than a whole folder. `cache` is the
+    /// hash cache of the folder as it was when it became previous (the
+    /// rename keeps sizes and times), so the scan that records what it
+    /// holds reads no file that did not change. Returns what it holds.
+    pub fn recycle_previous(
+        &self,
+        cache: &mut tillup_fs::HashCache,
+    ) -> Result<Option<Manifest>, FolderError> {
+        self.recover()?;
+        if self.staged().is_some() || !self.previous.is_dir() {
+            return Ok(None);
+        }
+        remove_file_if_exists(&self.staged_record)?;
+        remove_dir_if_exists(&self.staging)?;
+        rename(&self.previous, &self.staging)?;
+        tillup_fs::fsync_dir(&parent_of(&self.folder))?;
+        let holds = match tillup_fs::scan_folder(&self.staging, cache) {
+            Ok(m) => m,
+            Err(e) => {
+                // A link or a bad name in an old folder: build afresh.
+                tracing::warn!("the previous folder cannot be reused ({e}); staging from scratch");
+                remove_dir_if_exists(&self.staging)?;
+                return Ok(None);
+            }
+        };
+        tillup_fs::write_atomic(&self.staged_record, &holds.to_bytes())?;
+        Ok(Some(holds))
+    }
+
     /// What the staging folder holds, if it is complete.
     fn staged(&self) -> Option<Manifest> {
         if !self.staging.is_dir() {
@@ -592,6 +624,46 @@ mod tests {
                 .put_file(&tillup_fs::join(dir, &e.path), &e.sha256)
                 .unwrap();
         }
+    }
+
+    #[test]
+    fn the_previous_folder_becomes_the_next_staging_and_only_what_differs_is_written() {
+        let f = fixture();
+        receive(&f, &f.new);
+        let v1 = scan(&f.layout.folder);
+        f.layout
+            .stage(&v1, &f.store, &request(&f, "2.0.0"))
+            .unwrap();
+        // The agent keeps the hash cache of the folder it swaps out.
+        let mut cache = HashCache::default();
+        scan_folder(&f.layout.folder, &mut cache).unwrap();
+        assert!(f.layout.commit(&Version::parse("2.0.0").unwrap()).unwrap());
+        assert_eq!(scan(&f.layout.previous), v1);
+
+        let holds = f.layout.recycle_previous(&mut cache).unwrap();
+        assert_eq!(holds, Some(v1.clone()), "it holds the old folder");
+        assert!(!f.layout.previous.exists() && f.layout.staging.is_dir());
+        assert_eq!(
+            f.layout.recycle_previous(&mut cache).unwrap(),
+            None,
+            "a complete staging folder is kept"
+        );
+        // 3.0.0: the 1.0.0 program again, a new file; only those are written.
+        write(&f.new, "VERSION", "3.0.0\n");
+        write(&f.new, "lib/new.so", "new library");
+        std::fs::remove_dir_all(f.new.join("收银")).unwrap();
+        receive(&f, &f.new);
+        let v2 = scan(&f.layout.folder);
+        let report = f
+            .layout
+            .stage(&v2, &f.store, &request(&f, "3.0.0"))
+            .unwrap();
+        assert_eq!(
+            report.reused_bytes + report.received_bytes,
+            ("3.0.0\n".len() + "new library".len()) as u64,
+            "bin/pos, unchanged since 1.0.0, is not written again: {report:?}"
+        );
+        assert_eq!(scan(&f.layout.staging), scan(&f.new));
     }
 
     #[test]

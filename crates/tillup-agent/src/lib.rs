@@ -37,6 +37,9 @@ use memory::{Memory, Trial};
 pub use config::Config;
 pub use http::{AgentError, app};
 
+/// The hash cache of the folder that became previous at the last commit.
+const PREVIOUS_CACHE: &str = "previous-hash-cache.json";
+
 /// The agent's state, shared by every request.
 pub struct Agent {
     config: Config,
@@ -266,7 +269,24 @@ impl Agent {
         let _op = self.folder_ops.lock().await;
         let current = self.scan().await?;
         let (layout, store) = (self.layout.clone(), self.store.clone());
+        // The previous release is the one to go back to only while the
+        // current one is on trial; after that its folder is the cheapest
+        // start for the next staging.
+        let recycle = self
+            .memory()
+            .trial
+            .is_none()
+            .then(|| self.state_dir.join(PREVIOUS_CACHE));
         let report = tokio::task::spawn_blocking(move || {
+            if let Some(cache_path) = recycle {
+                let mut cache = HashCache::load(&cache_path);
+                if let Some(m) = layout.recycle_previous(&mut cache)? {
+                    tracing::info!(
+                        files = m.len(),
+                        "the previous folder is the new staging folder"
+                    );
+                }
+            }
             let report = layout.stage(&current, &store, &req)?;
             // Received files the staged folder does not use are not needed
             // again: the incoming store stays within one release's changes.
@@ -289,6 +309,16 @@ impl Agent {
                 version,
                 swapped: false,
             });
+        }
+        // The folder about to become previous, as its hash cache knows it:
+        // what makes reusing it for the next staging cheap.
+        self.scan().await?;
+        let (from, to) = (
+            self.state_dir.join("hash-cache.json"),
+            self.state_dir.join(PREVIOUS_CACHE),
+        );
+        if let Ok(bytes) = std::fs::read(&from) {
+            tillup_fs::write_atomic(&to, &bytes).map_err(AgentError::internal)?;
         }
         if self.supervisor.is_running() {
             let why = match self.memory().watchdog_started {
