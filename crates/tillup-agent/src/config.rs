@@ -26,7 +26,7 @@ pub struct Config {
     /// The file holding the folder's version, relative to the folder.
     #[serde(default = "default_version_file")]
     pub version_file: String,
-    /// The largest blob `PUT /v1/blobs/{sha256}` accepts, in bytes.
+    /// The largest file a pack sent to the agent (`PUT /v1/pack`) may hold, in bytes.
     #[serde(default = "eight_gib")]
     pub max_blob_bytes: u64,
     /// If the host goes silent this long while the main program is stopped

@@ -463,7 +463,7 @@ mod tests {
         Body::from(tillup_transfer::pack::in_memory(&whole, 1))
     }
 
-    /// Regression: `PUT /v1/blobs/{sha256}` took a body of any size.
+    /// Regression: an upload once took a body of any size.
     #[tokio::test]
     async fn a_blob_larger_than_max_blob_bytes_is_refused_and_not_kept() {
         let dir = tempfile::tempdir().unwrap();

@@ -310,9 +310,9 @@ impl Agent {
                 swapped: false,
             });
         }
-        // The folder about to become previous, as its hash cache knows it:
+        // The folder about to become previous, as its hash cache knows it
+        // (the stage that built the staging folder scanned it just before):
         // what makes reusing it for the next staging cheap.
-        self.scan().await?;
         let (from, to) = (
             self.state_dir.join("hash-cache.json"),
             self.state_dir.join(PREVIOUS_CACHE),

@@ -586,7 +586,7 @@ async fn put_backup(
         let missing = st.missing_for(&store, &hashes)?;
         if !missing.is_empty() {
             return Err(AppError::Conflict(format!(
-                "{} file(s) of the backup are not on the server for this store: {}; upload them with PUT /v1/blobs/<sha256> first",
+                "{} file(s) of the backup are not on the server for this store: {}; send them in a pack (PUT /v1/pack) first",
                 missing.len(),
                 list_some(&missing)
             )));

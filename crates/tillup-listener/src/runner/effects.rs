@@ -396,6 +396,7 @@ impl Listener {
                 "the delivery has a folder for terminal {n}, which was not backed up"
             )));
         }
+        let mut releases: BTreeMap<&Version, Manifest> = BTreeMap::new();
         for b in backups {
             let Some(result) = delivery.terminals.iter().find(|t| t.number == b.number) else {
                 return Err(Error::Untrusted(format!(
@@ -413,10 +414,14 @@ impl Listener {
                 )));
             }
             let signed = &ctx.releases[&result.version];
-            let release = self.release_manifest(&result.version, ctx, blobs).await?;
+            if !releases.contains_key(&result.version) {
+                let m = self.release_manifest(&result.version, ctx, blobs).await?;
+                releases.insert(&result.version, m);
+            }
+            let release = &releases[&result.version];
             let preserve =
                 Preserve::new(&signed.preserve).map_err(|e| Error::Untrusted(e.to_string()))?;
-            let expected = merge_for_terminal(&release, &b.manifest, &preserve)
+            let expected = merge_for_terminal(release, &b.manifest, &preserve)
                 .map_err(|e| Error::Untrusted(e.to_string()))?;
             if expected != result.manifest {
                 return Err(Error::Untrusted(format!(
