@@ -53,13 +53,8 @@ fn distinct_bytes(m: &Manifest) -> u64 {
         .sum()
 }
 
-/// The files of `release` that no terminal of `store` holds now.
-fn from_server(store: &Store, release: &Manifest) -> Result<Manifest> {
-    let held: BTreeSet<_> = store
-        .terminals
-        .values()
-        .flat_map(|t| manifest_of(&t.folder).hashes())
-        .collect();
+/// The files of `release` whose content is not among `held`.
+fn lacking(release: &Manifest, held: &BTreeSet<tillup_core::Sha256Hex>) -> Result<Manifest> {
     Ok(Manifest::new(
         release
             .files()
@@ -68,6 +63,16 @@ fn from_server(store: &Store, release: &Manifest) -> Result<Manifest> {
             .cloned()
             .collect(),
     )?)
+}
+
+/// The files of `release` that no terminal of `store` holds now.
+fn from_server(store: &Store, release: &Manifest) -> Result<Manifest> {
+    let held: BTreeSet<_> = store
+        .terminals
+        .values()
+        .flat_map(|t| manifest_of(&t.folder).hashes())
+        .collect();
+    lacking(release, &held)
 }
 
 fn assert_all_upgraded(store: &Store) -> Result<()> {
@@ -208,15 +213,7 @@ fn a_push_to_a_terminal_cut_three_times_resumes_and_sends_each_byte_once() -> Re
     store.write_listener_config("prompt", &[])?;
     let release = publish_large(&store)?;
     // What terminal 1 lacks of the release: the files it must be sent.
-    let held: BTreeSet<_> = old.hashes();
-    let needed = Manifest::new(
-        release
-            .files()
-            .iter()
-            .filter(|f| !held.contains(&f.sha256))
-            .cloned()
-            .collect(),
-    )?;
+    let needed = lacking(&release, &old.hashes())?;
     let floor = distinct_bytes(&needed);
     let cut_at = LARGE as u64 / 4;
     proxy.cut_next(3, cut_at, Direction::Up);

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tillup_core::Sha256Hex;
 
-use crate::{BlobStore, Error, IoContext, Received};
+use crate::{BlobStore, Error, IoContext};
 
 /// Blobs received together; see the module doc.
 #[must_use = "nothing enters the store before `finish`"]
@@ -47,13 +47,14 @@ impl Batch<'_> {
     /// is kept for a resume). Whole, the blob is hashed: a mismatch deletes
     /// it ([`Error::HashMismatch`]); a match sets it aside for
     /// [`Batch::finish`]. A blob the store holds already is read and dropped.
+    /// Returns the bytes read.
     pub fn receive(
         &mut self,
         h: &Sha256Hex,
         offset: u64,
         total: u64,
         reader: &mut dyn Read,
-    ) -> Result<Received, Error> {
+    ) -> Result<u64, Error> {
         let path = self.store.upload_path(h, &self.owner)?;
         let lock = self.store.partial_lock(&path);
         let _one_writer = lock.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -127,7 +128,7 @@ impl Batch<'_> {
             fs::rename(&path, &aside).at(&aside)?;
             self.checked.push((aside, *h));
         }
-        Ok(Received::Whole { len })
+        Ok(len - offset)
     }
 
     /// How many checked blobs wait for [`Batch::finish`].

@@ -22,16 +22,6 @@ pub struct BlobStore {
     partial_locks: Arc<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>>,
 }
 
-/// What [`BlobStore::receive`] did with the bytes it was given.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Received {
-    /// The blob is whole and its hash checked: it is in the store.
-    Whole { len: u64 },
-    /// The bytes ended before the announced total: the first `held` bytes
-    /// are kept, and the transfer resumes there.
-    Partial { held: u64 },
-}
-
 impl BlobStore {
     /// Opens (creating) a store at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, Error> {
@@ -156,16 +146,10 @@ impl BlobStore {
         self.put_reader(&mut f, h, None).map(|_| ())
     }
 
-    /// A file under the store's `tmp/` where a download of `h` can grow
-    /// across interruptions; [`BlobStore::adopt_partial`] takes it in once whole.
-    pub fn partial_path(&self, h: &Sha256Hex) -> PathBuf {
+    /// A file under the store's `tmp/` where a transfer of `h` with no
+    /// owner (see [`BlobStore::upload_path`]) grows across interruptions.
+    fn partial_path(&self, h: &Sha256Hex) -> PathBuf {
         self.root.join("tmp").join(format!("{h}.partial"))
-    }
-
-    /// Checks the partial download of `h` and moves it into the store. On a
-    /// mismatch the partial file is deleted so the next try starts over.
-    pub fn adopt_partial(&self, h: &Sha256Hex, size: Option<u64>) -> Result<(), Error> {
-        self.adopt(&self.partial_path(h), h, size)
     }
 
     /// Where an upload of `h` sent by `owner` grows across interruptions.
@@ -200,84 +184,6 @@ impl BlobStore {
         held_len(path)
     }
 
-    /// Deletes the unfinished upload of `h` by `owner`, if any.
-    pub fn discard_partial(&self, h: &Sha256Hex, owner: &str) -> Result<(), Error> {
-        let path = self.upload_path(h, owner)?;
-        let lock = self.partial_lock(&path);
-        let _one_writer = lock.0.lock().unwrap_or_else(|p| p.into_inner());
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Io { path, source: e }),
-            _ => Ok(()),
-        }
-    }
-
-    /// Receives bytes `offset..` of blob `h` from `owner`, appending them to
-    /// its unfinished upload. `offset` is 0 (start over, dropping what is
-    /// held) or exactly the length held, else [`Error::WrongOffset`].
-    ///
-    /// When the bytes end at `total` (or, with no `total`, whenever they
-    /// end), the whole file is hashed: if it is `h` it moves into the
-    /// store, else it is deleted ([`Error::HashMismatch`],
-    /// [`Error::SizeMismatch`]). When they end earlier, or `reader` fails
-    /// ([`Error::TransferCut`]), what arrived is kept for a resume. A
-    /// partial file is never taken for a whole one.
-    pub fn receive(
-        &self,
-        h: &Sha256Hex,
-        owner: &str,
-        offset: u64,
-        total: Option<u64>,
-        reader: &mut dyn Read,
-    ) -> Result<Received, Error> {
-        let path = self.upload_path(h, owner)?;
-        let lock = self.partial_lock(&path);
-        let _one_writer = lock.0.lock().unwrap_or_else(|p| p.into_inner());
-        let held = held_len(path.clone())?;
-        if offset != 0 && offset != held {
-            return Err(Error::WrongOffset { path, held, offset });
-        }
-        let mut file = fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(offset > 0)
-            .truncate(offset == 0)
-            .open(&path)
-            .at(&path)?;
-        let mut len = offset;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(Error::TransferCut {
-                        path,
-                        held: len,
-                        source,
-                    });
-                }
-            };
-            if let Some(t) = total.filter(|t| len + n as u64 > *t) {
-                drop(file);
-                let _ = fs::remove_file(&path);
-                return Err(Error::SizeMismatch {
-                    path,
-                    expected: t,
-                    actual: len + n as u64,
-                });
-            }
-            file.write_all(&buf[..n]).at(&path)?;
-            len += n as u64;
-        }
-        drop(file);
-        if total.is_some_and(|t| len < t) {
-            return Ok(Received::Partial { held: len });
-        }
-        self.adopt(&path, h, total)?;
-        Ok(Received::Whole { len })
-    }
-
     pub(crate) fn partial_lock(&self, path: &Path) -> PartialLock {
         let lock = self
             .partial_locks
@@ -287,37 +193,6 @@ impl BlobStore {
             .or_default()
             .clone();
         PartialLock(lock, self.partial_locks.clone(), path.to_owned())
-    }
-
-    /// Hashes the partial file `partial` and moves it into the store as
-    /// `h`; deletes it on a mismatch.
-    fn adopt(&self, partial: &Path, h: &Sha256Hex, size: Option<u64>) -> Result<(), Error> {
-        let (actual, len) = crate::hash_file(partial)?;
-        if let Some(s) = size.filter(|s| *s != len) {
-            let _ = fs::remove_file(partial);
-            return Err(Error::SizeMismatch {
-                path: partial.to_owned(),
-                expected: s,
-                actual: len,
-            });
-        }
-        if actual != *h {
-            let _ = fs::remove_file(partial);
-            return Err(Error::HashMismatch {
-                path: partial.to_owned(),
-                expected: *h,
-                actual,
-            });
-        }
-        File::open(partial)
-            .and_then(|f| f.sync_data())
-            .at(partial)?;
-        read_only(partial)?;
-        let dest = self.path(h);
-        let dir = dest.parent().expect("blob paths have a parent");
-        fs::create_dir_all(dir).at(dir)?;
-        fs::rename(partial, &dest).at(&dest)?;
-        fsync_dir(dir)
     }
 
     fn commit(&self, tmp: tempfile::NamedTempFile, h: &Sha256Hex) -> Result<(), Error> {
@@ -476,109 +351,16 @@ mod tests {
     }
 
     #[test]
-    fn a_partial_download_is_adopted_only_when_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = BlobStore::open(dir.path()).unwrap();
-        let h = Sha256Hex::of(b"whole file");
-        fs::write(s.partial_path(&h), b"whole").unwrap();
-        assert!(s.adopt_partial(&h, Some(10)).is_err());
-        assert!(!s.has(&h) && !s.partial_path(&h).exists());
-        fs::write(s.partial_path(&h), b"whole file").unwrap();
-        s.adopt_partial(&h, Some(10)).unwrap();
-        assert_eq!(s.read(&h).unwrap(), b"whole file");
-    }
-
-    /// A reader that yields `bytes` and then fails, like a cut connection.
-    struct Cut<'a>(&'a [u8]);
-
-    impl Read for Cut<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if self.0.is_empty() {
-                return Err(io::Error::from(io::ErrorKind::ConnectionReset));
-            }
-            let n = buf.len().min(self.0.len());
-            buf[..n].copy_from_slice(&self.0[..n]);
-            self.0 = &self.0[n..];
-            Ok(n)
-        }
-    }
-
-    #[test]
-    fn a_cut_upload_is_kept_and_resumes_at_exactly_what_is_held() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = BlobStore::open(dir.path()).unwrap();
-        let body = b"0123456789abcdefghij";
-        let h = Sha256Hex::of(body);
-        let err = s
-            .receive(&h, "store-1", 0, Some(20), &mut Cut(&body[..7]))
-            .unwrap_err();
-        assert!(matches!(err, Error::TransferCut { held: 7, .. }), "{err}");
-        assert_eq!(s.partial_len(&h, "store-1").unwrap(), 7);
-        // Another owner holds nothing of it.
-        assert_eq!(s.partial_len(&h, "store-2").unwrap(), 0);
-        // A clean end before the total: kept too.
-        let got = s
-            .receive(&h, "store-1", 7, Some(20), &mut &body[7..12])
-            .unwrap();
-        assert_eq!(got, Received::Partial { held: 12 });
-        let err = s
-            .receive(&h, "store-1", 10, Some(20), &mut &body[10..])
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::WrongOffset {
-                    held: 12,
-                    offset: 10,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        assert!(!s.has(&h));
-        let got = s
-            .receive(&h, "store-1", 12, Some(20), &mut &body[12..])
-            .unwrap();
-        assert_eq!(got, Received::Whole { len: 20 });
-        assert_eq!(s.read(&h).unwrap(), body);
-        assert_eq!(s.partial_len(&h, "store-1").unwrap(), 0);
-    }
-
-    #[test]
-    fn a_resumed_upload_that_hashes_wrong_is_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = BlobStore::open(dir.path()).unwrap();
-        let body = b"0123456789";
-        let h = Sha256Hex::of(body);
-        s.receive(&h, "", 0, Some(10), &mut &body[..4]).unwrap();
-        let err = s
-            .receive(&h, "", 4, Some(10), &mut &b"XXXXXX"[..])
-            .unwrap_err();
-        assert!(matches!(err, Error::HashMismatch { .. }), "{err}");
-        assert!(!s.has(&h) && s.partial_len(&h, "").unwrap() == 0);
-        // More bytes than announced: deleted as well.
-        let err = s
-            .receive(&h, "", 0, Some(10), &mut &b"0123456789A"[..])
-            .unwrap_err();
-        assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
-        assert_eq!(s.partial_len(&h, "").unwrap(), 0);
-        // Offset 0 starts over, whatever is held.
-        s.receive(&h, "", 0, Some(10), &mut &b"garbage"[..])
-            .unwrap();
-        let got = s.receive(&h, "", 0, None, &mut &body[..]).unwrap();
-        assert_eq!(got, Received::Whole { len: 10 });
-        assert!(s.upload_path(&h, "../x").is_err());
-        assert!(s.partial_locks.lock().unwrap().is_empty());
-    }
-
-    #[test]
     fn clean_tmp_keeps_recent_partials_and_drops_abandoned_ones() {
         let dir = tempfile::tempdir().unwrap();
         let s = BlobStore::open(dir.path()).unwrap();
         let (fresh, old) = (Sha256Hex::of(b"fresh"), Sha256Hex::of(b"old"));
-        s.receive(&fresh, "a", 0, Some(5), &mut &b"fre"[..])
-            .unwrap();
-        s.receive(&old, "a", 0, Some(3), &mut &b"o"[..]).unwrap();
+        let mut batch = s.batch("a").unwrap();
+        for (h, part) in [(&fresh, &b"fre"[..]), (&old, &b"o"[..])] {
+            let cut = batch.receive(h, 0, 5, &mut &part[..]);
+            assert!(matches!(cut, Err(Error::TransferCut { .. })));
+        }
+        drop(batch);
         let old_path = s.upload_path(&old, "a").unwrap();
         let long_ago = std::time::SystemTime::now() - BlobStore::PARTIAL_MAX_AGE * 2;
         File::options()

@@ -17,7 +17,7 @@ mod scan;
 pub use archive::{ArchiveError, ZipLimits, extract_zip, extract_zip_file};
 pub use atomic::{fsync_dir, write_atomic, write_json_atomic};
 pub use batch::Batch;
-pub use blobs::{BlobStore, Received};
+pub use blobs::BlobStore;
 pub use scan::{HashCache, copy_verified, hash_file, link_tree, materialize, scan_folder};
 
 /// An I/O failure, with the path it concerns.
