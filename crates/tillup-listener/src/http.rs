@@ -57,6 +57,9 @@ pub fn retry_delay(attempt: u32) -> Duration {
 /// The largest JSON answer read: a delivery holds one manifest per terminal.
 pub const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
 
+/// The most of an error answer's body that is read.
+pub const MAX_ERROR_BODY_BYTES: usize = 8 * 1024;
+
 /// How many times in a row a pack upload may be told that a resume point
 /// moved (409) before that counts as a failure.
 const RESUME_CONFLICTS: usize = 3;
@@ -149,7 +152,17 @@ impl Peer {
     /// The error for an answer that is not a success.
     async fn refusal(&self, what: &str, resp: Response) -> Error {
         let status = resp.status();
-        let body = resp.bytes().await.unwrap_or_default();
+        // An error body is a sentence: read no more than that, whatever
+        // the peer (or a proxy in front of it) sends.
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(Ok(chunk)) = stream.next().await {
+            let room = MAX_ERROR_BODY_BYTES - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() == MAX_ERROR_BODY_BYTES {
+                break;
+            }
+        }
         let message = serde_json::from_slice::<ErrorBody>(&body)
             .map(|b| b.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned());
@@ -645,6 +658,42 @@ mod tests {
             "{err}"
         );
         assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_endless_error_body_is_read_only_to_its_bound() {
+        // A 500 whose body is 64 MiB: only the bound of it is read.
+        let pulled = Arc::new(AtomicU64::new(0));
+        let counter = pulled.clone();
+        let chunks = (0..1024).map(move |_| {
+            counter.fetch_add(64 * 1024, Ordering::Relaxed);
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(&[b'x'; 64 * 1024]))
+        });
+        let resp: Response = http::Response::builder()
+            .status(500)
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
+            .unwrap()
+            .into();
+        let err = peer("http://127.0.0.1:9").refusal("say ok", resp).await;
+        let Error::Refused {
+            status, message, ..
+        } = &err
+        else {
+            panic!("{err}");
+        };
+        assert_eq!(*status, 500);
+        assert!(
+            message.starts_with("xxx") && message.len() <= 500,
+            "{}",
+            message.len()
+        );
+        let read = pulled.load(Ordering::Relaxed);
+        assert!(
+            read <= (MAX_ERROR_BODY_BYTES + 64 * 1024) as u64,
+            "{read} bytes of an error body were read"
+        );
     }
 
     #[test]
