@@ -192,14 +192,28 @@ async fn auth(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Resp
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or(b"");
     if bool::from(given.ct_eq(agent.config().token.as_bytes())) {
-        agent.touch();
+        // Only what moves an upgrade on holds the watchdog back: a token
+        // holder polling the status cannot keep a stopped till down.
+        let moves = moves_the_upgrade(req.uri().path());
+        if moves {
+            agent.touch();
+        }
         let response = next.run(req).await;
         // A long request (a stop waiting for a sale) is contact throughout.
-        agent.touch();
+        if moves {
+            agent.touch();
+        }
         response
     } else {
         AgentError::Unauthorized.into_response()
     }
+}
+
+/// Whether a request on `path` moves an upgrade on (and so tells the
+/// watchdog the host is still there): everything but the questions that
+/// change nothing (status, health, which files are missing).
+fn moves_the_upgrade(path: &str) -> bool {
+    ![routes::STATUS, routes::HEALTH, routes::BLOBS_MISSING].contains(&path)
 }
 
 async fn status(State(a): State<Arc<Agent>>) -> Result<Json<AgentStatus>, AgentError> {

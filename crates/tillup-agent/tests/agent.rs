@@ -649,6 +649,31 @@ async fn the_watchdog_restarts_a_main_program_the_host_left_stopped() {
     h.healthy("1.0.0").await;
 }
 
+/// Someone with the agent's token polls its status while the host has the
+/// main program stopped: that is not the host moving the upgrade on, so
+/// the watchdog still starts the program in time.
+#[tokio::test]
+async fn polling_the_status_does_not_hold_the_watchdog_back() {
+    let h = Harness::with_watchdog(60, 2);
+    h.healthy("1.0.0").await;
+    let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
+    let mut polls = 0;
+    for _ in 0..300 {
+        if h.main_alive() {
+            break;
+        }
+        let _ = h.status().await;
+        let _ = h.health("1.0.0").await;
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        h.main_alive(),
+        "the watchdog never started the program ({polls} polls)"
+    );
+    assert!(polls > 10, "the status was polled throughout: {polls}");
+}
+
 /// A release swapped in, started, and then left by a silent host: the
 /// watchdog checks it, finds it unhealthy, and puts the old one back.
 #[tokio::test]
