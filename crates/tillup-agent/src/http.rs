@@ -247,22 +247,13 @@ async fn missing(
     let wanted = json_body(body)?;
     let hashes = a.missing(&wanted.hashes).await?;
     let store = a.store().clone();
-    let held = tokio::task::spawn_blocking(move || {
-        let mut held = std::collections::BTreeMap::new();
-        for h in &hashes {
-            let n = store.partial_len(h, "")?;
-            if n > 0 {
-                held.insert(*h, n);
-            }
-        }
+    let (hashes, held) = tokio::task::spawn_blocking(move || {
+        let held = store.held(&hashes, "")?;
         Ok::<_, tillup_fs::Error>((hashes, held))
     })
     .await
     .map_err(AgentError::internal)??;
-    Ok(Json(HashList {
-        hashes: held.0,
-        held: held.1,
-    }))
+    Ok(Json(HashList { hashes, held }))
 }
 
 /// `POST /v1/pack`: files of the folder (or received), in one pack.

@@ -206,18 +206,6 @@ impl Agent {
         Ok(())
     }
 
-    /// Where the bytes with hash `h` are: in the folder (by the last scan) or the incoming store.
-    pub async fn blob_path(&self, h: &Sha256Hex) -> Result<Option<PathBuf>, AgentError> {
-        self.ensure_index().await?;
-        let in_folder = self
-            .index
-            .lock()
-            .expect("not poisoned")
-            .as_ref()
-            .and_then(|i| i.get(h).map(|p| tillup_fs::join(&self.layout.folder, p)));
-        Ok(in_folder.or_else(|| self.store.has(h).then(|| self.store.path(h))))
-    }
-
     /// Where the bytes of each of `wanted` are (the folder by the last scan,
     /// or the incoming store), for a pack; the hashes not here are refused.
     pub async fn locator(
@@ -310,16 +298,6 @@ impl Agent {
                 swapped: false,
             });
         }
-        // The folder about to become previous, as its hash cache knows it
-        // (the stage that built the staging folder scanned it just before):
-        // what makes reusing it for the next staging cheap.
-        let (from, to) = (
-            self.state_dir.join("hash-cache.json"),
-            self.state_dir.join(PREVIOUS_CACHE),
-        );
-        if let Ok(bytes) = std::fs::read(&from) {
-            tillup_fs::write_atomic(&to, &bytes).map_err(AgentError::internal)?;
-        }
         if self.supervisor.is_running() {
             let why = match self.memory().watchdog_started {
                 Some(at) => format!(
@@ -331,6 +309,20 @@ impl Agent {
                 "the main program is running{why}"
             )));
         }
+        // The folder about to become previous, as its hash cache knows it
+        // (the stage that built the staging folder scanned it just before):
+        // what makes reusing it for the next staging cheap.
+        let (from, to) = (
+            self.state_dir.join("hash-cache.json"),
+            self.state_dir.join(PREVIOUS_CACHE),
+        );
+        tokio::task::spawn_blocking(move || match std::fs::read(&from) {
+            Ok(bytes) => tillup_fs::write_atomic(&to, &bytes),
+            Err(_) => Ok(()),
+        })
+        .await
+        .map_err(AgentError::internal)?
+        .map_err(AgentError::internal)?;
         // On trial from before the swap: a crash right after it still
         // leaves the agent knowing what to put back if it is unhealthy.
         let previous = self.layout.version_of(&self.layout.folder);

@@ -847,17 +847,14 @@ async fn a_blob_with_the_wrong_hash_is_refused_and_not_kept() {
     let h = Harness::start(60);
     let claimed = Sha256Hex::of(b"the real bytes");
     // A pack that names the real bytes' hash over other bytes.
-    let mut raw = tillup_transfer::pack::MAGIC.to_vec();
-    raw.extend(claimed.as_bytes());
-    raw.extend(13u64.to_be_bytes());
-    raw.extend(0u64.to_be_bytes());
-    raw.extend(b"altered bytes");
-    raw.extend([0u8; 32]);
     let res = h
         .http
         .put(h.url(routes::PACK))
         .bearer_auth(TOKEN)
-        .body(zstd::encode_all(&raw[..], 1).unwrap())
+        .body(tillup_transfer::pack::forged(
+            &[(claimed, 13, 0, b"altered bytes")],
+            1,
+        ))
         .send()
         .await
         .unwrap();

@@ -639,6 +639,29 @@ impl Default for StoreSpec {
 impl Store {
     /// A server with `first` published, and terminals running it.
     pub fn new(keep: Option<&Path>, spec: StoreSpec) -> Result<Self> {
+        Self::with_release(
+            keep,
+            &spec,
+            |root| {
+                let rel = root.join("releases").join(&spec.first.version);
+                build_release(&rel, &spec.first)?;
+                Ok((rel, spec.first.version.clone()))
+            },
+            |_, _| Ok(()),
+        )
+    }
+
+    /// A store like [`Store::new`] whose first release is the folder that
+    /// `first(root)` makes ready under the store's root (returning it and
+    /// its version; it must hold `VERSION` and a runnable `bin/pos-sim`);
+    /// `local(number, folder)` adds each terminal's own files before its
+    /// agent starts. `spec.first` is not used.
+    pub fn with_release(
+        keep: Option<&Path>,
+        spec: &StoreSpec,
+        first: impl FnOnce(&Path) -> Result<(PathBuf, String)>,
+        mut local: impl FnMut(u32, &Path) -> Result<()>,
+    ) -> Result<Self> {
         let (root, tmp) = match keep {
             Some(dir) => {
                 fs::create_dir_all(dir)?;
@@ -652,9 +675,8 @@ impl Store {
         let server = Server::start(&root.join("server"))?;
         let store_id = "store-001".to_owned();
         let store_token = server.add_store(&store_id)?;
-        let rel = root.join("releases").join(&spec.first.version);
-        build_release(&rel, &spec.first)?;
-        server.publish(&rel, &spec.first.version, &[])?;
+        let (rel, version) = first(&root)?;
+        server.publish(&rel, &version, &[])?;
         let mut terminals = BTreeMap::new();
         for (n, model) in &spec.terminals {
             let mut t = Terminal::install(
@@ -664,11 +686,12 @@ impl Store {
                 &rel,
                 spec.health_timeout_secs,
             )?;
+            local(*n, &t.folder)?;
             t.start_agent()?;
             terminals.insert(*n, t);
         }
         for t in terminals.values() {
-            t.wait_running(&spec.first.version)?;
+            t.wait_running(&version)?;
         }
         let mut store = Self {
             listener_config: root.join("host/config.toml"),
@@ -853,60 +876,4 @@ pub fn static_http(
         }
     });
     Ok(url)
-}
-
-/// A store like [`Store::new`] whose first release is the ready folder
-/// `first`, published as `version` (so it must hold `VERSION` and a
-/// runnable `bin/pos-sim`), under `keep` or a temporary folder;
-/// `local(number, folder)` adds each terminal's own files before its agent
-/// starts. `spec.first` is not used.
-pub fn store_with_release(
-    keep: Option<&Path>,
-    spec: &StoreSpec,
-    first: &Path,
-    version: &str,
-    mut local: impl FnMut(u32, &Path) -> Result<()>,
-) -> Result<Store> {
-    let (root, tmp) = match keep {
-        Some(dir) => {
-            fs::create_dir_all(dir)?;
-            (dir.canonicalize()?, None)
-        }
-        None => {
-            let t = tempfile::Builder::new().prefix("tillup-e2e-").tempdir()?;
-            (t.path().to_owned(), Some(t))
-        }
-    };
-    let server = Server::start(&root.join("server"))?;
-    let store_id = "store-001".to_owned();
-    let store_token = server.add_store(&store_id)?;
-    server.publish(first, version, &[])?;
-    let mut terminals = BTreeMap::new();
-    for (n, model) in &spec.terminals {
-        let mut t = Terminal::install(
-            &root.join(format!("terminals/{n}")),
-            *n,
-            model,
-            first,
-            spec.health_timeout_secs,
-        )?;
-        local(*n, &t.folder)?;
-        t.start_agent()?;
-        terminals.insert(*n, t);
-    }
-    for t in terminals.values() {
-        t.wait_running(version)?;
-    }
-    let mut store = Store {
-        listener_config: root.join("host/config.toml"),
-        listener_data: root.join("host/data"),
-        root,
-        server,
-        store_id,
-        store_token,
-        terminals,
-        _tmp: tmp,
-    };
-    store.write_listener_config(spec.mode, &[])?;
-    Ok(store)
 }

@@ -184,6 +184,23 @@ impl BlobStore {
         held_len(path)
     }
 
+    /// Of `hashes`, those `owner` holds part of, with how many bytes: where
+    /// each resumes (the `held` of a `blobs/missing` answer).
+    pub fn held(
+        &self,
+        hashes: &[Sha256Hex],
+        owner: &str,
+    ) -> Result<std::collections::BTreeMap<Sha256Hex, u64>, Error> {
+        let mut held = std::collections::BTreeMap::new();
+        for h in hashes {
+            let n = self.partial_len(h, owner)?;
+            if n > 0 {
+                held.insert(*h, n);
+            }
+        }
+        Ok(held)
+    }
+
     pub(crate) fn partial_lock(&self, path: &Path) -> PartialLock {
         let lock = self
             .partial_locks

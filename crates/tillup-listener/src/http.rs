@@ -14,9 +14,8 @@ use tillup_core::api::{self, ErrorBody, HashList, PackEntry, PackReceipt, PackRe
 use tillup_fs::BlobStore;
 use tillup_transfer::Size;
 
-use crate::progress::{Moving, Transfers};
-
 use crate::Error;
+use crate::progress::{Moving, Transfers};
 
 /// How many times a request is tried before its failure is reported, when
 /// it fails for a reason that may pass: the peer refused or reset the
@@ -195,13 +194,7 @@ impl Peer {
     }
 
     pub async fn get_json<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<T, Error> {
-        self.retrying(what, || async {
-            let resp = self
-                .send_once(what, self.request(Method::GET, path))
-                .await?;
-            self.json(what, resp).await
-        })
-        .await
+        self.get_json_query(what, path, &[]).await
     }
 
     /// `GET path?query` as JSON; the query is encoded by the client (a `+`
@@ -355,14 +348,20 @@ impl Peer {
         store: &BlobStore,
         progress: &Arc<AtomicU64>,
     ) -> Result<u64, Error> {
-        let mut blobs = Vec::with_capacity(hashes.len());
-        for h in hashes {
-            let (store, h) = (store.clone(), *h);
-            let from = tokio::task::spawn_blocking(move || store.partial_len(&h, ""))
-                .await
-                .expect("no panic")?;
-            blobs.push(PackEntry { sha256: h, from });
-        }
+        // Where each blob resumes: what is held of it (one blocking task
+        // for the whole pack).
+        let (held_in, wanted) = (store.clone(), hashes.to_vec());
+        let blobs = tokio::task::spawn_blocking(move || {
+            wanted
+                .into_iter()
+                .map(|h| {
+                    let from = held_in.partial_len(&h, "")?;
+                    Ok(PackEntry { sha256: h, from })
+                })
+                .collect::<Result<Vec<_>, tillup_fs::Error>>()
+        })
+        .await
+        .expect("no panic")?;
         let req = self
             .request(Method::POST, route)
             .json(&PackRequest { blobs });
@@ -418,13 +417,20 @@ impl Peer {
                     return Ok(());
                 }
                 if let Some(p) = progress.filter(|_| !counted.swap(true, Ordering::Relaxed)) {
-                    let total = missing
-                        .iter()
-                        .filter_map(|h| std::fs::metadata(store.path(h)).ok())
-                        .map(|m| m.len())
-                        .sum::<u64>()
-                        .saturating_sub(held.values().sum());
-                    p.begin(Moving::ToTerminals, total);
+                    let (sizes_of, paths) = (store.clone(), missing.clone());
+                    let total = tokio::task::spawn_blocking(move || {
+                        paths
+                            .iter()
+                            .filter_map(|h| std::fs::metadata(sizes_of.path(h)).ok())
+                            .map(|m| m.len())
+                            .sum::<u64>()
+                    })
+                    .await
+                    .expect("no panic");
+                    p.begin(
+                        Moving::ToTerminals,
+                        total.saturating_sub(held.values().sum()),
+                    );
                 }
                 match self
                     .send_packs(&what, pack_route, &missing, &held, store, level, progress)

@@ -426,13 +426,7 @@ async fn blobs_missing(
     let (hashes, held) = st
         .blocking(move |st| -> Result<_, AppError> {
             let hashes = st.missing_for(&store.0, &list.hashes)?;
-            let mut held = BTreeMap::new();
-            for h in &hashes {
-                let n = st.blobs().partial_len(h, &store.0)?;
-                if n > 0 {
-                    held.insert(*h, n);
-                }
-            }
+            let held = st.blobs().held(&hashes, &store.0)?;
             Ok((hashes, held))
         })
         .await?;

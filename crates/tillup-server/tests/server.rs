@@ -577,18 +577,8 @@ async fn a_pack_upload_checks_each_hash_and_blobs_missing_follows_it() {
     );
 
     // A hand-made pack whose bytes are not what it names: refused, nothing kept.
-    let mut raw = tillup_transfer::pack::MAGIC.to_vec();
-    raw.extend(local.as_bytes());
-    raw.extend(5u64.to_be_bytes());
-    raw.extend(0u64.to_be_bytes());
-    raw.extend(b"locaL");
-    raw.extend([0u8; 32]);
-    let resp = put_pack(
-        &env,
-        &env.token_a,
-        Body::from(zstd::encode_all(&raw[..], 1).unwrap()),
-    )
-    .await;
+    let forged = tillup_transfer::pack::forged(&[(local, 5, 0, b"locaL")], 1);
+    let resp = put_pack(&env, &env.token_a, Body::from(forged)).await;
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let msg = error_of(resp).await;
     assert!(
@@ -760,18 +750,8 @@ async fn a_resumed_pack_with_wrong_bytes_is_422_and_its_partial_deleted() {
     let held = held.unwrap_or(0);
     let mut wrong = body.clone();
     wrong[19] = b'X';
-    let mut raw = tillup_transfer::pack::MAGIC.to_vec();
-    raw.extend(h.as_bytes());
-    raw.extend(20u64.to_be_bytes());
-    raw.extend(held.to_be_bytes());
-    raw.extend(&wrong[held as usize..]);
-    raw.extend([0u8; 32]);
-    let resp = put_pack(
-        &env,
-        &env.token_a,
-        Body::from(zstd::encode_all(&raw[..], 1).unwrap()),
-    )
-    .await;
+    let forged = tillup_transfer::pack::forged(&[(h, 20, held, &wrong[held as usize..])], 1);
+    let resp = put_pack(&env, &env.token_a, Body::from(forged)).await;
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let msg = error_of(resp).await;
     assert!(

@@ -39,6 +39,13 @@ pub enum Size {
 }
 
 impl Size {
+    /// The most bytes it may have.
+    pub fn bound(self) -> u64 {
+        match self {
+            Size::Exactly(n) | Size::AtMost(n) => n,
+        }
+    }
+
     /// Whether a blob of `total` bytes may be this.
     pub fn admits(self, total: u64) -> bool {
         match self {

@@ -155,16 +155,27 @@ pub fn write_pack(
 /// A pack of blobs held in memory, each sent from byte `from` on (for
 /// tests and tools; a peer sends with [`write_pack`]).
 pub fn in_memory(blobs: &[(&[u8], u64)], level: i32) -> Vec<u8> {
-    let mut raw = MAGIC.to_vec();
-    for (bytes, from) in blobs {
-        raw.extend(Sha256Hex::of(bytes).as_bytes());
-        raw.extend((bytes.len() as u64).to_be_bytes());
-        raw.extend(from.to_be_bytes());
-        raw.extend(
-            &bytes[usize::try_from(*from)
+    let entries: Vec<_> = blobs
+        .iter()
+        .map(|(bytes, from)| {
+            let rest = &bytes[usize::try_from(*from)
                 .unwrap_or(usize::MAX)
-                .min(bytes.len())..],
-        );
+                .min(bytes.len())..];
+            (Sha256Hex::of(bytes), bytes.len() as u64, *from, rest)
+        })
+        .collect();
+    forged(&entries, level)
+}
+
+/// A pack of entries as given, `(sha256, total, from, bytes)`, whether or
+/// not the bytes are what they claim: for tests of what a receiver refuses.
+pub fn forged(entries: &[(Sha256Hex, u64, u64, &[u8])], level: i32) -> Vec<u8> {
+    let mut raw = MAGIC.to_vec();
+    for (sha256, total, from, bytes) in entries {
+        raw.extend(sha256.as_bytes());
+        raw.extend(total.to_be_bytes());
+        raw.extend(from.to_be_bytes());
+        raw.extend(*bytes);
     }
     raw.extend([0u8; 32]);
     zstd::encode_all(&raw[..], level).expect("compressing into memory does not fail")
@@ -444,13 +455,7 @@ mod tests {
         let good = blob(6, 4000);
         let h = Sha256Hex::of(&good);
         // A hand-made pack: the right name, other bytes.
-        let mut raw = MAGIC.to_vec();
-        raw.extend(h.as_bytes());
-        raw.extend(4000u64.to_be_bytes());
-        raw.extend(0u64.to_be_bytes());
-        raw.extend(blob(7, 4000));
-        raw.extend([0u8; 32]);
-        let bytes = zstd::encode_all(&raw[..], 1).unwrap();
+        let bytes = forged(&[(h, 4000, 0, &blob(7, 4000))], 1);
         let r = side();
         let (result, out) = receive(&r.store, &bytes, &BTreeMap::from([(h, 4000)]));
         assert!(matches!(

@@ -32,7 +32,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use tillup_e2e::realistic::{self, ChangeSummary, Digest32, Shape};
 use tillup_e2e::wan::{Wan, WanConfig};
-use tillup_e2e::{Store, StoreSpec, bin, run, store_with_release, text};
+use tillup_e2e::{Store, StoreSpec, bin, run, text};
 
 /// 1 MB, as printed: 10^6 bytes.
 const MB: f64 = 1e6;
@@ -221,9 +221,12 @@ fn new_store(args: &Args, root: &Path, rel: &Releases) -> Result<Store> {
         terminals: (1..=args.terminals).map(|n| (n, "CP-500")).collect(),
         ..StoreSpec::default()
     };
-    store_with_release(Some(root), &spec, &rel.dirs[0], VERSIONS[0], |n, folder| {
-        realistic::terminal_files(folder, n, TERMINAL_BYTES, args.seed)
-    })
+    Store::with_release(
+        Some(root),
+        &spec,
+        |_| Ok((rel.dirs[0].clone(), VERSIONS[0].to_owned())),
+        |n, folder| realistic::terminal_files(folder, n, TERMINAL_BYTES, args.seed),
+    )
 }
 
 // ------------------------------------------------------------------ oracle
@@ -316,6 +319,13 @@ struct Row {
     floor: u64,
 }
 
+impl Row {
+    /// WAN bytes both ways over the floor.
+    fn over_floor(&self) -> f64 {
+        (self.down + self.up) as f64 / self.floor.max(1) as f64
+    }
+}
+
 fn mb(bytes: u64) -> String {
     format!("{:.2}", bytes as f64 / MB)
 }
@@ -354,7 +364,7 @@ fn print_rows(rows: &[Row]) {
             r.requests.map_or("—".into(), |n| n.to_string()),
             equal_text(&r.equal),
             mb(r.floor),
-            (r.down + r.up) as f64 / r.floor.max(1) as f64,
+            r.over_floor(),
         );
     }
 }
@@ -875,7 +885,7 @@ fn sweep(args: &Args, work: &Path) -> Result<()> {
                     mb(row.up),
                     row.requests.unwrap_or(0),
                     equal_text(&row.equal),
-                    (row.down + row.up) as f64 / row.floor.max(1) as f64,
+                    row.over_floor(),
                 ));
             }
         }

@@ -14,7 +14,9 @@ use tillup_fs::{BlobStore, IoContext};
 
 use crate::Error;
 
-/// The backup folders, oldest first: the names sort by time.
+/// The backup folders, oldest first: by the time in their name, then by
+/// version (two upgrades in one second, to 2.9.0 and then 2.10.0, sort
+/// in that order, which their names alone do not).
 pub fn folders(data_dir: &Path) -> Vec<PathBuf> {
     let mut folders: Vec<PathBuf> = std::fs::read_dir(data_dir.join("backups"))
         .map(|r| {
@@ -24,7 +26,18 @@ pub fn folders(data_dir: &Path) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default();
-    folders.sort();
+    folders.sort_by_cached_key(|p| {
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let version = name
+            .split_once('_')
+            .and_then(|(_, v)| semver::Version::parse(v).ok());
+        let stamp = name.split('_').next().unwrap_or_default().to_owned();
+        (stamp, version, name)
+    });
     folders
 }
 
@@ -79,6 +92,30 @@ pub fn restore(backup: &Path, to: &Path) -> Result<Manifest, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_folders_sort_by_time_then_version() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "20261201T013049Z_2.10.0",
+            "20261201T013048Z_2.11.0",
+            "20261201T013049Z_2.9.0",
+        ] {
+            std::fs::create_dir_all(dir.path().join("backups").join(name)).unwrap();
+        }
+        let names: Vec<String> = folders(dir.path())
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "20261201T013048Z_2.11.0",
+                "20261201T013049Z_2.9.0",
+                "20261201T013049Z_2.10.0"
+            ]
+        );
+    }
 
     #[test]
     fn a_backup_costs_no_copy_and_restores_byte_for_byte() {

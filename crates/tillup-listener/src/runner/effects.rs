@@ -48,6 +48,39 @@ fn lacking(wanted: &BTreeMap<Sha256Hex, Size>, blobs: &BlobStore) -> BTreeMap<Sh
         .collect()
 }
 
+/// Which terminal sends the host which of the files it lacks (`has` says
+/// what it holds): each file from one terminal, those only one terminal
+/// holds first, then each shared one to whichever has the least to send
+/// so far, so that the terminals send at once and about evenly.
+fn plan_pulls(
+    snapshots: &[(u32, Snapshot)],
+    has: impl Fn(&Sha256Hex) -> bool,
+) -> BTreeMap<u32, BTreeMap<Sha256Hex, Size>> {
+    let mut holders: BTreeMap<Sha256Hex, (u64, BTreeSet<u32>)> = BTreeMap::new();
+    for (n, snap) in snapshots {
+        for f in snap.manifest.files() {
+            holders
+                .entry(f.sha256)
+                .or_insert((f.size, BTreeSet::new()))
+                .1
+                .insert(*n);
+        }
+    }
+    let mut order: Vec<_> = holders.into_iter().filter(|(h, _)| !has(h)).collect();
+    order.sort_by_key(|(_, (size, who))| (who.len(), std::cmp::Reverse(*size)));
+    let mut load: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut plan: BTreeMap<u32, BTreeMap<Sha256Hex, Size>> = BTreeMap::new();
+    for (h, (size, who)) in order {
+        let n = *who
+            .iter()
+            .min_by_key(|n| load.get(n).copied().unwrap_or(0))
+            .expect("a holder");
+        *load.entry(n).or_default() += size;
+        plan.entry(n).or_default().insert(h, Size::Exactly(size));
+    }
+    plan
+}
+
 impl Listener {
     pub(super) async fn run_effect(
         &self,
@@ -224,49 +257,19 @@ impl Listener {
         .collect();
 
         // From the terminals, over the LAN: every file of theirs the host
-        // lacks (the release's they hold, and their own for the backup),
-        // each from one terminal, spread so the terminals send at once.
-        let mut plan: BTreeMap<u32, BTreeMap<Sha256Hex, Size>> = BTreeMap::new();
-        let mut load: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut planned: BTreeSet<Sha256Hex> = BTreeSet::new();
-        let mut holders: BTreeMap<Sha256Hex, (u64, Vec<u32>)> = BTreeMap::new();
-        for (n, snap) in &snapshots {
-            for f in snap.manifest.files() {
-                let entry = holders.entry(f.sha256).or_insert((f.size, Vec::new()));
-                if !entry.1.contains(n) {
-                    entry.1.push(*n);
-                }
-            }
-        }
-        // Files held by one terminal only go to it first, then the shared
-        // ones to whichever has the least to send.
-        let mut order: Vec<(&Sha256Hex, &(u64, Vec<u32>))> = holders.iter().collect();
-        order.sort_by_key(|(_, (size, who))| (who.len(), std::cmp::Reverse(*size)));
-        for (h, (size, who)) in order {
-            if blobs.has(h) || !planned.insert(*h) {
-                continue;
-            }
-            let n = *who
-                .iter()
-                .min_by_key(|n| load.get(n).copied().unwrap_or(0))
-                .expect("a holder");
-            *load.entry(n).or_default() += size;
-            plan.entry(n).or_default().insert(*h, Size::Exactly(*size));
-        }
-        // What moves to the host: the terminals' files, and the release's
-        // that no terminal holds.
-        let from_terminals: u64 = load.values().sum();
-        let only_on_server: BTreeMap<Sha256Hex, Size> = release_files
-            .iter()
-            .filter(|(h, _)| !blobs.has(h) && !planned.contains(h))
-            .map(|(h, s)| (*h, *s))
-            .collect();
-        let release_only: u64 = only_on_server
+        // lacks (the release's they hold, and their own for the backup).
+        let plan = plan_pulls(&snapshots, |h| blobs.has(h));
+        let from_terminals: u64 = plan
             .values()
-            .map(|s| match s {
-                Size::Exactly(n) | Size::AtMost(n) => *n,
-            })
+            .flat_map(|w| w.values())
+            .map(|s| s.bound())
             .sum();
+        // And from the server only the release's files no terminal holds.
+        let only_on_server: BTreeMap<Sha256Hex, Size> = lacking(&release_files, blobs)
+            .into_iter()
+            .filter(|(h, _)| !plan.values().any(|w| w.contains_key(h)))
+            .collect();
+        let release_only: u64 = only_on_server.values().map(|s| s.bound()).sum();
         self.transfers
             .begin(Moving::ToHost, from_terminals + release_only);
         let moved = self.transfers.counter();
@@ -431,5 +434,56 @@ impl Listener {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tillup_core::manifest::FileEntry;
+
+    fn snapshot(files: &[(&str, &[u8])]) -> Snapshot {
+        let entries = files
+            .iter()
+            .map(|(path, bytes)| FileEntry {
+                path: tillup_core::RelPath::new(path).unwrap(),
+                size: bytes.len() as u64,
+                sha256: Sha256Hex::of(bytes),
+                exec: false,
+            })
+            .collect();
+        Snapshot {
+            version: None,
+            manifest: Manifest::new(entries).unwrap(),
+        }
+    }
+
+    #[test]
+    fn each_file_comes_from_one_terminal_spread_evenly() {
+        let shared: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 100]).collect();
+        let files = |own: &'static [u8]| -> Vec<(&str, Vec<u8>)> {
+            let mut v: Vec<(&str, Vec<u8>)> = ["a", "b", "c", "d"]
+                .into_iter()
+                .zip(shared.iter().cloned())
+                .collect();
+            v.push(("data/own.db", own.to_vec()));
+            v
+        };
+        let snap = |own| {
+            let f = files(own);
+            let refs: Vec<(&str, &[u8])> = f.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+            snapshot(&refs)
+        };
+        let held_already = Sha256Hex::of(&shared[3]);
+        let plan = plan_pulls(&[(1, snap(b"one")), (2, snap(b"two"))], |h| {
+            *h == held_already
+        });
+        // Each terminal sends its own file, and half of the shared ones.
+        assert_eq!(plan[&1].len() + plan[&2].len(), 2 + 3);
+        assert!(plan[&1].contains_key(&Sha256Hex::of(b"one")));
+        assert!(plan[&2].contains_key(&Sha256Hex::of(b"two")));
+        assert!(!plan.values().any(|w| w.contains_key(&held_already)));
+        let shared_from = |n: u32| plan[&n].len() - 1;
+        assert!(shared_from(1).abs_diff(shared_from(2)) <= 1, "{plan:?}");
     }
 }
