@@ -8,8 +8,10 @@ use sha2::{Digest, Sha256};
 
 /// A SHA-256 digest. Parsing accepts only 64 lowercase hex digits, so a
 /// digest is also always a safe file name.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+///
+/// Manifests carry one per file, tens of thousands per store upgrade, so
+/// it is written and read without allocating.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Sha256Hex([u8; 32]);
 
 impl Sha256Hex {
@@ -39,35 +41,71 @@ impl Sha256Hex {
 #[error("`{0}` is not a SHA-256 digest (expected 64 lowercase hex digits)")]
 pub struct BadDigest(String);
 
+/// The value of one lowercase hex digit.
+fn nibble(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
 impl FromStr for Sha256Hex {
     type Err = BadDigest;
     fn from_str(s: &str) -> Result<Self, BadDigest> {
-        let ok = s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let bad = || BadDigest(s.chars().take(80).collect());
+        let bytes = s.as_bytes();
+        if bytes.len() != 64 {
+            return Err(bad());
+        }
         let mut out = [0u8; 32];
-        if !ok || hex::decode_to_slice(s, &mut out).is_err() {
-            let shown: String = s.chars().take(80).collect();
-            return Err(BadDigest(shown));
+        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *o = (nibble(pair[0]).ok_or_else(bad)? << 4) | nibble(pair[1]).ok_or_else(bad)?;
         }
         Ok(Self(out))
     }
 }
 
-impl TryFrom<String> for Sha256Hex {
-    type Error = BadDigest;
-    fn try_from(s: String) -> Result<Self, BadDigest> {
-        s.parse()
-    }
-}
-
-impl From<Sha256Hex> for String {
-    fn from(h: Sha256Hex) -> String {
-        h.to_string()
+impl Sha256Hex {
+    /// The 64 lowercase hex digits, on the stack.
+    fn hex(&self) -> [u8; 64] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (pair, b) in out.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0xf)];
+        }
+        out
     }
 }
 
 impl fmt::Display for Sha256Hex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        let hex = self.hex();
+        f.write_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
+    }
+}
+
+impl Serialize for Sha256Hex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let hex = self.hex();
+        s.serialize_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256Hex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Sha256Hex;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a SHA-256 digest: 64 lowercase hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Sha256Hex, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 
@@ -91,6 +129,9 @@ mod tests {
         );
         assert_eq!(s.parse::<Sha256Hex>().unwrap(), h);
         assert_eq!(h.prefix(), "ba");
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(json, format!("\"{s}\""));
+        assert_eq!(serde_json::from_str::<Sha256Hex>(&json).unwrap(), h);
     }
 
     #[test]
@@ -100,8 +141,13 @@ mod tests {
             "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD",
             "../etc",
             &"a".repeat(63),
+            &"a".repeat(65),
+            &format!("{}g", "a".repeat(63)),
+            &format!("é{}", "a".repeat(62)),
         ] {
             assert!(bad.parse::<Sha256Hex>().is_err(), "{bad}");
+            let json = serde_json::to_string(bad).unwrap();
+            assert!(serde_json::from_str::<Sha256Hex>(&json).is_err(), "{bad}");
         }
     }
 }
