@@ -233,34 +233,50 @@ pub fn merge_for_terminal(
     old: &Manifest,
     preserve: &Preserve,
 ) -> Result<Manifest, ManifestError> {
-    let folders_of = |p: &'_ RelPath| -> Vec<String> {
-        p.as_str()
-            .match_indices('/')
-            .map(|(i, _)| p.as_str()[..i].to_owned())
-            .collect()
+    // The release holds a folder `p` when a path sorts right after `p/`.
+    let has_folder = |p: &str| {
+        let prefix = format!("{p}/");
+        let i = release
+            .files
+            .partition_point(|f| f.path.as_str() < prefix.as_str());
+        release
+            .files
+            .get(i)
+            .is_some_and(|f| f.path.as_str().starts_with(&prefix))
     };
-    let release_folders: BTreeSet<String> = release
+    let has_file = |p: &str| {
+        release
+            .files
+            .binary_search_by(|f| f.path.as_str().cmp(p))
+            .is_ok()
+    };
+    // A kept local file where the release now has a folder, or inside what
+    // the release now has as a file: the release's layout wins and the
+    // local file stays in the backup.
+    let kept: Vec<&FileEntry> = old
         .files
         .iter()
-        .flat_map(|f| folders_of(&f.path))
+        .filter(|f| preserve.matches(&f.path))
+        .filter(|f| {
+            let s = f.path.as_str();
+            !has_folder(s) && !s.match_indices('/').any(|(i, _)| has_file(&s[..i]))
+        })
         .collect();
-    let mut out: BTreeMap<&RelPath, FileEntry> =
-        release.files.iter().map(|f| (&f.path, f.clone())).collect();
-    for f in old.files.iter().filter(|f| preserve.matches(&f.path)) {
-        // A kept local file where the release now has a folder, or inside
-        // what the release now has as a file: the release's layout wins and
-        // the local file stays in the backup.
-        let clashes = release_folders.contains(f.path.as_str())
-            || folders_of(&f.path).iter().any(|d| {
-                release
-                    .get(&RelPath::new(d).expect("prefix of a valid path"))
-                    .is_some()
-            });
-        if !clashes {
-            out.insert(&f.path, f.clone());
+    // Both lists are sorted by path: merge them, a kept file replacing the
+    // release's at the same path.
+    let mut files = Vec::with_capacity(release.files.len() + kept.len());
+    let mut kept = kept.into_iter().peekable();
+    for r in &release.files {
+        while let Some(k) = kept.next_if(|k| k.path < r.path) {
+            files.push(k.clone());
+        }
+        match kept.next_if(|k| k.path == r.path) {
+            Some(k) => files.push(k.clone()),
+            None => files.push(r.clone()),
         }
     }
-    Manifest::new(out.into_values().collect())
+    files.extend(kept.cloned());
+    Manifest::new(files)
 }
 
 #[cfg(test)]
@@ -397,5 +413,70 @@ pub(crate) mod tests {
         let preserve = Preserve::new(&["config", "config/**"]).unwrap();
         let merged = merge_for_terminal(&release, &old, &preserve).unwrap();
         assert_eq!(merged, release);
+    }
+
+    mod merge_properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The rule stated plainly, path by path: the release's files, a
+        /// preserved local file replacing the release's at its path, and
+        /// none that would be a file and a folder at once.
+        fn reference(release: &Manifest, old: &Manifest, preserve: &Preserve) -> Manifest {
+            let clashes = |a: &str, b: &str| b.starts_with(&format!("{a}/"));
+            let mut out: BTreeMap<String, FileEntry> = release
+                .files()
+                .iter()
+                .map(|f| (f.path.as_str().to_owned(), f.clone()))
+                .collect();
+            for f in old.files().iter().filter(|f| preserve.matches(&f.path)) {
+                let p = f.path.as_str();
+                let clash = release
+                    .files()
+                    .iter()
+                    .any(|r| clashes(p, r.path.as_str()) || clashes(r.path.as_str(), p));
+                if !clash {
+                    out.insert(p.to_owned(), f.clone());
+                }
+            }
+            Manifest::new(out.into_values().collect()).unwrap()
+        }
+
+        fn manifest_of(paths: Vec<(String, u8)>) -> Manifest {
+            let mut files: BTreeMap<String, u8> = BTreeMap::new();
+            for (p, c) in paths {
+                // Drop a path that is a folder of one already kept, or the reverse.
+                if files
+                    .keys()
+                    .any(|k| k.starts_with(&format!("{p}/")) || p.starts_with(&format!("{k}/")))
+                {
+                    continue;
+                }
+                files.insert(p, c);
+            }
+            let owned: Vec<(String, String)> =
+                files.into_iter().map(|(p, c)| (p, c.to_string())).collect();
+            let refs: Vec<(&str, &str)> = owned
+                .iter()
+                .map(|(p, c)| (p.as_str(), c.as_str()))
+                .collect();
+            manifest(&refs)
+        }
+
+        fn paths() -> impl Strategy<Value = Vec<(String, u8)>> {
+            proptest::collection::vec(("(a|b|c|d)(/(a|b|c))?(/(x|y))?", 0u8..3), 0..12)
+        }
+
+        proptest! {
+            #[test]
+            fn merge_matches_the_plain_rule(release in paths(), old in paths()) {
+                let (release, old) = (manifest_of(release), manifest_of(old));
+                let preserve = Preserve::new(&["a/**", "b", "c/*", "d/a/x"]).unwrap();
+                prop_assert_eq!(
+                    merge_for_terminal(&release, &old, &preserve).unwrap(),
+                    reference(&release, &old, &preserve)
+                );
+            }
+        }
     }
 }
