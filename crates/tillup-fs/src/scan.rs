@@ -37,6 +37,10 @@ pub fn hash_file(path: &Path) -> Result<(Sha256Hex, u64), Error> {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct HashCache {
     entries: BTreeMap<String, CachedHash>,
+    /// Changed since loaded or saved: a scan of an unchanged folder
+    /// writes nothing.
+    #[serde(skip)]
+    dirty: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,8 +59,13 @@ impl HashCache {
             .unwrap_or_default()
     }
 
-    pub fn save(&self, path: &Path) -> Result<(), Error> {
-        crate::write_json_atomic(path, self)
+    /// Writes the cache if a scan changed it since it was loaded or saved.
+    pub fn save(&mut self, path: &Path) -> Result<(), Error> {
+        if self.dirty {
+            crate::write_json_atomic(path, self)?;
+            self.dirty = false;
+        }
+        Ok(())
     }
 }
 
@@ -152,7 +161,10 @@ pub fn scan_folder(root: &Path, cache: &mut HashCache) -> Result<Manifest, Error
             exec: is_exec(&md),
         });
     }
-    cache.entries = fresh;
+    if cache.entries != fresh {
+        cache.entries = fresh;
+        cache.dirty = true;
+    }
     Manifest::new(files).map_err(|e| Error::BadName {
         path: root.to_owned(),
         reason: e.to_string(),
@@ -410,5 +422,32 @@ mod tests {
         let again = scan_folder(dir.path(), &mut cache).unwrap();
         assert_ne!(again.files()[0].sha256, first.files()[0].sha256);
         assert_ne!(again.files()[0].sha256, poisoned);
+    }
+
+    #[test]
+    fn an_unchanged_folder_leaves_the_saved_cache_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("folder");
+        fs::create_dir(&folder).unwrap();
+        write(&folder, "a", "one");
+        let saved = dir.path().join("cache.json");
+        let mut cache = HashCache::load(&saved);
+        scan_folder(&folder, &mut cache).unwrap();
+        cache.save(&saved).unwrap();
+        assert!(saved.exists());
+        // Nothing changed: nothing written (the file removed stays removed).
+        fs::remove_file(&saved).unwrap();
+        let mut cache = HashCache {
+            entries: cache.entries.clone(),
+            dirty: false,
+        };
+        scan_folder(&folder, &mut cache).unwrap();
+        cache.save(&saved).unwrap();
+        assert!(!saved.exists());
+        // A change is written.
+        write(&folder, "b", "two");
+        scan_folder(&folder, &mut cache).unwrap();
+        cache.save(&saved).unwrap();
+        assert!(saved.exists());
     }
 }
