@@ -576,7 +576,14 @@ async fn put_backup(
         }
     }
     st.blocking(move |st| {
-        let hashes: Vec<Sha256Hex> = backup.terminals.iter().flat_map(|t| t.manifest.files().iter().map(|f| f.sha256)).collect();
+        // The terminals of a store hold mostly the same files: ask once each.
+        let hashes: Vec<Sha256Hex> = backup
+            .terminals
+            .iter()
+            .flat_map(|t| t.manifest.hashes())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let missing = st.missing_for(&store, &hashes)?;
         if !missing.is_empty() {
             return Err(AppError::Conflict(format!(
@@ -696,7 +703,12 @@ fn build_delivery(
         tillup_fs::fault::crash_point("server.process");
         out.push(result);
     }
-    let hashes: Vec<Sha256Hex> = out.iter().flat_map(|r| r.manifest.hashes()).collect();
+    let hashes: Vec<Sha256Hex> = out
+        .iter()
+        .flat_map(|r| r.manifest.hashes())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     st.db().add_store_blobs(store, &hashes)?;
     st.db().record_processed(store, upgrade, Timestamp::now())?;
     Ok(Delivery { terminals: out })
