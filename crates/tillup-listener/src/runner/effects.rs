@@ -19,7 +19,8 @@ use futures_util::future::join_all;
 use semver::Version;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
-    self, Delivery, ProcessRequest, Snapshot, StageRequest, TerminalBackup, TerminalTarget,
+    self, Delivery, ProcessRequest, Snapshot, StageRequest, TerminalBackup, TerminalResult,
+    TerminalTarget,
 };
 use tillup_core::manifest::{MAX_MANIFEST_BYTES, Manifest, Preserve, merge_for_terminal};
 use tillup_core::upgrade::{Effect, Upgrade};
@@ -163,28 +164,20 @@ impl Listener {
                 let delivery = self.server.process(&u.id, &req).await?;
                 self.verify_delivery(u, &delivery, &backups, ctx, blobs)
                     .await?;
-                tillup_fs::write_json_atomic(&files.delivery(), &delivery)?;
+                for t in &delivery.terminals {
+                    tillup_fs::write_json_atomic(&files.result(t.number), t)?;
+                }
             }
             Effect::Deliver => {
-                let delivery: Delivery = read_json(&files.delivery())?;
+                let results = self.results(u, files)?;
                 // Nearly always nothing: the release and the terminals'
                 // files are on the host already.
-                let wanted = lacking(
-                    &sizes(delivery.terminals.iter().map(|t| &t.manifest)),
-                    blobs,
-                );
+                let wanted = lacking(&sizes(results.iter().map(|t| &t.manifest)), blobs);
                 self.server.fetch(&wanted, blobs, &Arc::default()).await?;
             }
             Effect::Stage(n) => {
                 let run = run.expect("terminal effect");
-                let delivery: Delivery = read_json(&files.delivery())?;
-                let result = delivery
-                    .terminals
-                    .iter()
-                    .find(|t| t.number == *n)
-                    .ok_or_else(|| {
-                        Error::Other(format!("the delivery has no folder for terminal {n}"))
-                    })?;
+                let result: TerminalResult = read_json(&files.result(*n))?;
                 self.push_and_stage(*n, &run.to, &result.manifest, blobs)
                     .await?;
             }
@@ -373,6 +366,15 @@ impl Listener {
             .values()
             .filter(|t| t.active())
             .map(|t| read_json(&files.backup(t.number)))
+            .collect()
+    }
+
+    /// The verified new folders of the terminals still on their way.
+    fn results(&self, u: &Upgrade, files: &Files) -> Result<Vec<TerminalResult>, Error> {
+        u.terminals
+            .values()
+            .filter(|t| t.active())
+            .map(|t| read_json(&files.result(t.number)))
             .collect()
     }
 

@@ -13,7 +13,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use jiff::Timestamp;
 use semver::Version;
 use serde::{Deserialize, Serialize};
-use tillup_core::api::{Delivery, TerminalBackup};
+use tillup_core::api::{TerminalBackup, TerminalResult};
 use tillup_core::log::{Installed, Verdict};
 use tillup_core::upgrade::{Effect, Event, Planned, Trigger, Upgrade};
 use tillup_fs::BlobStore;
@@ -64,8 +64,11 @@ impl Files {
     fn backup(&self, n: u32) -> PathBuf {
         self.dir.join(format!("backup-{n}.json"))
     }
-    fn delivery(&self) -> PathBuf {
-        self.dir.join("delivery.json")
+    /// Terminal `n`'s new folder as the server built it and the host
+    /// verified it; one file each, so that staging one terminal reads
+    /// only its own.
+    fn result(&self, n: u32) -> PathBuf {
+        self.dir.join(format!("result-{n}.json"))
     }
 }
 
@@ -295,7 +298,15 @@ impl Listener {
                 // The effect works from the state that asked for it.
                 let snapshot = u.clone();
                 running.push(async move {
+                    let began = std::time::Instant::now();
                     let result = self.run_effect(&e, &snapshot, ctx, files, blobs).await;
+                    tracing::debug!(
+                        effect = e.kind(),
+                        terminal = e.terminal(),
+                        ms = began.elapsed().as_millis() as u64,
+                        ok = result.is_ok(),
+                        "effect ran"
+                    );
                     (e, result)
                 });
             }
@@ -402,13 +413,13 @@ impl Listener {
         let files = self.files(&u.id);
         let mut live: BTreeSet<tillup_core::Sha256Hex> =
             ctx.releases.values().map(|r| r.sha256).collect();
-        if let Ok(delivery) = read_json::<Delivery>(&files.delivery()) {
-            for t in delivery.terminals.iter().filter(|t| {
-                u.terminals
-                    .get(&t.number)
-                    .is_some_and(|r| r.step == tillup_core::upgrade::Step::Upgraded)
-            }) {
-                live.extend(t.manifest.hashes());
+        for t in u
+            .terminals
+            .values()
+            .filter(|t| t.step == tillup_core::upgrade::Step::Upgraded)
+        {
+            if let Ok(r) = read_json::<TerminalResult>(&files.result(t.number)) {
+                live.extend(r.manifest.hashes());
             }
         }
         for t in u
