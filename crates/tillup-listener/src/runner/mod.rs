@@ -50,6 +50,13 @@ struct Current {
 }
 
 /// Where one upgrade's files live.
+/// How many terminals the host works with at once (transfers, stops,
+/// collects, staging). Each till does its own work on its own machine, so
+/// a store's tills all go together: a cap below a store's size would make
+/// the later ones wait, stopped. How many swap at once is the upgrade
+/// policy's `parallel`, which the core's state machine applies.
+const TERMINALS_AT_ONCE: usize = 32;
+
 struct Files {
     dir: PathBuf,
 }
@@ -275,7 +282,6 @@ impl Listener {
         let blobs = self.blobs()?;
         blobs.clean_tmp()?;
         observer(&u, None);
-        let limit = self.config.parallel.max(1);
         let mut in_flight: BTreeSet<Effect> = BTreeSet::new();
         let mut running = FuturesUnordered::new();
         loop {
@@ -286,7 +292,7 @@ impl Listener {
                 let terminal_effects = in_flight.iter().filter(|f| f.terminal().is_some()).count();
                 if in_flight.contains(&e)
                     || terminal_busy
-                    || (e.terminal().is_some() && terminal_effects >= limit)
+                    || (e.terminal().is_some() && terminal_effects >= TERMINALS_AT_ONCE)
                 {
                     continue;
                 }
