@@ -126,13 +126,16 @@ impl TerminalRun {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "effect", content = "terminal", rename_all = "snake_case")]
 pub enum Effect {
-    /// Before any stop, the host gathers and verifies everything that does
-    /// not need a program stopped: the target releases (the files the
-    /// terminals hold already from them, over the LAN; only the rest from
-    /// the server) and every terminal's folder as it is now (so the backup
-    /// after the stop fetches only what changed since), and hands the
-    /// server what it lacks of those folders.
+    /// Before any stop, the host gets and verifies what the terminals need
+    /// to stage the target releases: the release files some terminal lacks
+    /// (from a terminal that holds them, over the LAN; only those none
+    /// holds from the server).
     Prefetch,
+    /// Before any stop and while the terminals stage, the host gathers
+    /// every terminal's folder as it is now (so the backup after the stop
+    /// fetches only what changed since) and hands the server what it lacks
+    /// of those folders.
+    Gather,
     /// The terminal receives the release files it lacks and stages them.
     Prestage(u32),
     Stop(u32),
@@ -153,6 +156,7 @@ impl Effect {
     pub fn kind(&self) -> &'static str {
         match self {
             Effect::Prefetch => "prefetch",
+            Effect::Gather => "gather",
             Effect::Prestage(_) => "prestage",
             Effect::Stop(_) => "stop",
             Effect::Collect(_) => "collect",
@@ -180,6 +184,7 @@ impl Effect {
             | Effect::CheckHealth(n)
             | Effect::Rollback(n) => Some(*n),
             Effect::Prefetch
+            | Effect::Gather
             | Effect::UploadBackup
             | Effect::Process
             | Effect::Deliver
@@ -222,6 +227,10 @@ pub struct Upgrade {
     /// Set when the host holds every file of the target releases.
     #[serde(default)]
     pub prefetched: bool,
+    /// Set when the host holds every terminal's folder as it was before
+    /// the stop, and the server does too.
+    #[serde(default)]
+    pub gathered: bool,
     /// A store-wide failure (upload, processing, delivery), if any.
     pub failure: Option<Failure>,
     /// How the terminals after the canary are installed.
@@ -305,6 +314,7 @@ impl Upgrade {
             terminals,
             reported: false,
             prefetched: false,
+            gathered: false,
             failure: None,
             policy: Policy {
                 canary: Some(canary),
@@ -343,11 +353,16 @@ impl Upgrade {
             Phase::Preparing if !self.prefetched => {
                 out.insert(Effect::Prefetch);
             }
-            Phase::Preparing => out.extend(
-                self.active()
-                    .filter(|t| t.step == Step::Planned)
-                    .map(|t| Effect::Prestage(t.number)),
-            ),
+            Phase::Preparing => {
+                if !self.gathered {
+                    out.insert(Effect::Gather);
+                }
+                out.extend(
+                    self.active()
+                        .filter(|t| t.step == Step::Planned)
+                        .map(|t| Effect::Prestage(t.number)),
+                );
+            }
             Phase::Stopping => out.extend(
                 self.active()
                     .filter(|t| t.step == Step::Prepared)
@@ -431,6 +446,7 @@ impl Upgrade {
         };
         match effect {
             Effect::Prefetch => self.prefetched = true,
+            Effect::Gather => self.gathered = true,
             Effect::Prestage(n) => self
                 .terminal(n)
                 .into_iter()
@@ -579,7 +595,11 @@ impl Upgrade {
                     };
                 }
             }
-            Effect::Prefetch | Effect::UploadBackup | Effect::Process | Effect::Deliver => {
+            Effect::Prefetch
+            | Effect::Gather
+            | Effect::UploadBackup
+            | Effect::Process
+            | Effect::Deliver => {
                 self.failure.get_or_insert(Failure {
                     during: during.to_owned(),
                     message: message.clone(),
@@ -688,7 +708,9 @@ impl Upgrade {
             let none_active = self.active().next().is_none();
             self.phase = match self.phase {
                 _ if none_active && self.phase < Phase::Reporting => Phase::Reporting,
-                Phase::Preparing if self.prefetched && !behind(&Step::Planned) => Phase::Stopping,
+                Phase::Preparing if self.prefetched && self.gathered && !behind(&Step::Planned) => {
+                    Phase::Stopping
+                }
                 Phase::Stopping if !behind(&Step::Prepared) => Phase::Collecting,
                 Phase::Collecting if !behind(&Step::Stopped) => Phase::Uploading,
                 Phase::Reporting if self.reported => Phase::Done,
@@ -721,6 +743,7 @@ impl Upgrade {
 pub fn effect_name(e: &Effect) -> &'static str {
     match e {
         Effect::Prefetch => "release download",
+        Effect::Gather => "gathering of the folders",
         Effect::Prestage(_) => "prestage",
         Effect::Stop(_) => "stop",
         Effect::Collect(_) => "collect",
@@ -795,9 +818,11 @@ mod tests {
         // Everything that can happen while the programs run comes first.
         assert_eq!(u.wanted(), [Effect::Prefetch].into());
         u = done(u, Effect::Prefetch);
+        // The folders are gathered while the terminals stage.
         assert_eq!(
             u.wanted(),
             [
+                Effect::Gather,
                 Effect::Prestage(1),
                 Effect::Prestage(2),
                 Effect::Prestage(3)
@@ -808,6 +833,10 @@ mod tests {
             assert_eq!(u.phase, Phase::Preparing);
             u = done(u, Effect::Prestage(n));
         }
+        // No stop before the folders are gathered.
+        assert_eq!(u.phase, Phase::Preparing);
+        assert_eq!(u.wanted(), [Effect::Gather].into());
+        u = done(u, Effect::Gather);
         assert_eq!(
             u.wanted(),
             [Effect::Stop(1), Effect::Stop(2), Effect::Stop(3)].into()
@@ -873,6 +902,17 @@ mod tests {
                 .all(|t| t.step == Step::Restored && t.stopped_at.is_none())
         );
         assert_eq!(u.failure.as_ref().unwrap().during, "release download");
+
+        let (u, seen) = trace(new(&[1, 2]), |e| *e == Effect::Gather);
+        assert!(
+            !seen.iter().any(|e| matches!(e, Effect::Stop(_))),
+            "{seen:?}"
+        );
+        assert!(u.terminals.values().all(|t| t.step == Step::Restored));
+        assert_eq!(
+            u.failure.as_ref().unwrap().during,
+            "gathering of the folders"
+        );
 
         let (u, seen) = trace(new(&[1, 2]), |e| *e == Effect::Prestage(2));
         assert!(!seen.contains(&Effect::Stop(2)), "{seen:?}");

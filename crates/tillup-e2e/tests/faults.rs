@@ -246,6 +246,7 @@ fn the_listener_killed_at_each_phase_resumes_and_completes() -> Result<()> {
     let store = two_terminals()?;
     let before_effects = [
         "prefetch",
+        "gather",
         "prestage",
         "stop",
         "collect",

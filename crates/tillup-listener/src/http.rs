@@ -482,7 +482,7 @@ impl Peer {
                 blobs,
                 Box::new(move |h| source.has(h).then(|| source.path(h))),
                 level,
-                progress.map(|p| p.counter().clone()),
+                progress.map(|p| p.counter(Moving::ToTerminals).clone()),
             );
             let req = self
                 .request(Method::PUT, pack_route)

@@ -34,17 +34,23 @@ pub struct TransferProgress {
     pub eta_secs: Option<u64>,
 }
 
-/// The running transfer of a listener (one at a time: the phases move
-/// one kind of bytes each).
+/// The running transfers of a listener: to the host and to the terminals
+/// may run at once (the host gathers the folders while the terminals
+/// stage), each counted on its own.
 #[derive(Debug, Default)]
 pub struct Transfers {
+    to_host: Counted,
+    to_terminals: Counted,
+}
+
+#[derive(Debug, Default)]
+struct Counted {
     done: Arc<AtomicU64>,
     current: Mutex<Option<Current>>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Current {
-    moving: Moving,
     total: u64,
     /// `done` when it began.
     base: u64,
@@ -55,47 +61,63 @@ struct Current {
 const RATE_AFTER: Duration = Duration::from_millis(500);
 
 impl Transfers {
+    fn of(&self, moving: Moving) -> &Counted {
+        match moving {
+            Moving::ToHost => &self.to_host,
+            Moving::ToTerminals => &self.to_terminals,
+        }
+    }
+
     /// Starts counting `total` bytes of `moving`; a transfer of the same
     /// kind already running (several terminals at once) adds to it.
     pub fn begin(&self, moving: Moving, total: u64) {
-        let mut cur = self.current.lock().expect("not poisoned");
+        let c = self.of(moving);
+        let mut cur = c.current.lock().expect("not poisoned");
         match cur.as_mut() {
-            Some(c) if c.moving == moving => c.total += total,
-            _ => {
+            Some(running) => running.total += total,
+            None => {
                 *cur = Some(Current {
-                    moving,
                     total,
-                    base: self.done.load(Ordering::Relaxed),
+                    base: c.done.load(Ordering::Relaxed),
                     since: Instant::now(),
                 });
             }
         }
     }
 
-    /// The counter the transfers add their bytes to.
-    pub fn counter(&self) -> &Arc<AtomicU64> {
-        &self.done
+    /// The counter the transfers of `moving` add their bytes to.
+    pub fn counter(&self, moving: Moving) -> &Arc<AtomicU64> {
+        &self.of(moving).done
     }
 
     /// Nothing is moving any more.
     pub fn end(&self) {
-        *self.current.lock().expect("not poisoned") = None;
+        for moving in [Moving::ToHost, Moving::ToTerminals] {
+            *self.of(moving).current.lock().expect("not poisoned") = None;
+        }
     }
 
-    /// Where the running transfer stands, if one runs.
+    /// Where the running transfer that has the most bytes left stands (the
+    /// one the upgrade waits for), if one runs.
     pub fn now(&self) -> Option<TransferProgress> {
-        let c = (*self.current.lock().expect("not poisoned"))?;
-        let done = self
-            .done
-            .load(Ordering::Relaxed)
-            .saturating_sub(c.base)
-            .min(c.total);
-        Some(TransferProgress {
-            moving: c.moving,
-            done,
-            total: c.total,
-            eta_secs: eta(done, c.total, c.since.elapsed()),
-        })
+        [Moving::ToHost, Moving::ToTerminals]
+            .into_iter()
+            .filter_map(|moving| {
+                let counted = self.of(moving);
+                let c = (*counted.current.lock().expect("not poisoned"))?;
+                let done = counted
+                    .done
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(c.base)
+                    .min(c.total);
+                Some(TransferProgress {
+                    moving,
+                    done,
+                    total: c.total,
+                    eta_secs: eta(done, c.total, c.since.elapsed()),
+                })
+            })
+            .max_by_key(|p| p.total - p.done)
     }
 }
 
@@ -121,19 +143,26 @@ mod tests {
     }
 
     #[test]
-    fn transfers_of_one_kind_add_up_and_a_new_kind_starts_afresh() {
+    fn transfers_of_one_kind_add_up_and_the_one_with_most_left_shows() {
         let t = Transfers::default();
         assert_eq!(t.now(), None);
         t.begin(Moving::ToTerminals, 100);
         t.begin(Moving::ToTerminals, 50);
-        t.counter().fetch_add(30, Ordering::Relaxed);
+        t.counter(Moving::ToTerminals)
+            .fetch_add(30, Ordering::Relaxed);
         let p = t.now().unwrap();
         assert_eq!((p.moving, p.done, p.total), (Moving::ToTerminals, 30, 150));
-        t.begin(Moving::ToHost, 10);
+        // Both at once: each counts its own bytes.
+        t.begin(Moving::ToHost, 1000);
         let p = t.now().unwrap();
-        assert_eq!((p.moving, p.done, p.total), (Moving::ToHost, 0, 10));
-        t.counter().fetch_add(1000, Ordering::Relaxed);
-        assert_eq!(t.now().unwrap().done, 10, "never more than the total");
+        assert_eq!((p.moving, p.done, p.total), (Moving::ToHost, 0, 1000));
+        t.counter(Moving::ToHost).fetch_add(990, Ordering::Relaxed);
+        let p = t.now().unwrap();
+        assert_eq!((p.moving, p.done, p.total), (Moving::ToTerminals, 30, 150));
+        t.counter(Moving::ToHost).fetch_add(1000, Ordering::Relaxed);
+        t.counter(Moving::ToTerminals)
+            .fetch_add(1000, Ordering::Relaxed);
+        assert_eq!(t.now().unwrap().done, 150, "never more than the total");
         t.end();
         assert_eq!(t.now(), None);
     }

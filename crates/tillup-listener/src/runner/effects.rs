@@ -3,10 +3,12 @@
 //! and resume, swaps go by target version, reports replace by id.
 //!
 //! What keeps a till's stop short: everything that does not need its
-//! program stopped happens in `Prefetch`, before any stop. The host then
-//! holds the target releases (files the terminals hold already come from
-//! them over the LAN, only the rest from the server) and every terminal's
-//! folder as it was a moment before; the server holds those folders too.
+//! program stopped happens before any stop. `Prefetch` gets what the
+//! terminals need to stage (release files some terminal lacks: from a
+//! terminal that holds them over the LAN, only the rest from the server);
+//! then the terminals stage (`Prestage`) while `Gather` brings every
+//! terminal's folder as it is now onto the host, and the server gets those
+//! folders too.
 //! After the stop, `Collect` fetches only what changed since, the backup
 //! is the terminal's manifest over checked blobs (its folder of hard links
 //! is made once the programs run again), and the upload carries only the
@@ -14,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use futures_util::future::join_all;
 use semver::Version;
@@ -94,6 +97,7 @@ impl Listener {
         let run = e.terminal().and_then(|n| u.terminals.get(&n));
         match e {
             Effect::Prefetch => self.prefetch(u, ctx, blobs).await?,
+            Effect::Gather => self.gather(u, blobs).await?,
             Effect::Prestage(n) => {
                 let run = run.expect("terminal effect");
                 let release = self.release_manifest(&run.to, ctx, blobs).await?;
@@ -216,22 +220,17 @@ impl Listener {
         Ok(())
     }
 
-    /// [`Effect::Prefetch`]; see the module doc. A terminal that cannot
-    /// hand over its files now is not fatal: its files come from another
+    /// Every active terminal's snapshot, taken now. A terminal that cannot
+    /// answer is left out (with a warning): its files come from another
     /// terminal or the server, and its own at `Collect`.
-    async fn prefetch(&self, u: &Upgrade, ctx: &Context, blobs: &BlobStore) -> Result<(), Error> {
-        let mut releases = Vec::new();
-        for version in ctx.releases.keys() {
-            releases.push(self.release_manifest(version, ctx, blobs).await?);
-        }
-        let release_files = sizes(&releases);
+    async fn snapshots(&self, u: &Upgrade) -> Vec<(u32, Snapshot)> {
         let numbers: Vec<u32> = u
             .terminals
             .values()
             .filter(|t| t.active())
             .map(|t| t.number)
             .collect();
-        let snapshots: Vec<(u32, Snapshot)> = join_all(numbers.iter().map(|n| async move {
+        join_all(numbers.iter().map(|n| async move {
             let snap = match self.agent(*n) {
                 Ok(agent) => agent.snapshot().await,
                 Err(e) => Err(e),
@@ -247,26 +246,27 @@ impl Listener {
                 None
             }
         })
-        .collect();
+        .collect()
+    }
 
-        // From the terminals, over the LAN: every file of theirs the host
-        // lacks (the release's they hold, and their own for the backup).
-        let plan = plan_pulls(&snapshots, |h| blobs.has(h));
-        let from_terminals: u64 = plan
+    /// Pulls `plan` from the terminals over the LAN and `from_server` from
+    /// the server, at once, counting both as moving to the host. A terminal
+    /// that cannot hand its files over now is not fatal (see `snapshots`).
+    /// Returns the bytes that came from the server.
+    async fn pull(
+        &self,
+        plan: &BTreeMap<u32, BTreeMap<Sha256Hex, Size>>,
+        from_server: &BTreeMap<Sha256Hex, Size>,
+        blobs: &BlobStore,
+    ) -> Result<u64, Error> {
+        let total: u64 = plan
             .values()
+            .chain([from_server])
             .flat_map(|w| w.values())
             .map(|s| s.bound())
             .sum();
-        // And from the server only the release's files no terminal holds.
-        let only_on_server: BTreeMap<Sha256Hex, Size> = lacking(&release_files, blobs)
-            .into_iter()
-            .filter(|(h, _)| !plan.values().any(|w| w.contains_key(h)))
-            .collect();
-        let release_only: u64 = only_on_server.values().map(|s| s.bound()).sum();
-        self.transfers
-            .begin(Moving::ToHost, from_terminals + release_only);
-        let moved = self.transfers.counter();
-        let before = moved.load(std::sync::atomic::Ordering::Relaxed);
+        self.transfers.begin(Moving::ToHost, total);
+        let moved = self.transfers.counter(Moving::ToHost);
         let pulls = plan.iter().map(|(n, wanted)| async move {
             let result = match self.agent(*n) {
                 Ok(agent) => agent.fetch(wanted, blobs, moved).await,
@@ -276,25 +276,70 @@ impl Listener {
                 tracing::warn!(terminal = n, "could not hand over its files now: {e}");
             }
         });
-        // From the server, at the same time: only what no terminal holds;
-        // then whatever a terminal could not hand over after all.
         let (_, downloaded) = futures_util::join!(
             join_all(pulls),
-            self.server.fetch(&only_on_server, blobs, moved)
+            self.server.fetch(from_server, blobs, moved)
         );
-        let downloaded = downloaded?
+        downloaded
+    }
+
+    /// [`Effect::Prefetch`]: what the terminals need from the host to stage
+    /// their release: its files some terminal lacks, from a terminal that
+    /// holds them, over the LAN, and only those none holds from the server.
+    async fn prefetch(&self, u: &Upgrade, ctx: &Context, blobs: &BlobStore) -> Result<(), Error> {
+        let snapshots = self.snapshots(u).await;
+        let mut needed: BTreeMap<Sha256Hex, Size> = BTreeMap::new();
+        for t in u.terminals.values().filter(|t| t.active()) {
+            let release = self.release_manifest(&t.to, ctx, blobs).await?;
+            let held = snapshots
+                .iter()
+                .find(|(n, _)| *n == t.number)
+                .map(|(_, s)| s.manifest.hashes());
+            // A terminal that did not answer may lack any of them.
+            needed.extend(
+                sizes([&release])
+                    .into_iter()
+                    .filter(|(h, _)| held.as_ref().is_none_or(|held| !held.contains(h))),
+            );
+        }
+        let needed = lacking(&needed, blobs);
+        let plan = plan_pulls(&snapshots, |h| !needed.contains_key(h) || blobs.has(h));
+        let only_on_server: BTreeMap<Sha256Hex, Size> = needed
+            .iter()
+            .filter(|(h, _)| !plan.values().any(|w| w.contains_key(h)))
+            .map(|(h, s)| (*h, *s))
+            .collect();
+        let downloaded = self.pull(&plan, &only_on_server, blobs).await?
+            // Whatever a terminal could not hand over after all.
             + self
                 .server
-                .fetch(&lacking(&release_files, blobs), blobs, moved)
+                .fetch(
+                    &lacking(&needed, blobs),
+                    blobs,
+                    self.transfers.counter(Moving::ToHost),
+                )
                 .await?;
         tracing::info!(
-            from_terminals = moved.load(std::sync::atomic::Ordering::Relaxed) - before - downloaded,
+            files = needed.len(),
             from_server = downloaded,
-            "the releases are on the host, verified"
+            "the host holds what the terminals need to stage, verified"
         );
+        Ok(())
+    }
 
-        // The server gets the terminals' folders now, while they sell: the
-        // upload after the stop carries only what changed since.
+    /// [`Effect::Gather`]: every terminal's folder as it is now onto the
+    /// host, from the terminals over the LAN, while they stage; then the
+    /// server gets what it lacks of them, so that the backup upload after
+    /// the stop carries only what changed since.
+    async fn gather(&self, u: &Upgrade, blobs: &BlobStore) -> Result<(), Error> {
+        let snapshots = self.snapshots(u).await;
+        let plan = plan_pulls(&snapshots, |h| blobs.has(h));
+        let before = self.transfers.counter(Moving::ToHost).load(Relaxed);
+        self.pull(&plan, &BTreeMap::new(), blobs).await?;
+        tracing::info!(
+            bytes = self.transfers.counter(Moving::ToHost).load(Relaxed) - before,
+            "the host holds the terminals' folders as they are now, verified"
+        );
         let held: Vec<Sha256Hex> = snapshots
             .iter()
             .flat_map(|(_, s)| s.manifest.hashes())
