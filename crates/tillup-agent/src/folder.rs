@@ -269,8 +269,9 @@ impl Layout {
         Ok(Some(holds))
     }
 
-    /// What the staging folder holds, if it is complete.
-    fn staged(&self) -> Option<Manifest> {
+    /// What the staging folder holds, if it is complete (as its record
+    /// says); `None` while none is, or one is being built.
+    pub fn staged(&self) -> Option<Manifest> {
         if !self.staging.is_dir() {
             return None;
         }

@@ -18,8 +18,8 @@ use subtle::ConstantTimeEq;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
     AgentStatus, ErrorBody, HashList, HealthQuery, HealthReport, PARTIAL_HEADER, PackReceipt,
-    PackRequest, Snapshot, StageReport, StageRequest, StartReport, StopReport, StopRequest,
-    SwapReport, SwapRequest, agent as routes,
+    PackRequest, Snapshot, StageChanges, StageReport, StageRequest, StartReport, StopReport,
+    StopRequest, SwapReport, SwapRequest, agent as routes,
 };
 
 use crate::Agent;
@@ -173,6 +173,7 @@ pub fn app(agent: Arc<Agent>) -> Router {
         .route(routes::BLOBS_MISSING, post(missing))
         .route(routes::PACK, post(get_pack).put(put_pack))
         .route(routes::STAGE, post(stage))
+        .route(routes::STAGE_CHANGES, post(stage_changes))
         .route(routes::COMMIT, post(commit))
         .route(routes::ROLLBACK, post(rollback))
         .route(routes::HEALTH, get(health))
@@ -326,6 +327,13 @@ async fn stage(
     body: Result<Json<StageRequest>, JsonRejection>,
 ) -> Result<Json<StageReport>, AgentError> {
     a.stage(json_body(body)?).await.map(Json)
+}
+
+async fn stage_changes(
+    State(a): State<Arc<Agent>>,
+    body: Result<Json<StageChanges>, JsonRejection>,
+) -> Result<Json<StageReport>, AgentError> {
+    a.stage_changes(json_body(body)?).await.map(Json)
 }
 
 async fn commit(

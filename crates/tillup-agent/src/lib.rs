@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use semver::Version;
 use tillup_core::api::{
-    AgentStatus, HealthReport, Snapshot, StageReport, StageRequest, StartReport, StopReport,
-    SwapReport,
+    AgentStatus, HealthReport, Snapshot, StageChanges, StageReport, StageRequest, StartReport,
+    StopReport, SwapReport,
 };
 use tillup_core::{Manifest, RelPath, Sha256Hex};
 use tillup_fs::{BlobStore, HashCache};
@@ -287,6 +287,46 @@ impl Agent {
         .map_err(AgentError::internal)??;
         tracing::info!(?report, "staged");
         Ok(report)
+    }
+
+    /// `POST /v1/stage/changes`: stages the folder that `req.changes` make
+    /// of the one staged already. Refused (409) when the staging folder
+    /// holds another folder than `req.base`: the host then sends the whole
+    /// folder (`POST /v1/stage`).
+    pub async fn stage_changes(&self, req: StageChanges) -> Result<StageReport, AgentError> {
+        let layout = self.layout.clone();
+        let staged = tokio::task::spawn_blocking(move || layout.staged())
+            .await
+            .map_err(AgentError::internal)?;
+        let manifest = match staged.map(|m| (m.digest(), m)) {
+            // Asked again after a lost answer: staged already.
+            Some((digest, m)) if digest == req.result => m,
+            Some((digest, m)) if digest == req.base => {
+                let m = m.with_changes(&req.changes).map_err(|e| {
+                    AgentError::BadRequest(format!("the changes to the staged folder: {e}"))
+                })?;
+                if m.digest() != req.result {
+                    return Err(AgentError::BadRequest(format!(
+                        "the changes lead to the folder {}, not to {} as the request says",
+                        m.digest(),
+                        req.result
+                    )));
+                }
+                m
+            }
+            _ => {
+                return Err(AgentError::Conflict(format!(
+                    "the staging folder does not hold the folder {} these changes start from; send the whole folder (POST {})",
+                    req.base,
+                    tillup_core::api::agent::STAGE
+                )));
+            }
+        };
+        self.stage(StageRequest {
+            version: req.version,
+            manifest,
+        })
+        .await
     }
 
     /// `POST /v1/commit`: needs the main program stopped.

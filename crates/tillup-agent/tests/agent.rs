@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use tillup_core::api::{
-    self, AgentStatus, ErrorBody, HashList, HealthReport, MainState, Snapshot, StageReport,
-    StageRequest, StartReport, StopReport, StopRequest, SwapReport, SwapRequest, agent as routes,
+    self, AgentStatus, ErrorBody, HashList, HealthReport, MainState, Snapshot, StageChanges,
+    StageReport, StageRequest, StartReport, StopReport, StopRequest, SwapReport, SwapRequest,
+    agent as routes,
 };
+use tillup_core::manifest::FileEntry;
 use tillup_core::{Manifest, Sha256Hex};
 use tillup_fs::{HashCache, scan_folder};
 
@@ -468,6 +470,66 @@ async fn snapshot_matches_scan_and_its_files_come_in_a_pack() {
     );
     let res = h.get_pack(&[Sha256Hex::of(b"nothing")]).await;
     error_of(res, StatusCode::NOT_FOUND).await;
+}
+
+/// The host stages the release before the stop and the terminal's own
+/// files after it, as changes to what is staged: applied only to the
+/// folder they name, leading only to the folder they name, and asked
+/// again (a lost answer) they change nothing.
+#[tokio::test]
+async fn staging_by_changes_applies_only_to_the_folder_named() {
+    let h = Harness::start(60);
+    let new = release(&h, "2.0.0", None);
+    let (staged, _, _) = h.send_and_stage(&new, "2.0.0").await;
+    // The terminal's config as it is after the stop, over the release's.
+    let config = b"till = 7\n".as_slice();
+    let res = h.put_pack(&[config]).await;
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    let mut files = staged.files().to_vec();
+    files.push(FileEntry {
+        path: tillup_core::RelPath::new("config/till.ini").unwrap(),
+        size: config.len() as u64,
+        sha256: Sha256Hex::of(config),
+        exec: false,
+    });
+    let target = Manifest::new(files).unwrap();
+    let req = StageChanges {
+        version: "2.0.0".parse().unwrap(),
+        base: staged.digest(),
+        changes: staged.changes_to(&target),
+        result: target.digest(),
+    };
+
+    // Changes that lead elsewhere than they say: refused, nothing staged.
+    let wrong = StageChanges {
+        result: Sha256Hex::of(b"another folder"),
+        ..req.clone()
+    };
+    let msg = error_of(
+        h.post_raw(routes::STAGE_CHANGES, &wrong).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(msg.contains("not to"), "{msg}");
+    // From a folder that is not the one staged: 409, send the whole.
+    let elsewhere = StageChanges {
+        base: Sha256Hex::of(b"another folder"),
+        ..req.clone()
+    };
+    let msg = error_of(
+        h.post_raw(routes::STAGE_CHANGES, &elsewhere).await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert!(msg.contains("send the whole folder"), "{msg}");
+    let staging = h.dir.path().join("cupos.tillup-staging");
+    assert_eq!(scan(&staging), staged, "refusals change nothing");
+
+    let _: StageReport = h.post(routes::STAGE_CHANGES, &req).await;
+    assert_eq!(scan(&staging), target);
+    // Asked again: already there.
+    let _: StageReport = h.post(routes::STAGE_CHANGES, &req).await;
+    assert_eq!(scan(&staging), target);
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::Sha256Hex;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestChanges};
 
 /// Header carrying the base64 of the log's `.minisig` text, so the log and
 /// its signature arrive in one response.
@@ -52,6 +52,8 @@ pub mod agent {
     /// received) out; `PUT`: a pack in, [`super::PackReceipt`] out.
     pub const PACK: &str = "/v1/pack";
     pub const STAGE: &str = "/v1/stage";
+    /// `POST`: [`super::StageChanges`].
+    pub const STAGE_CHANGES: &str = "/v1/stage/changes";
     pub const COMMIT: &str = "/v1/commit";
     pub const ROLLBACK: &str = "/v1/rollback";
     pub const HEALTH: &str = "/v1/health";
@@ -137,6 +139,37 @@ pub struct Backup {
 pub struct ProcessRequest {
     pub channel: String,
     pub terminals: Vec<TerminalTarget>,
+    /// What the server answers with; the whole folders by default.
+    #[serde(default)]
+    pub answer: ProcessAnswer,
+}
+
+/// How the server answers a [`ProcessRequest`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessAnswer {
+    /// Each terminal's new folder: a [`Delivery`].
+    #[default]
+    Folders,
+    /// Each new folder's manifest digest: [`DeliveryDigests`]. For a host
+    /// that computes the same folders to check them, without the whole
+    /// manifests crossing the WAN while its tills are stopped.
+    Digests,
+}
+
+/// The server's result by digest: each terminal's new folder (as the
+/// server built and keeps it) named by its manifest's digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryDigests {
+    pub terminals: Vec<TerminalDigest>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalDigest {
+    pub number: u32,
+    pub version: Version,
+    /// [`Manifest::digest`] of the terminal's new folder.
+    pub manifest: Sha256Hex,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +271,19 @@ pub struct Snapshot {
 pub struct StageRequest {
     pub version: Version,
     pub manifest: Manifest,
+}
+
+/// `POST /v1/stage/changes`: the folder to stage as changes to the one
+/// staged already (the release, staged before the stop), so that what
+/// crosses the LAN while the till is stopped is what changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageChanges {
+    pub version: Version,
+    /// [`Manifest::digest`] of the staged folder the changes apply to.
+    pub base: Sha256Hex,
+    pub changes: ManifestChanges,
+    /// [`Manifest::digest`] of the folder they lead to.
+    pub result: Sha256Hex,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -28,6 +28,25 @@ pub struct FileEntry {
     pub exec: bool,
 }
 
+/// What turns one manifest into another: files added or changed, paths
+/// removed. A store upgrade moves these after the stop instead of whole
+/// manifests, so the work while a till is stopped follows what changed,
+/// not the folder's size.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestChanges {
+    /// Files added or changed, by path.
+    pub upsert: Vec<FileEntry>,
+    /// Paths no longer in the folder.
+    pub remove: Vec<RelPath>,
+}
+
+impl ManifestChanges {
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty()
+    }
+}
+
 /// Every file of a folder, sorted by path, each path once.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Manifest {
@@ -97,6 +116,53 @@ impl Manifest {
             return Err(ManifestError::TooLarge(bytes.len()));
         }
         Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// What turns `self` into `newer`.
+    pub fn changes_to(&self, newer: &Manifest) -> ManifestChanges {
+        let mut out = ManifestChanges::default();
+        let (mut old, mut new) = (self.files.iter().peekable(), newer.files.iter().peekable());
+        loop {
+            match (old.peek(), new.peek()) {
+                (Some(o), Some(n)) if o.path == n.path => {
+                    if o != n {
+                        out.upsert.push((*n).clone());
+                    }
+                    old.next();
+                    new.next();
+                }
+                (Some(o), Some(n)) if o.path < n.path => {
+                    out.remove.push(o.path.clone());
+                    old.next();
+                }
+                (_, Some(n)) => {
+                    out.upsert.push((*n).clone());
+                    new.next();
+                }
+                (Some(o), None) => {
+                    out.remove.push(o.path.clone());
+                    old.next();
+                }
+                (None, None) => return out,
+            }
+        }
+    }
+
+    /// `self` with `changes` applied; checked like any manifest.
+    pub fn with_changes(&self, changes: &ManifestChanges) -> Result<Manifest, ManifestError> {
+        let gone: BTreeSet<&RelPath> = changes
+            .remove
+            .iter()
+            .chain(changes.upsert.iter().map(|f| &f.path))
+            .collect();
+        let files = self
+            .files
+            .iter()
+            .filter(|f| !gone.contains(&f.path))
+            .chain(&changes.upsert)
+            .cloned()
+            .collect();
+        Manifest::new(files)
     }
 
     /// The canonical bytes: what is hashed and signed.
@@ -476,6 +542,37 @@ pub(crate) mod tests {
                     merge_for_terminal(&release, &old, &preserve).unwrap(),
                     reference(&release, &old, &preserve)
                 );
+            }
+        }
+    }
+
+    mod changes_properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn folder() -> impl Strategy<Value = Manifest> {
+            proptest::collection::btree_map("(a|b|c)(/(x|y|z))?", 0u8..3, 0..10).prop_map(|m| {
+                let owned: Vec<(String, String)> = m
+                    .into_iter()
+                    // A path that is also a folder of another is dropped.
+                    .map(|(p, c)| (p, c.to_string()))
+                    .collect();
+                let keep: Vec<(&str, &str)> = owned
+                    .iter()
+                    .filter(|(p, _)| !owned.iter().any(|(q, _)| q.starts_with(&format!("{p}/"))))
+                    .map(|(p, c)| (p.as_str(), c.as_str()))
+                    .collect();
+                manifest(&keep)
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn changes_lead_from_one_folder_to_the_other(a in folder(), b in folder()) {
+                let changes = a.changes_to(&b);
+                prop_assert_eq!(a.with_changes(&changes).unwrap(), b.clone());
+                prop_assert_eq!(changes.is_empty(), a == b);
+                prop_assert!(changes.upsert.len() + changes.remove.len() <= a.len() + b.len());
             }
         }
     }

@@ -11,8 +11,9 @@ use reqwest::Method;
 use semver::Version;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
-    self, AgentStatus, Backup, Delivery, HealthReport, ProcessRequest, Snapshot, StageReport,
-    StageRequest, StartReport, StopReport, StopRequest, SwapReport, SwapRequest, route,
+    self, AgentStatus, Backup, DeliveryDigests, HealthReport, ProcessRequest, Snapshot,
+    StageChanges, StageReport, StageRequest, StartReport, StopReport, StopRequest, SwapReport,
+    SwapRequest, route,
 };
 use tillup_fs::BlobStore;
 use tillup_transfer::Size;
@@ -100,13 +101,23 @@ impl ServerClient {
         Ok(())
     }
 
-    pub async fn process(&self, upgrade: &str, req: &ProcessRequest) -> Result<Delivery, Error> {
+    /// The server builds the terminals' new folders and names each by its
+    /// digest (the host computes the same folders and compares).
+    pub async fn process(
+        &self,
+        upgrade: &str,
+        req: &ProcessRequest,
+    ) -> Result<DeliveryDigests, Error> {
+        let req = ProcessRequest {
+            answer: api::ProcessAnswer::Digests,
+            ..req.clone()
+        };
         self.peer
             .send_json(
                 "build the terminals' new folders",
                 Method::POST,
                 &self.upgrade_route(api::server::PROCESS, upgrade),
-                req,
+                &req,
             )
             .await
     }
@@ -203,6 +214,19 @@ impl AgentClient {
     pub async fn stage(&self, req: &StageRequest) -> Result<StageReport, Error> {
         self.peer
             .send_json("stage the new folder", Method::POST, api::agent::STAGE, req)
+            .await
+    }
+
+    /// Stages the folder `req.changes` make of the one staged already; a
+    /// 409 says the staging folder holds another (send the whole folder).
+    pub async fn stage_changes(&self, req: &StageChanges) -> Result<StageReport, Error> {
+        self.peer
+            .send_json(
+                "stage the new folder",
+                Method::POST,
+                api::agent::STAGE_CHANGES,
+                req,
+            )
             .await
     }
 

@@ -18,7 +18,8 @@ use jiff::Timestamp;
 use semver::Version;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
-    self, Backup, Delivery, ErrorBody, HashList, ProcessRequest, TerminalResult,
+    self, Backup, Delivery, DeliveryDigests, ErrorBody, HashList, ProcessAnswer, ProcessRequest,
+    TerminalDigest, TerminalResult,
 };
 use tillup_core::log::Release;
 use tillup_core::manifest::{Manifest, merge_for_terminal};
@@ -605,7 +606,7 @@ async fn process(
     Extension(auth): Extension<StoreId>,
     Path((store, upgrade)): Path<(String, String)>,
     body: Body,
-) -> Result<Json<Delivery>, AppError> {
+) -> Result<Response, AppError> {
     own_store(&auth, &store)?;
     bad_id("upgrade", &upgrade)?;
     let bytes = read_body(body, 1 << 20, "process request").await?;
@@ -627,7 +628,21 @@ async fn process(
     let delivery = st
         .blocking(move |st| build_delivery(st, &store, &upgrade, &req.channel, &targets))
         .await?;
-    Ok(Json(delivery))
+    Ok(match req.answer {
+        ProcessAnswer::Folders => Json(delivery).into_response(),
+        ProcessAnswer::Digests => Json(DeliveryDigests {
+            terminals: delivery
+                .terminals
+                .iter()
+                .map(|t| TerminalDigest {
+                    number: t.number,
+                    version: t.version.clone(),
+                    manifest: t.manifest.digest(),
+                })
+                .collect(),
+        })
+        .into_response(),
+    })
 }
 
 /// DESIGN §3.5: each terminal's new folder, in terminal-number order.

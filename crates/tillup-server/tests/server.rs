@@ -10,7 +10,8 @@ use http_body_util::BodyExt;
 use tillup_core::RelPath;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
-    self, Backup, Delivery, ErrorBody, HashList, ProcessRequest, TerminalBackup, TerminalTarget,
+    self, Backup, Delivery, DeliveryDigests, ErrorBody, HashList, ProcessAnswer, ProcessRequest,
+    TerminalBackup, TerminalTarget,
 };
 use tillup_core::log::{Notes, VersionLog};
 use tillup_core::manifest::{FileEntry, Manifest, Preserve, merge_for_terminal};
@@ -190,6 +191,7 @@ async fn every_route_refuses_a_missing_or_wrong_token_and_changes_nothing() {
             number: 1,
             target: "1.0.0".parse().unwrap(),
         }],
+        answer: ProcessAnswer::Folders,
     };
     let routes: Vec<(Method, String, Vec<u8>)> = vec![
         (Method::GET, log_uri(), vec![]),
@@ -296,6 +298,7 @@ async fn another_stores_token_is_forbidden_on_store_paths() {
             number: 1,
             target: "1.0.0".parse().unwrap(),
         }],
+        answer: ProcessAnswer::Folders,
     };
     let cases = [
         json_call(
@@ -825,6 +828,7 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
                 target: "2.0.0".parse().unwrap(),
             },
         ],
+        answer: ProcessAnswer::Folders,
     };
     let resp = json_call(&env, Method::POST, &process_uri, &env.token_a, &req).await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
@@ -877,6 +881,26 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
     let delivery: Delivery = serde_json::from_slice(&bytes(resp).await).unwrap();
     let numbers: Vec<u32> = delivery.terminals.iter().map(|t| t.number).collect();
     assert_eq!(numbers, [1, 2], "terminal-number order");
+
+    // The same folders, named by digest.
+    let by_digest = ProcessRequest {
+        answer: ProcessAnswer::Digests,
+        ..req.clone()
+    };
+    let resp = json_call(&env, Method::POST, &process_uri, &env.token_a, &by_digest).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let digests: DeliveryDigests = serde_json::from_slice(&bytes(resp).await).unwrap();
+    let want: Vec<(u32, Sha256Hex)> = delivery
+        .terminals
+        .iter()
+        .map(|t| (t.number, t.manifest.digest()))
+        .collect();
+    let got: Vec<(u32, Sha256Hex)> = digests
+        .terminals
+        .iter()
+        .map(|t| (t.number, t.manifest))
+        .collect();
+    assert_eq!(got, want);
 
     let release_manifest = manifest(&new_files);
     assert_eq!(release_manifest.digest(), p2.release.sha256);
@@ -982,6 +1006,7 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
             number: 1,
             target: "9.9.9".parse().unwrap(),
         }],
+        answer: ProcessAnswer::Folders,
     };
     let resp = json_call(&env, Method::POST, &process_uri, &env.token_a, &bad).await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
@@ -996,6 +1021,7 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
             number: 7,
             target: "2.0.0".parse().unwrap(),
         }],
+        answer: ProcessAnswer::Folders,
     };
     let resp = json_call(&env, Method::POST, &process_uri, &env.token_a, &bad).await;
     assert_eq!(resp.status(), StatusCode::CONFLICT);

@@ -22,15 +22,15 @@ use futures_util::future::join_all;
 use semver::Version;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
-    self, Delivery, ProcessRequest, Snapshot, StageRequest, TerminalBackup, TerminalResult,
-    TerminalTarget,
+    self, DeliveryDigests, ProcessAnswer, ProcessRequest, Snapshot, StageChanges, StageRequest,
+    TerminalBackup, TerminalTarget,
 };
 use tillup_core::manifest::{MAX_MANIFEST_BYTES, Manifest, Preserve, merge_for_terminal};
 use tillup_core::upgrade::{Effect, Upgrade};
 use tillup_fs::BlobStore;
 use tillup_transfer::Size;
 
-use super::{Context, Files, read_json};
+use super::{Context, Files, StagePlan, read_json};
 use crate::progress::Moving;
 use crate::{Error, Listener};
 
@@ -164,26 +164,29 @@ impl Listener {
                 let req = ProcessRequest {
                     channel: self.config.channel.clone(),
                     terminals,
+                    answer: ProcessAnswer::Digests,
                 };
-                let delivery = self.server.process(&u.id, &req).await?;
-                self.verify_delivery(u, &delivery, &backups, ctx, blobs)
-                    .await?;
-                for t in &delivery.terminals {
-                    tillup_fs::write_json_atomic(&files.result(t.number), t)?;
+                let built = self.server.process(&u.id, &req).await?;
+                for plan in self.check_delivery(u, &built, &backups, ctx, blobs).await? {
+                    tillup_fs::write_json_atomic(&files.plan(plan.0), &plan.1)?;
                 }
             }
             Effect::Deliver => {
-                let results = self.results(u, files)?;
-                // Nearly always nothing: the release and the terminals'
-                // files are on the host already.
-                let wanted = lacking(&sizes(results.iter().map(|t| &t.manifest)), blobs);
-                self.server.fetch(&wanted, blobs, &Arc::default()).await?;
+                // Nearly always nothing: the terminals' files are on the host
+                // already.
+                let plans = self.plans(u, files)?;
+                let wanted: BTreeMap<Sha256Hex, Size> = plans
+                    .iter()
+                    .flat_map(|p| &p.changes.upsert)
+                    .map(|f| (f.sha256, Size::Exactly(f.size)))
+                    .collect();
+                self.server
+                    .fetch(&lacking(&wanted, blobs), blobs, &Arc::default())
+                    .await?;
             }
             Effect::Stage(n) => {
-                let run = run.expect("terminal effect");
-                let result: TerminalResult = read_json(&files.result(*n))?;
-                self.push_and_stage(*n, &run.to, &result.manifest, blobs)
-                    .await?;
+                let plan: StagePlan = read_json(&files.plan(*n))?;
+                self.stage_plan(*n, &plan, ctx, blobs).await?;
             }
             Effect::Commit(n) => {
                 let run = run.expect("terminal effect");
@@ -414,27 +417,83 @@ impl Listener {
             .collect()
     }
 
-    /// The verified new folders of the terminals still on their way.
-    fn results(&self, u: &Upgrade, files: &Files) -> Result<Vec<TerminalResult>, Error> {
+    /// The stage plans of the terminals still on their way.
+    fn plans(&self, u: &Upgrade, files: &Files) -> Result<Vec<StagePlan>, Error> {
         u.terminals
             .values()
             .filter(|t| t.active())
-            .map(|t| read_json(&files.result(t.number)))
+            .map(|t| read_json(&files.plan(t.number)))
             .collect()
     }
 
-    /// Recomputes every terminal's folder from the signed release and the
-    /// terminal's own backup; the server's answer must be exactly that, and
-    /// name exactly the terminals backed up.
-    async fn verify_delivery(
+    /// Stages terminal `n`'s new folder: as changes to the release it
+    /// staged before the stop, or, if its staging folder holds something
+    /// else by now, the whole folder.
+    async fn stage_plan(
         &self,
-        u: &Upgrade,
-        delivery: &Delivery,
-        backups: &[TerminalBackup],
+        n: u32,
+        plan: &StagePlan,
         ctx: &Context,
         blobs: &BlobStore,
     ) -> Result<(), Error> {
-        let numbers: Vec<u32> = delivery.terminals.iter().map(|t| t.number).collect();
+        let agent = self.agent(n)?;
+        let upserts = plan.changes.upsert.iter().map(|f| f.sha256);
+        agent
+            .send(upserts.collect(), blobs, &self.transfers)
+            .await?;
+        let req = StageChanges {
+            version: plan.version.clone(),
+            base: plan.base,
+            changes: plan.changes.clone(),
+            result: plan.result,
+        };
+        match agent.stage_changes(&req).await {
+            Ok(r) => {
+                tracing::info!(
+                    terminal = n,
+                    changes = plan.changes.upsert.len() + plan.changes.remove.len(),
+                    copied_locally = r.reused_bytes,
+                    received = r.received_bytes,
+                    "staged"
+                );
+                Ok(())
+            }
+            Err(Error::Refused { status: 409, .. }) => {
+                tracing::warn!(
+                    terminal = n,
+                    "its staging folder no longer holds the release; staging the whole folder"
+                );
+                let release = self.release_manifest(&plan.version, ctx, blobs).await?;
+                let folder = release
+                    .with_changes(&plan.changes)
+                    .map_err(|e| Error::Other(format!("terminal {n}'s new folder: {e}")))?;
+                if folder.digest() != plan.result {
+                    return Err(Error::Other(format!(
+                        "terminal {n}'s new folder does not match its plan; upgrade it again"
+                    )));
+                }
+                self.server
+                    .fetch(&lacking(&sizes([&folder]), blobs), blobs, &Arc::default())
+                    .await?;
+                self.push_and_stage(n, &plan.version, &folder, blobs).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Recomputes every terminal's folder from the signed release and the
+    /// terminal's own backup; the server's folders (by digest) must be
+    /// exactly those, and name exactly the terminals backed up. Returns
+    /// each terminal's stage plan.
+    async fn check_delivery(
+        &self,
+        u: &Upgrade,
+        built: &DeliveryDigests,
+        backups: &[TerminalBackup],
+        ctx: &Context,
+        blobs: &BlobStore,
+    ) -> Result<Vec<(u32, StagePlan)>, Error> {
+        let numbers: Vec<u32> = built.terminals.iter().map(|t| t.number).collect();
         if numbers.windows(2).any(|w| w[0] >= w[1]) {
             return Err(Error::Untrusted(format!(
                 "the delivery is not in terminal order: {numbers:?}"
@@ -447,8 +506,9 @@ impl Listener {
             )));
         }
         let mut releases: BTreeMap<&Version, Manifest> = BTreeMap::new();
+        let mut plans = Vec::new();
         for b in backups {
-            let Some(result) = delivery.terminals.iter().find(|t| t.number == b.number) else {
+            let Some(result) = built.terminals.iter().find(|t| t.number == b.number) else {
                 return Err(Error::Untrusted(format!(
                     "the delivery has no folder for terminal {}",
                     b.number
@@ -473,14 +533,24 @@ impl Listener {
                 Preserve::new(&signed.preserve).map_err(|e| Error::Untrusted(e.to_string()))?;
             let expected = merge_for_terminal(release, &b.manifest, &preserve)
                 .map_err(|e| Error::Untrusted(e.to_string()))?;
-            if expected != result.manifest {
+            let digest = expected.digest();
+            if digest != result.manifest {
                 return Err(Error::Untrusted(format!(
                     "the server's folder for terminal {} differs from the signed release {} plus its preserved files",
                     b.number, result.version
                 )));
             }
+            plans.push((
+                b.number,
+                StagePlan {
+                    version: result.version.clone(),
+                    base: release.digest(),
+                    changes: release.changes_to(&expected),
+                    result: digest,
+                },
+            ));
         }
-        Ok(())
+        Ok(plans)
     }
 }
 

@@ -13,8 +13,9 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use jiff::Timestamp;
 use semver::Version;
 use serde::{Deserialize, Serialize};
-use tillup_core::api::{TerminalBackup, TerminalResult};
+use tillup_core::api::TerminalBackup;
 use tillup_core::log::{Installed, Verdict};
+use tillup_core::manifest::Manifest;
 use tillup_core::upgrade::{Effect, Event, Planned, Trigger, Upgrade};
 use tillup_fs::BlobStore;
 
@@ -71,12 +72,24 @@ impl Files {
     fn backup(&self, n: u32) -> PathBuf {
         self.dir.join(format!("backup-{n}.json"))
     }
-    /// Terminal `n`'s new folder as the server built it and the host
-    /// verified it; one file each, so that staging one terminal reads
-    /// only its own.
-    fn result(&self, n: u32) -> PathBuf {
-        self.dir.join(format!("result-{n}.json"))
+    /// Terminal `n`'s [`StagePlan`].
+    fn plan(&self, n: u32) -> PathBuf {
+        self.dir.join(format!("plan-{n}.json"))
     }
+}
+
+/// Terminal `n`'s new folder, as the server built it and the host checked
+/// it, written as changes to the release the terminal staged before the
+/// stop: small whatever the folder's size, so staging after the stop moves
+/// only what changed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StagePlan {
+    version: Version,
+    /// The digest of the release's manifest, staged before the stop.
+    base: tillup_core::Sha256Hex,
+    changes: tillup_core::manifest::ManifestChanges,
+    /// The digest of the new folder's manifest.
+    result: tillup_core::Sha256Hex,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Error> {
@@ -419,13 +432,21 @@ impl Listener {
         let files = self.files(&u.id);
         let mut live: BTreeSet<tillup_core::Sha256Hex> =
             ctx.releases.values().map(|r| r.sha256).collect();
+        let blobs = self.blobs()?;
         for t in u
             .terminals
             .values()
             .filter(|t| t.step == tillup_core::upgrade::Step::Upgraded)
         {
-            if let Ok(r) = read_json::<TerminalResult>(&files.result(t.number)) {
-                live.extend(r.manifest.hashes());
+            // What the terminal holds now: its release and the plan's changes.
+            if let Some(release) = ctx.releases.get(&t.to)
+                && let Ok(bytes) = blobs.read(&release.sha256)
+                && let Ok(m) = Manifest::parse(&bytes)
+            {
+                live.extend(m.hashes());
+            }
+            if let Ok(plan) = read_json::<StagePlan>(&files.plan(t.number)) {
+                live.extend(plan.changes.upsert.iter().map(|f| f.sha256));
             }
         }
         for t in u
@@ -437,7 +458,6 @@ impl Listener {
                 live.extend(b.manifest.hashes());
             }
         }
-        let blobs = self.blobs()?;
         let (count, bytes) = blobs.retain(&live)?;
         blobs.clear_tmp()?;
         let folders = backup::folders(&self.data_dir);
