@@ -154,6 +154,18 @@ impl Layout {
         store: &BlobStore,
         req: &StageRequest,
     ) -> Result<StageReport, FolderError> {
+        self.stage_from(current, store, req, self.staged())
+    }
+
+    /// [`Layout::stage`], with the staging folder's record as the caller
+    /// just read it ([`Layout::staged`]).
+    pub fn stage_from(
+        &self,
+        current: &Manifest,
+        store: &BlobStore,
+        req: &StageRequest,
+        staged: Option<Manifest>,
+    ) -> Result<StageReport, FolderError> {
         #[cfg(any(windows, target_os = "macos"))]
         req.manifest
             .check_case_collisions()
@@ -173,10 +185,9 @@ impl Layout {
         if !missing.is_empty() {
             return Err(FolderError::Missing(missing));
         }
-        let staged = self.staged();
         // From here until the record is written again, the staging folder
         // is not trusted: a crash leaves it to be rebuilt from scratch.
-        remove_file_if_exists(&self.staged_record)?;
+        tillup_fs::remove_file_if_exists(&self.staged_record)?;
         let parent = parent_of(&self.folder);
         tillup_fs::fsync_dir(&parent)?;
         let to_write: Vec<&tillup_core::FileEntry> = req
@@ -252,7 +263,7 @@ impl Layout {
         if self.staged().is_some() || !self.previous.is_dir() {
             return Ok(None);
         }
-        remove_file_if_exists(&self.staged_record)?;
+        tillup_fs::remove_file_if_exists(&self.staged_record)?;
         remove_dir_if_exists(&self.staging)?;
         rename(&self.previous, &self.staging)?;
         tillup_fs::fsync_dir(&parent_of(&self.folder))?;
@@ -288,7 +299,7 @@ impl Layout {
         let mut touched = std::collections::BTreeSet::new();
         for f in old.files().iter().filter(|f| new.get(&f.path) != Some(*f)) {
             let path = tillup_fs::join(&self.staging, &f.path);
-            remove_file_if_exists(&path)?;
+            tillup_fs::remove_file_if_exists(&path)?;
             // Prune folders the removal left empty (a file may replace one).
             let mut dir = path.parent();
             while let Some(d) = dir.filter(|d| *d != self.staging) {
@@ -410,7 +421,7 @@ impl Layout {
                         "the swap journal {} is unreadable ({e}); keeping the folder as it is",
                         self.journal.display()
                     );
-                    remove_file_if_exists(&self.journal)?;
+                    tillup_fs::remove_file_if_exists(&self.journal)?;
                     return Ok(None);
                 }
             },
@@ -432,7 +443,7 @@ impl Layout {
         if done {
             self.settle(&journal)?;
         } else {
-            remove_file_if_exists(&self.journal)?;
+            tillup_fs::remove_file_if_exists(&self.journal)?;
             tillup_fs::fsync_dir(&parent_of(&self.journal))?;
         }
         let what = if done { "finished" } else { "undid" };
@@ -453,7 +464,7 @@ impl Layout {
         if journal.source == Source::Staging {
             // The staging path now holds the old release, not what its
             // record describes.
-            remove_file_if_exists(&self.staged_record)?;
+            tillup_fs::remove_file_if_exists(&self.staged_record)?;
             tillup_fs::fsync_dir(&parent)?;
         }
         tillup_fs::fault::crash_point("agent.swap.settling");
@@ -470,7 +481,7 @@ impl Layout {
             rename(old, &self.previous)?;
         }
         tillup_fs::fsync_dir(&parent)?;
-        remove_file_if_exists(&self.journal)?;
+        tillup_fs::remove_file_if_exists(&self.journal)?;
         tillup_fs::fsync_dir(&parent_of(&self.journal))?;
         Ok(())
     }
@@ -522,13 +533,6 @@ fn parent_of(folder: &Path) -> PathBuf {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_owned()
-}
-
-fn remove_file_if_exists(path: &Path) -> Result<(), tillup_fs::Error> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).at(path),
-        _ => Ok(()),
-    }
 }
 
 /// Removes a folder, or a file left at its path.

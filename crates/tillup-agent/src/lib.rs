@@ -51,6 +51,9 @@ pub struct Agent {
     folder_ops: tokio::sync::Mutex<()>,
     /// Hash → path in the folder, from the last scan.
     index: Mutex<Option<HashMap<Sha256Hex, RelPath>>>,
+    /// The folder's hash cache, loaded at the first scan and kept: a scan
+    /// of a folder of ten thousand files then reads no cache file.
+    hash_cache: Arc<Mutex<Option<HashCache>>>,
     /// What survives a restart of the agent (see [`memory`]).
     memory: Mutex<Memory>,
     /// The last time the host asked anything (for the watchdog).
@@ -91,6 +94,7 @@ impl Agent {
             state_dir,
             folder_ops: tokio::sync::Mutex::new(()),
             index: Mutex::new(None),
+            hash_cache: Arc::default(),
             memory: Mutex::new(memory),
             last_contact: Mutex::new(Instant::now()),
             config,
@@ -172,9 +176,11 @@ impl Agent {
             self.layout.folder.clone(),
             self.state_dir.join("hash-cache.json"),
         );
+        let kept = Arc::clone(&self.hash_cache);
         let manifest = tokio::task::spawn_blocking(move || {
-            let mut cache = HashCache::load(&cache_path);
-            let m = tillup_fs::scan_folder(&folder, &mut cache)?;
+            let mut kept = kept.lock().expect("not poisoned");
+            let cache = kept.get_or_insert_with(|| HashCache::load(&cache_path));
+            let m = tillup_fs::scan_folder(&folder, cache)?;
             cache.save(&cache_path)?;
             Ok::<_, tillup_fs::Error>(m)
         })
@@ -254,6 +260,18 @@ impl Agent {
 
     /// `POST /v1/stage`.
     pub async fn stage(&self, req: StageRequest) -> Result<StageReport, AgentError> {
+        self.stage_target(Target::Whole(req)).await
+    }
+
+    /// `POST /v1/stage/changes`: stages the folder that `req.changes` make
+    /// of the one staged already. Refused (409) when the staging folder
+    /// holds another folder than `req.base`: the host then sends the whole
+    /// folder (`POST /v1/stage`).
+    pub async fn stage_changes(&self, req: StageChanges) -> Result<StageReport, AgentError> {
+        self.stage_target(Target::Changes(req)).await
+    }
+
+    async fn stage_target(&self, target: Target) -> Result<StageReport, AgentError> {
         let _op = self.folder_ops.lock().await;
         let current = self.scan().await?;
         let (layout, store) = (self.layout.clone(), self.store.clone());
@@ -266,67 +284,32 @@ impl Agent {
             .is_none()
             .then(|| self.state_dir.join(PREVIOUS_CACHE));
         let report = tokio::task::spawn_blocking(move || {
-            if let Some(cache_path) = recycle {
-                let mut cache = HashCache::load(&cache_path);
-                if let Some(m) = layout.recycle_previous(&mut cache)? {
+            // The staging folder's record is read once, whatever follows.
+            let mut staged = layout.staged();
+            if staged.is_none()
+                && let Some(cache_path) = recycle
+            {
+                staged = layout.recycle_previous(&mut HashCache::load(&cache_path))?;
+                if let Some(m) = &staged {
                     tracing::info!(
                         files = m.len(),
                         "the previous folder is the new staging folder"
                     );
                 }
             }
-            let report = layout.stage(&current, &store, &req)?;
+            let req = target.resolve(staged.as_ref())?;
+            let report = layout.stage_from(&current, &store, &req, staged)?;
             // Received files the staged folder does not use are not needed
             // again: the incoming store stays within one release's changes.
             if let Err(e) = store.retain(&req.manifest.hashes()) {
                 tracing::warn!("could not drop received files no longer needed: {e}");
             }
-            Ok::<_, folder::FolderError>(report)
+            Ok::<_, AgentError>(report)
         })
         .await
         .map_err(AgentError::internal)??;
         tracing::info!(?report, "staged");
         Ok(report)
-    }
-
-    /// `POST /v1/stage/changes`: stages the folder that `req.changes` make
-    /// of the one staged already. Refused (409) when the staging folder
-    /// holds another folder than `req.base`: the host then sends the whole
-    /// folder (`POST /v1/stage`).
-    pub async fn stage_changes(&self, req: StageChanges) -> Result<StageReport, AgentError> {
-        let layout = self.layout.clone();
-        let staged = tokio::task::spawn_blocking(move || layout.staged())
-            .await
-            .map_err(AgentError::internal)?;
-        let manifest = match staged.map(|m| (m.digest(), m)) {
-            // Asked again after a lost answer: staged already.
-            Some((digest, m)) if digest == req.result => m,
-            Some((digest, m)) if digest == req.base => {
-                let m = m.with_changes(&req.changes).map_err(|e| {
-                    AgentError::BadRequest(format!("the changes to the staged folder: {e}"))
-                })?;
-                if m.digest() != req.result {
-                    return Err(AgentError::BadRequest(format!(
-                        "the changes lead to the folder {}, not to {} as the request says",
-                        m.digest(),
-                        req.result
-                    )));
-                }
-                m
-            }
-            _ => {
-                return Err(AgentError::Conflict(format!(
-                    "the staging folder does not hold the folder {} these changes start from; send the whole folder (POST {})",
-                    req.base,
-                    tillup_core::api::agent::STAGE
-                )));
-            }
-        };
-        self.stage(StageRequest {
-            version: req.version,
-            manifest,
-        })
-        .await
     }
 
     /// `POST /v1/commit`: needs the main program stopped.
@@ -593,4 +576,48 @@ async fn shutdown() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The folder a stage request names: whole, or as changes to the staged one.
+enum Target {
+    Whole(StageRequest),
+    Changes(StageChanges),
+}
+
+impl Target {
+    /// The whole folder, given what is staged now.
+    fn resolve(self, staged: Option<&Manifest>) -> Result<StageRequest, AgentError> {
+        let req = match self {
+            Target::Whole(req) => return Ok(req),
+            Target::Changes(req) => req,
+        };
+        let manifest = match staged.map(|m| (m.digest(), m)) {
+            // Asked again after a lost answer: staged already.
+            Some((digest, m)) if digest == req.result => m.clone(),
+            Some((digest, m)) if digest == req.base => {
+                let m = m.with_changes(&req.changes).map_err(|e| {
+                    AgentError::BadRequest(format!("the changes to the staged folder: {e}"))
+                })?;
+                if m.digest() != req.result {
+                    return Err(AgentError::BadRequest(format!(
+                        "the changes lead to the folder {}, not to {} as the request says",
+                        m.digest(),
+                        req.result
+                    )));
+                }
+                m
+            }
+            _ => {
+                return Err(AgentError::Conflict(format!(
+                    "the staging folder does not hold the folder {} these changes start from; send the whole folder (POST {})",
+                    req.base,
+                    tillup_core::api::agent::STAGE
+                )));
+            }
+        };
+        Ok(StageRequest {
+            version: req.version,
+            manifest,
+        })
+    }
 }

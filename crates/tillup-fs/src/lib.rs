@@ -15,7 +15,7 @@ pub mod fault;
 mod scan;
 
 pub use archive::{ArchiveError, ZipLimits, extract_zip, extract_zip_file};
-pub use atomic::{fsync_dir, write_atomic, write_json_atomic};
+pub use atomic::{fsync_dir, remove_file_if_exists, write_atomic, write_json_atomic};
 pub use batch::Batch;
 pub use blobs::BlobStore;
 pub use scan::{HashCache, copy_verified, hash_file, link_tree, materialize, scan_folder};
