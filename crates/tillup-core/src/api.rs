@@ -33,7 +33,7 @@ pub mod server {
     /// `POST`: [`super::PackRequest`] in, a pack of those blobs out;
     /// `PUT`: a pack in, [`super::PackReceipt`] out.
     pub const PACK: &str = "/v1/pack";
-    /// `PUT`: [`super::Backup`].
+    /// `PUT`: [`super::Backup`]; `PATCH`: [`super::BackupChanges`].
     pub const BACKUP: &str = "/v1/stores/{store}/upgrades/{upgrade}/backup";
     /// `POST`: [`super::ProcessRequest`] in, [`super::Delivery`] out.
     pub const PROCESS: &str = "/v1/stores/{store}/upgrades/{upgrade}/process";
@@ -132,6 +132,31 @@ pub struct TerminalBackup {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Backup {
     pub terminals: Vec<TerminalBackup>,
+}
+
+impl Backup {
+    /// The SHA-256 of its JSON: what [`BackupChanges::base`] names.
+    pub fn digest(&self) -> Sha256Hex {
+        Sha256Hex::of(&serde_json::to_vec(self).expect("a backup always serialises"))
+    }
+}
+
+/// `PATCH` of a backup: the store's backup after the stop, as changes to
+/// the one uploaded while the programs still ran, so that what crosses
+/// the WAN while the tills are stopped is what changed. The new backup
+/// lists exactly these terminals, in this order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackupChanges {
+    /// [`Backup::digest`] of the backup the changes apply to.
+    pub base: Sha256Hex,
+    pub terminals: Vec<TerminalChanges>,
+}
+
+/// One terminal's folder, as changes to its folder in the base backup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TerminalChanges {
+    pub number: u32,
+    pub changes: ManifestChanges,
 }
 
 /// What the host asks the server to build.

@@ -11,9 +11,9 @@ use reqwest::Method;
 use semver::Version;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
-    self, AgentStatus, Backup, DeliveryDigests, HealthReport, ProcessRequest, Snapshot,
-    StageChanges, StageReport, StageRequest, StartReport, StopReport, StopRequest, SwapReport,
-    SwapRequest, route,
+    self, AgentStatus, Backup, BackupChanges, DeliveryDigests, HealthReport, ProcessRequest,
+    Snapshot, StageChanges, StageReport, StageRequest, StartReport, StopReport, StopRequest,
+    SwapReport, SwapRequest, route,
 };
 use tillup_fs::BlobStore;
 use tillup_transfer::Size;
@@ -96,6 +96,21 @@ impl ServerClient {
                 Method::PUT,
                 &self.upgrade_route(api::server::BACKUP, upgrade),
                 backup,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The store's backup as changes to the one it holds; a 409 or 404
+    /// says it holds another (send the whole backup).
+    pub async fn patch_backup(&self, upgrade: &str, changes: &BackupChanges) -> Result<(), Error> {
+        let _: serde_json::Value = self
+            .peer
+            .send_json(
+                "take the store's backup",
+                Method::PATCH,
+                &self.upgrade_route(api::server::BACKUP, upgrade),
+                changes,
             )
             .await?;
         Ok(())

@@ -18,8 +18,8 @@ use jiff::Timestamp;
 use semver::Version;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
-    self, Backup, Delivery, DeliveryDigests, ErrorBody, HashList, ProcessAnswer, ProcessRequest,
-    TerminalDigest, TerminalResult,
+    self, Backup, BackupChanges, Delivery, DeliveryDigests, ErrorBody, HashList, ProcessAnswer,
+    ProcessRequest, TerminalBackup, TerminalDigest, TerminalResult,
 };
 use tillup_core::log::Release;
 use tillup_core::manifest::{Manifest, merge_for_terminal};
@@ -225,7 +225,7 @@ pub fn app(state: AppState) -> Router {
         .route(r::BLOB, get(get_blob))
         .route(r::BLOBS_MISSING, post(blobs_missing))
         .route(r::PACK, post(get_pack).put(put_pack))
-        .route(r::BACKUP, put(put_backup))
+        .route(r::BACKUP, put(put_backup).patch(patch_backup))
         .route(r::PROCESS, post(process))
         .route(r::REPORT, post(report))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
@@ -594,6 +594,81 @@ async fn put_backup(
             )));
         }
         tillup_fs::write_json_atomic(&st.0.data.backup(&store, &upgrade), &backup)?;
+        st.db().record_backup(&store, &upgrade, Timestamp::now())?;
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PATCH` of a backup: see [`BackupChanges`].
+async fn patch_backup(
+    State(st): State<AppState>,
+    Extension(auth): Extension<StoreId>,
+    Path((store, upgrade)): Path<(String, String)>,
+    body: Body,
+) -> Result<StatusCode, AppError> {
+    own_store(&auth, &store)?;
+    bad_id("upgrade", &upgrade)?;
+    let bytes = read_body(body, st.0.limits.max_backup, "backup changes").await?;
+    let req: BackupChanges = parse_json(&bytes, "backup changes")?;
+    st.blocking(move |st| {
+        let path = st.0.data.backup(&store, &upgrade);
+        let stored = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(AppError::NotFound(format!(
+                    "no backup was uploaded for upgrade `{upgrade}` to change: PUT the whole backup"
+                )));
+            }
+            Err(e) => return Err(AppError::Internal(format!("{}: {e}", path.display()))),
+        };
+        let base: Backup = serde_json::from_slice(&stored)
+            .map_err(|e| AppError::Internal(format!("{}: {e}", path.display())))?;
+        if base.digest() != req.base {
+            return Err(AppError::Conflict(format!(
+                "the backup of upgrade `{upgrade}` on the server is not the one these changes apply to; PUT the whole backup"
+            )));
+        }
+        let mut terminals = Vec::with_capacity(req.terminals.len());
+        for t in &req.terminals {
+            let Some(old) = base.terminals.iter().find(|b| b.number == t.number) else {
+                return Err(AppError::Conflict(format!(
+                    "terminal {} is not in the backup these changes apply to; PUT the whole backup",
+                    t.number
+                )));
+            };
+            if terminals.iter().any(|b: &TerminalBackup| b.number == t.number) {
+                return Err(AppError::BadRequest(format!(
+                    "the backup changes list terminal {} twice",
+                    t.number
+                )));
+            }
+            let manifest = old.manifest.with_changes(&t.changes).map_err(|e| {
+                AppError::BadRequest(format!("terminal {}'s changes: {e}", t.number))
+            })?;
+            terminals.push(TerminalBackup {
+                manifest,
+                ..old.clone()
+            });
+        }
+        // The base's files were checked when it came; the new ones now.
+        let added: Vec<Sha256Hex> = req
+            .terminals
+            .iter()
+            .flat_map(|t| t.changes.upsert.iter().map(|f| f.sha256))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let missing = st.missing_for(&store, &added)?;
+        if !missing.is_empty() {
+            return Err(AppError::Conflict(format!(
+                "{} file(s) of the backup are not on the server for this store: {}; send them in a pack (PUT /v1/pack) first",
+                missing.len(),
+                list_some(&missing)
+            )));
+        }
+        tillup_fs::write_json_atomic(&path, &Backup { terminals })?;
         st.db().record_backup(&store, &upgrade, Timestamp::now())?;
         Ok(())
     })

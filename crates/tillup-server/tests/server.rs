@@ -10,8 +10,8 @@ use http_body_util::BodyExt;
 use tillup_core::RelPath;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
-    self, Backup, Delivery, DeliveryDigests, ErrorBody, HashList, ProcessAnswer, ProcessRequest,
-    TerminalBackup, TerminalTarget,
+    self, Backup, BackupChanges, Delivery, DeliveryDigests, ErrorBody, HashList, ProcessAnswer,
+    ProcessRequest, TerminalBackup, TerminalChanges, TerminalTarget,
 };
 use tillup_core::log::{Notes, VersionLog};
 use tillup_core::manifest::{FileEntry, Manifest, Preserve, merge_for_terminal};
@@ -1040,6 +1040,70 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
     .await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert!(error_of(resp).await.contains("upgrade"));
+
+    // The backup after the stop, as changes to the one the server holds.
+    let t1_after = [
+        ("bin/pos", "pos 1"),
+        ("config/default.ini", "default 1"),
+        ("config/local.ini", "local 1"),
+        ("config/fresh.ini", "fresh"),
+        ("lib/gone.so", "gone"),
+        ("data/sales.db", "sales 1 and more"),
+    ];
+    let patch = |base: Sha256Hex, number: u32| BackupChanges {
+        base,
+        terminals: vec![
+            TerminalChanges {
+                number,
+                changes: manifest(&t1_files).changes_to(&manifest(&t1_after)),
+            },
+            TerminalChanges {
+                number: 2,
+                changes: Default::default(),
+            },
+        ],
+    };
+    let call = |body: BackupChanges, uri: String| {
+        let env = &env;
+        async move { json_call(env, Method::PATCH, &uri, &env.token_a, &body).await }
+    };
+    // Changes to another backup than the one held: 409, upload it whole.
+    let resp = call(patch(Sha256Hex::of(b"other"), 1), backup_uri.clone()).await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert!(error_of(resp).await.contains("PUT the whole backup"));
+    // No backup to change at all: 404.
+    let resp = call(
+        patch(backup.digest(), 1),
+        store_uri(api::server::BACKUP, "store-a", "u-2"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // A terminal the base does not have: 409.
+    let resp = call(patch(backup.digest(), 7), backup_uri.clone()).await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert!(error_of(resp).await.contains("terminal 7"));
+    // Files the server does not hold yet: 409 naming them.
+    let resp = call(patch(backup.digest(), 1), backup_uri.clone()).await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let msg = error_of(resp).await;
+    assert!(
+        msg.contains(&Sha256Hex::of(b"fresh").to_string())
+            && !msg.contains(&Sha256Hex::of(b"local 1").to_string()),
+        "{msg}"
+    );
+    upload_missing(&env, &t1_after).await;
+    let resp = call(patch(backup.digest(), 1), backup_uri.clone()).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    // Built from the changed backup: terminal 1 keeps its new local file.
+    let resp = json_call(&env, Method::POST, &process_uri, &env.token_a, &req).await;
+    let delivery: Delivery = serde_json::from_slice(&bytes(resp).await).unwrap();
+    assert_eq!(
+        delivery.terminals[0].manifest,
+        merge_for_terminal(&release_manifest, &manifest(&t1_after), &preserve).unwrap()
+    );
+    // The same changes again: the base is gone, 409.
+    let resp = call(patch(backup.digest(), 1), backup_uri.clone()).await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
 }
 
 #[tokio::test]

@@ -22,15 +22,17 @@ use futures_util::future::join_all;
 use semver::Version;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
-    self, DeliveryDigests, ProcessAnswer, ProcessRequest, Snapshot, StageChanges, StageRequest,
-    TerminalBackup, TerminalTarget,
+    self, BackupChanges, DeliveryDigests, ProcessAnswer, ProcessRequest, Snapshot, StageChanges,
+    StageRequest, TerminalBackup, TerminalChanges, TerminalTarget,
 };
-use tillup_core::manifest::{MAX_MANIFEST_BYTES, Manifest, Preserve, merge_for_terminal};
+use tillup_core::manifest::{
+    MAX_MANIFEST_BYTES, Manifest, ManifestChanges, Preserve, merge_for_terminal,
+};
 use tillup_core::upgrade::{Effect, Upgrade};
 use tillup_fs::BlobStore;
 use tillup_transfer::Size;
 
-use super::{Context, Files, StagePlan, read_json};
+use super::{Context, Files, Gathered, StagePlan, read_json};
 use crate::progress::Moving;
 use crate::{Error, Listener};
 
@@ -97,7 +99,7 @@ impl Listener {
         let run = e.terminal().and_then(|n| u.terminals.get(&n));
         match e {
             Effect::Prefetch => self.prefetch(u, ctx, blobs).await?,
-            Effect::Gather => self.gather(u, blobs).await?,
+            Effect::Gather => self.gather(u, files, blobs).await?,
             Effect::Prestage(n) => {
                 let run = run.expect("terminal effect");
                 let release = self.release_manifest(&run.to, ctx, blobs).await?;
@@ -123,10 +125,6 @@ impl Listener {
                         run.from
                     )));
                 }
-                // Only what changed since `Prefetch` collected the folder.
-                let changed = lacking(&sizes([&snap.manifest]), blobs);
-                let bytes = agent.fetch(&changed, blobs, &Arc::default()).await?;
-                tracing::info!(terminal = n, files = changed.len(), bytes, "collected");
                 let status = agent.status().await?;
                 let backup = TerminalBackup {
                     number: *n,
@@ -134,12 +132,37 @@ impl Listener {
                     version: run.from.clone(),
                     manifest: snap.manifest,
                 };
+                // The changes since `Gather` took the folder (whose files
+                // the host holds, checked): the files to fetch are among
+                // them, and they are what the upload sends.
+                let changes = read_json::<TerminalBackup>(&files.gathered(*n))
+                    .ok()
+                    .filter(|g| (&g.model, &g.version) == (&backup.model, &backup.version))
+                    .map(|g| g.manifest.changes_to(&backup.manifest));
+                let candidates = match &changes {
+                    Some(c) => c
+                        .upsert
+                        .iter()
+                        .map(|f| (f.sha256, Size::Exactly(f.size)))
+                        .collect(),
+                    None => sizes([&backup.manifest]),
+                };
+                let changed = lacking(&candidates, blobs);
+                let bytes = agent.fetch(&changed, blobs, &Arc::default()).await?;
+                tracing::info!(terminal = n, files = changed.len(), bytes, "collected");
                 // With its bytes in the blob store (checked), this manifest
                 // is the terminal's backup; its folder view is made once
                 // the programs run again (`finish`).
                 tillup_fs::write_json_atomic(&files.backup(*n), &backup)?;
+                match changes {
+                    Some(c) => tillup_fs::write_json_atomic(&files.changes(*n), &c)?,
+                    None => tillup_fs::remove_file_if_exists(&files.changes(*n))?,
+                }
             }
             Effect::UploadBackup => {
+                if self.upload_changes(u, files, blobs).await? {
+                    return Ok(());
+                }
                 let backups = self.backups(u, files)?;
                 let hashes: BTreeSet<Sha256Hex> =
                     backups.iter().flat_map(|b| b.manifest.hashes()).collect();
@@ -334,7 +357,7 @@ impl Listener {
     /// host, from the terminals over the LAN, while they stage; then the
     /// server gets what it lacks of them, so that the backup upload after
     /// the stop carries only what changed since.
-    async fn gather(&self, u: &Upgrade, blobs: &BlobStore) -> Result<(), Error> {
+    async fn gather(&self, u: &Upgrade, files: &Files, blobs: &BlobStore) -> Result<(), Error> {
         let snapshots = self.snapshots(u).await;
         let plan = plan_pulls(&snapshots, |h| blobs.has(h));
         let before = self.transfers.counter(Moving::ToHost).load(Relaxed);
@@ -355,6 +378,39 @@ impl Listener {
             bytes = sent,
             "the server holds the terminals' folders as they are now"
         );
+        // And their backup as it is now: the one after the stop goes as
+        // changes to it.
+        let mut gathered = Vec::new();
+        for (n, snap) in snapshots {
+            let Some(run) = u.terminals.get(&n) else {
+                continue;
+            };
+            if snap.version.as_ref() != Some(&run.from)
+                || !lacking(&sizes([&snap.manifest]), blobs).is_empty()
+            {
+                continue;
+            }
+            let status = self.agent(n)?.status().await?;
+            let backup = TerminalBackup {
+                number: n,
+                model: status.model,
+                version: run.from.clone(),
+                manifest: snap.manifest,
+            };
+            tillup_fs::write_json_atomic(&files.gathered(n), &backup)?;
+            gathered.push(backup);
+        }
+        let backup = api::Backup {
+            terminals: gathered,
+        };
+        self.server.put_backup(&u.id, &backup).await?;
+        tillup_fs::write_json_atomic(
+            &files.gathered_on_server(),
+            &Gathered {
+                digest: backup.digest(),
+                numbers: backup.terminals.iter().map(|t| t.number).collect(),
+            },
+        )?;
         Ok(())
     }
 
@@ -415,6 +471,59 @@ impl Listener {
             .filter(|t| t.active())
             .map(|t| read_json(&files.backup(t.number)))
             .collect()
+    }
+
+    /// Uploads the store's backup as changes to the one `Gather` uploaded,
+    /// if the server holds that one and every terminal still on its way is
+    /// in it. Returns false when the whole backup must go instead.
+    async fn upload_changes(
+        &self,
+        u: &Upgrade,
+        files: &Files,
+        blobs: &BlobStore,
+    ) -> Result<bool, Error> {
+        let Ok(gathered) = read_json::<Gathered>(&files.gathered_on_server()) else {
+            return Ok(false);
+        };
+        let mut terminals = Vec::new();
+        for t in u.terminals.values().filter(|t| t.active()) {
+            match read_json::<ManifestChanges>(&files.changes(t.number)) {
+                Ok(changes) if gathered.numbers.contains(&t.number) => {
+                    terminals.push(TerminalChanges {
+                        number: t.number,
+                        changes,
+                    });
+                }
+                _ => return Ok(false),
+            }
+        }
+        let added: BTreeSet<Sha256Hex> = terminals
+            .iter()
+            .flat_map(|t| t.changes.upsert.iter().map(|f| f.sha256))
+            .collect();
+        let bytes = self.server.send(added.into_iter().collect(), blobs).await?;
+        let changes = BackupChanges {
+            base: gathered.digest,
+            terminals,
+        };
+        match self.server.patch_backup(&u.id, &changes).await {
+            Ok(()) => {
+                tracing::info!(bytes, "the server holds every terminal's folder");
+                Ok(true)
+            }
+            // It holds another backup (a changed one sent before a crash).
+            Err(Error::Refused {
+                status: status @ (404 | 409),
+                ..
+            }) => {
+                tracing::info!(
+                    status,
+                    "the server holds another backup than the one the changes apply to; sending the whole backup"
+                );
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The stage plans of the terminals still on their way.

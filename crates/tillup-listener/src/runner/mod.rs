@@ -72,10 +72,32 @@ impl Files {
     fn backup(&self, n: u32) -> PathBuf {
         self.dir.join(format!("backup-{n}.json"))
     }
+    /// Terminal `n`'s backup as `Gather` took it, while its program ran.
+    fn gathered(&self, n: u32) -> PathBuf {
+        self.dir.join(format!("gathered-{n}.json"))
+    }
+    /// [`Gathered`]: the server holds the gathered backups.
+    fn gathered_on_server(&self) -> PathBuf {
+        self.dir.join("gathered.json")
+    }
+    /// Terminal `n`'s collected backup, as changes to its gathered one.
+    fn changes(&self, n: u32) -> PathBuf {
+        self.dir.join(format!("changes-{n}.json"))
+    }
     /// Terminal `n`'s [`StagePlan`].
     fn plan(&self, n: u32) -> PathBuf {
         self.dir.join(format!("plan-{n}.json"))
     }
+}
+
+/// The backup the server holds from before the stop: the upload after the
+/// stop sends changes to it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Gathered {
+    /// Its [`tillup_core::api::Backup::digest`].
+    digest: tillup_core::Sha256Hex,
+    /// Its terminals.
+    numbers: Vec<u32>,
 }
 
 /// Terminal `n`'s new folder, as the server built it and the host checked
