@@ -166,7 +166,6 @@ impl Layout {
         req: &StageRequest,
         staged: Option<Manifest>,
     ) -> Result<StageReport, FolderError> {
-        #[cfg(any(windows, target_os = "macos"))]
         req.manifest
             .check_case_collisions()
             .map_err(|e| FolderError::CaseCollision(e.to_string()))?;

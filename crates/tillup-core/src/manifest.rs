@@ -65,7 +65,7 @@ pub enum ManifestError {
     #[error("the manifest lists `{file}` as a file and also `{inner}` inside it")]
     FileIsFolder { file: RelPath, inner: RelPath },
     #[error(
-        "`{a}` and `{b}` differ only in case and would overwrite each other on a case-insensitive disk"
+        "`{a}` and `{b}` differ only in case or in how their letters are composed, and would overwrite each other on Windows or macOS"
     )]
     CaseCollision { a: RelPath, b: RelPath },
 }
@@ -205,17 +205,21 @@ impl Manifest {
         self.files.iter().map(|f| f.sha256).collect()
     }
 
-    /// Fails if two paths would collide on a case-insensitive file system
-    /// (Windows, macOS): checked at publish and before installing on such a
-    /// target. Folders count too: `Bin/a` and `bin/b` would share one
-    /// folder there, and `a` and `A/b` would be a file and a folder at once.
+    /// Fails if two paths would collide on a file system that ignores case
+    /// and Unicode composition (Windows, macOS: `café` composed and
+    /// decomposed are one name there): checked at publish and by every
+    /// agent before it stages, whatever its own system, since one release
+    /// serves every terminal. Folders count too: `Bin/a` and `bin/b` would
+    /// share one folder there, and `a` and `A/b` would be a file and a
+    /// folder at once.
     pub fn check_case_collisions(&self) -> Result<(), ManifestError> {
         let mut seen: BTreeMap<String, &str> = BTreeMap::new();
         for f in &self.files {
             let s = f.path.as_str();
             let folders = s.match_indices('/').map(|(i, _)| &s[..i]);
             for p in folders.chain([s]) {
-                match seen.get(&p.to_lowercase()) {
+                let key = crate::path::collision_key(p);
+                match seen.get(&key) {
                     Some(&a) if a != p => {
                         let rel = |x: &str| RelPath::new(x).expect("prefix of a valid path");
                         return Err(ManifestError::CaseCollision {
@@ -225,7 +229,7 @@ impl Manifest {
                     }
                     Some(_) => {}
                     None => {
-                        seen.insert(p.to_lowercase(), p);
+                        seen.insert(key, p);
                     }
                 }
             }
@@ -417,6 +421,9 @@ pub(crate) mod tests {
             ("a", "A/b"),       // a file and a folder at once
             ("x/Y/z", "x/y"),
             ("数据/Ä", "数据/ä"),
+            // The same name, composed and decomposed: one file on macOS.
+            ("caf\u{e9}.txt", "cafe\u{301}.txt"),
+            ("Caf\u{e9}/a", "cafe\u{301}/b"),
         ] {
             let err = manifest(&[(a, "1"), (b, "2")])
                 .check_case_collisions()

@@ -41,10 +41,13 @@ pub enum PathError {
     NotPortable { path: String, reason: String },
 }
 
-/// Names Windows reserves for devices, with or without an extension.
+/// Names Windows reserves for devices, with or without an extension, in
+/// any case: the list Microsoft documents, the superscript digits and the
+/// console devices included.
 const RESERVED: &[&str] = &[
-    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
-    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+    "CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$", "COM0", "COM1", "COM2", "COM3", "COM4",
+    "COM5", "COM6", "COM7", "COM8", "COM9", "COM¹", "COM²", "COM³", "LPT0", "LPT1", "LPT2", "LPT3",
+    "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9", "LPT¹", "LPT²", "LPT³",
 ];
 
 /// Why a component could not be a file name on Windows, if it could not.
@@ -59,7 +62,8 @@ fn unportable(part: &str) -> Option<String> {
     if part.ends_with('.') || part.ends_with(' ') {
         return Some(format!("`{part}` ends with a dot or a space"));
     }
-    let stem = part.split('.').next().unwrap_or(part);
+    // Windows reads `CON .txt` as `CON` too.
+    let stem = part.split('.').next().unwrap_or(part).trim_end_matches(' ');
     if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(stem)) {
         return Some(format!("`{part}` is a reserved device name"));
     }
@@ -113,10 +117,18 @@ impl RelPath {
         self.0.split('/')
     }
 
-    /// The key two paths collide under on a case-insensitive file system.
+    /// The key two paths collide under on a case-insensitive file system
+    /// that also takes Unicode's composed and decomposed spellings as one
+    /// name (Windows, macOS).
     pub fn case_folded(&self) -> String {
-        self.0.to_lowercase()
+        collision_key(&self.0)
     }
+}
+
+/// See [`RelPath::case_folded`].
+pub(crate) fn collision_key(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    s.nfc().collect::<String>().to_lowercase()
 }
 
 impl TryFrom<String> for RelPath {
@@ -192,6 +204,13 @@ mod tests {
             "a/b ",
             "a/what?",
             "x*y",
+            "COM0",
+            "lpt0.log",
+            "com¹",
+            "LPT³.txt",
+            "CONIN$",
+            "a/conout$.txt",
+            "CON .txt",
         ] {
             assert!(
                 matches!(RelPath::new(bad), Err(PathError::NotPortable { .. })),
