@@ -585,20 +585,48 @@ async fn put_backup(
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let missing = st.missing_for(&store, &hashes)?;
-        if !missing.is_empty() {
-            return Err(AppError::Conflict(format!(
-                "{} file(s) of the backup are not on the server for this store: {}; send them in a pack (PUT /v1/pack) first",
-                missing.len(),
-                list_some(&missing)
-            )));
-        }
+        none_missing(st, &store, &hashes)?;
         tillup_fs::write_json_atomic(&st.0.data.backup(&store, &upgrade), &backup)?;
         st.db().record_backup(&store, &upgrade, Timestamp::now())?;
-        Ok(())
+        Ok::<_, AppError>(())
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The backup uploaded for an upgrade; a 404 saying `what_to_do` when
+/// there is none.
+fn stored_backup(
+    st: &AppState,
+    store: &str,
+    upgrade: &str,
+    what_to_do: &str,
+) -> Result<Backup, AppError> {
+    let path = st.0.data.backup(store, upgrade);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(AppError::NotFound(format!(
+                "no backup was uploaded for upgrade `{upgrade}` {what_to_do}"
+            )));
+        }
+        Err(e) => return Err(AppError::Internal(format!("{}: {e}", path.display()))),
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| AppError::Internal(format!("{}: {e}", path.display())))
+}
+
+/// A 409 naming the files of a backup the server does not hold for the store.
+fn none_missing(st: &AppState, store: &str, hashes: &[Sha256Hex]) -> Result<(), AppError> {
+    let missing = st.missing_for(store, hashes)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(AppError::Conflict(format!(
+        "{} file(s) of the backup are not on the server for this store: {}; send them in a pack (PUT /v1/pack) first",
+        missing.len(),
+        list_some(&missing)
+    )))
 }
 
 /// `PATCH` of a backup: see [`BackupChanges`].
@@ -613,18 +641,7 @@ async fn patch_backup(
     let bytes = read_body(body, st.0.limits.max_backup, "backup changes").await?;
     let req: BackupChanges = parse_json(&bytes, "backup changes")?;
     st.blocking(move |st| {
-        let path = st.0.data.backup(&store, &upgrade);
-        let stored = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(AppError::NotFound(format!(
-                    "no backup was uploaded for upgrade `{upgrade}` to change: PUT the whole backup"
-                )));
-            }
-            Err(e) => return Err(AppError::Internal(format!("{}: {e}", path.display()))),
-        };
-        let base: Backup = serde_json::from_slice(&stored)
-            .map_err(|e| AppError::Internal(format!("{}: {e}", path.display())))?;
+        let base = stored_backup(st, &store, &upgrade, "to change: PUT the whole backup")?;
         if base.digest() != req.base {
             return Err(AppError::Conflict(format!(
                 "the backup of upgrade `{upgrade}` on the server is not the one these changes apply to; PUT the whole backup"
@@ -660,17 +677,10 @@ async fn patch_backup(
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let missing = st.missing_for(&store, &added)?;
-        if !missing.is_empty() {
-            return Err(AppError::Conflict(format!(
-                "{} file(s) of the backup are not on the server for this store: {}; send them in a pack (PUT /v1/pack) first",
-                missing.len(),
-                list_some(&missing)
-            )));
-        }
-        tillup_fs::write_json_atomic(&path, &Backup { terminals })?;
+        none_missing(st, &store, &added)?;
+        tillup_fs::write_json_atomic(&st.0.data.backup(&store, &upgrade), &Backup { terminals })?;
         st.db().record_backup(&store, &upgrade, Timestamp::now())?;
-        Ok(())
+        Ok::<_, AppError>(())
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -729,18 +739,7 @@ fn build_delivery(
     targets: &[api::TerminalTarget],
 ) -> Result<Delivery, AppError> {
     let data = &st.0.data;
-    let path = data.backup(store, upgrade);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(AppError::NotFound(format!(
-                "no backup was uploaded for upgrade `{upgrade}`: PUT the backup first"
-            )));
-        }
-        Err(e) => return Err(AppError::Internal(format!("{}: {e}", path.display()))),
-    };
-    let backup: Backup = serde_json::from_slice(&bytes)
-        .map_err(|e| AppError::Internal(format!("{}: {e}", path.display())))?;
+    let backup = stored_backup(st, store, upgrade, "yet: PUT the backup first")?;
     let mut releases: BTreeMap<Version, (Release, Manifest)> = BTreeMap::new();
     let mut out = Vec::new();
     for t in targets {
