@@ -154,14 +154,22 @@ impl Layout {
         store: &BlobStore,
         req: &StageRequest,
     ) -> Result<StageReport, FolderError> {
-        self.stage_from(current, store, req, self.staged())
+        let local = current
+            .files()
+            .iter()
+            .map(|f| (f.sha256, f.path.clone()))
+            .collect();
+        self.stage_from(&local, store, req, self.staged())
     }
 
-    /// [`Layout::stage`], with the staging folder's record as the caller
-    /// just read it ([`Layout::staged`]).
+    /// [`Layout::stage`], given where each hash is in the program folder
+    /// (`local`: every copy from it is checked against its hash, so a map
+    /// a little older than the folder can fail a stage but never spoil
+    /// one) and the staging folder's record as the caller just read it
+    /// ([`Layout::staged`]).
     pub fn stage_from(
         &self,
-        current: &Manifest,
+        local: &HashMap<Sha256Hex, RelPath>,
         store: &BlobStore,
         req: &StageRequest,
         staged: Option<Manifest>,
@@ -169,11 +177,6 @@ impl Layout {
         req.manifest
             .check_case_collisions()
             .map_err(|e| FolderError::CaseCollision(e.to_string()))?;
-        let local: HashMap<Sha256Hex, &RelPath> = current
-            .files()
-            .iter()
-            .map(|f| (f.sha256, &f.path))
-            .collect();
         let missing = store.missing(
             req.manifest
                 .files()

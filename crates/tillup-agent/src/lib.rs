@@ -273,7 +273,21 @@ impl Agent {
 
     async fn stage_target(&self, target: Target) -> Result<StageReport, AgentError> {
         let _op = self.folder_ops.lock().await;
-        let current = self.scan().await?;
+        match target {
+            // The whole folder: the folder as it is now.
+            Target::Whole(_) => {
+                self.scan().await?;
+            }
+            // Changes come after the stop, right after `Collect` scanned
+            // the folder: its last scan is the folder as it is.
+            Target::Changes(_) => self.ensure_index().await?,
+        }
+        let local = self
+            .index
+            .lock()
+            .expect("not poisoned")
+            .clone()
+            .unwrap_or_default();
         let (layout, store) = (self.layout.clone(), self.store.clone());
         // The previous release is the one to go back to only while the
         // current one is on trial; after that its folder is the cheapest
@@ -298,7 +312,7 @@ impl Agent {
                 }
             }
             let req = target.resolve(staged.as_ref())?;
-            let report = layout.stage_from(&current, &store, &req, staged)?;
+            let report = layout.stage_from(&local, &store, &req, staged)?;
             // Received files the staged folder does not use are not needed
             // again: the incoming store stays within one release's changes.
             if let Err(e) = store.retain(&req.manifest.hashes()) {
