@@ -174,12 +174,23 @@ impl Layout {
         req: &StageRequest,
         staged: Option<Manifest>,
     ) -> Result<StageReport, FolderError> {
+        // The folder holds the release and this terminal's own files: two
+        // of its own that differ only in case can live side by side here,
+        // and only a system that folds case would lose one (releases are
+        // checked on every system, at publish).
+        #[cfg(any(windows, target_os = "macos"))]
         req.manifest
             .check_case_collisions()
             .map_err(|e| FolderError::CaseCollision(e.to_string()))?;
+        // Only what the staging folder does not hold already is needed.
+        let to_write: Vec<&tillup_core::FileEntry> = req
+            .manifest
+            .files()
+            .iter()
+            .filter(|f| staged.as_ref().and_then(|s| s.get(&f.path)) != Some(f))
+            .collect();
         let missing = store.missing(
-            req.manifest
-                .files()
+            to_write
                 .iter()
                 .map(|f| &f.sha256)
                 .filter(|h| !local.contains_key(h)),
@@ -192,12 +203,6 @@ impl Layout {
         tillup_fs::remove_file_if_exists(&self.staged_record)?;
         let parent = parent_of(&self.folder);
         tillup_fs::fsync_dir(&parent)?;
-        let to_write: Vec<&tillup_core::FileEntry> = req
-            .manifest
-            .files()
-            .iter()
-            .filter(|f| staged.as_ref().and_then(|s| s.get(&f.path)) != Some(f))
-            .collect();
         let need: u64 = to_write.iter().map(|f| f.size).sum();
         let free = tillup_fs::free_space(&parent)?;
         if need > free {

@@ -427,6 +427,7 @@ impl Agent {
             .map_err(AgentError::internal)??;
         // The folder's files changed under their paths: forget what was known of them.
         *self.index.lock().expect("not poisoned") = None;
+        *self.hash_cache.lock().expect("not poisoned") = None;
         let _ = std::fs::remove_file(self.state_dir.join("hash-cache.json"));
         tracing::info!(%version, swapped, "swapped");
         Ok(SwapReport { version, swapped })
