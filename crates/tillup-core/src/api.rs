@@ -35,7 +35,8 @@ pub mod server {
     pub const PACK: &str = "/v1/pack";
     /// `PUT`: [`super::Backup`]; `PATCH`: [`super::BackupChanges`].
     pub const BACKUP: &str = "/v1/stores/{store}/upgrades/{upgrade}/backup";
-    /// `POST`: [`super::ProcessRequest`] in, [`super::Delivery`] out.
+    /// `POST`: [`super::ProcessRequest`] in, [`super::Delivery`] out, or
+    /// [`super::DeliveryDigests`] when it asks for digests.
     pub const PROCESS: &str = "/v1/stores/{store}/upgrades/{upgrade}/process";
     /// `POST`: a store report (JSON object).
     pub const REPORT: &str = "/v1/stores/{store}/reports";

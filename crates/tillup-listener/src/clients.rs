@@ -233,7 +233,8 @@ impl AgentClient {
     }
 
     /// Stages the folder `req.changes` make of the one staged already; a
-    /// 409 says the staging folder holds another (send the whole folder).
+    /// 409 says the staging folder holds another, or lacks files (send the
+    /// whole folder).
     pub async fn stage_changes(&self, req: &StageChanges) -> Result<StageReport, Error> {
         self.peer
             .send_json(

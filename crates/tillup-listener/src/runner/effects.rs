@@ -388,9 +388,22 @@ impl Listener {
             if snap.version.as_ref() != Some(&run.from)
                 || !lacking(&sizes([&snap.manifest]), blobs).is_empty()
             {
+                tillup_fs::remove_file_if_exists(&files.gathered(n))?;
                 continue;
             }
-            let status = self.agent(n)?.status().await?;
+            let status = match self.agent(n) {
+                Ok(agent) => agent.status().await,
+                Err(e) => Err(e),
+            };
+            let status = match status {
+                Ok(s) => s,
+                Err(e) => {
+                    // Its whole backup goes after the stop instead.
+                    tracing::warn!(terminal = n, "its backup will go whole: {e}");
+                    tillup_fs::remove_file_if_exists(&files.gathered(n))?;
+                    continue;
+                }
+            };
             let backup = TerminalBackup {
                 number: n,
                 model: status.model,
@@ -403,7 +416,13 @@ impl Listener {
         let backup = api::Backup {
             terminals: gathered,
         };
-        self.server.put_backup(&u.id, &backup).await?;
+        // Only a shortcut for the upload after the stop: without it, the
+        // whole backup goes then.
+        if let Err(e) = self.server.put_backup(&u.id, &backup).await {
+            tracing::warn!("the backup will go whole after the stop: {e}");
+            tillup_fs::remove_file_if_exists(&files.gathered_on_server())?;
+            return Ok(());
+        }
         tillup_fs::write_json_atomic(
             &files.gathered_on_server(),
             &Gathered {
@@ -512,8 +531,9 @@ impl Listener {
                 Ok(true)
             }
             // It holds another backup (a changed one sent before a crash).
+            // 405 and 501: a server from before backups could change.
             Err(Error::Refused {
-                status: status @ (404 | 409),
+                status: status @ (404 | 405 | 409 | 501),
                 ..
             }) => {
                 tracing::info!(
@@ -567,10 +587,16 @@ impl Listener {
                 );
                 Ok(())
             }
-            Err(Error::Refused { status: 409, .. }) => {
+            // 409: its staging folder holds another folder, or lacks files;
+            // 404, 405: an agent from before staging by changes.
+            Err(Error::Refused {
+                status: status @ (404 | 405 | 409),
+                ..
+            }) => {
                 tracing::warn!(
                     terminal = n,
-                    "its staging folder no longer holds the release; staging the whole folder"
+                    status,
+                    "it cannot stage the changes; staging the whole folder"
                 );
                 let release = self.release_manifest(&plan.version, ctx, blobs).await?;
                 let folder = release

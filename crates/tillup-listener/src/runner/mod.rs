@@ -50,14 +50,14 @@ struct Current {
     id: String,
 }
 
-/// Where one upgrade's files live.
 /// How many terminals the host works with at once (transfers, stops,
 /// collects, staging). Each till does its own work on its own machine, so
-/// a store's tills all go together: a cap below a store's size would make
-/// the later ones wait, stopped. How many swap at once is the upgrade
-/// policy's `parallel`, which the core's state machine applies.
+/// a store's tills all go together: in a store of more tills than this the
+/// later ones wait, stopped. How many swap at once is the upgrade policy's
+/// `parallel`, which the core's state machine applies.
 const TERMINALS_AT_ONCE: usize = 32;
 
+/// Where one upgrade's files live.
 struct Files {
     dir: PathBuf,
 }
