@@ -613,10 +613,10 @@ impl Target {
                 let m = m.with_changes(&req.changes).map_err(|e| {
                     AgentError::BadRequest(format!("the changes to the staged folder: {e}"))
                 })?;
-                if m.digest() != req.result {
+                let reached = m.digest();
+                if reached != req.result {
                     return Err(AgentError::BadRequest(format!(
-                        "the changes lead to the folder {}, not to {} as the request says",
-                        m.digest(),
+                        "the changes lead to the folder {reached}, not to {} as the request says",
                         req.result
                     )));
                 }

@@ -26,7 +26,7 @@ use tillup_core::api::{
     StageRequest, TerminalBackup, TerminalChanges, TerminalTarget,
 };
 use tillup_core::manifest::{
-    MAX_MANIFEST_BYTES, Manifest, ManifestChanges, Preserve, merge_for_terminal,
+    FileEntry, MAX_MANIFEST_BYTES, Manifest, ManifestChanges, Preserve, merge_for_terminal,
 };
 use tillup_core::upgrade::{Effect, Upgrade};
 use tillup_fs::BlobStore;
@@ -38,9 +38,13 @@ use crate::{Error, Listener};
 
 /// Hash → signed size of every file of `manifests`.
 fn sizes<'m>(manifests: impl IntoIterator<Item = &'m Manifest>) -> BTreeMap<Sha256Hex, Size> {
-    manifests
+    sizes_of(manifests.into_iter().flat_map(Manifest::files))
+}
+
+/// Hash → signed size of each of `files`.
+fn sizes_of<'f>(files: impl IntoIterator<Item = &'f FileEntry>) -> BTreeMap<Sha256Hex, Size> {
+    files
         .into_iter()
-        .flat_map(Manifest::files)
         .map(|f| (f.sha256, Size::Exactly(f.size)))
         .collect()
 }
@@ -140,11 +144,7 @@ impl Listener {
                     .filter(|g| (&g.model, &g.version) == (&backup.model, &backup.version))
                     .map(|g| g.manifest.changes_to(&backup.manifest));
                 let candidates = match &changes {
-                    Some(c) => c
-                        .upsert
-                        .iter()
-                        .map(|f| (f.sha256, Size::Exactly(f.size)))
-                        .collect(),
+                    Some(c) => sizes_of(&c.upsert),
                     None => sizes([&backup.manifest]),
                 };
                 let changed = lacking(&candidates, blobs);
@@ -198,11 +198,7 @@ impl Listener {
                 // Nearly always nothing: the terminals' files are on the host
                 // already.
                 let plans = self.plans(u, files)?;
-                let wanted: BTreeMap<Sha256Hex, Size> = plans
-                    .iter()
-                    .flat_map(|p| &p.changes.upsert)
-                    .map(|f| (f.sha256, Size::Exactly(f.size)))
-                    .collect();
+                let wanted = sizes_of(plans.iter().flat_map(|p| &p.changes.upsert));
                 self.server
                     .fetch(&lacking(&wanted, blobs), blobs, &Arc::default())
                     .await?;
@@ -314,18 +310,23 @@ impl Listener {
     /// holds them, over the LAN, and only those none holds from the server.
     async fn prefetch(&self, u: &Upgrade, ctx: &Context, blobs: &BlobStore) -> Result<(), Error> {
         let snapshots = self.snapshots(u).await;
+        let mut releases: BTreeMap<&Version, BTreeMap<Sha256Hex, Size>> = BTreeMap::new();
         let mut needed: BTreeMap<Sha256Hex, Size> = BTreeMap::new();
         for t in u.terminals.values().filter(|t| t.active()) {
-            let release = self.release_manifest(&t.to, ctx, blobs).await?;
+            if !releases.contains_key(&t.to) {
+                let m = self.release_manifest(&t.to, ctx, blobs).await?;
+                releases.insert(&t.to, sizes([&m]));
+            }
             let held = snapshots
                 .iter()
                 .find(|(n, _)| *n == t.number)
                 .map(|(_, s)| s.manifest.hashes());
             // A terminal that did not answer may lack any of them.
             needed.extend(
-                sizes([&release])
-                    .into_iter()
-                    .filter(|(h, _)| held.as_ref().is_none_or(|held| !held.contains(h))),
+                releases[&t.to]
+                    .iter()
+                    .filter(|(h, _)| held.as_ref().is_none_or(|held| !held.contains(*h)))
+                    .map(|(h, s)| (*h, *s)),
             );
         }
         let needed = lacking(&needed, blobs);

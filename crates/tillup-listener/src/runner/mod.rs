@@ -455,18 +455,22 @@ impl Listener {
         let mut live: BTreeSet<tillup_core::Sha256Hex> =
             ctx.releases.values().map(|r| r.sha256).collect();
         let blobs = self.blobs()?;
-        for t in u
+        // What an upgraded terminal holds now: its release and its plan's
+        // changes (each release read once).
+        let upgraded: Vec<&tillup_core::upgrade::TerminalRun> = u
             .terminals
             .values()
             .filter(|t| t.step == tillup_core::upgrade::Step::Upgraded)
-        {
-            // What the terminal holds now: its release and the plan's changes.
-            if let Some(release) = ctx.releases.get(&t.to)
-                && let Ok(bytes) = blobs.read(&release.sha256)
+            .collect();
+        let versions: BTreeSet<&Version> = upgraded.iter().map(|t| &t.to).collect();
+        for release in versions.into_iter().filter_map(|v| ctx.releases.get(v)) {
+            if let Ok(bytes) = blobs.read(&release.sha256)
                 && let Ok(m) = Manifest::parse(&bytes)
             {
                 live.extend(m.hashes());
             }
+        }
+        for t in upgraded {
             if let Ok(plan) = read_json::<StagePlan>(&files.plan(t.number)) {
                 live.extend(plan.changes.upsert.iter().map(|f| f.sha256));
             }
