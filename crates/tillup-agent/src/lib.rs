@@ -573,9 +573,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             watchdog.watch().await;
         }
     });
-    axum::serve(listener, app(agent))
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    tillup_serve::serve(
+        listener,
+        app(agent),
+        tillup_serve::Limits::AGENT,
+        shutdown(),
+    )
+    .await?;
     Ok(())
 }
 

@@ -853,9 +853,8 @@ pub async fn serve(
             }
         });
     }
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    tillup_serve::serve(listener, app(state), tillup_serve::Limits::SERVER, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
 }

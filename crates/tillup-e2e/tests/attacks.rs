@@ -1,0 +1,84 @@
+//! Attacks on the real programs over loopback, one test each, named after
+//! the attack: what an attacker with a given position (a device on the shop
+//! LAN, a store token, a proxy on the path) tries, and what must still hold.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use tillup_core::api::{agent, server};
+use tillup_e2e::{Store, StoreSpec};
+
+/// Connections an attacker holds open in the half-open attack.
+const HALF_OPEN: usize = 500;
+
+/// Opens `n` connections to `url` that each send half a request header and
+/// then nothing: a slowloris.
+fn half_open(url: &str, n: usize) -> Result<Vec<TcpStream>> {
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    (0..n)
+        .map(|i| {
+            let mut s = TcpStream::connect(addr).with_context(|| format!("connection {i}"))?;
+            s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: till\r\nX-Slow: ")?;
+            Ok(s)
+        })
+        .collect()
+}
+
+/// A GET with a bearer token that must answer 200 within a second.
+fn answers_within_a_second(url: &str, token: &str) -> Result<()> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()?;
+    let resp = client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .with_context(|| format!("{url} did not answer within a second"))?;
+    ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+    Ok(())
+}
+
+#[test]
+fn half_open_connections_do_not_lock_out_the_server_or_an_agent() -> Result<()> {
+    let store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500")],
+            ..StoreSpec::default()
+        },
+    )?;
+    let till = &store.terminals[&1];
+    let till_url = till.url().context("agent running")?.to_owned();
+    let held_server = half_open(store.server.url(), HALF_OPEN)?;
+    let held_agent = half_open(&till_url, HALF_OPEN)?;
+
+    answers_within_a_second(
+        &format!(
+            "{}{}",
+            store.server.url(),
+            server::LOG.replace("{channel}", "stable")
+        ),
+        &store.store_token,
+    )?;
+    answers_within_a_second(&format!("{till_url}{}", agent::STATUS), &till.token)?;
+
+    // The servers close what never finishes its header, so an attacker
+    // must keep opening connections to hold any.
+    for (who, mut held) in [("server", held_server), ("agent", held_agent)] {
+        let s = &mut held[0];
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut buf = [0u8; 1024];
+        match s.read(&mut buf) {
+            Ok(_) => {}
+            Err(e) => ensure!(
+                e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut,
+                "the {who} kept a half-open connection for a minute"
+            ),
+        }
+        held.clear();
+    }
+    Ok(())
+}
