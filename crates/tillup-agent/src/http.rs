@@ -265,8 +265,12 @@ async fn get_pack(
     let req = json_body(body)?;
     let wanted: Vec<Sha256Hex> = req.blobs.iter().map(|e| e.sha256).collect();
     let locate = a.locator(&wanted).await?;
-    let body =
-        tillup_transfer::pack_body(req.blobs, locate, tillup_transfer::pack::LAN_LEVEL, None);
+    let body = tillup_transfer::pack_body(
+        req.blobs,
+        locate,
+        tillup_transfer::pack::LAN_LEVEL,
+        Box::new(|_| {}),
+    );
     Ok((
         [(header::CONTENT_TYPE, tillup_core::api::PACK_MEDIA_TYPE)],
         Body::from_stream(body),

@@ -877,3 +877,75 @@ pub fn static_http(
     });
     Ok(url)
 }
+
+/// What a hostile HTTP server ([`hostile_http`]) sends as a body.
+#[derive(Clone, Copy, Debug)]
+pub enum HostileBody {
+    /// Declares this many bytes, then sends zeros until the client leaves.
+    Declared(u64),
+    /// Chunked, without end, until the client leaves.
+    Endless,
+}
+
+/// An HTTP server on loopback that answers each request (at most
+/// `max_requests`) with `status` and a body that never ends well. Returns
+/// its URL and the body bytes it managed to send, in all: what the client
+/// read, give or take the sockets' buffers.
+pub fn hostile_http(
+    status: u16,
+    body: HostileBody,
+    max_requests: usize,
+) -> Result<(String, std::sync::Arc<std::sync::atomic::AtomicU64>)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let sent = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(max_requests) {
+            let Ok(mut s) = stream else { continue };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = s.set_write_timeout(Some(Duration::from_secs(30)));
+                let mut buf = [0u8; 8192];
+                let mut req = Vec::new();
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = match body {
+                    HostileBody::Declared(n) => {
+                        format!("HTTP/1.1 {status} X\r\ncontent-length: {n}\r\n\r\n")
+                    }
+                    HostileBody::Endless => {
+                        format!("HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\n\r\n")
+                    }
+                };
+                if s.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let piece = vec![b'0'; 64 * 1024];
+                let chunk = match body {
+                    HostileBody::Declared(_) => piece,
+                    HostileBody::Endless => {
+                        let mut c = format!("{:x}\r\n", piece.len()).into_bytes();
+                        c.extend_from_slice(&piece);
+                        c.extend_from_slice(b"\r\n");
+                        c
+                    }
+                };
+                // 16 GiB at most: the client is meant to leave long before.
+                for _ in 0..(1u64 << 18) {
+                    if s.write_all(&chunk).is_err() {
+                        return;
+                    }
+                    counter.fetch_add(64 * 1024, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    Ok((url, sent))
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use tillup_core::api::{agent, server};
-use tillup_e2e::{Store, StoreSpec};
+use tillup_e2e::{HostileBody, Store, StoreSpec};
 
 /// Connections an attacker holds open in the half-open attack.
 const HALF_OPEN: usize = 500;
@@ -81,4 +81,94 @@ fn half_open_connections_do_not_lock_out_the_server_or_an_agent() -> Result<()> 
         held.clear();
     }
     Ok(())
+}
+
+/// A store whose listener's server address is `url` (an attacker, or a
+/// proxy on the path).
+fn store_pointing_at(url: &str) -> Result<Store> {
+    let mut store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500")],
+            ..StoreSpec::default()
+        },
+    )?;
+    let key = store.server.public_key.clone();
+    store.write_listener_config_for(url.to_owned(), &key, "prompt", &[])?;
+    Ok(store)
+}
+
+/// The bytes of every file under `dir`.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    walk(dir)
+}
+
+fn walk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => walk(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+/// What the loopback sockets may hold between a server's writes and the
+/// client's reads, on top of what the client read.
+const SOCKET_SLACK: u64 = 32 << 20;
+
+/// `tillup check` against `url` fails, saying `expected`; the server sent
+/// at most `bound` bytes (plus what sockets buffer) and the host's data
+/// folder stayed small.
+fn check_fails_within(
+    store: &Store,
+    sent: &std::sync::atomic::AtomicU64,
+    bound: u64,
+    expected: &str,
+) -> Result<()> {
+    let out = store.tillup(&["check"])?;
+    let said = tillup_e2e::text(&out);
+    ensure!(!out.status.success(), "check passed: {said}");
+    ensure!(said.contains(expected), "check said: {said}");
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    ensure!(
+        sent <= bound + SOCKET_SLACK,
+        "the listener read {sent} bytes of an answer bounded at {bound}"
+    );
+    let held = bytes_under(&store.listener_data);
+    ensure!(held < 1 << 20, "the host's data folder holds {held} bytes");
+    Ok(())
+}
+
+#[test]
+fn a_proxy_serving_an_endless_log_is_read_only_to_its_bound() -> Result<()> {
+    let (url, sent) = tillup_e2e::hostile_http(200, HostileBody::Endless, 4)?;
+    let store = store_pointing_at(&url)?;
+    check_fails_within(
+        &store,
+        &sent,
+        tillup_core::log::MAX_LOG_BYTES as u64,
+        "allowed",
+    )
+}
+
+#[test]
+fn a_proxy_declaring_an_oversized_log_is_refused_before_it_is_read() -> Result<()> {
+    let (url, sent) = tillup_e2e::hostile_http(200, HostileBody::Declared(8 << 30), 4)?;
+    let store = store_pointing_at(&url)?;
+    check_fails_within(&store, &sent, 0, "over the")
+}
+
+#[test]
+fn a_proxy_sending_an_endless_error_body_is_read_only_to_its_bound() -> Result<()> {
+    let (url, sent) = tillup_e2e::hostile_http(500, HostileBody::Endless, 4)?;
+    let store = store_pointing_at(&url)?;
+    check_fails_within(
+        &store,
+        &sent,
+        tillup_listener::http::MAX_ERROR_BODY_BYTES as u64,
+        "HTTP 500",
+    )
 }

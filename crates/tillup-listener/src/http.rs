@@ -15,6 +15,7 @@ use tillup_fs::BlobStore;
 use tillup_transfer::Size;
 
 use crate::Error;
+use crate::pace::{Pace, Stalled};
 use crate::progress::{Moving, Transfers};
 
 /// How many times a request is tried before its failure is reported, when
@@ -73,8 +74,9 @@ pub const COMPRESS_FROM: usize = 16 * 1024;
 /// handful of packs whatever the number of files.
 pub const PACK_MAX_BLOBS: usize = 20_000;
 
-/// Builds the shared client: connect timeout, no global timeout (large
-/// files), rustls.
+/// Builds the shared client: connect and read timeouts, rustls. The
+/// deadline of a whole exchange, which grows with its bytes, is each
+/// [`Peer`]'s [`Pace`].
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -91,6 +93,7 @@ pub struct Peer {
     pub base: String,
     token: String,
     http: reqwest::Client,
+    pace: Pace,
 }
 
 impl Peer {
@@ -100,6 +103,23 @@ impl Peer {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             http,
+            pace: Pace::DEFAULT,
+        }
+    }
+
+    /// The same peer held to `pace`.
+    pub fn with_pace(mut self, pace: Pace) -> Self {
+        self.pace = pace;
+        self
+    }
+
+    /// The error for an exchange that fell behind its pace: like a
+    /// timeout, it may pass on another try.
+    fn stalled(&self, what: &str, e: Stalled) -> Error {
+        Error::Unreachable {
+            peer: self.name.clone(),
+            what: what.to_owned(),
+            message: e.to_string(),
         }
     }
 
@@ -154,14 +174,20 @@ impl Peer {
         // An error body is a sentence: read no more than that, whatever
         // the peer (or a proxy in front of it) sends.
         let mut body = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(Ok(chunk)) = stream.next().await {
-            let room = MAX_ERROR_BODY_BYTES - body.len();
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if body.len() == MAX_ERROR_BODY_BYTES {
-                break;
+        let moved = AtomicU64::new(0);
+        let read = async {
+            let mut stream = resp.bytes_stream();
+            while let Some(Ok(chunk)) = stream.next().await {
+                moved.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                let room = MAX_ERROR_BODY_BYTES - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() == MAX_ERROR_BODY_BYTES {
+                    break;
+                }
             }
-        }
+        };
+        // A stalled error body still leaves the status to report.
+        let _ = self.pace.run(self.pace.grace, &moved, read).await;
         let message = serde_json::from_slice::<ErrorBody>(&body)
             .map(|b| b.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned());
@@ -175,7 +201,23 @@ impl Peer {
 
     /// Sends once; a success or 304 is `Ok`.
     async fn send_once(&self, what: &str, req: RequestBuilder) -> Result<Response, Error> {
-        let resp = req.send().await.map_err(|e| self.unreachable(what, &e))?;
+        self.send_counted(what, req, &AtomicU64::new(0)).await
+    }
+
+    /// [`Peer::send_once`] for a request whose body counts the bytes it
+    /// sent in `sent`: the answer may come later the more it sent.
+    async fn send_counted(
+        &self,
+        what: &str,
+        req: RequestBuilder,
+        sent: &AtomicU64,
+    ) -> Result<Response, Error> {
+        let resp = self
+            .pace
+            .run(self.pace.answer_within, sent, req.send())
+            .await
+            .map_err(|e| self.stalled(what, e))?
+            .map_err(|e| self.unreachable(what, &e))?;
         if resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED {
             return Ok(resp);
         }
@@ -260,16 +302,24 @@ impl Peer {
         if let Some(len) = resp.content_length().filter(|l| *l > limit as u64) {
             return Err(too_large(len));
         }
-        let mut out = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.unreachable(what, &e))?;
-            if out.len() + chunk.len() > limit {
-                return Err(too_large((out.len() + chunk.len()) as u64));
+        let moved = AtomicU64::new(0);
+        let read = async {
+            let mut out = Vec::new();
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| self.unreachable(what, &e))?;
+                if out.len() + chunk.len() > limit {
+                    return Err(too_large((out.len() + chunk.len()) as u64));
+                }
+                moved.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                out.extend_from_slice(&chunk);
             }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out)
+            Ok(out)
+        };
+        self.pace
+            .run(self.pace.grace, &moved, read)
+            .await
+            .map_err(|e| self.stalled(what, e))?
     }
 
     async fn json<T: DeserializeOwned>(&self, what: &str, resp: Response) -> Result<T, Error> {
@@ -373,17 +423,25 @@ impl Peer {
             Some(size) => Err(format!("it should have {size:?} bytes")),
             None => Err("it was not asked for, or came twice".into()),
         });
-        let counter = progress.clone();
-        let received = tillup_transfer::receive_pack(
+        let (counter, moved) = (progress.clone(), Arc::new(AtomicU64::new(0)));
+        let arrived = moved.clone();
+        let receiving = tillup_transfer::receive_pack(
             resp.bytes_stream(),
             store.clone(),
             String::new(),
             admit,
             Box::new(move |n| {
                 counter.fetch_add(n, Ordering::Relaxed);
+                arrived.fetch_add(n, Ordering::Relaxed);
             }),
-        )
-        .await;
+        );
+        // A stall drops the body: the receiver sees a cut and keeps what
+        // arrived whole.
+        let received = self
+            .pace
+            .run(self.pace.grace, &moved, receiving)
+            .await
+            .map_err(|e| self.stalled(what, e))?;
         let bytes = received.unpacked.bytes;
         received
             .result
@@ -478,17 +536,27 @@ impl Peer {
                 })
                 .collect();
             let source = store.clone();
+            let (moved, shown) = (
+                Arc::new(AtomicU64::new(0)),
+                progress.map(|p| p.counter(Moving::ToTerminals).clone()),
+            );
+            let packed = moved.clone();
             let body = tillup_transfer::pack_body(
                 blobs,
                 Box::new(move |h| source.has(h).then(|| source.path(h))),
                 level,
-                progress.map(|p| p.counter(Moving::ToTerminals).clone()),
+                Box::new(move |n| {
+                    packed.fetch_add(n, Ordering::Relaxed);
+                    if let Some(c) = &shown {
+                        c.fetch_add(n, Ordering::Relaxed);
+                    }
+                }),
             );
             let req = self
                 .request(Method::PUT, pack_route)
                 .header(header::CONTENT_TYPE, api::PACK_MEDIA_TYPE)
                 .body(reqwest::Body::wrap_stream(body));
-            let resp = self.send_once(what, req).await?;
+            let resp = self.send_counted(what, req, &moved).await?;
             let receipt: PackReceipt = self.json(what, resp).await?;
             sent += receipt.bytes;
         }
@@ -699,6 +767,66 @@ mod tests {
         assert!(
             read <= (MAX_ERROR_BODY_BYTES + 64 * 1024) as u64,
             "{read} bytes of an error body were read"
+        );
+    }
+
+    /// A server that sends an answer's head at once, then one byte of its
+    /// body every `every`, for ever.
+    async fn trickling(every: Duration) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut stream = tokio::io::BufReader::new(stream);
+                    let mut line = String::new();
+                    while stream.read_line(&mut line).await.unwrap_or(0) > 2 {
+                        line.clear();
+                    }
+                    let mut stream = stream.into_inner();
+                    let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n";
+                    if stream.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    loop {
+                        tokio::time::sleep(every).await;
+                        if stream.write_all(b" ").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_trickling_answer_fails_at_its_pace_rather_than_holding_the_host() {
+        let url = trickling(Duration::from_millis(100)).await;
+        // 10 B/s against a minimum of 1000 B/s after a 1 s grace.
+        let pace = Pace {
+            answer_within: Duration::from_secs(5),
+            grace: Duration::from_secs(1),
+            min_rate: 1000,
+        };
+        let p = peer(&url).with_pace(pace);
+        let resp = p
+            .send_once(
+                "fetch the version log",
+                p.request(Method::GET, "/v1/log/stable"),
+            )
+            .await
+            .unwrap();
+        let err = p
+            .read_limited("fetch the version log", resp, 4 << 20)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Unreachable { message, .. } if message.contains("slower than tillup accepts")),
+            "{err}"
         );
     }
 

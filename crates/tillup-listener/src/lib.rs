@@ -19,6 +19,7 @@ pub mod clients;
 pub mod config;
 pub mod http;
 pub mod local_log;
+pub mod pace;
 pub mod progress;
 pub mod runner;
 pub mod schedule;

@@ -469,7 +469,7 @@ async fn get_pack(
         req.blobs,
         Box::new(move |h| Some(blobs.path(h))),
         tillup_transfer::pack::WAN_LEVEL,
-        None,
+        Box::new(|_| {}),
     );
     Ok((
         [(header::CONTENT_TYPE, api::PACK_MEDIA_TYPE)],

@@ -73,21 +73,18 @@ const CHUNKS_AHEAD: usize = 8;
 /// blob cannot be sent, the stream ends with an error: the receiver sees a
 /// cut pack and keeps what arrived whole.
 ///
-/// `sent`, if given, counts the bytes of files as they are packed.
+/// `sent` hears the bytes of files as they are packed.
 pub fn pack_body(
     entries: Vec<PackEntry>,
     locate: Locate,
     level: i32,
-    sent: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    sent: Progress,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(CHUNKS_AHEAD);
     tokio::task::spawn_blocking(move || {
         let mut out = std::io::BufWriter::with_capacity(CHUNK, ChannelWriter { tx: tx.clone() });
-        let count = |n: u64| {
-            if let Some(c) = &sent {
-                c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            }
-        };
+        let sent = std::sync::Mutex::new(sent);
+        let count = |n: u64| (sent.lock().unwrap_or_else(|p| p.into_inner()))(n);
         match pack::write_pack(&entries, &*locate, level, &count, &mut out) {
             Ok(sent) => {
                 tracing::debug!(blobs = sent.blobs, bytes = sent.bytes, "pack sent");
