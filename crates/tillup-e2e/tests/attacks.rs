@@ -86,7 +86,7 @@ fn half_open_connections_do_not_lock_out_the_server_or_an_agent() -> Result<()> 
 /// A store whose listener's server address is `url` (an attacker, or a
 /// proxy on the path).
 fn store_pointing_at(url: &str) -> Result<Store> {
-    let mut store = Store::new(
+    let store = Store::new(
         None,
         StoreSpec {
             terminals: vec![(1, "CP-500")],
