@@ -65,12 +65,8 @@ impl Agent {
     /// left running by an earlier agent. Call inside a tokio runtime.
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let state_dir = config.state_dir();
-        std::fs::create_dir_all(&state_dir).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create the state folder {}: {e}",
-                state_dir.display()
-            )
-        })?;
+        tillup_fs::private_dir(&state_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the state folder: {e}"))?;
         let store = BlobStore::open(state_dir.join("blobs"))?;
         let _ = store.clean_tmp();
         let layout = folder::Layout::new(&config.folder, &config.version_file);

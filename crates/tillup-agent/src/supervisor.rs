@@ -181,11 +181,12 @@ impl Supervisor {
             path: log_path.clone(),
             source,
         };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io_err)?;
+        let mut log = std::fs::OpenOptions::new();
+        log.create(true).append(true);
+        // What the program prints may be its sales: for this user only.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut log, 0o600);
+        let log = log.open(&log_path).map_err(io_err)?;
         let log2 = log.try_clone().map_err(io_err)?;
         let program = self.cfg.command[0].clone();
         let mut cmd = tokio::process::Command::new(&program);

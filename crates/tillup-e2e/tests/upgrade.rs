@@ -630,3 +630,58 @@ fn a_version_with_build_metadata_installs_on_every_terminal() -> Result<()> {
     );
     Ok(())
 }
+
+/// Every file and folder under `root` whose mode lets users other than
+/// its owner in (the folder itself must be 0700).
+#[cfg(unix)]
+fn open_to_others(root: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut open = Vec::new();
+    let mode = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    };
+    if mode(root) != 0o700 {
+        open.push(format!("{} {:o}", root.display(), mode(root)));
+    }
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            // The server's public key is public; the test harness writes
+            // the server's output into `serve.log`.
+            let exempt = p.extension().is_some_and(|x| x == "pub")
+                || p.file_name().is_some_and(|n| n == "serve.log");
+            if mode(&p) & 0o077 != 0 && !exempt {
+                open.push(format!("{} {:o}", p.display(), mode(&p)));
+            }
+        }
+    }
+    open
+}
+
+#[cfg(unix)]
+#[test]
+fn data_at_rest_is_private_to_its_user_on_server_host_and_agent() -> Result<()> {
+    let store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500"), (2, "CP-500")],
+            ..StoreSpec::default()
+        },
+    )?;
+    store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
+    let out = store.tillup(&["update"])?;
+    ensure!(out.status.success(), "update failed: {}", text(&out));
+    let mut open = open_to_others(&store.server.data);
+    open.extend(open_to_others(&store.listener_data));
+    for t in store.terminals.values() {
+        open.extend(open_to_others(&t.root.join("agent-state")));
+    }
+    ensure!(open.is_empty(), "open to other users: {open:#?}");
+    Ok(())
+}

@@ -150,7 +150,7 @@ impl Batch<'_> {
             let dest = self.store.path(&h);
             let dir = dest.parent().expect("blob paths have a parent");
             if dirs.insert(dir.to_owned()) {
-                fs::create_dir_all(dir).at(dir)?;
+                crate::private_dir(dir)?;
             }
             crate::blobs::read_only(&aside)?;
             fs::rename(&aside, &dest).at(&dest)?;

@@ -26,7 +26,8 @@ impl BlobStore {
     /// Opens (creating) a store at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, Error> {
         let root = root.into();
-        fs::create_dir_all(root.join("tmp")).at(&root)?;
+        crate::private_dir(&root)?;
+        crate::private_dir(&root.join("tmp"))?;
         Ok(Self {
             root,
             partial_locks: Arc::default(),
@@ -217,7 +218,7 @@ impl BlobStore {
         read_only(tmp.path())?;
         let dest = self.path(h);
         let dir = dest.parent().expect("blob paths have a parent");
-        fs::create_dir_all(dir).at(dir)?;
+        crate::private_dir(dir)?;
         tmp.persist(&dest).map_err(|e| e.error).at(&dest)?;
         fsync_dir(dir)
     }
@@ -299,7 +300,7 @@ pub(crate) fn read_only(path: &Path) -> Result<(), Error> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o444)).at(path)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o400)).at(path)?;
     }
     #[cfg(not(unix))]
     let _ = path;

@@ -12,12 +12,14 @@ mod atomic;
 mod batch;
 mod blobs;
 pub mod fault;
+mod private;
 mod scan;
 
 pub use archive::{ArchiveError, ZipLimits, extract_zip, extract_zip_file};
 pub use atomic::{fsync_dir, remove_file_if_exists, write_atomic, write_json_atomic};
 pub use batch::Batch;
 pub use blobs::BlobStore;
+pub use private::{keep_new_files_private, private_dir};
 pub use scan::{HashCache, copy_verified, hash_file, link_tree, materialize, scan_folder};
 
 /// An I/O failure, with the path it concerns.

@@ -291,8 +291,11 @@ fn copy_checked(from: &Path, to: &Path, f: &FileEntry, sync: bool) -> Result<(),
     }
     #[cfg(unix)]
     if f.exec {
+        // Executable by whoever may read it, as the process's umask left
+        // it: 0644 becomes 0755, and 0600 (a host's backup) 0700.
         use std::os::unix::fs::PermissionsExt;
-        out.set_permissions(fs::Permissions::from_mode(0o755))
+        let mode = out.metadata().at(to)?.permissions().mode();
+        out.set_permissions(fs::Permissions::from_mode(mode | (mode & 0o444) >> 2))
             .at(to)?;
     }
     if sync {

@@ -28,6 +28,8 @@ pub mod view;
 use clients::{AgentClient, ServerClient};
 pub use config::{Config, MAX_CONFIG_BYTES};
 use http::Peer;
+/// For the listener's programs (the CLI, the tray): what they create is data.
+pub use tillup_fs::keep_new_files_private;
 
 /// Everything that can go wrong in the listener, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -106,10 +108,7 @@ impl Listener {
     pub fn new(config: Config) -> Result<Self, Error> {
         let http = http::client();
         let data_dir = config.data_dir();
-        std::fs::create_dir_all(&data_dir).map_err(|e| tillup_fs::Error::Io {
-            path: data_dir.clone(),
-            source: e,
-        })?;
+        tillup_fs::private_dir(&data_dir)?;
         let server = ServerClient::new(
             Peer::new(
                 "the server",

@@ -121,11 +121,8 @@ fn ts(s: String) -> Result<Timestamp, Error> {
 impl Db {
     /// Opens (creating) the database at `path`, in WAL mode.
     pub fn open(path: &Path) -> Result<Self, Error> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-                path: dir.to_owned(),
-                source,
-            })?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tillup_fs::private_dir(dir)?;
         }
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;

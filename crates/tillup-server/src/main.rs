@@ -116,6 +116,8 @@ enum StoreCommand {
 }
 
 fn main() -> ExitCode {
+    // Every file of the server's is data: keys, backups, the database.
+    tillup_fs::keep_new_files_private();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
     unsafe {
         std::env::set_var("GDK_GL", "disable")
     };
+    tillup_listener::keep_new_files_private();
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn,tillup_tray=info",
