@@ -172,3 +172,45 @@ fn a_proxy_sending_an_endless_error_body_is_read_only_to_its_bound() -> Result<(
         "HTTP 500",
     )
 }
+
+#[test]
+fn a_revoked_store_gets_401_on_its_next_check_until_its_token_is_rotated() -> Result<()> {
+    let mut store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500")],
+            ..StoreSpec::default()
+        },
+    )?;
+    let out = store.tillup(&["check"])?;
+    ensure!(out.status.success(), "{}", tillup_e2e::text(&out));
+
+    store.server.cli(&["store", "revoke", &store.store_id])?;
+    let out = store.tillup(&["check"])?;
+    let said = tillup_e2e::text(&out);
+    ensure!(!out.status.success(), "a revoked store checked: {said}");
+    ensure!(said.contains("HTTP 401"), "{said}");
+    let listed = store.server.cli(&["store", "list"])?;
+    ensure!(listed.contains("revoked"), "{listed}");
+
+    let old = store.store_token.clone();
+    let new = store
+        .server
+        .cli(&["store", "rotate-token", &store.store_id])?;
+    store.store_token = new.trim().to_owned();
+    store.write_listener_config("prompt", &[])?;
+    let out = store.tillup(&["check"])?;
+    ensure!(out.status.success(), "{}", tillup_e2e::text(&out));
+
+    // The old token stays refused.
+    let resp = reqwest::blocking::Client::new()
+        .get(format!(
+            "{}{}",
+            store.server.url(),
+            server::LOG.replace("{channel}", "stable")
+        ))
+        .bearer_auth(&old)
+        .send()?;
+    ensure!(resp.status() == 401, "{}", resp.status());
+    Ok(())
+}

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS stores (
     id TEXT PRIMARY KEY,
     token_sha256 TEXT NOT NULL UNIQUE,
     created TEXT NOT NULL,
-    last_check TEXT
+    last_check TEXT,
+    revoked TEXT
 );
 CREATE TABLE IF NOT EXISTS store_blobs (
     store TEXT NOT NULL,
@@ -90,6 +91,8 @@ pub struct StoreRow {
     pub created: Timestamp,
     /// When it last fetched the log.
     pub last_check: Option<Timestamp>,
+    /// When its token was revoked, if it was.
+    pub revoked: Option<Timestamp>,
 }
 
 /// A store report as received.
@@ -305,7 +308,7 @@ impl Db {
         Ok(self
             .conn()
             .query_row(
-                "SELECT id FROM stores WHERE token_sha256 = ?1",
+                "SELECT id FROM stores WHERE token_sha256 = ?1 AND revoked IS NULL",
                 [token_sha256],
                 |r| r.get(0),
             )
@@ -324,19 +327,47 @@ impl Db {
     /// Every store, by id.
     pub fn stores(&self) -> Result<Vec<StoreRow>, Error> {
         let conn = self.conn();
-        let mut st = conn.prepare("SELECT id, created, last_check FROM stores ORDER BY id")?;
-        let rows: Vec<(String, String, Option<String>)> = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        let mut st =
+            conn.prepare("SELECT id, created, last_check, revoked FROM stores ORDER BY id")?;
+        type Row = (String, String, Option<String>, Option<String>);
+        let rows: Vec<Row> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
         rows.into_iter()
-            .map(|(id, created, last)| {
+            .map(|(id, created, last, revoked)| {
                 Ok(StoreRow {
                     id,
                     created: ts(created)?,
                     last_check: last.map(ts).transpose()?,
+                    revoked: revoked.map(ts).transpose()?,
                 })
             })
             .collect()
+    }
+
+    /// Refuses the store's token from now on; its backups and reports stay.
+    pub fn revoke_store(&self, id: &str, now: Timestamp) -> Result<(), Error> {
+        let changed = self.conn().execute(
+            "UPDATE stores SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
+            params![id, now.to_string()],
+        )?;
+        if changed == 0 && !self.store_exists(id)? {
+            return Err(Error::UnknownStore(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Gives the store the token hashing to `token_sha256` in place of its
+    /// own, and lifts a revocation.
+    pub fn replace_store_token(&self, id: &str, token_sha256: &str) -> Result<(), Error> {
+        let changed = self.conn().execute(
+            "UPDATE stores SET token_sha256 = ?2, revoked = NULL WHERE id = ?1",
+            params![id, token_sha256],
+        )?;
+        if changed == 0 {
+            return Err(Error::UnknownStore(id.to_owned()));
+        }
+        Ok(())
     }
 
     /// Records that the store fetched the log.
@@ -468,6 +499,14 @@ fn migrate(conn: &Connection) -> Result<(), Error> {
         "CREATE UNIQUE INDEX IF NOT EXISTS reports_by_upgrade ON reports (store, upgrade)",
         [],
     )?;
+    let has_revoked: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('stores') WHERE name = 'revoked')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_revoked {
+        conn.execute("ALTER TABLE stores ADD COLUMN revoked TEXT", [])?;
+    }
     Ok(())
 }
 
@@ -498,6 +537,24 @@ mod tests {
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();
         assert_eq!(level, 2, "synchronous must be FULL (2)");
+    }
+
+    #[test]
+    fn a_revoked_token_is_refused_until_it_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("tillup.db")).unwrap();
+        db.add_store("s", "old", Timestamp::now()).unwrap();
+        assert_eq!(db.store_by_token("old").unwrap().as_deref(), Some("s"));
+        db.revoke_store("s", Timestamp::now()).unwrap();
+        assert_eq!(db.store_by_token("old").unwrap(), None);
+        assert!(db.stores().unwrap()[0].revoked.is_some());
+        db.replace_store_token("s", "new").unwrap();
+        assert_eq!(db.store_by_token("old").unwrap(), None);
+        assert_eq!(db.store_by_token("new").unwrap().as_deref(), Some("s"));
+        assert!(matches!(
+            db.revoke_store("nope", Timestamp::now()),
+            Err(Error::UnknownStore(_))
+        ));
     }
 
     #[test]

@@ -113,6 +113,17 @@ enum StoreCommand {
     },
     /// List the stores.
     List,
+    /// Refuse a store's token from now on (a stolen or retired host); its
+    /// backups and reports stay. `rotate-token` lets it in again.
+    Revoke {
+        /// The store's id.
+        store: String,
+    },
+    /// Give a store a new token (shown once); the old one is refused at once.
+    RotateToken {
+        /// The store's id.
+        store: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -223,8 +234,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let last = s
                     .last_check
                     .map_or_else(|| "never".to_owned(), |t| t.to_string());
-                println!("{}\tadded {}\tlast check {}", s.id, s.created, last);
+                let revoked = s
+                    .revoked
+                    .map_or_else(String::new, |t| format!("\trevoked {t}"));
+                println!(
+                    "{}\tadded {}\tlast check {}{revoked}",
+                    s.id, s.created, last
+                );
             }
+        }
+        Command::Store {
+            command: StoreCommand::Revoke { store },
+        } => {
+            ops::revoke_store(&open_db()?, &store, Timestamp::now())?;
+            eprintln!(
+                "store {store} revoked: its token is refused from its next request; `store rotate-token {store}` lets it in again with a new token"
+            );
+        }
+        Command::Store {
+            command: StoreCommand::RotateToken { store },
+        } => {
+            let token = ops::rotate_store_token(&open_db()?, &store)?;
+            println!("{token}");
+            eprintln!(
+                "store {store} has a new token: put the token above in its listener's config (store_token); the old one is refused from now on"
+            );
         }
         Command::Reports { store } => {
             tillup_server::error::check_id("store", &store)?;

@@ -353,11 +353,32 @@ pub fn token_digest(token: &str) -> String {
 /// Adds a store; returns its new token (shown once, only its hash is kept).
 pub fn add_store(db: &Db, id: &str, now: Timestamp) -> Result<String, Error> {
     check_id("store", id)?;
-    let mut raw = [0u8; 32];
-    rand::rng().fill_bytes(&mut raw);
-    let token = hex::encode(raw);
+    let token = new_token();
     db.add_store(id, &token_digest(&token), now)?;
     Ok(token)
+}
+
+/// Gives a store a new token, returned (and shown once): the old one is
+/// refused from now on, and a revoked store is let in again.
+pub fn rotate_store_token(db: &Db, id: &str) -> Result<String, Error> {
+    check_id("store", id)?;
+    let token = new_token();
+    db.replace_store_token(id, &token_digest(&token))?;
+    Ok(token)
+}
+
+/// Refuses a store's token from now on (its next request gets 401); its
+/// backups and reports stay. [`rotate_store_token`] lets it in again.
+pub fn revoke_store(db: &Db, id: &str, now: Timestamp) -> Result<(), Error> {
+    check_id("store", id)?;
+    db.revoke_store(id, now)
+}
+
+/// 256 random bits, in hex.
+fn new_token() -> String {
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    hex::encode(raw)
 }
 
 #[cfg(test)]
