@@ -16,6 +16,13 @@ pub struct Config {
     pub model: String,
     /// The Bearer token the host must send.
     pub token: String,
+    /// The chain's public key (the `RW…` line `tillup-server keygen`
+    /// prints): the agent installs only releases a version log signed with
+    /// it names, whoever holds the token.
+    pub trust_key: String,
+    /// The channel whose signed logs the agent accepts.
+    #[serde(default = "stable")]
+    pub channel: String,
     /// Where to listen (`127.0.0.1:0` picks a free port).
     pub listen: SocketAddr,
     /// The program folder (`cupos`).
@@ -67,6 +74,9 @@ pub struct MainConfig {
     pub autostart: bool,
 }
 
+fn stable() -> String {
+    "stable".into()
+}
 fn default_version_file() -> String {
     "VERSION".into()
 }
@@ -180,6 +190,11 @@ impl Config {
         if c.token.trim().is_empty() {
             return Err(invalid("`token` must not be empty"));
         }
+        if let Err(e) = tillup_core::sign::PublicKey::parse(&c.trust_key) {
+            return Err(invalid(&format!(
+                "`trust_key` is not a public key ({e}): give the `RW…` line `tillup-server keygen` printed, as the store host's config has it"
+            )));
+        }
         if c.main.command.is_empty() {
             return Err(invalid("`main.command` must name a program"));
         }
@@ -218,6 +233,11 @@ impl Config {
         Ok(c)
     }
 
+    /// The key signed logs must verify with (checked at load).
+    pub fn trust(&self) -> tillup_core::sign::PublicKey {
+        tillup_core::sign::PublicKey::parse(&self.trust_key).expect("checked at load")
+    }
+
     /// The agent's state folder.
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir
@@ -234,6 +254,7 @@ mod tests {
 terminal = 2
 model = "CP-500"
 token = "secret"
+trust_key = "RWTkrcTyYrt1qYLHJb5GMRdYFzoIIVJ7cmjyUZYxORPNpjmgV8IL94QQ"
 listen = "127.0.0.1:0"
 folder = "/pos/cupos"
 [main]

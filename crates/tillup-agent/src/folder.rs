@@ -626,6 +626,11 @@ mod tests {
         StageRequest {
             version: Version::parse(version).unwrap(),
             manifest: scan(&f.new),
+            // The layout stages; the agent checked the release before.
+            release: tillup_core::install::SignedLog {
+                log: String::new(),
+                signature: String::new(),
+            },
         }
     }
 

@@ -67,6 +67,9 @@ pub enum AgentError {
     /// will not die), so it is sent: the host puts it in its report.
     #[error("{0}")]
     MainProgram(String),
+    /// What the host asked to install is not what the chain signed.
+    #[error(transparent)]
+    Refused(Box<tillup_core::install::InstallRefusal>),
     /// Anything else; the details are logged, not sent.
     #[error("internal error in the agent; see the agent's log on the terminal")]
     Internal(String),
@@ -88,8 +91,15 @@ impl AgentError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::WrongOffset { .. } => StatusCode::CONFLICT,
+            Self::Refused(_) => StatusCode::FORBIDDEN,
             Self::MainProgram(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+impl From<tillup_core::install::InstallRefusal> for AgentError {
+    fn from(e: tillup_core::install::InstallRefusal) -> Self {
+        Self::Refused(Box::new(e))
     }
 }
 
@@ -141,6 +151,7 @@ impl IntoResponse for AgentError {
         match &self {
             Self::Internal(detail) => tracing::error!("internal error: {detail}"),
             Self::MainProgram(why) => tracing::error!("{why}"),
+            Self::Refused(why) => tracing::warn!("refused to install: {why}"),
             _ => {}
         }
         let mut res = (
@@ -409,7 +420,7 @@ mod tests {
         std::fs::write(folder.join("VERSION"), "1.0.0\n").unwrap();
         std::fs::write(folder.join("a.txt"), "hello world").unwrap();
         let toml = format!(
-            "terminal = 3\nmodel = \"CP-500\"\ntoken = \"s3cret\"\nlisten = \"127.0.0.1:0\"\nfolder = {:?}\n{extra}\n[main]\ncommand = [\"sleep\", \"60\"]\nhealth_command = [\"true\"]\nautostart = false\n",
+            "terminal = 3\nmodel = \"CP-500\"\ntoken = \"s3cret\"\ntrust_key = \"RWTkrcTyYrt1qYLHJb5GMRdYFzoIIVJ7cmjyUZYxORPNpjmgV8IL94QQ\"\nlisten = \"127.0.0.1:0\"\nfolder = {:?}\n{extra}\n[main]\ncommand = [\"sleep\", \"60\"]\nhealth_command = [\"true\"]\nautostart = false\n",
             folder.to_str().unwrap()
         );
         Agent::new(crate::Config::parse(&toml).unwrap()).unwrap()

@@ -18,6 +18,7 @@ pub mod folder;
 pub mod http;
 pub mod memory;
 pub mod supervisor;
+mod trust;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -269,6 +270,10 @@ impl Agent {
 
     async fn stage_target(&self, target: Target) -> Result<StageReport, AgentError> {
         let _op = self.folder_ops.lock().await;
+        let (version, signed) = target.release();
+        let (version, signed) = (version.clone(), signed.clone());
+        // Nothing is written for a release the chain did not sign.
+        let accepted = self.accept_release(&version, &signed)?;
         match target {
             // The whole folder: the folder as it is now.
             Target::Whole(_) => {
@@ -310,14 +315,18 @@ impl Agent {
             let req = target.resolve(staged.as_ref())?;
             let report = layout.stage_from(&local, &store, &req, staged)?;
             // Received files the staged folder does not use are not needed
-            // again: the incoming store stays within one release's changes.
-            if let Err(e) = store.retain(&req.manifest.hashes()) {
+            // again: the incoming store stays within one release's changes
+            // (and its manifest, which the commit checks against).
+            let mut keep = req.manifest.hashes();
+            keep.insert(accepted.release.sha256);
+            if let Err(e) = store.retain(&keep) {
                 tracing::warn!("could not drop received files no longer needed: {e}");
             }
             Ok::<_, AgentError>(report)
         })
         .await
         .map_err(AgentError::internal)??;
+        self.keep_staged_release(&version, &signed)?;
         tracing::info!(?report, "staged");
         Ok(report)
     }
@@ -342,6 +351,11 @@ impl Agent {
                 "the main program is running{why}"
             )));
         }
+        // Only what the chain signed, with this terminal's own files as
+        // they are now; remembered before the swap, so an older log is
+        // refused from here on whatever happens next.
+        let seen = self.check_commit(&version).await?;
+        self.remember(|m| m.seen_log = Some(seen))?;
         // The folder about to become previous, as its hash cache knows it
         // (the stage that built the staging folder scanned it just before):
         // what makes reusing it for the next staging cheap.
@@ -600,6 +614,14 @@ enum Target {
 }
 
 impl Target {
+    /// The version to stage and the signed log naming it.
+    fn release(&self) -> (&Version, &tillup_core::install::SignedLog) {
+        match self {
+            Target::Whole(req) => (&req.version, &req.release),
+            Target::Changes(req) => (&req.version, &req.release),
+        }
+    }
+
     /// The whole folder, given what is staged now.
     fn resolve(self, staged: Option<&Manifest>) -> Result<StageRequest, AgentError> {
         let req = match self {
@@ -633,6 +655,7 @@ impl Target {
         Ok(StageRequest {
             version: req.version,
             manifest,
+            release: req.release,
         })
     }
 }

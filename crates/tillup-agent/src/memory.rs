@@ -31,6 +31,10 @@ pub struct Memory {
     /// What the agent did on its own, newest last.
     #[serde(default)]
     pub notices: Vec<Notice>,
+    /// The newest signed log a commit was checked against: an older one
+    /// is refused from then on.
+    #[serde(default)]
+    pub seen_log: Option<tillup_core::log::SeenLog>,
 }
 
 /// A release on trial: if it is not healthy, `previous` goes back in.
@@ -100,6 +104,7 @@ mod tests {
                 previous: Version::new(1, 0, 0),
             }),
             notices: vec![],
+            seen_log: None,
         };
         for i in 0..NOTICES + 5 {
             m.notice(format!("n{i}"));

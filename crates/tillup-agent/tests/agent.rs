@@ -12,11 +12,56 @@ use tillup_core::api::{
     StageReport, StageRequest, StartReport, StopReport, StopRequest, SwapReport, SwapRequest,
     agent as routes,
 };
+use tillup_core::install::SignedLog;
 use tillup_core::manifest::FileEntry;
 use tillup_core::{Manifest, Sha256Hex};
 use tillup_fs::{HashCache, scan_folder};
 
 const TOKEN: &str = "test-token";
+
+/// The chain's key pair of a test: the agent pins the public half.
+struct ChainKey {
+    secret: tillup_core::sign::SecretKey,
+    public_line: String,
+    /// The next log's sequence.
+    sequence: std::sync::atomic::AtomicU64,
+}
+
+impl ChainKey {
+    fn new() -> Self {
+        let keys = tillup_core::sign::generate_keys().unwrap();
+        Self {
+            secret: tillup_core::sign::SecretKey::parse(&keys.secret_file, None).unwrap(),
+            public_line: keys.public_line,
+            sequence: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh log of channel `stable` naming release `version` with the
+    /// manifest `manifest_bytes`, for every model, preserving nothing.
+    fn sign(&self, version: &str, manifest_bytes: &[u8]) -> SignedLog {
+        let sequence = self
+            .sequence
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = jiff::Timestamp::now();
+        let log = serde_json::json!({
+            "channel": "stable",
+            "sequence": sequence,
+            "generated": now.to_string(),
+            "expires": (now + jiff::SignedDuration::from_hours(24 * 7)).to_string(),
+            "releases": [{
+                "version": version,
+                "date": now.to_string(),
+                "size": 0,
+                "sha256": Sha256Hex::of(manifest_bytes).to_string(),
+                "notes": {"en": "", "zh_cn": ""},
+            }],
+        })
+        .to_string();
+        let signature = self.secret.sign(log.as_bytes(), "test").unwrap();
+        SignedLog { log, signature }
+    }
+}
 
 /// `target/debug/pos-sim`, next to the folder holding this test binary.
 fn pos_sim_binary() -> PathBuf {
@@ -56,6 +101,7 @@ fn program_folder(root: &Path, version: &str) {
 }
 
 struct Harness {
+    key: ChainKey,
     dir: tempfile::TempDir,
     agent: Child,
     base: String,
@@ -117,6 +163,7 @@ impl Harness {
 
     fn with_watchdog(busy_timeout_secs: u64, watchdog_secs: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let key = ChainKey::new();
         program_folder(&dir.path().join("cupos"), "1.0.0");
         let state = dir.path().join("state");
         let pos = state.join("pos");
@@ -124,6 +171,7 @@ impl Harness {
             r#"terminal = 7
 model = "CP-500"
 token = "{TOKEN}"
+trust_key = "{trust_key}"
 listen = "127.0.0.1:0"
 folder = {folder:?}
 state_dir = {state:?}
@@ -138,6 +186,7 @@ health_timeout_secs = 10
 "#,
             folder = dir.path().join("cupos").to_str().unwrap(),
             state = state.to_str().unwrap(),
+            trust_key = key.public_line,
             pos = pos.to_str().unwrap(),
             busy = pos.join("busy").to_str().unwrap(),
         );
@@ -149,6 +198,7 @@ health_timeout_secs = 10
             .build()
             .unwrap();
         Self {
+            key,
             dir,
             agent,
             base,
@@ -283,6 +333,15 @@ health_timeout_secs = 10
         self.post(routes::START, &()).await
     }
 
+    /// Signs a log naming `manifest` as release `version` and sends the
+    /// agent the manifest's bytes; returns the log.
+    async fn sign_and_send(&self, version: &str, manifest: &Manifest) -> SignedLog {
+        let bytes = manifest.to_bytes();
+        let res = self.put_pack(&[&bytes]).await;
+        assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+        self.key.sign(version, &bytes)
+    }
+
     /// Sends the blobs of `release` the agent lacks, then stages it.
     async fn send_and_stage(
         &self,
@@ -308,6 +367,7 @@ health_timeout_secs = 10
         let req = StageRequest {
             version: version.parse().unwrap(),
             manifest: manifest.clone(),
+            release: self.sign_and_send(version, &manifest).await,
         };
         let report: StageReport = self.post(routes::STAGE, &req).await;
         (manifest, missing.hashes, report)
@@ -498,6 +558,7 @@ async fn staging_by_changes_applies_only_to_the_folder_named() {
         base: staged.digest(),
         changes: staged.changes_to(&target),
         result: target.digest(),
+        release: h.sign_and_send("2.0.0", &target).await,
     };
 
     // Changes that lead elsewhere than they say: refused, nothing staged.
@@ -842,9 +903,11 @@ async fn wrong_or_missing_token_changes_nothing() {
     let manifest = scan(&new);
     let hash = manifest.files()[0].sha256.to_string();
     let pack_request = serde_json::json!({ "blobs": [{ "sha256": hash, "from": 0 }] });
+    let release = h.key.sign("2.0.0", &manifest.to_bytes());
     let stage = serde_json::to_value(StageRequest {
         version: "2.0.0".parse().unwrap(),
         manifest,
+        release,
     })
     .unwrap();
     let swap = serde_json::json!({ "version": "2.0.0" });

@@ -8,6 +8,7 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::Sha256Hex;
+pub use crate::install::SignedLog;
 use crate::manifest::{Manifest, ManifestChanges};
 
 /// Header carrying the base64 of the log's `.minisig` text, so the log and
@@ -297,6 +298,9 @@ pub struct Snapshot {
 pub struct StageRequest {
     pub version: Version,
     pub manifest: Manifest,
+    /// The signed version log naming `version`; the release's manifest
+    /// (named there by its digest) must be among the files the agent holds.
+    pub release: SignedLog,
 }
 
 /// `POST /v1/stage/changes`: the folder to stage as changes to the one
@@ -310,6 +314,8 @@ pub struct StageChanges {
     pub changes: ManifestChanges,
     /// [`Manifest::digest`] of the folder they lead to.
     pub result: Sha256Hex,
+    /// As in [`StageRequest::release`].
+    pub release: SignedLog,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

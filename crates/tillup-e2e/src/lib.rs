@@ -410,6 +410,8 @@ pub struct Terminal {
     pub folder: PathBuf,
     pub pos_state: PathBuf,
     pub token: String,
+    /// The chain's public key the agent pins.
+    pub trust_key: String,
     pub config: PathBuf,
     pub agent: Option<Proc>,
     /// How long the agent waits for a sale to end before stopping anyway.
@@ -434,6 +436,7 @@ impl Terminal {
         number: u32,
         model: &str,
         release: &Path,
+        trust_key: &str,
         health_timeout_secs: u64,
     ) -> Result<Self> {
         let folder = root.join("cupos");
@@ -453,6 +456,7 @@ impl Terminal {
             folder,
             pos_state,
             token,
+            trust_key: trust_key.to_owned(),
             config,
             agent: None,
             busy_timeout_secs: 10,
@@ -479,6 +483,7 @@ impl Terminal {
             r#"terminal = {number}
 model = "{model}"
 token = "{token}"
+trust_key = "{trust_key}"
 listen = "127.0.0.1:{port}"
 folder = {folder:?}
 state_dir = {state:?}
@@ -497,6 +502,7 @@ autostart = true
             number = self.number,
             model = self.model,
             token = self.token,
+            trust_key = self.trust_key,
             state = self.root.join("agent-state").display().to_string(),
             busy = self.pos_state.join("busy").display().to_string(),
         );
@@ -684,6 +690,7 @@ impl Store {
                 *n,
                 model,
                 &rel,
+                &server.public_key,
                 spec.health_timeout_secs,
             )?;
             local(*n, &t.folder)?;

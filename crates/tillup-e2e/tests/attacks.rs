@@ -7,8 +7,13 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use tillup_core::api::{agent, server};
-use tillup_e2e::{HostileBody, Store, StoreSpec};
+use tillup_core::api::{StageRequest, agent, server};
+use tillup_core::install::SignedLog;
+use tillup_core::manifest::FileEntry;
+use tillup_core::{Manifest, Sha256Hex};
+use tillup_e2e::{HostileBody, ReleaseSpec, Store, StoreSpec, expected_after, manifest_of};
+use tillup_listener::clients::AgentClient;
+use tillup_listener::http::Peer;
 
 /// Connections an attacker holds open in the half-open attack.
 const HALF_OPEN: usize = 500;
@@ -213,4 +218,332 @@ fn a_revoked_store_gets_401_on_its_next_check_until_its_token_is_rotated() -> Re
         .send()?;
     ensure!(resp.status() == 401, "{}", resp.status());
     Ok(())
+}
+
+/// What an agent token holder (and a copy of what the server signed)
+/// gives them: the agent's typed client, a blob store to send from, and
+/// the signed log and release manifests the server publishes.
+struct TokenHolder {
+    agent: AgentClient,
+    blobs: tillup_fs::BlobStore,
+    _dir: tempfile::TempDir,
+}
+
+impl TokenHolder {
+    fn new(till: &tillup_e2e::Terminal) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let blobs = tillup_fs::BlobStore::open(dir.path().join("blobs"))?;
+        let peer = Peer::new(
+            "the till",
+            till.url().context("agent running")?,
+            &till.token,
+            tillup_listener::http::client(),
+        );
+        Ok(Self {
+            agent: AgentClient::new(peer),
+            blobs,
+            _dir: dir,
+        })
+    }
+
+    /// Holds `bytes` to send.
+    fn hold(&self, bytes: &[u8]) -> Result<Sha256Hex> {
+        Ok(self.blobs.put_bytes(bytes)?)
+    }
+
+    /// Holds every file of `folder`.
+    fn hold_folder(&self, folder: &std::path::Path) -> Result<Manifest> {
+        let m = manifest_of(folder);
+        for f in m.files() {
+            self.hold(&std::fs::read(tillup_fs::join(folder, &f.path))?)?;
+        }
+        Ok(m)
+    }
+
+    /// Sends what `folder` needs and stages it as `version` with `log`.
+    async fn stage(
+        &self,
+        version: &str,
+        folder: &Manifest,
+        log: &SignedLog,
+        release_manifest: Sha256Hex,
+    ) -> std::result::Result<(), tillup_listener::Error> {
+        let mut hashes = folder.hashes();
+        hashes.insert(release_manifest);
+        self.agent
+            .send(
+                hashes.into_iter().collect(),
+                &self.blobs,
+                &Default::default(),
+            )
+            .await?;
+        self.agent
+            .stage(&StageRequest {
+                version: version.parse().expect("a version"),
+                manifest: folder.clone(),
+                release: log.clone(),
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The server's current signed log of `stable`, as a mirror serves it.
+fn signed_log(store: &Store) -> Result<SignedLog> {
+    use base64::Engine;
+    let resp = reqwest::blocking::Client::new()
+        .get(format!(
+            "{}{}",
+            store.server.url(),
+            server::LOG.replace("{channel}", "stable")
+        ))
+        .bearer_auth(&store.store_token)
+        .send()?
+        .error_for_status()?;
+    let signature = resp
+        .headers()
+        .get(tillup_core::api::SIGNATURE_HEADER)
+        .context("no signature header")?
+        .to_str()?
+        .to_owned();
+    let signature =
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(signature.as_bytes())?)?;
+    Ok(SignedLog {
+        log: resp.text()?,
+        signature,
+    })
+}
+
+/// The bytes of the manifest the signed log names for `version`.
+fn release_manifest_bytes(store: &Store, log: &SignedLog, version: &str) -> Result<Vec<u8>> {
+    let parsed = tillup_core::log::VersionLog::parse(log.log.as_bytes())?;
+    let sha = parsed
+        .release(&version.parse()?)
+        .context("the version is in the log")?
+        .sha256;
+    let resp = reqwest::blocking::Client::new()
+        .get(format!(
+            "{}{}",
+            store.server.url(),
+            server::BLOB.replace("{sha256}", &sha.to_string())
+        ))
+        .bearer_auth(&store.store_token)
+        .send()?
+        .error_for_status()?;
+    Ok(resp.bytes()?.to_vec())
+}
+
+/// The files of `folder` but the terminal's own (which its running
+/// program writes): what an install would change.
+fn program_files(folder: &std::path::Path) -> Manifest {
+    let own = tillup_core::manifest::Preserve::new(tillup_e2e::PRESERVE).expect("valid patterns");
+    Manifest::new(
+        manifest_of(folder)
+            .files()
+            .iter()
+            .filter(|f| !own.matches(&f.path))
+            .cloned()
+            .collect(),
+    )
+    .expect("a subset of a manifest")
+}
+
+/// The refusal's HTTP status and message.
+fn refused(r: std::result::Result<(), tillup_listener::Error>) -> Result<(u16, String)> {
+    match r {
+        Err(tillup_listener::Error::Refused {
+            status, message, ..
+        }) => Ok((status, message)),
+        Err(e) => anyhow::bail!("failed otherwise than refused: {e}"),
+        Ok(()) => anyhow::bail!("accepted"),
+    }
+}
+
+#[test]
+fn an_agent_token_holder_cannot_install_a_changed_file_an_added_file_or_an_old_release()
+-> Result<()> {
+    let store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500")],
+            ..StoreSpec::default()
+        },
+    )?;
+    let rel = store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
+    let till = &store.terminals[&1];
+    let before = manifest_of(&till.folder);
+    let before_program = program_files(&till.folder);
+    let log = signed_log(&store)?;
+    let manifest_bytes = release_manifest_bytes(&store, &log, "1.1.0")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let holder = TokenHolder::new(till)?;
+    let release_manifest = holder.hold(&manifest_bytes)?;
+    let release = holder.hold_folder(&rel)?;
+    holder.hold_folder(&till.folder)?;
+    let genuine = expected_after(&release, &before);
+
+    let evil = b"evil build".as_slice();
+    let evil_hash = holder.hold(evil)?;
+    let entry = |path: &str| FileEntry {
+        path: tillup_core::RelPath::new(path).expect("a path"),
+        size: evil.len() as u64,
+        sha256: evil_hash,
+        exec: true,
+    };
+    let changed = Manifest::new(
+        genuine
+            .files()
+            .iter()
+            .map(|f| {
+                if f.path.as_str() == "bin/pos-sim" {
+                    entry("bin/pos-sim")
+                } else {
+                    f.clone()
+                }
+            })
+            .collect(),
+    )?;
+    let added = Manifest::new(
+        genuine
+            .files()
+            .iter()
+            .cloned()
+            .chain([entry("bin/implant")])
+            .collect(),
+    )?;
+
+    rt.block_on(async {
+        holder.agent.stop().await?;
+        for (what, folder) in [("one file changed", &changed), ("one file added", &added)] {
+            // Staging writes only the staging folder; the commit is where
+            // the terminal checks the folder against the signed release.
+            holder
+                .stage("1.1.0", folder, &log, release_manifest)
+                .await?;
+            let (status, message) =
+                refused(holder.agent.commit(&"1.1.0".parse()?).await.map(|_| ()))?;
+            ensure!(status == 403, "{what}: {status} {message}");
+            ensure!(message.contains("not release 1.1.0"), "{what}: {message}");
+        }
+        holder.agent.start().await?;
+        anyhow::Ok(())
+    })?;
+    let after = program_files(&till.folder);
+    ensure!(
+        after == before_program,
+        "the till's folder changed: {:?}",
+        before_program.changes_to(&after)
+    );
+    till.wait_running("1.0.0")?;
+
+    // The store upgrades for real; then the holder replays the release it
+    // replaced, with the genuine log that still names it.
+    let out = store.tillup(&["update"])?;
+    ensure!(out.status.success(), "{}", tillup_e2e::text(&out));
+    till.wait_running("1.1.0")?;
+    let upgraded = program_files(&till.folder);
+    let old_manifest = holder.hold(&release_manifest_bytes(&store, &log, "1.0.0")?)?;
+    rt.block_on(async {
+        let (status, message) = refused(holder.stage("1.0.0", &before, &log, old_manifest).await)?;
+        ensure!(
+            status == 403 && message.contains("downgrade"),
+            "{status} {message}"
+        );
+        anyhow::Ok(())
+    })?;
+    let after = program_files(&till.folder);
+    ensure!(
+        after == upgraded,
+        "the till's folder changed: {:?}",
+        upgraded.changes_to(&after)
+    );
+    till.wait_running("1.1.0")?;
+    Ok(())
+}
+
+#[test]
+fn a_tampered_replayed_or_expired_log_handed_to_an_agent_is_refused() -> Result<()> {
+    let store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500")],
+            ..StoreSpec::default()
+        },
+    )?;
+    let before_release = signed_log(&store)?;
+    let rel = store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
+    let log = signed_log(&store)?;
+    let manifest_bytes = release_manifest_bytes(&store, &log, "1.1.0")?;
+    // The till accepts the newest log at its upgrade: from then on an
+    // older one is a replay.
+    let out = store.tillup(&["update"])?;
+    ensure!(out.status.success(), "{}", tillup_e2e::text(&out));
+    let till = &store.terminals[&1];
+    till.wait_running("1.1.0")?;
+    let upgraded = program_files(&till.folder);
+
+    let holder = TokenHolder::new(till)?;
+    let release_manifest = holder.hold(&manifest_bytes)?;
+    let release = holder.hold_folder(&rel)?;
+    holder.hold_folder(&till.folder)?;
+    let folder = expected_after(&release, &manifest_of(&till.folder));
+
+    let tampered = SignedLog {
+        log: log
+            .log
+            .replace("\"CP-500\"", "\"CP-501\"")
+            .replace("1.1.0", "1.1.1"),
+        ..log.clone()
+    };
+    // Signed with the chain's own key, but expired a day ago.
+    let secret = tillup_core::sign::SecretKey::parse(
+        &std::fs::read_to_string(store.server.data.join("keys/tillup.key"))?,
+        None,
+    )?;
+    let mut expired_log: serde_json::Value = serde_json::from_str(&log.log)?;
+    let yesterday = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24);
+    expired_log["expires"] = yesterday.to_string().into();
+    expired_log["generated"] = (yesterday - jiff::SignedDuration::from_hours(24))
+        .to_string()
+        .into();
+    expired_log["sequence"] = (expired_log["sequence"].as_u64().unwrap_or(0) + 1).into();
+    let expired_text = expired_log.to_string();
+    let expired = SignedLog {
+        signature: secret.sign(expired_text.as_bytes(), "expired")?,
+        log: expired_text,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    for (what, bad, version, want) in [
+        ("tampered", &tampered, "1.1.1", "signature"),
+        ("replayed", &before_release, "1.1.0", "replayed"),
+        ("expired", &expired, "1.1.0", "expired"),
+    ] {
+        let (status, message) = rt.block_on(refused_stage(
+            &holder,
+            version,
+            &folder,
+            bad,
+            release_manifest,
+        ))?;
+        ensure!(status == 403, "{what}: {status} {message}");
+        ensure!(message.contains(want), "{what}: {message}");
+    }
+    let after = program_files(&till.folder);
+    ensure!(
+        after == upgraded,
+        "the till's folder changed: {:?}",
+        upgraded.changes_to(&after)
+    );
+    till.wait_running("1.1.0")?;
+    Ok(())
+}
+
+async fn refused_stage(
+    holder: &TokenHolder,
+    version: &str,
+    folder: &Manifest,
+    log: &SignedLog,
+    release_manifest: Sha256Hex,
+) -> Result<(u16, String)> {
+    refused(holder.stage(version, folder, log, release_manifest).await)
 }

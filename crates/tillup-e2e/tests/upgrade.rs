@@ -36,6 +36,18 @@ fn assert_all_old(store: &Store, before: &[Manifest]) -> Result<()> {
     Ok(())
 }
 
+/// The digest the signed log the host last accepted gives `version`'s manifest.
+fn signed_manifest_digest(store: &Store, version: &str) -> Result<tillup_core::Sha256Hex> {
+    let cached: serde_json::Value =
+        serde_json::from_slice(&fs::read(store.listener_data.join("log-cache.json"))?)?;
+    let log = tillup_core::log::VersionLog::parse(
+        cached["body"].as_str().unwrap_or_default().as_bytes(),
+    )?;
+    log.release(&version.parse()?)
+        .map(|r| r.sha256)
+        .ok_or_else(|| anyhow::anyhow!("{version} is not in the log"))
+}
+
 #[test]
 fn happy_path_every_terminal_is_the_new_release_plus_its_own_files() -> Result<()> {
     let store = Store::new(None, StoreSpec::default())?;
@@ -105,10 +117,12 @@ fn happy_path_every_terminal_is_the_new_release_plus_its_own_files() -> Result<(
         );
         t.wait_running("1.1.0")?;
         // Content-addressed: the terminal was sent exactly the release files
-        // its folder did not already hold, each once.
+        // its folder did not already hold, each once, and the release's
+        // manifest it checks them against.
         let held: std::collections::BTreeSet<_> = old_manifest.hashes();
-        let needed: std::collections::BTreeSet<_> =
+        let mut needed: std::collections::BTreeSet<_> =
             release.hashes().difference(&held).copied().collect();
+        needed.insert(signed_manifest_digest(&store, "1.1.0")?);
         assert_eq!(
             received_blobs(&t.root.join("agent-state/blobs")),
             needed,

@@ -1,6 +1,7 @@
 //! Checking the server's version log: fetch, verify, compare (DESIGN §1).
 
 use std::collections::BTreeMap;
+use tillup_core::install::SignedLog;
 
 use base64::Engine;
 use jiff::Timestamp;
@@ -28,6 +29,8 @@ struct CachedLog {
 pub struct VerifiedLog {
     pub log: VersionLog,
     pub digest: Sha256Hex,
+    /// Its bytes and signature, for the agents to check on their own.
+    pub signed: SignedLog,
 }
 
 /// What `tillup check` found.
@@ -117,7 +120,32 @@ impl Listener {
         let digest = Sha256Hex::of(fresh.body.as_bytes());
         check_fresh(&log, digest, &self.config.channel, seen, now).map_err(Error::Stale)?;
         tillup_fs::write_json_atomic(&cache_path, &fresh)?;
-        Ok(VerifiedLog { log, digest })
+        Ok(VerifiedLog {
+            log,
+            digest,
+            signed: SignedLog {
+                log: fresh.body,
+                signature: fresh.signature,
+            },
+        })
+    }
+
+    /// The log last fetched and verified, exactly as signed.
+    pub(crate) fn last_verified_log(&self) -> Result<SignedLog, Error> {
+        let path = self.data_dir.join("log-cache.json");
+        let cached: CachedLog =
+            serde_json::from_slice(&std::fs::read(&path).map_err(|e| tillup_fs::Error::Io {
+                path: path.clone(),
+                source: e,
+            })?)
+            .map_err(|e| Error::Damaged {
+                path,
+                message: e.to_string(),
+            })?;
+        Ok(SignedLog {
+            log: cached.body,
+            signature: cached.signature,
+        })
     }
 
     /// The whole check: verified log, each terminal's state, the compare

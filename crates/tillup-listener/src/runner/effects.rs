@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use tillup_core::install::SignedLog;
 
 use futures_util::future::join_all;
 use semver::Version;
@@ -107,7 +108,8 @@ impl Listener {
             Effect::Prestage(n) => {
                 let run = run.expect("terminal effect");
                 let release = self.release_manifest(&run.to, ctx, blobs).await?;
-                self.push_and_stage(*n, &run.to, &release, blobs).await?;
+                self.push_and_stage(*n, &run.to, &release, ctx, blobs)
+                    .await?;
             }
             Effect::Stop(n) => {
                 let r = self.agent(*n)?.stop().await?;
@@ -452,27 +454,42 @@ impl Listener {
             .map_err(|e| Error::Untrusted(format!("release {version} manifest: {e}")))
     }
 
-    /// Sends a terminal the files of `manifest` it lacks, then has it stage
-    /// `manifest` (incrementally, beside its program folder).
+    /// What a terminal checks what it stages with: the signed log, and the
+    /// release manifest's digest (which it must hold, as one of the files).
+    fn proof(&self, version: &Version, ctx: &Context) -> Result<(SignedLog, Sha256Hex), Error> {
+        let signed = ctx.releases.get(version).ok_or_else(|| {
+            Error::Untrusted(format!("release {version} is not one this upgrade planned"))
+        })?;
+        let log = match &ctx.signed_log {
+            Some(log) => log.clone(),
+            None => self.last_verified_log()?,
+        };
+        Ok((log, signed.sha256))
+    }
+
+    /// Sends a terminal the files of `manifest` it lacks, with the release's
+    /// manifest, then has it stage `manifest` (incrementally, beside its
+    /// program folder).
     async fn push_and_stage(
         &self,
         n: u32,
         version: &Version,
         manifest: &Manifest,
+        ctx: &Context,
         blobs: &BlobStore,
     ) -> Result<(), Error> {
         let agent = self.agent(n)?;
+        let (release, release_manifest) = self.proof(version, ctx)?;
+        let mut hashes = manifest.hashes();
+        hashes.insert(release_manifest);
         agent
-            .send(
-                manifest.hashes().into_iter().collect(),
-                blobs,
-                &self.transfers,
-            )
+            .send(hashes.into_iter().collect(), blobs, &self.transfers)
             .await?;
         let r = agent
             .stage(&StageRequest {
                 version: version.clone(),
                 manifest: manifest.clone(),
+                release,
             })
             .await?;
         tracing::info!(
@@ -567,15 +584,21 @@ impl Listener {
         blobs: &BlobStore,
     ) -> Result<(), Error> {
         let agent = self.agent(n)?;
+        let (release, release_manifest) = self.proof(&plan.version, ctx)?;
         let upserts = plan.changes.upsert.iter().map(|f| f.sha256);
         agent
-            .send(upserts.collect(), blobs, &self.transfers)
+            .send(
+                upserts.chain([release_manifest]).collect(),
+                blobs,
+                &self.transfers,
+            )
             .await?;
         let req = StageChanges {
             version: plan.version.clone(),
             base: plan.base,
             changes: plan.changes.clone(),
             result: plan.result,
+            release,
         };
         match agent.stage_changes(&req).await {
             Ok(r) => {
@@ -611,7 +634,8 @@ impl Listener {
                 self.server
                     .fetch(&lacking(&sizes([&folder]), blobs), blobs, &Arc::default())
                     .await?;
-                self.push_and_stage(n, &plan.version, &folder, blobs).await
+                self.push_and_stage(n, &plan.version, &folder, ctx, blobs)
+                    .await
             }
             Err(e) => Err(e),
         }

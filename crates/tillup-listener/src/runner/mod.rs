@@ -35,6 +35,11 @@ pub struct Context {
     pub releases: BTreeMap<Version, SignedRelease>,
     /// Terminals left out at preflight, with why.
     pub left_out: Vec<(u32, String)>,
+    /// The signed log the upgrade was planned on, for the agents to check
+    /// what they stage. `None` in an upgrade planned by an older listener:
+    /// the last verified log is used.
+    #[serde(default)]
+    pub signed_log: Option<tillup_core::install::SignedLog>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -286,6 +291,7 @@ impl Listener {
             backup_dir: self.data_dir.join("backups").join(format!("{stamp}_{top}")),
             releases,
             left_out,
+            signed_log: Some(verified.signed.clone()),
         };
         let u = Upgrade::new(
             id.clone(),
