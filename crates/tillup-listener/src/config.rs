@@ -45,7 +45,13 @@ pub enum Mode {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Base URL of `tillup-server`, e.g. `https://updates.example.com`.
+    /// `http://` only on loopback or with [`Config::allow_plain_http_server`].
     pub server: String,
+    /// Lets `server` be a plain `http://` address off this machine: only
+    /// where something else (a VPN) already protects the link, because the
+    /// store token and the terminals' files cross it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plain_http_server: bool,
     /// The minisign public key (`RW…`) the version log must be signed with.
     pub public_key: String,
     pub store_id: String,
@@ -254,6 +260,12 @@ impl Config {
     /// Checks what TOML types cannot: URLs, the key, the window, numbers.
     pub fn validate(&self) -> Result<(), String> {
         check_url("server", &self.server)?;
+        if !self.allow_plain_http_server && !is_private_link(&self.server) {
+            return Err(format!(
+                "server `{}`: the store token and the terminals' files would cross the network in clear; use an https:// address, or set allow_plain_http_server = true if a VPN already protects the link",
+                self.server
+            ));
+        }
         PublicKey::parse(&self.public_key).map_err(|e| format!("public_key: {e}"))?;
         if self.store_id.trim().is_empty()
             || !self
@@ -342,6 +354,21 @@ fn too_large() -> String {
     format!(
         "the file is larger than {MAX_CONFIG_BYTES} bytes; a configuration is a few kilobytes: check that this is the right file"
     )
+}
+
+/// Whether `url` is https, or plain http to this machine.
+fn is_private_link(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = u.host_str().unwrap_or("");
+    u.scheme() == "https"
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn check_url(what: &str, s: &str) -> Result<(), String> {
@@ -511,5 +538,28 @@ token = "a"
                 "{want}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_server_is_https_unless_on_this_machine_or_allowed_by_name() {
+        let with = |server: &str| sample().replace("http://127.0.0.1:9", server);
+        for ok in [
+            "https://updates.example.com",
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+        ] {
+            load(&with(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let err = load(&with("http://10.1.2.3:8080")).unwrap_err().to_string();
+        assert!(
+            err.contains("in clear") && err.contains("allow_plain_http_server"),
+            "{err}"
+        );
+        let allowed = format!(
+            "allow_plain_http_server = true\n{}",
+            with("http://10.1.2.3:8080")
+        );
+        assert!(load(&allowed).unwrap().allow_plain_http_server);
     }
 }

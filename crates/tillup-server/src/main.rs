@@ -79,8 +79,9 @@ enum Command {
         /// The channel.
         #[arg(long, default_value = "stable")]
         channel: String,
-        /// How long the log stays valid.
-        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..))]
+        /// How long the log stays valid (at most 14 days; `serve` re-signs
+        /// it when half is gone).
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u16).range(1..=14))]
         expires_in_days: u16,
     },
     /// Manage stores.

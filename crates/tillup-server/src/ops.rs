@@ -16,8 +16,13 @@ use crate::data::{DataDir, KeySource};
 use crate::db::{Db, SignedLog};
 use crate::error::{Error, check_id};
 
-/// How long a log stays valid when nothing else was chosen.
-pub const DEFAULT_VALIDITY_DAYS: i64 = 30;
+/// How long a log stays valid when nothing else was chosen: a server
+/// (or a mirror) frozen on an old log is noticed by every store within a
+/// week. `serve` re-signs a log when half of it is gone.
+pub const DEFAULT_VALIDITY_DAYS: i64 = 7;
+/// The longest validity a log is signed with: how long a stolen copy of
+/// the newest log can be replayed to hold stores on it.
+pub const MAX_VALIDITY_DAYS: i64 = 14;
 
 /// The public key `keygen` made.
 #[derive(Clone, Debug)]
@@ -332,7 +337,10 @@ pub fn resign_due(db: &Db, key: &KeySource, now: Timestamp) -> Result<Vec<(Strin
         let Some(log) = db.latest_log(&channel)? else {
             continue;
         };
-        let validity = log.expires.duration_since(log.generated);
+        let validity = log
+            .expires
+            .duration_since(log.generated)
+            .min(days(MAX_VALIDITY_DAYS));
         let half = log
             .generated
             .checked_add(validity / 2)
@@ -440,14 +448,17 @@ mod tests {
         assert_eq!(p.sequence, 1);
         let log = db.latest_log("stable").unwrap().unwrap();
         assert!(
-            resign_due(&db, &key, log.generated + days(10))
+            resign_due(&db, &key, log.generated + days(3))
                 .unwrap()
                 .is_empty()
         );
-        let done = resign_due(&db, &key, log.generated + days(16)).unwrap();
+        let done = resign_due(&db, &key, log.generated + days(4)).unwrap();
         assert_eq!(done, vec![("stable".to_owned(), 2)]);
         let again = db.latest_log("stable").unwrap().unwrap();
-        assert_eq!(again.expires.duration_since(again.generated), days(30));
+        assert_eq!(
+            again.expires.duration_since(again.generated),
+            days(DEFAULT_VALIDITY_DAYS)
+        );
     }
 
     #[test]
