@@ -248,6 +248,7 @@ function applyStaticText() {
   sw.setAttribute("aria-label", t("lang.other.label"));
   sw.lang = lang() === "zh-CN" ? "en" : "zh-CN";
   for (const node of $$("[data-t-label]")) node.setAttribute("aria-label", t(node.dataset.tLabel));
+  for (const node of $$("[data-t-placeholder]")) node.placeholder = t(node.dataset.tPlaceholder);
   for (const b of $$("#set-terminals .t-remove")) {
     const n = b.closest("tr").querySelector(".t-number").value;
     b.setAttribute("aria-label", t("set.remove.label", { n }));
@@ -637,7 +638,13 @@ function terminalRow(term) {
   });
   const rm = el("td", null, "remove");
   rm.append(remove);
-  tr.append(num, cell("t-address", term.address, "text", "set.address"), cell("t-token", term.token, "password", "set.token"), rm);
+  // Tokens are write-only: the page never holds one; empty keeps it.
+  const token = cell("t-token", "", "password", "set.token");
+  if (term.token_set) {
+    token.querySelector("input").dataset.tPlaceholder = "set.token.kept";
+    token.querySelector("input").placeholder = t("set.token.kept");
+  }
+  tr.append(num, cell("t-address", term.address, "text", "set.address"), token, rm);
   return tr;
 }
 
@@ -663,6 +670,7 @@ function readSettings() {
     number: wholeNumber(tr.querySelector(".t-number").value),
     address: tr.querySelector(".t-address").value,
     token: tr.querySelector(".t-token").value,
+    token_set: !!tr.querySelector(".t-token").dataset.tPlaceholder,
   }));
   const settings = {
     server: $("#set-server").value,
@@ -684,7 +692,7 @@ function normalized(s) {
     window_start: s.window_start.trim(),
     window_end: s.window_end.trim(),
     terminals: s.terminals
-      .map((x) => ({ number: x.number, address: x.address.trim(), token: x.token.trim() }))
+      .map((x) => ({ number: x.number, address: x.address.trim(), token: x.token.trim(), token_set: !!x.token_set }))
       .sort((a, b) => a.number - b.number),
   });
 }

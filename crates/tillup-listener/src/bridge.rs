@@ -162,9 +162,23 @@ pub struct Settings {
     pub window_start: String,
     pub window_end: String,
     pub check_interval_minutes: u64,
-    pub terminals: Vec<Terminal>,
+    pub terminals: Vec<SettingsTerminal>,
     /// Start the tray at login.
     pub autostart: bool,
+}
+
+/// A terminal as the settings page edits it. Its token is write-only: the
+/// page never receives one, and an empty one keeps the token configured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SettingsTerminal {
+    pub number: u32,
+    pub address: String,
+    /// A new token for the terminal's agent; empty keeps the one configured.
+    #[serde(default)]
+    pub token: String,
+    /// Whether a token is configured (the page says "unchanged").
+    #[serde(default)]
+    pub token_set: bool,
 }
 
 impl Settings {
@@ -175,7 +189,16 @@ impl Settings {
             window_start: config.window.start.clone(),
             window_end: config.window.end.clone(),
             check_interval_minutes: config.check.interval_minutes,
-            terminals: config.terminals.clone(),
+            terminals: config
+                .terminals
+                .iter()
+                .map(|t| SettingsTerminal {
+                    number: t.number,
+                    address: t.address.clone(),
+                    token: String::new(),
+                    token_set: !t.token.is_empty(),
+                })
+                .collect(),
             autostart,
         }
     }
@@ -195,7 +218,15 @@ impl Settings {
             .map(|t| Terminal {
                 number: t.number,
                 address: t.address.trim().to_owned(),
-                token: t.token.trim().to_owned(),
+                token: match t.token.trim() {
+                    "" => config
+                        .terminals
+                        .iter()
+                        .find(|old| old.number == t.number)
+                        .map(|old| old.token.clone())
+                        .unwrap_or_default(),
+                    new => new.to_owned(),
+                },
             })
             .collect();
         new.terminals.sort_by_key(|t| t.number);
@@ -575,6 +606,28 @@ token = "c"
         assert_eq!(new.store_token, config.store_token, "untouched fields stay");
         s.terminals.push(s.terminals[0].clone());
         assert!(s.apply(&config).unwrap_err().contains("twice"));
+        s.terminals.pop();
+        // Tokens are write-only: none reaches the page, an empty one keeps
+        // the configured one, a new one replaces it, a new terminal needs one.
+        let shown = Settings::of(&config, false);
+        assert!(
+            shown
+                .terminals
+                .iter()
+                .all(|t| t.token.is_empty() && t.token_set),
+            "{shown:?}"
+        );
+        let kept = s.apply(&config).unwrap();
+        assert_eq!(kept.terminals[0].token, config.terminals[0].token);
+        s.terminals[0].token = " fresh ".into();
+        assert_eq!(s.apply(&config).unwrap().terminals[0].token, "fresh");
+        s.terminals.push(SettingsTerminal {
+            number: 9,
+            address: "http://127.0.0.1:9".into(),
+            token: String::new(),
+            token_set: false,
+        });
+        assert!(s.apply(&config).unwrap_err().contains("token"));
     }
 
     #[test]
