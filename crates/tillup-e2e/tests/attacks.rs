@@ -547,3 +547,41 @@ async fn refused_stage(
 ) -> Result<(u16, String)> {
     refused(holder.stage(version, folder, log, release_manifest).await)
 }
+
+#[test]
+fn a_store_reads_only_the_channels_it_is_assigned() -> Result<()> {
+    let store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500")],
+            ..StoreSpec::default()
+        },
+    )?;
+    let beta = store.root.join("releases/beta");
+    tillup_e2e::build_release(&beta, &ReleaseSpec::new("2.0.0-beta.1"))?;
+    store
+        .server
+        .publish(&beta, "2.0.0-beta.1", &["--channel", "beta"])?;
+    let read = |channel: &str| -> Result<reqwest::StatusCode> {
+        Ok(reqwest::blocking::Client::new()
+            .get(format!(
+                "{}{}",
+                store.server.url(),
+                server::LOG.replace("{channel}", channel)
+            ))
+            .bearer_auth(&store.store_token)
+            .send()?
+            .status())
+    };
+    ensure!(read("stable")? == 200);
+    ensure!(read("beta")? == 403, "a stable store read the beta log");
+    store
+        .server
+        .cli(&["store", "channels", &store.store_id, "stable", "beta"])?;
+    ensure!(read("beta")? == 200);
+    store
+        .server
+        .cli(&["store", "channels", &store.store_id, "beta"])?;
+    ensure!(read("stable")? == 403);
+    Ok(())
+}

@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS stores (
     last_check TEXT,
     revoked TEXT
 );
+CREATE TABLE IF NOT EXISTS store_channels (
+    store TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    PRIMARY KEY (store, channel)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS store_blobs (
     store TEXT NOT NULL,
     sha256 TEXT NOT NULL,
@@ -300,7 +305,54 @@ impl Db {
             "INSERT INTO stores (id, token_sha256, created) VALUES (?1, ?2, ?3)",
             params![id, token_sha256, now.to_string()],
         )?;
+        conn.execute(
+            "INSERT INTO store_channels (store, channel) VALUES (?1, 'stable')",
+            [id],
+        )?;
         Ok(())
+    }
+
+    /// The channels whose logs the store may read.
+    pub fn store_channels(&self, id: &str) -> Result<Vec<String>, Error> {
+        let conn = self.conn();
+        let mut st =
+            conn.prepare("SELECT channel FROM store_channels WHERE store = ?1 ORDER BY channel")?;
+        let channels = st
+            .query_map([id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(channels)
+    }
+
+    /// Assigns the store exactly `channels` (at least one).
+    pub fn set_store_channels(&self, id: &str, channels: &[String]) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM stores WHERE id = ?1)",
+            [id],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Err(Error::UnknownStore(id.to_owned()));
+        }
+        tx.execute("DELETE FROM store_channels WHERE store = ?1", [id])?;
+        for c in channels {
+            tx.execute(
+                "INSERT OR IGNORE INTO store_channels (store, channel) VALUES (?1, ?2)",
+                params![id, c],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether the store may read `channel`'s log.
+    pub fn store_reads(&self, id: &str, channel: &str) -> Result<bool, Error> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS(SELECT 1 FROM store_channels WHERE store = ?1 AND channel = ?2)",
+            params![id, channel],
+            |r| r.get(0),
+        )?)
     }
 
     /// The store whose token hashes to `token_sha256`.
@@ -507,6 +559,13 @@ fn migrate(conn: &Connection) -> Result<(), Error> {
     if !has_revoked {
         conn.execute("ALTER TABLE stores ADD COLUMN revoked TEXT", [])?;
     }
+    // Stores from before channels were assigned read `stable`.
+    conn.execute(
+        "INSERT OR IGNORE INTO store_channels (store, channel)
+         SELECT id, 'stable' FROM stores
+         WHERE id NOT IN (SELECT store FROM store_channels)",
+        [],
+    )?;
     Ok(())
 }
 

@@ -111,6 +111,9 @@ pub enum Error {
     /// A store id that is not registered.
     #[error("store `{0}` does not exist; add it with `tillup-server store add {0}`")]
     UnknownStore(String),
+    /// A store was left without a channel to read.
+    #[error("store `{0}` must read at least one channel (e.g. stable)")]
+    NoChannel(String),
     /// `sign-log` on a channel with no release.
     #[error("nothing is published on channel `{0}` yet; run `tillup-server publish` first")]
     NothingPublished(String),

@@ -337,8 +337,20 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
         })
 }
 
-async fn latest_log(st: &AppState, channel: String) -> Result<crate::db::SignedLog, AppError> {
+/// The newest log of `channel`, if `store` may read it.
+async fn latest_log(
+    st: &AppState,
+    store: &StoreId,
+    channel: String,
+) -> Result<crate::db::SignedLog, AppError> {
     bad_id("channel", &channel)?;
+    let (id, ch) = (store.0.clone(), channel.clone());
+    if !st.blocking(move |st| st.db().store_reads(&id, &ch)).await? {
+        return Err(AppError::Forbidden(format!(
+            "store `{}` is not assigned channel `{channel}`; the chain's IT assigns it with `tillup-server store channels {} …`",
+            store.0, store.0
+        )));
+    }
     let ch = channel.clone();
     st.blocking(move |st| st.db().latest_log(&ch)).await?.ok_or_else(|| {
         AppError::NotFound(format!("nothing is published on channel `{channel}` yet; ask the chain's IT to publish a release"))
@@ -351,7 +363,7 @@ async fn get_log(
     Path(channel): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let log = latest_log(&st, channel).await?;
+    let log = latest_log(&st, &store, channel).await?;
     let id = store.0.clone();
     st.blocking(move |st| st.db().touch_store(&id, Timestamp::now()))
         .await?;
@@ -376,9 +388,10 @@ async fn get_log(
 
 async fn get_log_signature(
     State(st): State<AppState>,
+    Extension(store): Extension<StoreId>,
     Path(channel): Path<String>,
 ) -> Result<Response, AppError> {
-    let log = latest_log(&st, channel).await?;
+    let log = latest_log(&st, &store, channel).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         log.signature,

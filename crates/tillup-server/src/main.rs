@@ -125,6 +125,14 @@ enum StoreCommand {
         /// The store's id.
         store: String,
     },
+    /// Set the channels whose logs a store may read (a new store reads `stable`).
+    Channels {
+        /// The store's id.
+        store: String,
+        /// Every channel it may read.
+        #[arg(required = true)]
+        channels: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -251,6 +259,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!(
                 "store {store} revoked: its token is refused from its next request; `store rotate-token {store}` lets it in again with a new token"
             );
+        }
+        Command::Store {
+            command: StoreCommand::Channels { store, channels },
+        } => {
+            ops::set_store_channels(&open_db()?, &store, &channels)?;
+            eprintln!("store {store} reads channels: {}", channels.join(", "));
         }
         Command::Store {
             command: StoreCommand::RotateToken { store },

@@ -375,6 +375,18 @@ pub fn rotate_store_token(db: &Db, id: &str) -> Result<String, Error> {
     Ok(token)
 }
 
+/// Lets a store read exactly `channels`' logs.
+pub fn set_store_channels(db: &Db, id: &str, channels: &[String]) -> Result<(), Error> {
+    check_id("store", id)?;
+    for c in channels {
+        check_id("channel", c)?;
+    }
+    if channels.is_empty() {
+        return Err(Error::NoChannel(id.to_owned()));
+    }
+    db.set_store_channels(id, channels)
+}
+
 /// Refuses a store's token from now on (its next request gets 401); its
 /// backups and reports stay. [`rotate_store_token`] lets it in again.
 pub fn revoke_store(db: &Db, id: &str, now: Timestamp) -> Result<(), Error> {
