@@ -16,9 +16,10 @@ pub struct Config {
     pub model: String,
     /// The Bearer token the host must send.
     pub token: String,
-    /// The chain's public key (the `RW…` line `tillup-server keygen`
-    /// prints): the agent installs only releases a version log signed with
-    /// it names, whoever holds the token.
+    /// The chain's root key (the `RW…` line the store host's config has
+    /// as `public_key`): the agent installs only releases named by a
+    /// version log signed with it, or with a key it lists (see
+    /// `tillup_core::keys`), whoever holds the token.
     pub trust_key: String,
     /// The channel whose signed logs the agent accepts.
     #[serde(default = "stable")]
@@ -231,11 +232,6 @@ impl Config {
             *b = PathBuf::from(b.to_string_lossy().replace("{folder}", &folder));
         }
         Ok(c)
-    }
-
-    /// The key signed logs must verify with (checked at load).
-    pub fn trust(&self) -> tillup_core::sign::PublicKey {
-        tillup_core::sign::PublicKey::parse(&self.trust_key).expect("checked at load")
     }
 
     /// The agent's state folder.

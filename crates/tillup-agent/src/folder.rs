@@ -630,6 +630,7 @@ mod tests {
             release: tillup_core::install::SignedLog {
                 log: String::new(),
                 signature: String::new(),
+                keys: Default::default(),
             },
         }
     }

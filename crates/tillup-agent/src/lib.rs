@@ -354,8 +354,11 @@ impl Agent {
         // Only what the chain signed, with this terminal's own files as
         // they are now; remembered before the swap, so an older log is
         // refused from here on whatever happens next.
-        let seen = self.check_commit(&version).await?;
-        self.remember(|m| m.seen_log = Some(seen))?;
+        let (seen, trust) = self.check_commit(&version).await?;
+        self.remember(|m| {
+            m.seen_log = Some(seen);
+            m.trust = Some(trust);
+        })?;
         // The folder about to become previous, as its hash cache knows it
         // (the stage that built the staging folder scanned it just before):
         // what makes reusing it for the next staging cheap.

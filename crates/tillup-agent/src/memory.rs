@@ -35,6 +35,10 @@ pub struct Memory {
     /// is refused from then on.
     #[serde(default)]
     pub seen_log: Option<tillup_core::log::SeenLog>,
+    /// The root and key list accepted with it; none yet: the configured
+    /// `trust_key` alone.
+    #[serde(default)]
+    pub trust: Option<tillup_core::keys::Trust>,
 }
 
 /// A release on trial: if it is not healthy, `previous` goes back in.
@@ -105,6 +109,7 @@ mod tests {
             }),
             notices: vec![],
             seen_log: None,
+            trust: None,
         };
         for i in 0..NOTICES + 5 {
             m.notice(format!("n{i}"));

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use semver::Version;
 use serde::{Deserialize, Serialize};
 use tillup_core::install::{Accepted, SignedLog, check_folder, check_release};
+use tillup_core::keys::Trust;
 use tillup_core::log::SeenLog;
 
 use crate::{Agent, AgentError};
@@ -41,10 +42,14 @@ impl Agent {
         version: &Version,
         signed: &SignedLog,
     ) -> Result<Accepted, AgentError> {
-        let seen = self.memory().seen_log;
+        let memory = self.memory();
+        let trust = memory
+            .trust
+            .unwrap_or_else(|| Trust::pinned(&self.config.trust_key));
+        let seen = memory.seen_log;
         let running = self.layout.version_of(&self.layout.folder);
         let accepted = check_release(
-            &self.config.trust(),
+            &trust,
             signed,
             &self.config.channel,
             seen.as_ref(),
@@ -81,8 +86,11 @@ impl Agent {
 
     /// Checks, right before a commit of `version`, that the staging folder
     /// is exactly the signed release with this terminal's own files as they
-    /// are now. Returns the log to remember once it is accepted.
-    pub(crate) async fn check_commit(&self, version: &Version) -> Result<SeenLog, AgentError> {
+    /// are now. Returns the log and keys to remember once it is accepted.
+    pub(crate) async fn check_commit(
+        &self,
+        version: &Version,
+    ) -> Result<(SeenLog, Trust), AgentError> {
         let staged_release: StagedRelease =
             match std::fs::read(StagedRelease::path(&self.state_dir)) {
                 Ok(bytes) => serde_json::from_slice(&bytes).map_err(AgentError::internal)?,
@@ -118,6 +126,6 @@ impl Agent {
         })
         .await
         .map_err(AgentError::internal)??;
-        Ok(accepted.seen)
+        Ok((accepted.seen, accepted.trust))
     }
 }

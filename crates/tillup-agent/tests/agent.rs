@@ -59,7 +59,11 @@ impl ChainKey {
         })
         .to_string();
         let signature = self.secret.sign(log.as_bytes(), "test").unwrap();
-        SignedLog { log, signature }
+        SignedLog {
+            log,
+            signature,
+            keys: Default::default(),
+        }
     }
 }
 

@@ -26,6 +26,8 @@ pub mod server {
     pub const LOG: &str = "/v1/log/{channel}";
     /// `GET /v1/log/{channel}/minisig`: the detached signature, for `minisign -V`.
     pub const LOG_SIGNATURE: &str = "/v1/log/{channel}/minisig";
+    /// `GET /v1/keys`: the [`crate::keys::KeyChain`] saying which keys sign logs.
+    pub const KEYS: &str = "/v1/keys";
     /// `GET /v1/blobs/{sha256}` (Range): one blob as it is, the store's own
     /// or a release's; content-addressed, so a CDN may cache it for ever.
     pub const BLOB: &str = "/v1/blobs/{sha256}";

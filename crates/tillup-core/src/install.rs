@@ -17,26 +17,33 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use crate::Sha256Hex;
+use crate::keys::{KeyChain, KeyRefusal, Trust};
 use crate::log::{Refusal, Release, SeenLog, VersionLog, check_fresh};
 use crate::manifest::{Manifest, ManifestError, merge_for_terminal};
-use crate::sign::PublicKey;
 
-/// A version log exactly as the server signed it.
+/// A version log exactly as the server signed it, with the key lists
+/// that say which keys may sign it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedLog {
     /// The log's bytes (UTF-8 JSON), as signed.
     pub log: String,
     /// Its minisign signature (the `.minisig` text).
     pub signature: String,
+    /// The server's key chain (see [`crate::keys`]); empty when the root
+    /// signs logs itself.
+    #[serde(default)]
+    pub keys: KeyChain,
 }
 
 /// Why a terminal refuses to install what it was sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InstallRefusal {
     #[error(
-        "the version log's signature does not verify with this terminal's trusted key ({0}): nothing is installed"
+        "the version log's signature does not verify with this terminal's trusted keys ({0}): nothing is installed"
     )]
     BadSignature(String),
+    #[error(transparent)]
+    Keys(#[from] KeyRefusal),
     #[error("the signed version log is invalid: {0}")]
     BadLog(String),
     #[error(transparent)]
@@ -70,12 +77,13 @@ pub enum InstallRefusal {
     },
 }
 
-/// What [`check_release`] found: the release's entry, and the log to
-/// remember so an older one is refused from now on.
+/// What [`check_release`] found: the release's entry, and the log and
+/// keys to remember so older ones are refused from now on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Accepted {
     pub release: Release,
     pub seen: SeenLog,
+    pub trust: Trust,
 }
 
 /// Checks that `signed` is a genuine, fresh log of `channel` naming
@@ -83,7 +91,7 @@ pub struct Accepted {
 /// running `running` backwards.
 #[allow(clippy::too_many_arguments)]
 pub fn check_release(
-    key: &PublicKey,
+    trust: &Trust,
     signed: &SignedLog,
     channel: &str,
     seen: Option<&SeenLog>,
@@ -92,7 +100,9 @@ pub fn check_release(
     model: &str,
     running: Option<&Version>,
 ) -> Result<Accepted, InstallRefusal> {
-    key.verify(signed.log.as_bytes(), &signed.signature)
+    let trust = trust.follow(&signed.keys, now)?;
+    trust
+        .verify_log(signed.log.as_bytes(), &signed.signature)
         .map_err(|e| InstallRefusal::BadSignature(e.to_string()))?;
     let log = VersionLog::parse(signed.log.as_bytes())
         .map_err(|e| InstallRefusal::BadLog(e.to_string()))?;
@@ -128,6 +138,7 @@ pub fn check_release(
             sequence: log.sequence,
             digest,
         },
+        trust,
     })
 }
 
@@ -196,7 +207,7 @@ mod tests {
     }
 
     struct Fixture {
-        key: PublicKey,
+        key: Trust,
         signed: SignedLog,
         manifest_bytes: Vec<u8>,
         release: Manifest,
@@ -232,8 +243,12 @@ mod tests {
         .to_string();
         let signature = secret.sign(log.as_bytes(), "test").unwrap();
         Fixture {
-            key: PublicKey::parse(&keys.public_line).unwrap(),
-            signed: SignedLog { log, signature },
+            key: Trust::pinned(&keys.public_line),
+            signed: SignedLog {
+                log,
+                signature,
+                keys: KeyChain::default(),
+            },
             manifest_bytes,
             release,
         }
@@ -320,7 +335,7 @@ mod tests {
             "{got:?}"
         );
 
-        let other_key = PublicKey::parse(&generate_keys().unwrap().public_line).unwrap();
+        let other_key = Trust::pinned(&generate_keys().unwrap().public_line);
         let got = check_release(
             &other_key,
             &f.signed,

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod hash;
 pub mod install;
+pub mod keys;
 pub mod log;
 pub mod manifest;
 pub mod path;

@@ -311,6 +311,7 @@ fn signed_log(store: &Store) -> Result<SignedLog> {
     Ok(SignedLog {
         log: resp.text()?,
         signature,
+        keys: Default::default(),
     })
 }
 
@@ -511,6 +512,7 @@ fn a_tampered_replayed_or_expired_log_handed_to_an_agent_is_refused() -> Result<
     let expired = SignedLog {
         signature: secret.sign(expired_text.as_bytes(), "expired")?,
         log: expired_text,
+        keys: Default::default(),
     };
     let rt = tokio::runtime::Runtime::new()?;
     for (what, bad, version, want) in [

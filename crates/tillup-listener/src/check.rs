@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use tillup_core::install::SignedLog;
+use tillup_core::keys::{KeyChain, Trust};
 
 use base64::Engine;
 use jiff::Timestamp;
@@ -22,6 +23,18 @@ struct CachedLog {
     etag: Option<String>,
     body: String,
     signature: String,
+    /// The server's key chain when the log was fetched.
+    #[serde(default)]
+    keys: KeyChain,
+}
+
+/// What the listener trusts to sign logs (`trust.json`): the root it was
+/// configured with, and where following the server's key lists led.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct TrustFile {
+    /// The configuration's `public_key` this trust started from.
+    pinned: String,
+    trust: Trust,
 }
 
 /// A verified, fresh log.
@@ -105,27 +118,42 @@ impl Listener {
                 })?;
             let body = String::from_utf8(body.to_vec())
                 .map_err(|_| Error::LogRejected("the version log is not UTF-8: refused".into()))?;
+            let keys = self.server.keys().await?;
             CachedLog {
                 etag,
                 body,
                 signature,
+                keys,
             }
         };
-        self.config
-            .public_key()
-            .verify(fresh.body.as_bytes(), &fresh.signature)
-            .map_err(|e| Error::LogRejected(format!("the version log's signature does not verify with the configured public key ({e}); nothing was changed")))?;
+        // The keys logs may be signed with: from the configured root,
+        // along the server's key lists.
+        let trust_path = self.data_dir.join("trust.json");
+        let pinned = self.config.public_key.trim().to_owned();
+        let trust = std::fs::read(&trust_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<TrustFile>(&b).ok())
+            .filter(|t| t.pinned == pinned)
+            .map_or_else(|| Trust::pinned(&pinned), |t| t.trust);
+        let trust = trust
+            .follow(&fresh.keys, now)
+            .map_err(|e| Error::LogRejected(e.to_string()))?;
+        trust
+            .verify_log(fresh.body.as_bytes(), &fresh.signature)
+            .map_err(|e| Error::LogRejected(format!("the version log's signature does not verify with the configured public key or a key it lists ({e}); nothing was changed")))?;
         let log = VersionLog::parse(fresh.body.as_bytes())
             .map_err(|e| Error::LogRejected(format!("the signed version log is invalid: {e}")))?;
         let digest = Sha256Hex::of(fresh.body.as_bytes());
         check_fresh(&log, digest, &self.config.channel, seen, now).map_err(Error::Stale)?;
         tillup_fs::write_json_atomic(&cache_path, &fresh)?;
+        tillup_fs::write_json_atomic(&trust_path, &TrustFile { pinned, trust })?;
         Ok(VerifiedLog {
             log,
             digest,
             signed: SignedLog {
                 log: fresh.body,
                 signature: fresh.signature,
+                keys: fresh.keys,
             },
         })
     }
@@ -145,6 +173,7 @@ impl Listener {
         Ok(SignedLog {
             log: cached.body,
             signature: cached.signature,
+            keys: cached.keys,
         })
     }
 

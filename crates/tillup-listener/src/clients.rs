@@ -54,6 +54,19 @@ impl ServerClient {
             .await
     }
 
+    /// The server's key chain; empty from a server without one (the root
+    /// signs its logs itself, or it is older than key lists).
+    pub async fn keys(&self) -> Result<tillup_core::keys::KeyChain, Error> {
+        match self
+            .peer
+            .get_json("fetch the key lists", api::server::KEYS)
+            .await
+        {
+            Err(Error::Refused { status: 404, .. }) => Ok(Default::default()),
+            other => other,
+        }
+    }
+
     /// Fetches `wanted` (hash → signed size) into `store`, in packs.
     pub async fn fetch(
         &self,

@@ -46,6 +46,12 @@ CREATE TABLE IF NOT EXISTS stores (
     last_check TEXT,
     revoked TEXT
 );
+CREATE TABLE IF NOT EXISTS key_lists (
+    version INTEGER PRIMARY KEY,
+    list TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    next_root INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS store_channels (
     store TEXT NOT NULL,
     channel TEXT NOT NULL,
@@ -278,6 +284,58 @@ impl Db {
             })
         })
         .transpose()
+    }
+
+    // ---- key lists ---------------------------------------------------------
+
+    /// Keeps a root-signed key list; refused unless newer than every kept one.
+    pub fn add_key_list(
+        &self,
+        version: u64,
+        signed: &tillup_core::keys::SignedKeyList,
+        names_next_root: bool,
+    ) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let newest: Option<i64> =
+            tx.query_row("SELECT MAX(version) FROM key_lists", [], |r| r.get(0))?;
+        if let Some(newest) = newest.filter(|n| *n as u64 >= version) {
+            return Err(Error::KeyListNotNewer {
+                version,
+                newest: newest as u64,
+            });
+        }
+        tx.execute(
+            "INSERT INTO key_lists (version, list, signature, next_root) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                version as i64,
+                signed.list,
+                signed.signature,
+                names_next_root
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// What a verifier needs to walk from any root it may hold: every list
+    /// that names a next root, and the newest, oldest first.
+    pub fn key_chain(&self) -> Result<tillup_core::keys::KeyChain, Error> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT list, signature FROM key_lists
+             WHERE next_root OR version = (SELECT MAX(version) FROM key_lists)
+             ORDER BY version",
+        )?;
+        let lists = st
+            .query_map([], |r| {
+                Ok(tillup_core::keys::SignedKeyList {
+                    list: r.get(0)?,
+                    signature: r.get(1)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(tillup_core::keys::KeyChain { lists })
     }
 
     /// The channels that have a signed log.

@@ -111,6 +111,26 @@ pub enum Error {
     /// A store id that is not registered.
     #[error("store `{0}` does not exist; add it with `tillup-server store add {0}`")]
     UnknownStore(String),
+    /// `keys import` of a list not newer than the newest kept.
+    #[error(
+        "key list {version} is not newer than key list {newest} already imported: sign it with a higher --version"
+    )]
+    KeyListNotNewer {
+        /// The list's version.
+        version: u64,
+        /// The newest version kept.
+        newest: u64,
+    },
+    /// A key list that is not one.
+    #[error(
+        "{path}: not a signed key list ({reason}); give the file `tillup-server sign-keys` wrote"
+    )]
+    BadKeyList {
+        /// The file given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A store was left without a channel to read.
     #[error("store `{0}` must read at least one channel (e.g. stable)")]
     NoChannel(String),

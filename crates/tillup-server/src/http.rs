@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
+use tillup_core::keys::KeyChain;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -222,6 +223,7 @@ pub fn app(state: AppState) -> Router {
     let authed = Router::new()
         .route(r::LOG, get(get_log))
         .route(r::LOG_SIGNATURE, get(get_log_signature))
+        .route(r::KEYS, get(get_keys))
         .route(r::BLOB, get(get_blob))
         .route(r::BLOBS_MISSING, post(blobs_missing))
         .route(r::PACK, post(get_pack).put(put_pack))
@@ -384,6 +386,10 @@ async fn get_log(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(api::SIGNATURE_HEADER, sig);
     Ok(resp)
+}
+
+async fn get_keys(State(st): State<AppState>) -> Result<Json<KeyChain>, AppError> {
+    Ok(Json(st.blocking(|st| st.db().key_chain()).await?))
 }
 
 async fn get_log_signature(

@@ -15,6 +15,7 @@ pub mod data;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod keylist;
 pub mod ops;
 
 pub use data::{DataDir, KeySource};

@@ -84,6 +84,45 @@ enum Command {
         #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u16).range(1..=14))]
         expires_in_days: u16,
     },
+    /// Make the chain's root key pair in OUT (offline media, not the data
+    /// folder): stores and terminals pin its public line; it signs only
+    /// key lists (`sign-keys`).
+    RootKeygen {
+        /// Where to write root.key and root.pub.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing pair.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a list of the keys allowed to sign logs with the root key
+    /// (offline); `keys import` puts it on the server.
+    SignKeys {
+        /// The root's secret key file; its password, if any, comes from TILLUP_KEY_PASSWORD.
+        #[arg(long)]
+        root_key: PathBuf,
+        /// Higher than every list signed before.
+        #[arg(long)]
+        version: u64,
+        /// An online public key (`RW…` line) allowed to sign logs; repeat
+        /// it to allow several (the old and the new while rotating).
+        #[arg(long = "online-key", required = true)]
+        keys: Vec<String>,
+        /// A new root: every list after this one must be signed by it.
+        #[arg(long)]
+        next_root: Option<String>,
+        /// How long the list stays valid.
+        #[arg(long, default_value_t = 365)]
+        valid_days: u16,
+        /// Where to write the signed list.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Manage the key lists the server hands the stores.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Manage stores.
     Store {
         #[command(subcommand)]
@@ -135,6 +174,15 @@ enum StoreCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Keep a key list `sign-keys` wrote; stores take it at their next check.
+    Import {
+        /// The signed list.
+        file: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     // Every file of the server's is data: keys, backups, the database.
     tillup_fs::keep_new_files_private();
@@ -151,6 +199,46 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // The root key's commands run offline, without a data folder.
+    match &cli.command {
+        Command::RootKeygen { out, force } => {
+            let keys = tillup_server::keylist::root_keygen(out, *force)?;
+            println!("{}", keys.public_line);
+            eprintln!(
+                "root secret key: {} (keep it offline: it signs only key lists)\nroot public key: {} (pin the line above as public_key in every listener's config and trust_key in every agent's)",
+                keys.secret_path.display(),
+                keys.public_path.display()
+            );
+            return Ok(());
+        }
+        Command::SignKeys {
+            root_key,
+            version,
+            keys,
+            next_root,
+            valid_days,
+            out,
+        } => {
+            let signed = tillup_server::keylist::sign_key_list(
+                &KeySource::from_env(root_key.clone()),
+                &tillup_server::keylist::KeyListSpec {
+                    version: *version,
+                    keys: keys.clone(),
+                    next_root: next_root.clone(),
+                    valid_for: ops::days(i64::from(*valid_days)),
+                },
+                Timestamp::now(),
+            )?;
+            tillup_fs::write_json_atomic(out, &signed)?;
+            eprintln!(
+                "key list {version} written to {}; on the server: tillup-server keys import {}",
+                out.display(),
+                out.display()
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
     let root = cli
         .data
         .context("the data folder is not set: pass --data DIR or set TILLUP_SERVER_DATA")?;
@@ -260,6 +348,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "store {store} revoked: its token is refused from its next request; `store rotate-token {store}` lets it in again with a new token"
             );
         }
+        Command::Keys {
+            command: KeysCommand::Import { file },
+        } => {
+            let list = tillup_server::keylist::import_key_list(&open_db()?, &file)?;
+            eprintln!(
+                "key list {} imported ({} key(s){}); stores take it at their next check",
+                list.version,
+                list.keys.len(),
+                if list.next_root.is_some() {
+                    ", and a new root"
+                } else {
+                    ""
+                }
+            );
+        }
+        Command::RootKeygen { .. } | Command::SignKeys { .. } => unreachable!("handled above"),
         Command::Store {
             command: StoreCommand::Channels { store, channels },
         } => {
@@ -326,4 +430,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Clap checks the definitions (two options of one name, …) only when
+    /// a command is parsed; this parses them all.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

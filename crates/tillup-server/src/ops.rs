@@ -38,7 +38,15 @@ pub struct KeygenOutput {
 /// Makes an unprotected minisign key pair in `DIR/keys/`; refuses to
 /// overwrite one unless `force`.
 pub fn keygen(data: &DataDir, force: bool) -> Result<KeygenOutput, Error> {
-    let (secret_path, public_path) = (data.secret_key(), data.public_key());
+    write_key_pair(data.secret_key(), data.public_key(), force)
+}
+
+/// Makes an unprotected key pair at `secret_path` (0600) and `public_path`.
+pub(crate) fn write_key_pair(
+    secret_path: PathBuf,
+    public_path: PathBuf,
+    force: bool,
+) -> Result<KeygenOutput, Error> {
     if !force {
         for p in [&secret_path, &public_path] {
             if p.exists() {

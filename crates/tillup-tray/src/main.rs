@@ -123,3 +123,13 @@ fn run(cli: Cli, gdk_gl: Option<std::ffi::OsString>) -> anyhow::Result<ExitCode>
     gtk?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    /// Clap checks the definitions only when a command is parsed; this
+    /// checks them all.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

@@ -40,3 +40,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = tillup_agent::Config::load(&cli.config)?;
     tokio::runtime::Runtime::new()?.block_on(tillup_agent::serve(config))
 }
+
+#[cfg(test)]
+mod tests {
+    /// Clap checks the definitions only when a command is parsed; this
+    /// checks them all.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}
