@@ -587,3 +587,51 @@ fn a_store_reads_only_the_channels_it_is_assigned() -> Result<()> {
     ensure!(read("stable")? == 403);
     Ok(())
 }
+
+#[test]
+fn a_store_over_its_quota_is_refused_and_other_stores_are_not() -> Result<()> {
+    let mut store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500")],
+            ..StoreSpec::default()
+        },
+    )?;
+    store
+        .server
+        .serve_with(0, &[("TILLUP_STORE_QUOTA_BYTES", "100000")])?;
+    let other_token = store.server.add_store("store-002")?;
+    let dir = tempfile::tempdir()?;
+    let blobs = tillup_fs::BlobStore::open(dir.path())?;
+    let hashes = (0..3)
+        .map(|i| blobs.put_bytes(&tillup_e2e::noise(i, 60_000)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let client = |id: &str, token: &str| {
+        tillup_listener::clients::ServerClient::new(
+            Peer::new(
+                "the server",
+                store.server.url(),
+                token,
+                tillup_listener::http::client(),
+            ),
+            id,
+        )
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let over =
+        rt.block_on(client(&store.store_id, &store.store_token).send(hashes.clone(), &blobs));
+    match over {
+        Err(tillup_listener::Error::Refused {
+            status: 413,
+            message,
+            ..
+        }) => ensure!(
+            message.contains("may upload 100000") && message.contains("store-001"),
+            "{message}"
+        ),
+        other => anyhow::bail!("a store over its quota: {other:?}"),
+    }
+    // Another store's uploads go on.
+    rt.block_on(client("store-002", &other_token).send(hashes[2..].to_vec(), &blobs))?;
+    Ok(())
+}

@@ -266,10 +266,40 @@ impl BlobStore {
         Ok(())
     }
 
-    /// How long an unfinished transfer is kept for a resume by
-    /// [`BlobStore::clean_tmp`]: one nobody resumed within a week is
-    /// abandoned (a store that gave up an upgrade), and is dropped.
-    pub const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+    /// How long an unfinished transfer is kept for a resume: one nobody
+    /// resumed within a day is abandoned (a store that gave up an
+    /// upgrade), and is dropped.
+    pub const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    /// How long any other file may sit in `tmp/` while transfers run: a
+    /// write in progress touches its file far more often.
+    pub const TMP_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    /// Removes what in `tmp/` nobody has touched for long (unfinished
+    /// transfers after [`BlobStore::PARTIAL_MAX_AGE`], anything else after
+    /// [`BlobStore::TMP_MAX_AGE`]); safe while transfers run. Returns the
+    /// files removed.
+    pub fn expire_tmp(&self) -> Result<usize, Error> {
+        let tmp = self.root.join("tmp");
+        let mut removed = 0;
+        for e in fs::read_dir(&tmp).at(&tmp)? {
+            let e = e.at(&tmp)?;
+            let max_age = if e.file_name().to_string_lossy().ends_with(".partial") {
+                Self::PARTIAL_MAX_AGE
+            } else {
+                Self::TMP_MAX_AGE
+            };
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > max_age);
+            if old && fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 
     /// Removes the leftovers of interrupted writes, and unfinished
     /// transfers untouched for [`BlobStore::PARTIAL_MAX_AGE`]; call it at
@@ -388,9 +418,13 @@ mod tests {
             .set_modified(long_ago)
             .unwrap();
         fs::write(dir.path().join("tmp/.tmpXYZ"), b"leftover").unwrap();
+        // While transfers run, only what nobody touched for long goes: the
+        // abandoned partial, not the fresh one nor a recent temporary file.
+        assert_eq!(s.expire_tmp().unwrap(), 1);
+        assert_eq!(s.partial_len(&old, "a").unwrap(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 2);
         s.clean_tmp().unwrap();
         assert_eq!(s.partial_len(&fresh, "a").unwrap(), 3);
-        assert_eq!(s.partial_len(&old, "a").unwrap(), 0);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
     }
 }

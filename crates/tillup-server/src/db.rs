@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS stores (
     token_sha256 TEXT NOT NULL UNIQUE,
     created TEXT NOT NULL,
     last_check TEXT,
-    revoked TEXT
+    revoked TEXT,
+    uploaded_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS key_lists (
     version INTEGER PRIMARY KEY,
@@ -77,6 +78,13 @@ CREATE TABLE IF NOT EXISTS reports (
     body TEXT NOT NULL
 );
 ";
+
+/// The upgrades (with their backups) kept per store on the server: a
+/// store needs its latest; a token holder inventing upgrade ids cannot
+/// make the server keep more.
+pub const KEEP_UPGRADES: i64 = 8;
+/// The reports kept per store, newest first.
+pub const KEEP_REPORTS: i64 = 1000;
 
 /// One signed version log as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -528,13 +536,60 @@ impl Db {
 
     // ---- upgrades and reports ----------------------------------------------
 
-    /// Records that a backup arrived for an upgrade (again).
-    pub fn record_backup(&self, store: &str, upgrade: &str, now: Timestamp) -> Result<(), Error> {
-        self.conn().execute(
+    /// Records that a backup arrived for an upgrade (again). Returns the
+    /// store's upgrades beyond its newest [`KEEP_UPGRADES`], forgotten: the
+    /// caller removes their folders.
+    pub fn record_backup(
+        &self,
+        store: &str,
+        upgrade: &str,
+        now: Timestamp,
+    ) -> Result<Vec<String>, Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT INTO upgrades (store, upgrade, backup_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (store, upgrade) DO UPDATE SET backup_at = excluded.backup_at, processed_at = NULL",
             params![store, upgrade, now.to_string()],
         )?;
+        let old: Vec<String> = tx
+            .prepare(
+                "SELECT upgrade FROM upgrades WHERE store = ?1
+                 ORDER BY backup_at DESC, upgrade DESC LIMIT -1 OFFSET ?2",
+            )?
+            .query_map(params![store, KEEP_UPGRADES], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for u in &old {
+            tx.execute(
+                "DELETE FROM upgrades WHERE store = ?1 AND upgrade = ?2",
+                params![store, u],
+            )?;
+        }
+        tx.commit()?;
+        Ok(old)
+    }
+
+    /// The bytes of files the store has uploaded in all.
+    pub fn uploaded_bytes(&self, store: &str) -> Result<u64, Error> {
+        let n: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT uploaded_bytes FROM stores WHERE id = ?1",
+                [store],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Counts `bytes` more uploaded by the store.
+    pub fn add_uploaded_bytes(&self, store: &str, bytes: u64) -> Result<(), Error> {
+        if bytes > 0 {
+            self.conn().execute(
+                "UPDATE stores SET uploaded_bytes = uploaded_bytes + ?2 WHERE id = ?1",
+                params![store, i64::try_from(bytes).unwrap_or(i64::MAX)],
+            )?;
+        }
         Ok(())
     }
 
@@ -565,12 +620,20 @@ impl Db {
             .get("upgrade")
             .and_then(|u| u.get("id"))
             .and_then(|id| id.as_str());
-        self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT INTO reports (store, upgrade, received, body) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (store, upgrade) DO UPDATE
              SET received = excluded.received, body = excluded.body",
             params![store, upgrade, now.to_string(), report.to_string()],
         )?;
+        tx.execute(
+            "DELETE FROM reports WHERE store = ?1 AND id NOT IN
+             (SELECT id FROM reports WHERE store = ?1 ORDER BY id DESC LIMIT ?2)",
+            params![store, KEEP_REPORTS],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -617,6 +680,17 @@ fn migrate(conn: &Connection) -> Result<(), Error> {
     if !has_revoked {
         conn.execute("ALTER TABLE stores ADD COLUMN revoked TEXT", [])?;
     }
+    let has_uploaded: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('stores') WHERE name = 'uploaded_bytes')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_uploaded {
+        conn.execute(
+            "ALTER TABLE stores ADD COLUMN uploaded_bytes INTEGER NOT NULL DEFAULT 0",
+            [],
+        )?;
+    }
     // Stores from before channels were assigned read `stable`.
     conn.execute(
         "INSERT OR IGNORE INTO store_channels (store, channel)
@@ -654,6 +728,27 @@ mod tests {
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();
         assert_eq!(level, 2, "synchronous must be FULL (2)");
+    }
+
+    #[test]
+    fn a_store_keeps_its_newest_upgrades_and_reports_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("tillup.db")).unwrap();
+        db.add_store("s", "t", Timestamp::now()).unwrap();
+        let start = Timestamp::now();
+        let mut forgotten = Vec::new();
+        for i in 0..KEEP_UPGRADES + 3 {
+            let at = start + jiff::SignedDuration::from_secs(i);
+            forgotten.extend(db.record_backup("s", &format!("u{i:02}"), at).unwrap());
+        }
+        assert_eq!(forgotten, ["u00", "u01", "u02"]);
+        for i in 0..KEEP_REPORTS + 5 {
+            let report = serde_json::json!({"upgrade": {"id": format!("r{i}")}});
+            db.add_report("s", Timestamp::now(), &report).unwrap();
+        }
+        let reports = db.reports("s").unwrap();
+        assert_eq!(reports.len(), KEEP_REPORTS as usize);
+        assert_eq!(reports[0].report["upgrade"]["id"], "r5", "the oldest go");
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct Limits {
     pub max_hashes: usize,
     /// The largest report, in bytes.
     pub max_report: usize,
+    /// The bytes of files one store may upload in all (its terminals' own
+    /// files and what they hold that no release has).
+    pub store_quota: u64,
 }
 
 impl Default for Limits {
@@ -54,6 +57,7 @@ impl Default for Limits {
             max_backup: 64 << 20,
             max_hashes: 200_000,
             max_report: 1 << 20,
+            store_quota: 4 << 30,
         }
     }
 }
@@ -506,7 +510,11 @@ async fn put_pack(
     body: Body,
 ) -> Result<Json<api::PackReceipt>, AppError> {
     let (max_blob, max_blobs) = (st.0.limits.max_blob, st.0.limits.max_hashes);
+    let quota = st.0.limits.store_quota;
+    let id = store.0.clone();
+    let mut used = st.blocking(move |st| st.db().uploaded_bytes(&id)).await?;
     let mut count = 0usize;
+    let who = store.0.clone();
     let admit: tillup_transfer::Admit = Box::new(move |_, total| {
         count += 1;
         if count > max_blobs {
@@ -515,6 +523,12 @@ async fn put_pack(
         if total > max_blob {
             return Err(format!("larger than the {max_blob} bytes allowed"));
         }
+        if used.saturating_add(total) > quota {
+            return Err(format!(
+                "store `{who}` has uploaded {used} bytes and may upload {quota} in all; ask the chain's IT (tillup-server serve --store-quota-bytes)"
+            ));
+        }
+        used += total;
         Ok(())
     });
     let received = tillup_transfer::receive_pack(
@@ -525,10 +539,13 @@ async fn put_pack(
         Box::new(|_| {}),
     )
     .await;
-    let whole = received.unpacked.blobs.clone();
+    let (whole, bytes) = (received.unpacked.blobs.clone(), received.unpacked.bytes);
     let owner = store.0.clone();
-    st.blocking(move |st| st.db().add_store_blobs(&owner, &whole))
-        .await?;
+    st.blocking(move |st| {
+        st.db().add_store_blobs(&owner, &whole)?;
+        st.db().add_uploaded_bytes(&owner, bytes)
+    })
+    .await?;
     match received.result {
         Ok(()) => Ok(Json(api::PackReceipt {
             received: received.unpacked.blobs,
@@ -606,7 +623,12 @@ async fn put_backup(
             .collect();
         none_missing(st, &store, &hashes)?;
         tillup_fs::write_json_atomic(&st.0.data.backup(&store, &upgrade), &backup)?;
-        st.db().record_backup(&store, &upgrade, Timestamp::now())?;
+        for old in st.db().record_backup(&store, &upgrade, Timestamp::now())? {
+            let dir = st.0.data.upgrade(&store, &old);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!("could not remove {}: {e}", dir.display());
+            }
+        }
         Ok::<_, AppError>(())
     })
     .await?;
@@ -842,12 +864,25 @@ async fn report(
 }
 
 /// Serves `app(state)` on `listener` until Ctrl-C, re-signing logs that
-/// passed half their validity at start and every hour when `key` is given.
+/// passed half their validity at start and every hour when `key` is given,
+/// and dropping abandoned uploads every hour.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     key: Option<crate::data::KeySource>,
 ) -> io::Result<()> {
+    let st = state.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            match st.blocking(|st| st.blobs().expire_tmp()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(files = n, "dropped abandoned uploads"),
+                Err(e) => tracing::error!(error = ?e, "dropping abandoned uploads failed"),
+            }
+        }
+    });
     if let Some(key) = key {
         let st = state.clone();
         tokio::spawn(async move {

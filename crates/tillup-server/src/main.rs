@@ -141,6 +141,9 @@ enum Command {
         /// The largest blob accepted, in bytes.
         #[arg(long, default_value_t = Limits::default().max_blob)]
         max_blob_bytes: u64,
+        /// The bytes of files one store may upload in all.
+        #[arg(long, env = "TILLUP_STORE_QUOTA_BYTES", default_value_t = Limits::default().store_quota)]
+        store_quota_bytes: u64,
     },
 }
 
@@ -390,6 +393,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             listen,
             max_blob_bytes,
+            store_quota_bytes,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -403,6 +407,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 data,
                 Limits {
                     max_blob: max_blob_bytes,
+                    store_quota: store_quota_bytes,
                     ..Limits::default()
                 },
             )?;
