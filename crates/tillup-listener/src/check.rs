@@ -82,7 +82,7 @@ impl Listener {
                 cached.as_ref().and_then(|c| c.etag.as_deref()),
             )
             .await?;
-        let fresh = if resp.status() == StatusCode::NOT_MODIFIED {
+        let mut fresh = if resp.status() == StatusCode::NOT_MODIFIED {
             cached.ok_or_else(|| Error::BadAnswer {
                 peer: "server".into(),
                 what: "fetch the version log".into(),
@@ -118,12 +118,12 @@ impl Listener {
                 })?;
             let body = String::from_utf8(body.to_vec())
                 .map_err(|_| Error::LogRejected("the version log is not UTF-8: refused".into()))?;
-            let keys = self.server.keys().await?;
             CachedLog {
                 etag,
                 body,
                 signature,
-                keys,
+                // Asked for only when the log needs them (below).
+                keys: cached.map(|c| c.keys).unwrap_or_default(),
             }
         };
         // The keys logs may be signed with: from the configured root,
@@ -135,12 +135,31 @@ impl Listener {
             .and_then(|b| serde_json::from_slice::<TrustFile>(&b).ok())
             .filter(|t| t.pinned == pinned)
             .map_or_else(|| Trust::pinned(&pinned), |t| t.trust);
-        let trust = trust
-            .follow(&fresh.keys, now)
-            .map_err(|e| Error::LogRejected(e.to_string()))?;
-        trust
-            .verify_log(fresh.body.as_bytes(), &fresh.signature)
-            .map_err(|e| Error::LogRejected(format!("the version log's signature does not verify with the configured public key or a key it lists ({e}); nothing was changed")))?;
+        let verified = |keys: &KeyChain| {
+            let next = trust
+                .follow(keys, now)
+                .map_err(|e| Error::LogRejected(e.to_string()))?;
+            next.verify_log(fresh.body.as_bytes(), &fresh.signature)
+                .map_err(|e| Error::LogRejected(format!("the version log's signature does not verify with the configured public key or a key it lists ({e}); nothing was changed")))?;
+            Ok::<_, Error>(next)
+        };
+        // The key lists known already, else the server's newest: they
+        // change only when the chain rotates a key.
+        let trust = match verified(&fresh.keys) {
+            Ok(next) => next,
+            Err(first) => match self.server.keys().await {
+                Ok(keys) if keys != fresh.keys => {
+                    let next = verified(&keys)?;
+                    fresh.keys = keys;
+                    next
+                }
+                Ok(_) => return Err(first),
+                Err(e) => {
+                    tracing::warn!("could not fetch the key lists: {e}");
+                    return Err(first);
+                }
+            },
+        };
         let log = VersionLog::parse(fresh.body.as_bytes())
             .map_err(|e| Error::LogRejected(format!("the signed version log is invalid: {e}")))?;
         let digest = Sha256Hex::of(fresh.body.as_bytes());

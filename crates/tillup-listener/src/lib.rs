@@ -28,8 +28,6 @@ pub mod view;
 use clients::{AgentClient, ServerClient};
 pub use config::{Config, MAX_CONFIG_BYTES};
 use http::Peer;
-/// For the listener's programs (the CLI, the tray): what they create is data.
-pub use tillup_fs::keep_new_files_private;
 
 /// Everything that can go wrong in the listener, with what to do about it.
 #[derive(Debug, thiserror::Error)]

@@ -48,7 +48,10 @@ fn main() -> ExitCode {
     unsafe {
         std::env::set_var("GDK_GL", "disable")
     };
-    tillup_listener::keep_new_files_private();
+    // No umask 077 here, unlike `tillup`: the window child inherits it,
+    // and its webview then never shows the page (WebKitGTK under
+    // tauri-driver). The data folder itself is 0700 (`Listener::new`), so
+    // nothing in it is open to other users either way.
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn,tillup_tray=info",
