@@ -19,8 +19,8 @@ use crate::{BlobStore, Error, IoContext};
 
 /// Blobs received together; see the module doc.
 #[must_use = "nothing enters the store before `finish`"]
-pub struct Batch<'a> {
-    store: &'a BlobStore,
+pub struct Batch {
+    store: BlobStore,
     owner: String,
     /// Checked blobs waiting for `finish`: the set-aside file and its hash.
     checked: Vec<(PathBuf, Sha256Hex)>,
@@ -28,36 +28,70 @@ pub struct Batch<'a> {
 
 impl BlobStore {
     /// Starts receiving several blobs sent by `owner` (see [`BlobStore::upload_path`]).
-    pub fn batch(&self, owner: &str) -> Result<Batch<'_>, Error> {
+    pub fn batch(&self, owner: &str) -> Result<Batch, Error> {
         // Checks the owner's name once.
         self.upload_path(&Sha256Hex::from_bytes([0; 32]), owner)?;
         Ok(Batch {
-            store: self,
+            store: self.clone(),
             owner: owner.to_owned(),
             checked: Vec::new(),
         })
     }
 }
 
-impl Batch<'_> {
-    /// Receives bytes `offset..total` of blob `h`, appending them to what is
-    /// held of it; `offset` is 0 (start over) or exactly the length held,
-    /// else [`Error::WrongOffset`]. Reads exactly `total - offset` bytes
-    /// from `reader`: fewer is a cut ([`Error::TransferCut`]; what arrived
-    /// is kept for a resume). Whole, the blob is hashed: a mismatch deletes
-    /// it ([`Error::HashMismatch`]); a match sets it aside for
-    /// [`Batch::finish`]. A blob the store holds already is read and dropped.
-    /// Returns the bytes read.
-    pub fn receive(
-        &mut self,
-        h: &Sha256Hex,
-        offset: u64,
-        total: u64,
-        reader: &mut dyn Read,
-    ) -> Result<u64, Error> {
+/// A blob arriving piece by piece ([`Batch::begin`]): its partial file,
+/// held by this writer alone, and its hash so far.
+#[must_use = "a blob counts only once `Batch::complete` checked it"]
+pub struct Incoming {
+    h: Sha256Hex,
+    path: PathBuf,
+    file: File,
+    hasher: Sha256,
+    len: u64,
+    offset: u64,
+    total: u64,
+    _writer: crate::blobs::PartialLock,
+}
+
+impl Incoming {
+    /// The blob's hash.
+    pub fn sha256(&self) -> Sha256Hex {
+        self.h
+    }
+
+    /// The bytes still to come.
+    pub fn remaining(&self) -> u64 {
+        self.total - self.len
+    }
+
+    /// Appends `bytes` (at most [`Incoming::remaining`]).
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        debug_assert!(bytes.len() as u64 <= self.remaining());
+        crate::fault::charge(bytes.len()).at(&self.path)?;
+        self.file.write_all(bytes).at(&self.path)?;
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The blob stopped short: what arrived stays for a resume.
+    pub fn cut(self, source: io::Error) -> Error {
+        Error::TransferCut {
+            path: self.path.clone(),
+            held: self.len,
+            source,
+        }
+    }
+}
+
+impl Batch {
+    /// Starts receiving bytes `offset..total` of blob `h`, appended to what
+    /// is held of it; `offset` is 0 (start over) or exactly the length
+    /// held, else [`Error::WrongOffset`]. Waits while another writer has
+    /// the same partial file.
+    pub fn begin(&mut self, h: &Sha256Hex, offset: u64, total: u64) -> Result<Incoming, Error> {
         let path = self.store.upload_path(h, &self.owner)?;
-        let lock = self.store.partial_lock(&path);
-        let _one_writer = lock.0.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = self.store.partial_lock(&path);
         let held = crate::blobs::held_len(path.clone())?;
         if offset != 0 && offset != held {
             return Err(Error::WrongOffset { path, held, offset });
@@ -74,61 +108,92 @@ impl Batch<'_> {
             let mut f = File::open(&path).at(&path)?;
             io::copy(&mut f, &mut hasher).at(&path)?;
         }
-        let mut file = fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .create(true)
             .write(true)
             .append(offset > 0)
             .truncate(offset == 0)
             .open(&path)
             .at(&path)?;
-        let mut len = offset;
-        let mut buf = vec![0u8; 256 * 1024];
-        while len < total {
-            let want = usize::try_from(total - len)
-                .unwrap_or(usize::MAX)
-                .min(buf.len());
-            let n = match reader.read(&mut buf[..want]) {
-                Ok(0) => {
-                    return Err(Error::TransferCut {
-                        path,
-                        held: len,
-                        source: io::ErrorKind::UnexpectedEof.into(),
-                    });
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(Error::TransferCut {
-                        path,
-                        held: len,
-                        source,
-                    });
-                }
-            };
-            crate::fault::charge(n).at(&path)?;
-            file.write_all(&buf[..n]).at(&path)?;
-            hasher.update(&buf[..n]);
-            len += n as u64;
+        Ok(Incoming {
+            h: *h,
+            path,
+            file,
+            hasher,
+            len: offset,
+            offset,
+            total,
+            _writer: writer,
+        })
+    }
+
+    /// Ends a blob whose bytes all arrived: hashed, a mismatch deletes it
+    /// ([`Error::HashMismatch`]); a match sets it aside for
+    /// [`Batch::finish`]. A blob the store holds already is dropped.
+    /// Returns the bytes received.
+    pub fn complete(&mut self, incoming: Incoming) -> Result<u64, Error> {
+        let Incoming {
+            h,
+            path,
+            file,
+            hasher,
+            len,
+            offset,
+            total,
+            _writer,
+        } = incoming;
+        if len != total {
+            return Err(Error::TransferCut {
+                path,
+                held: len,
+                source: io::ErrorKind::UnexpectedEof.into(),
+            });
         }
         drop(file);
         let actual = Sha256Hex::from_bytes(hasher.finalize().into());
-        if actual != *h {
+        if actual != h {
             let _ = fs::remove_file(&path);
             return Err(Error::HashMismatch {
                 path,
-                expected: *h,
+                expected: h,
                 actual,
             });
         }
-        if self.store.has(h) {
+        if self.store.has(&h) {
             let _ = fs::remove_file(&path);
         } else {
             // Out of reach of any other writer of the same partial name.
             let aside = path.with_extension(format!("{}.checked", self.checked.len()));
             fs::rename(&path, &aside).at(&aside)?;
-            self.checked.push((aside, *h));
+            self.checked.push((aside, h));
         }
         Ok(len - offset)
+    }
+
+    /// [`Batch::begin`], the bytes read from `reader`, then
+    /// [`Batch::complete`]: reads exactly `total - offset` bytes; fewer is
+    /// a cut ([`Error::TransferCut`]; what arrived is kept for a resume).
+    pub fn receive(
+        &mut self,
+        h: &Sha256Hex,
+        offset: u64,
+        total: u64,
+        reader: &mut dyn Read,
+    ) -> Result<u64, Error> {
+        let mut incoming = self.begin(h, offset, total)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        while incoming.remaining() > 0 {
+            let want = usize::try_from(incoming.remaining())
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            match reader.read(&mut buf[..want]) {
+                Ok(0) => return Err(incoming.cut(io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => incoming.write(&buf[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(incoming.cut(e)),
+            }
+        }
+        self.complete(incoming)
     }
 
     /// How many checked blobs wait for [`Batch::finish`].
@@ -163,7 +228,7 @@ impl Batch<'_> {
     }
 }
 
-impl Drop for Batch<'_> {
+impl Drop for Batch {
     /// Checked blobs never finished are dropped: they were not made durable.
     fn drop(&mut self) {
         for (aside, _) in &self.checked {

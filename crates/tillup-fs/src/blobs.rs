@@ -2,7 +2,6 @@
 //! SHA-256 is `abcdef…`. A blob appears under its name only after its hash
 //! was checked, so a partial or altered file is never taken for a whole one.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -19,7 +18,14 @@ pub struct BlobStore {
     root: PathBuf,
     /// One writer per partial file at a time, across clones of the store:
     /// a resumed upload waits for the handler of the cut one to finish.
-    partial_locks: Arc<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>>,
+    partial_locks: Arc<Writers>,
+}
+
+/// The partial files being written now, and a wake-up for who waits on one.
+#[derive(Debug, Default)]
+pub(crate) struct Writers {
+    writing: Mutex<std::collections::HashSet<PathBuf>>,
+    done: std::sync::Condvar,
 }
 
 impl BlobStore {
@@ -180,8 +186,7 @@ impl BlobStore {
     /// still be writing its last bytes), so the answer is where to resume.
     pub fn partial_len(&self, h: &Sha256Hex, owner: &str) -> Result<u64, Error> {
         let path = self.upload_path(h, owner)?;
-        let lock = self.partial_lock(&path);
-        let _one_writer = lock.0.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_writer = self.partial_lock(&path);
         held_len(path)
     }
 
@@ -202,15 +207,19 @@ impl BlobStore {
         Ok(held)
     }
 
+    /// Waits until nobody writes the partial file `path`, then holds it
+    /// until the lock is dropped (which may be on another thread).
     pub(crate) fn partial_lock(&self, path: &Path) -> PartialLock {
-        let lock = self
-            .partial_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(path.to_owned())
-            .or_default()
-            .clone();
-        PartialLock(lock, self.partial_locks.clone(), path.to_owned())
+        let w = &*self.partial_locks;
+        let mut writing = w.writing.lock().unwrap_or_else(|p| p.into_inner());
+        while writing.contains(path) {
+            writing = w.done.wait(writing).unwrap_or_else(|p| p.into_inner());
+        }
+        writing.insert(path.to_owned());
+        PartialLock {
+            writers: Arc::clone(&self.partial_locks),
+            path: path.to_owned(),
+        }
     }
 
     fn commit(&self, tmp: tempfile::NamedTempFile, h: &Sha256Hex) -> Result<(), Error> {
@@ -346,20 +355,21 @@ pub(crate) fn held_len(path: PathBuf) -> Result<u64, Error> {
     }
 }
 
-/// The lock of one partial file; its map entry goes with its last user.
-pub(crate) struct PartialLock(
-    pub(crate) Arc<Mutex<()>>,
-    Arc<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>>,
-    PathBuf,
-);
+/// The right to write one partial file; see [`BlobStore::partial_lock`].
+#[derive(Debug)]
+pub(crate) struct PartialLock {
+    writers: Arc<Writers>,
+    path: PathBuf,
+}
 
 impl Drop for PartialLock {
     fn drop(&mut self) {
-        let mut map = self.1.lock().unwrap_or_else(|p| p.into_inner());
-        // Ours and the map's: nobody else waits for it.
-        if Arc::strong_count(&self.0) == 2 {
-            map.remove(&self.2);
-        }
+        self.writers
+            .writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.path);
+        self.writers.done.notify_all();
     }
 }
 

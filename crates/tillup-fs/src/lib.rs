@@ -17,7 +17,7 @@ mod scan;
 
 pub use archive::{ArchiveError, ZipLimits, extract_zip, extract_zip_file};
 pub use atomic::{fsync_dir, remove_file_if_exists, write_atomic, write_json_atomic};
-pub use batch::Batch;
+pub use batch::{Batch, Incoming};
 pub use blobs::BlobStore;
 pub use private::{keep_new_files_private, private_dir};
 pub use scan::{HashCache, copy_verified, hash_file, link_tree, materialize, scan_folder};

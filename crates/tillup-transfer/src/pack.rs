@@ -190,94 +190,249 @@ pub struct Unpacked {
     pub bytes: u64,
 }
 
-/// Reads a pack from `input` (compressed) into `batch`. Each blob is first
-/// put to `admit(sha256, total)`, which refuses what the receiver did not
-/// ask for or does not accept; its bytes are then appended to what the
-/// receiver holds of it (`from` must match) and hashed. `progress` hears
-/// the bytes of files as they arrive. Blobs received whole stay in `batch`
-/// whatever happens after them: the caller finishes the batch.
+/// Reads a pack from `input` (compressed) into `batch`: a [`PackSink`]
+/// fed from a reader, for callers that have one.
 pub fn read_pack(
-    input: impl Read,
-    batch: &mut Batch<'_>,
+    mut input: impl Read,
+    batch: &mut Batch,
     admit: &mut dyn FnMut(&Sha256Hex, u64) -> Result<(), String>,
     progress: &mut dyn FnMut(u64),
     out: &mut Unpacked,
 ) -> Result<(), PackError> {
-    // A zstd frame starts with its magic number: anything else (an error
-    // page, a proxy's answer) is not a pack, which a cut could not make.
-    let mut input = input;
-    let mut first = [0u8; 4];
-    input
-        .read_exact(&mut first)
-        .map_err(|source| PackError::Cut {
-            received: 0,
-            source,
-        })?;
-    if first != ZSTD_MAGIC {
-        return Err(PackError::NotAPack);
-    }
-    let mut z = zstd::stream::read::Decoder::new(io::Cursor::new(first).chain(input)).map_err(
-        |source| PackError::Cut {
-            received: 0,
-            source,
-        },
-    )?;
-    z.window_log_max(MAX_WINDOW_LOG)
-        .map_err(|source| PackError::Cut {
-            received: 0,
-            source,
-        })?;
-    let mut magic = [0u8; MAGIC.len()];
-    match z.read_exact(&mut magic) {
-        Ok(()) if magic == MAGIC => {}
-        Ok(()) => return Err(PackError::NotAPack),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(PackError::NotAPack),
-        Err(source) => {
-            return Err(PackError::Cut {
-                received: 0,
-                source,
-            });
-        }
-    }
-    loop {
-        let mut head = [0u8; 48];
-        let cut = |source, received| PackError::Cut { received, source };
-        z.read_exact(&mut head[..32])
-            .map_err(|e| cut(e, out.bytes))?;
-        if head[..32] == [0u8; 32] {
-            return Ok(());
-        }
-        z.read_exact(&mut head[32..])
-            .map_err(|e| cut(e, out.bytes))?;
-        let sha256 = Sha256Hex::from_bytes(head[..32].try_into().expect("32 bytes"));
-        let total = u64::from_be_bytes(head[32..40].try_into().expect("8 bytes"));
-        let from = u64::from_be_bytes(head[40..48].try_into().expect("8 bytes"));
-        admit(&sha256, total).map_err(|reason| PackError::Refused {
-            sha256,
-            total,
-            reason,
-        })?;
-        let mut counted = Counting {
-            inner: &mut z,
-            progress: &mut *progress,
+    let mut sink = PackSink::new()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let result = loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break sink.end(),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => break sink.cut(e),
         };
-        batch.receive(&sha256, from, total, &mut counted)?;
-        out.blobs.push(sha256);
-        out.bytes += total - from;
+        if let Err(e) = sink.feed(&buf[..n], batch, admit, progress) {
+            break Err(e);
+        }
+        if sink.is_done() {
+            break Ok(());
+        }
+    };
+    *out = std::mem::take(&mut sink.unpacked);
+    result
+}
+
+/// Reads a pack pushed to it piece by piece: the receiving end of a pack
+/// whose bytes come from an async body, so that no thread waits on the
+/// network for them. Each blob is first put to `admit(sha256, total)`,
+/// which refuses what the receiver did not ask for or does not accept; its
+/// bytes are then appended to what the receiver holds of it (`from` must
+/// match) and hashed. Blobs received whole stay in the batch whatever
+/// happens after them: the caller finishes the batch.
+pub struct PackSink {
+    z: zstd::stream::raw::Decoder<'static>,
+    /// The first compressed bytes, until they show a zstd frame.
+    first: Vec<u8>,
+    /// A header being read (the magic, then each blob's 48 bytes).
+    head: Vec<u8>,
+    state: SinkState,
+    /// The decompressed bytes of one step.
+    out_buf: Vec<u8>,
+    /// What entered so far.
+    pub unpacked: Unpacked,
+}
+
+enum SinkState {
+    Magic,
+    Head,
+    Blob(Box<tillup_fs::Incoming>),
+    Done,
+}
+
+impl PackSink {
+    pub fn new() -> Result<Self, PackError> {
+        let cut = |source| PackError::Cut {
+            received: 0,
+            source,
+        };
+        let mut z = zstd::stream::raw::Decoder::new().map_err(cut)?;
+        z.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(MAX_WINDOW_LOG))
+            .map_err(cut)?;
+        Ok(Self {
+            z,
+            first: Vec::with_capacity(ZSTD_MAGIC.len()),
+            head: Vec::with_capacity(48),
+            state: SinkState::Magic,
+            out_buf: vec![0u8; 256 * 1024],
+            unpacked: Unpacked::default(),
+        })
     }
-}
 
-/// Reports the bytes read through it.
-struct Counting<'a, R> {
-    inner: &'a mut R,
-    progress: &'a mut dyn FnMut(u64),
-}
+    /// Whether the pack's end arrived (anything after it is ignored).
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, SinkState::Done)
+    }
 
-impl<R: Read> Read for Counting<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        (self.progress)(n as u64);
-        Ok(n)
+    /// Takes the next compressed bytes.
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        batch: &mut Batch,
+        admit: &mut dyn FnMut(&Sha256Hex, u64) -> Result<(), String>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), PackError> {
+        // A zstd frame starts with its magic number: anything else (an
+        // error page, a proxy's answer) is not a pack, which a cut could
+        // not make.
+        if self.first.len() < ZSTD_MAGIC.len() {
+            let n = (ZSTD_MAGIC.len() - self.first.len()).min(input.len());
+            self.first.extend_from_slice(&input[..n]);
+            input = &input[n..];
+            if self.first.len() < ZSTD_MAGIC.len() {
+                return Ok(());
+            }
+            if self.first != ZSTD_MAGIC {
+                return Err(PackError::NotAPack);
+            }
+            let first = std::mem::take(&mut self.first);
+            self.decompress(&first, batch, admit, progress)?;
+            self.first = first;
+        }
+        self.decompress(input, batch, admit, progress)
+    }
+
+    fn decompress(
+        &mut self,
+        input: &[u8],
+        batch: &mut Batch,
+        admit: &mut dyn FnMut(&Sha256Hex, u64) -> Result<(), String>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), PackError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let mut inb = InBuffer::around(input);
+        let mut out_buf = std::mem::take(&mut self.out_buf);
+        let result = loop {
+            if self.is_done() {
+                break Ok(());
+            }
+            let mut outb = OutBuffer::around(&mut out_buf[..]);
+            if let Err(e) = self.z.run(&mut inb, &mut outb) {
+                break Err(match self.state {
+                    SinkState::Magic if e.kind() == io::ErrorKind::InvalidData => {
+                        PackError::NotAPack
+                    }
+                    _ => PackError::Cut {
+                        received: self.unpacked.bytes,
+                        source: e,
+                    },
+                });
+            }
+            let n = outb.pos();
+            if let Err(e) = self.consume(&out_buf[..n], batch, admit, progress) {
+                break Err(e);
+            }
+            // All input taken and the decoder had no more to give.
+            if inb.pos() == input.len() && n < out_buf.len() {
+                break Ok(());
+            }
+        };
+        self.out_buf = out_buf;
+        result
+    }
+
+    fn consume(
+        &mut self,
+        mut data: &[u8],
+        batch: &mut Batch,
+        admit: &mut dyn FnMut(&Sha256Hex, u64) -> Result<(), String>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), PackError> {
+        while !data.is_empty() {
+            match &mut self.state {
+                SinkState::Magic => {
+                    let n = (MAGIC.len() - self.head.len()).min(data.len());
+                    self.head.extend_from_slice(&data[..n]);
+                    data = &data[n..];
+                    if self.head.len() == MAGIC.len() {
+                        if self.head != MAGIC {
+                            return Err(PackError::NotAPack);
+                        }
+                        self.head.clear();
+                        self.state = SinkState::Head;
+                    }
+                }
+                SinkState::Head => {
+                    let want = if self.head.len() < 32 { 32 } else { 48 };
+                    let n = (want - self.head.len()).min(data.len());
+                    self.head.extend_from_slice(&data[..n]);
+                    data = &data[n..];
+                    if self.head.len() == 32 && self.head == [0u8; 32] {
+                        self.state = SinkState::Done;
+                        return Ok(());
+                    }
+                    if self.head.len() == 48 {
+                        let head = std::mem::take(&mut self.head);
+                        let sha256 =
+                            Sha256Hex::from_bytes(head[..32].try_into().expect("32 bytes"));
+                        let total = u64::from_be_bytes(head[32..40].try_into().expect("8 bytes"));
+                        let from = u64::from_be_bytes(head[40..48].try_into().expect("8 bytes"));
+                        self.head = head;
+                        self.head.clear();
+                        admit(&sha256, total).map_err(|reason| PackError::Refused {
+                            sha256,
+                            total,
+                            reason,
+                        })?;
+                        let incoming = batch.begin(&sha256, from, total)?;
+                        self.state = SinkState::Blob(Box::new(incoming));
+                        self.complete_if_whole(batch)?;
+                    }
+                }
+                SinkState::Blob(incoming) => {
+                    let n = usize::try_from(incoming.remaining())
+                        .unwrap_or(usize::MAX)
+                        .min(data.len());
+                    incoming.write(&data[..n])?;
+                    progress(n as u64);
+                    data = &data[n..];
+                    self.complete_if_whole(batch)?;
+                }
+                SinkState::Done => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the blob in progress once all its bytes arrived.
+    fn complete_if_whole(&mut self, batch: &mut Batch) -> Result<(), PackError> {
+        if let SinkState::Blob(incoming) = &self.state
+            && incoming.remaining() == 0
+        {
+            let SinkState::Blob(incoming) = std::mem::replace(&mut self.state, SinkState::Head)
+            else {
+                unreachable!("matched above")
+            };
+            let h = incoming.sha256();
+            let bytes = batch.complete(*incoming)?;
+            self.unpacked.blobs.push(h);
+            self.unpacked.bytes += bytes;
+        }
+        Ok(())
+    }
+
+    /// The input ended: whole, or cut before the pack's end.
+    pub fn end(&mut self) -> Result<(), PackError> {
+        self.cut(io::ErrorKind::UnexpectedEof.into())
+    }
+
+    /// The input broke with `source`: a cut unless the pack's end arrived.
+    /// What arrived of the blob in progress stays for a resume.
+    pub fn cut(&mut self, source: io::Error) -> Result<(), PackError> {
+        match std::mem::replace(&mut self.state, SinkState::Done) {
+            SinkState::Done => Ok(()),
+            SinkState::Blob(incoming) => Err(PackError::Blob(incoming.cut(source))),
+            SinkState::Magic | SinkState::Head => Err(PackError::Cut {
+                received: self.unpacked.bytes,
+                source,
+            }),
+        }
     }
 }
 
