@@ -14,8 +14,14 @@ pub struct Config {
     pub terminal: u32,
     /// The terminal's hardware model.
     pub model: String,
-    /// The Bearer token the host must send.
-    pub token: String,
+    /// The Bearer token the host must send (at least 16 characters), or
+    /// rather its SHA-256 in `token_sha256`, so that the terminal keeps no
+    /// copy of it: `tillup-agent new-token` makes one.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The SHA-256 (hex) of the Bearer token the host must send.
+    #[serde(default)]
+    pub token_sha256: Option<String>,
     /// The chain's root key (the `RW…` line the store host's config has
     /// as `public_key`): the agent installs only releases named by a
     /// version log signed with it, or with a key it lists (see
@@ -98,6 +104,21 @@ fn thirty() -> u64 {
 }
 fn yes() -> bool {
     true
+}
+
+/// The shortest plain `token` accepted: 16 characters of `new-token`'s
+/// alphabet already carry 96 bits; it makes 43 (256 bits).
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// A new token for a host to send, and what the agent's config keeps of
+/// it (`token_sha256`).
+pub fn new_token() -> (String, String) {
+    use base64::Engine;
+    use sha2::Digest;
+    let raw: [u8; 32] = rand::random();
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let digest = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    (token, digest)
 }
 
 /// The largest configuration file accepted: 1 MiB. A real one is well under
@@ -188,8 +209,28 @@ impl Config {
             path: PathBuf::new(),
             message: message.to_owned(),
         };
-        if c.token.trim().is_empty() {
-            return Err(invalid("`token` must not be empty"));
+        match (&c.token, &c.token_sha256) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "set only one of `token` and `token_sha256` (better: token_sha256)",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "`token_sha256` is missing: run `tillup-agent new-token` and put the line it prints here, and the token in the host's config",
+                ));
+            }
+            (Some(t), None) if t.trim().chars().count() < MIN_TOKEN_CHARS => {
+                return Err(invalid(&format!(
+                    "`token` must have at least {MIN_TOKEN_CHARS} characters: run `tillup-agent new-token` for one"
+                )));
+            }
+            (None, Some(h)) if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                return Err(invalid(
+                    "`token_sha256` must be 64 hex digits, as `tillup-agent new-token` prints it",
+                ));
+            }
+            _ => {}
         }
         if let Err(e) = tillup_core::sign::PublicKey::parse(&c.trust_key) {
             return Err(invalid(&format!(
@@ -234,6 +275,18 @@ impl Config {
         Ok(c)
     }
 
+    /// Whether `given` is the host's token (in constant time).
+    pub fn accepts(&self, given: &[u8]) -> bool {
+        use sha2::Digest;
+        use subtle::ConstantTimeEq;
+        let want = match (&self.token, &self.token_sha256) {
+            (Some(t), _) => sha2::Sha256::digest(t.trim().as_bytes()).to_vec(),
+            (None, Some(h)) => hex::decode(h).unwrap_or_default(),
+            (None, None) => return false,
+        };
+        bool::from(sha2::Sha256::digest(given).as_slice().ct_eq(&want))
+    }
+
     /// The agent's state folder.
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir
@@ -249,7 +302,7 @@ mod tests {
     const GOOD: &str = r#"
 terminal = 2
 model = "CP-500"
-token = "secret"
+token = "secret-of-the-host-0123"
 trust_key = "RWTkrcTyYrt1qYLHJb5GMRdYFzoIIVJ7cmjyUZYxORPNpjmgV8IL94QQ"
 listen = "127.0.0.1:0"
 folder = "/pos/cupos"
@@ -283,7 +336,7 @@ health_command = ["{folder}/bin/pos-sim", "probe"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("modle"), "{err}");
-        let err = Config::parse(&GOOD.replace("token = \"secret\"", ""))
+        let err = Config::parse(&GOOD.replace("token = \"secret-of-the-host-0123\"", ""))
             .unwrap_err()
             .to_string();
         assert!(err.contains("token"), "{err}");
@@ -346,10 +399,39 @@ health_command = ["{folder}/bin/pos-sim", "probe"]
                 .contains("only one")
         );
         assert!(
-            Config::parse(&GOOD.replace("\"secret\"", "\"\""))
+            Config::parse(&GOOD.replace("\"secret-of-the-host-0123\"", "\"short\""))
                 .unwrap_err()
                 .to_string()
                 .contains("token")
+        );
+    }
+
+    #[test]
+    fn a_token_is_kept_as_its_hash_and_checked_in_either_form() {
+        let (token, digest) = new_token();
+        assert!(token.len() >= 43, "256 bits: {token}");
+        let hashed = GOOD.replace(
+            "token = \"secret-of-the-host-0123\"",
+            &format!("token_sha256 = \"{digest}\""),
+        );
+        let c = Config::parse(&hashed).unwrap();
+        assert!(c.accepts(token.as_bytes()));
+        assert!(!c.accepts(b"secret-of-the-host-0123"));
+        let plain = Config::parse(GOOD).unwrap();
+        assert!(plain.accepts(b"secret-of-the-host-0123") && !plain.accepts(token.as_bytes()));
+        let both = format!("token_sha256 = \"{digest}\"\n{GOOD}");
+        assert!(
+            Config::parse(&both)
+                .unwrap_err()
+                .to_string()
+                .contains("only one")
+        );
+        let bad = hashed.replace(&digest, "abc");
+        assert!(
+            Config::parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("64 hex")
         );
     }
 }

@@ -14,7 +14,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use subtle::ConstantTimeEq;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
     AgentStatus, ErrorBody, HashList, HealthQuery, HealthReport, PARTIAL_HEADER, PackReceipt,
@@ -203,7 +202,7 @@ async fn auth(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Resp
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or(b"");
-    if bool::from(given.ct_eq(agent.config().token.as_bytes())) {
+    if agent.config().accepts(given) {
         // Only what moves an upgrade on holds the watchdog back: a token
         // holder polling the status cannot keep a stopped till down.
         let moves = moves_the_upgrade(req.uri().path());
@@ -420,7 +419,7 @@ mod tests {
         std::fs::write(folder.join("VERSION"), "1.0.0\n").unwrap();
         std::fs::write(folder.join("a.txt"), "hello world").unwrap();
         let toml = format!(
-            "terminal = 3\nmodel = \"CP-500\"\ntoken = \"s3cret\"\ntrust_key = \"RWTkrcTyYrt1qYLHJb5GMRdYFzoIIVJ7cmjyUZYxORPNpjmgV8IL94QQ\"\nlisten = \"127.0.0.1:0\"\nfolder = {:?}\n{extra}\n[main]\ncommand = [\"sleep\", \"60\"]\nhealth_command = [\"true\"]\nautostart = false\n",
+            "terminal = 3\nmodel = \"CP-500\"\ntoken = \"s3cret-s3cret-s3cret\"\ntrust_key = \"RWTkrcTyYrt1qYLHJb5GMRdYFzoIIVJ7cmjyUZYxORPNpjmgV8IL94QQ\"\nlisten = \"127.0.0.1:0\"\nfolder = {:?}\n{extra}\n[main]\ncommand = [\"sleep\", \"60\"]\nhealth_command = [\"true\"]\nautostart = false\n",
             folder.to_str().unwrap()
         );
         Agent::new(crate::Config::parse(&toml).unwrap()).unwrap()
@@ -472,7 +471,7 @@ mod tests {
             app,
             "GET",
             routes::STATUS,
-            Some("s3cret"),
+            Some("s3cret-s3cret-s3cret"),
             &[],
             Body::empty(),
         )
@@ -502,14 +501,21 @@ mod tests {
             app.clone(),
             "PUT",
             routes::PACK,
-            Some("s3cret"),
+            Some("s3cret-s3cret-s3cret"),
             &[],
             pack(&[&fits]),
         )
         .await;
         assert_eq!(status, StatusCode::OK);
-        let (status, _, body) =
-            call(app, "PUT", routes::PACK, Some("s3cret"), &[], pack(&[&big])).await;
+        let (status, _, body) = call(
+            app,
+            "PUT",
+            routes::PACK,
+            Some("s3cret-s3cret-s3cret"),
+            &[],
+            pack(&[&big]),
+        )
+        .await;
         assert_eq!(
             status,
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -555,7 +561,7 @@ mod tests {
             app.clone(),
             "PUT",
             routes::PACK,
-            Some("s3cret"),
+            Some("s3cret-s3cret-s3cret"),
             &[],
             cut_body(&whole[..whole.len() / 2]),
         )
@@ -565,7 +571,7 @@ mod tests {
             app.clone(),
             "POST",
             routes::BLOBS_MISSING,
-            Some("s3cret"),
+            Some("s3cret-s3cret-s3cret"),
             &[("content-type", "application/json")],
             Body::from(serde_json::to_vec(&HashList::new(vec![h])).unwrap()),
         )
@@ -578,7 +584,7 @@ mod tests {
             app,
             "PUT",
             routes::PACK,
-            Some("s3cret"),
+            Some("s3cret-s3cret-s3cret"),
             &[],
             Body::from(rest),
         )

@@ -17,7 +17,7 @@ use tillup_core::manifest::FileEntry;
 use tillup_core::{Manifest, Sha256Hex};
 use tillup_fs::{HashCache, scan_folder};
 
-const TOKEN: &str = "test-token";
+const TOKEN: &str = "test-token-of-the-host";
 
 /// The chain's key pair of a test: the agent pins the public half.
 struct ChainKey {

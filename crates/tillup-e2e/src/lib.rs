@@ -482,7 +482,7 @@ impl Terminal {
         let cfg = format!(
             r#"terminal = {number}
 model = "{model}"
-token = "{token}"
+token_sha256 = "{token_sha256}"
 trust_key = "{trust_key}"
 listen = "127.0.0.1:{port}"
 folder = {folder:?}
@@ -501,7 +501,8 @@ autostart = true
 "#,
             number = self.number,
             model = self.model,
-            token = self.token,
+            // The agent keeps only the token's hash, as installs should.
+            token_sha256 = hex_sha256(self.token.as_bytes()),
             trust_key = self.trust_key,
             state = self.root.join("agent-state").display().to_string(),
             busy = self.pos_state.join("busy").display().to_string(),
@@ -837,6 +838,11 @@ impl Store {
     pub fn backups(&self) -> Vec<PathBuf> {
         tillup_listener::runner::backup::folders(&self.listener_data)
     }
+}
+
+/// The SHA-256 of `bytes`, in hex.
+fn hex_sha256(bytes: &[u8]) -> String {
+    tillup_core::Sha256Hex::of(bytes).to_string()
 }
 
 /// An address where nothing listens (a port bound then released).

@@ -635,3 +635,48 @@ fn a_store_over_its_quota_is_refused_and_other_stores_are_not() -> Result<()> {
     rt.block_on(client("store-002", &other_token).send(hashes[2..].to_vec(), &blobs))?;
     Ok(())
 }
+
+/// Uploads a store token holder starts and then feeds nothing: more than
+/// the server's blocking pool (512 threads) would hold if uploads held one.
+const SLOW_UPLOADS: usize = 600;
+
+#[test]
+fn slow_uploads_of_one_store_do_not_stall_the_log_checks_of_every_store() -> Result<()> {
+    let store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500")],
+            ..StoreSpec::default()
+        },
+    )?;
+    let other_token = store.server.add_store("store-002")?;
+    let addr = store.server.url().trim_start_matches("http://").to_owned();
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: server\r\nAuthorization: Bearer {}\r\nContent-Type: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        server::PACK,
+        store.store_token,
+        tillup_core::api::PACK_MEDIA_TYPE
+    );
+    // A zstd frame's first bytes, then silence.
+    let first = b"4\r\n\x28\xb5\x2f\xfd\r\n";
+    let held = (0..SLOW_UPLOADS)
+        .map(|i| {
+            let mut s = TcpStream::connect(&addr).with_context(|| format!("upload {i}"))?;
+            s.write_all(head.as_bytes())?;
+            s.write_all(first)?;
+            Ok(s)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Let the server take them all in.
+    std::thread::sleep(Duration::from_secs(2));
+    answers_within_a_second(
+        &format!(
+            "{}{}",
+            store.server.url(),
+            server::LOG.replace("{channel}", "stable")
+        ),
+        &other_token,
+    )?;
+    drop(held);
+    Ok(())
+}

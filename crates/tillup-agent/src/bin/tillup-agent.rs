@@ -8,12 +8,23 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(
     version,
-    about = "tillup's agent on a POS terminal: supervises the main program and swaps its folder"
+    about = "tillup's agent on a POS terminal: supervises the main program and swaps its folder",
+    subcommand_negates_reqs = true
 )]
 struct Cli {
     /// The TOML configuration file.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Make a token for the host to send: prints the token (for the host's
+    /// config) and the `token_sha256` line for this agent's config, which
+    /// keeps no copy of the token.
+    NewToken,
 }
 
 fn main() -> ExitCode {
@@ -37,7 +48,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = tillup_agent::Config::load(&cli.config)?;
+    if let Some(Command::NewToken) = cli.command {
+        let (token, digest) = tillup_agent::config::new_token();
+        println!("{token}");
+        eprintln!(
+            "put the token above in the host's config ([[terminals]] token), and this line in the agent's:\ntoken_sha256 = \"{digest}\""
+        );
+        return Ok(());
+    }
+    let path = cli
+        .config
+        .expect("clap requires --config without a command");
+    let config = tillup_agent::Config::load(&path)?;
     tokio::runtime::Runtime::new()?.block_on(tillup_agent::serve(config))
 }
 
