@@ -30,6 +30,10 @@ pub struct Config {
     /// The channel whose signed logs the agent accepts.
     #[serde(default = "stable")]
     pub channel: String,
+    /// Serve over TLS with the agent's own certificate (which the host
+    /// pins at pairing). Off only where something else protects the LAN.
+    #[serde(default = "yes")]
+    pub tls: bool,
     /// Where to listen (`127.0.0.1:0` picks a free port).
     pub listen: SocketAddr,
     /// The program folder (`cupos`).

@@ -18,6 +18,7 @@ pub mod folder;
 pub mod http;
 pub mod memory;
 pub mod supervisor;
+pub mod tls;
 mod trust;
 
 use std::collections::HashMap;
@@ -549,9 +550,10 @@ impl Agent {
     }
 }
 
-/// Binds, prints `listening on http://IP:PORT` as the first stdout line,
-/// starts the main program if configured, and serves until SIGINT/SIGTERM.
-/// The main program is left running when the agent exits.
+/// Binds, prints `listening on https://IP:PORT` (`http://` without TLS)
+/// as the first stdout line, starts the main program if configured, and
+/// serves until SIGINT/SIGTERM. The main program is left running when the
+/// agent exits.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     use std::io::Write;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -559,10 +561,28 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let autostart = config.main.autostart;
+    let tls = if config.tls {
+        let identity = tls::Identity::load_or_create(&config.state_dir())?;
+        tracing::info!(
+            "pairing code of this terminal: {} (type it on the store host: tillup pair {} CODE)",
+            identity.pairing_code(),
+            config.terminal
+        );
+        Some(tillup_serve::tls_config(
+            identity.cert_der,
+            identity.key_der,
+        )?)
+    } else {
+        tracing::warn!(
+            "TLS is off (tls = false): the host's token and this terminal's files cross the LAN in clear"
+        );
+        None
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let agent = Agent::new(config)?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on http://{addr}")?;
+        writeln!(out, "listening on {scheme}://{addr}")?;
         out.flush()?;
     }
     if agent.memory().stopped_by_host.is_some() {
@@ -590,6 +610,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         listener,
         app(agent),
         tillup_serve::Limits::AGENT,
+        tls,
         shutdown(),
     )
     .await?;

@@ -554,6 +554,23 @@ autostart = true
         self.agent.as_ref().map(|a| a.url.as_str())
     }
 
+    /// A client for a test to ask its agent directly. It takes the agent's
+    /// own certificate as it comes (the host pins it; see `tillup pair`).
+    pub fn http(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("a TLS backend is compiled in")
+    }
+
+    /// The SHA-256 of its agent's TLS certificate, once it made one.
+    pub fn fingerprint(&self) -> Option<String> {
+        fs::read(self.root.join("agent-state/tls/agent.crt.der"))
+            .ok()
+            .map(|der| hex_sha256(&der))
+    }
+
     /// The version the running main program reports (via its heartbeat).
     pub fn running_version(&self) -> Option<String> {
         let out = Command::new(self.folder.join("bin/pos-sim"))
@@ -754,6 +771,10 @@ impl Store {
                 "\n[[terminals]]\nnumber = {}\naddress = {url:?}\ntoken = {:?}\n",
                 t.number, t.token
             ));
+            // Paired at installation: the host pins the agent's certificate.
+            if let Some(pin) = t.fingerprint() {
+                cfg.push_str(&format!("cert_sha256 = {:?}\n", pin));
+            }
         }
         write(&self.listener_config, cfg);
         Ok(())
@@ -838,6 +859,20 @@ impl Store {
     pub fn backups(&self) -> Vec<PathBuf> {
         tillup_listener::runner::backup::folders(&self.listener_data)
     }
+}
+
+/// The `IP:PORT` of an `http://` or `https://` URL on loopback.
+pub(crate) fn socket_addr_of(url: &str) -> Result<std::net::SocketAddr> {
+    let hostport = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    hostport
+        .parse()
+        .with_context(|| format!("`{url}` is not an http(s)://IP:PORT address"))
 }
 
 /// The SHA-256 of `bytes`, in hex.

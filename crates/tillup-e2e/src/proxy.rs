@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -89,15 +89,7 @@ pub struct Proxy {
 
 /// `http://127.0.0.1:1234/…` or `127.0.0.1:1234` → the socket address.
 fn parse_addr(target: &str) -> Result<SocketAddr> {
-    let hostport = target
-        .strip_prefix("http://")
-        .unwrap_or(target)
-        .split('/')
-        .next()
-        .unwrap_or("");
-    hostport
-        .parse()
-        .with_context(|| format!("`{target}` is not an http://IP:PORT address"))
+    crate::socket_addr_of(target)
 }
 
 impl Proxy {

@@ -21,7 +21,10 @@ const HALF_OPEN: usize = 500;
 /// Opens `n` connections to `url` that each send half a request header and
 /// then nothing: a slowloris.
 fn half_open(url: &str, n: usize) -> Result<Vec<TcpStream>> {
-    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
     (0..n)
         .map(|i| {
             let mut s = TcpStream::connect(addr).with_context(|| format!("connection {i}"))?;
@@ -33,8 +36,11 @@ fn half_open(url: &str, n: usize) -> Result<Vec<TcpStream>> {
 
 /// A GET with a bearer token that must answer 200 within a second.
 fn answers_within_a_second(url: &str, token: &str) -> Result<()> {
+    // An agent's certificate is its own (the host pins it); this checks
+    // only that it answers.
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(1))
+        .danger_accept_invalid_certs(true)
         .build()?;
     let resp = client
         .get(url)
@@ -233,11 +239,18 @@ impl TokenHolder {
     fn new(till: &tillup_e2e::Terminal) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let blobs = tillup_fs::BlobStore::open(dir.path().join("blobs"))?;
+        // The token holder reaches the agent as its host does.
+        let paired = tillup_listener::config::Terminal {
+            number: till.number,
+            address: till.url().context("agent running")?.to_owned(),
+            token: till.token.clone(),
+            cert_sha256: till.fingerprint(),
+        };
         let peer = Peer::new(
             "the till",
-            till.url().context("agent running")?,
+            &paired.address,
             &till.token,
-            tillup_listener::http::client(),
+            tillup_listener::pairing::client_for(&paired),
         );
         Ok(Self {
             agent: AgentClient::new(peer),
@@ -678,5 +691,70 @@ fn slow_uploads_of_one_store_do_not_stall_the_log_checks_of_every_store() -> Res
         &other_token,
     )?;
     drop(held);
+    Ok(())
+}
+
+/// `tillup-agent --config … pairing-code` of terminal `n`.
+fn pairing_code(store: &Store, n: u32) -> Result<String> {
+    let t = &store.terminals[&n];
+    let out = tillup_e2e::run(
+        {
+            let mut c = std::process::Command::new(tillup_e2e::bin("tillup-agent")?);
+            c.arg("--config").arg(&t.config).arg("pairing-code");
+            c
+        },
+        Duration::from_secs(30),
+    )?;
+    ensure!(out.status.success(), "{}", tillup_e2e::text(&out));
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+#[test]
+fn a_device_in_a_terminals_place_is_refused_once_the_terminal_is_paired() -> Result<()> {
+    let mut store = Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500")],
+            ..StoreSpec::default()
+        },
+    )?;
+    // A host just installed: it knows the terminal's address, not its
+    // certificate, and talks to it only once paired.
+    let config = std::fs::read_to_string(&store.listener_config)?;
+    let unpaired: String = config
+        .lines()
+        .filter(|l| !l.starts_with("cert_sha256"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&store.listener_config, &unpaired)?;
+    let out = store.tillup(&["status"])?;
+    ensure!(
+        tillup_e2e::text(&out).contains("not paired"),
+        "{}",
+        tillup_e2e::text(&out)
+    );
+
+    let code = pairing_code(&store, 1)?;
+    // A code misread, or another terminal's: nothing is saved.
+    let wrong = tillup_core::pairing::code(&Sha256Hex::of(b"another terminal"));
+    let out = store.tillup(&["pair", "1", &wrong])?;
+    ensure!(!out.status.success(), "{}", tillup_e2e::text(&out));
+    ensure!(std::fs::read_to_string(&store.listener_config)? == unpaired);
+    let out = store.tillup(&["pair", "1", &code.to_lowercase()])?;
+    ensure!(out.status.success(), "{}", tillup_e2e::text(&out));
+    let status = store.tillup_json(&["status"])?;
+    ensure!(status.to_string().contains("1.0.0"), "{status}");
+
+    // Another device takes the terminal's address (here: the agent with a
+    // new identity on the same port): the host refuses to talk to it.
+    let till = store.terminals.get_mut(&1).context("terminal 1")?;
+    let port = till.port;
+    till.stop();
+    std::fs::remove_dir_all(till.root.join("agent-state/tls"))?;
+    till.port = port;
+    till.start_agent()?;
+    let out = store.tillup(&["status"])?;
+    let said = tillup_e2e::text(&out);
+    ensure!(said.contains("another device answers"), "{said}");
     Ok(())
 }

@@ -311,7 +311,8 @@ fn a_listener_that_never_comes_back_leaves_no_terminal_stopped() -> Result<()> {
     ensure!(out.status.signal() == Some(9), "{}", text(&out));
     for t in store.terminals.values() {
         t.wait_running("1.0.0")?;
-        let status: serde_json::Value = reqwest::blocking::Client::new()
+        let status: serde_json::Value = t
+            .http()
             .get(format!(
                 "{}{}",
                 t.url().unwrap(),

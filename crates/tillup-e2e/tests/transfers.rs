@@ -209,7 +209,7 @@ fn a_push_to_a_terminal_cut_three_times_resumes_and_sends_each_byte_once() -> Re
         .terminals
         .get_mut(&1)
         .expect("terminal 1")
-        .listener_address = Some(proxy.url());
+        .listener_address = Some(proxy.url().replace("http://", "https://"));
     store.write_listener_config("prompt", &[])?;
     let release = publish_large(&store)?;
     // What terminal 1 lacks of the release: the files it must be sent.

@@ -215,18 +215,18 @@ impl Settings {
         new.terminals = self
             .terminals
             .iter()
-            .map(|t| Terminal {
-                number: t.number,
-                address: t.address.trim().to_owned(),
-                token: match t.token.trim() {
-                    "" => config
-                        .terminals
-                        .iter()
-                        .find(|old| old.number == t.number)
-                        .map(|old| old.token.clone())
-                        .unwrap_or_default(),
-                    new => new.to_owned(),
-                },
+            .map(|t| {
+                let old = config.terminals.iter().find(|old| old.number == t.number);
+                Terminal {
+                    number: t.number,
+                    address: t.address.trim().to_owned(),
+                    token: match t.token.trim() {
+                        "" => old.map(|old| old.token.clone()).unwrap_or_default(),
+                        new => new.to_owned(),
+                    },
+                    // Pairing is `tillup pair`'s: the page keeps what it finds.
+                    cert_sha256: old.and_then(|old| old.cert_sha256.clone()),
+                }
             })
             .collect();
         new.terminals.sort_by_key(|t| t.number);
@@ -416,15 +416,15 @@ start = "02:30"
 end = "04:00"
 [[terminals]]
 number = 1
-address = "http://10.0.0.1:8710"
+address = "https://10.0.0.1:8710"
 token = "a"
 [[terminals]]
 number = 2
-address = "http://10.0.0.2:8710"
+address = "https://10.0.0.2:8710"
 token = "b"
 [[terminals]]
 number = 3
-address = "http://10.0.0.3:8710"
+address = "https://10.0.0.3:8710"
 token = "c"
 "#
         ))

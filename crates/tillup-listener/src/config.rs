@@ -52,6 +52,10 @@ pub struct Config {
     /// store token and the terminals' files cross it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_plain_http_server: bool,
+    /// Lets terminals have plain `http://` addresses off this machine: only
+    /// where something else protects the shop LAN.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plain_http_agents: bool,
     /// The minisign public key (`RW…`) the version log must be signed with.
     pub public_key: String,
     pub store_id: String,
@@ -131,9 +135,12 @@ impl Default for CheckSchedule {
 #[serde(deny_unknown_fields)]
 pub struct Terminal {
     pub number: u32,
-    /// Base URL of its `tillup-agent`, e.g. `http://192.168.1.21:8710`.
+    /// Base URL of its `tillup-agent`, e.g. `https://192.168.1.21:8710`.
     pub address: String,
     pub token: String,
+    /// The SHA-256 of its agent's TLS certificate, written by `tillup pair`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_sha256: Option<String>,
 }
 
 fn default_channel() -> String {
@@ -303,6 +310,20 @@ impl Config {
                 return Err(format!("terminal {} is listed twice", t.number));
             }
             check_url(&format!("terminal {} address", t.number), &t.address)?;
+            if !self.allow_plain_http_agents && !is_private_link(&t.address) {
+                return Err(format!(
+                    "terminal {} address `{}`: its token and files would cross the shop LAN in clear; use https:// and pair it (tillup pair {} CODE), or set allow_plain_http_agents = true",
+                    t.number, t.address, t.number
+                ));
+            }
+            if let Some(pin) = &t.cert_sha256
+                && pin.parse::<tillup_core::Sha256Hex>().is_err()
+            {
+                return Err(format!(
+                    "terminal {}: cert_sha256 must be 64 hex digits, as `tillup pair` writes it",
+                    t.number
+                ));
+            }
             if t.token.is_empty() {
                 return Err(format!(
                     "terminal {}: token is empty (it is the `token` of that terminal's agent config)",

@@ -78,7 +78,12 @@ pub const PACK_MAX_BLOBS: usize = 20_000;
 /// deadline of a whole exchange, which grows with its bytes, is each
 /// [`Peer`]'s [`Pace`].
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    client_with(reqwest::Client::builder())
+}
+
+/// [`client`]'s settings on `builder` (a terminal's, with its own TLS).
+pub(crate) fn client_with(builder: reqwest::ClientBuilder) -> reqwest::Client {
+    builder
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(120))
         .user_agent(concat!("tillup/", env!("CARGO_PKG_VERSION")))
@@ -161,11 +166,28 @@ impl Peer {
     }
 
     fn unreachable(&self, what: &str, e: &reqwest::Error) -> Error {
+        let message = error_chain(e);
+        // A certificate other than the one paired will not change on a
+        // retry.
+        if message.contains(crate::pairing::NOT_PAIRED)
+            || message.contains(crate::pairing::NOT_THE_TERMINAL)
+        {
+            return Error::Untrusted(format!("{} refused for {what}: {message}", self.name));
+        }
         Error::Unreachable {
             peer: self.name.clone(),
             what: what.to_owned(),
-            message: error_chain(e),
+            message,
         }
+    }
+
+    /// One request whose answer does not matter (to see the peer's TLS
+    /// certificate).
+    pub async fn probe(&self) {
+        let _ = self
+            .request(Method::GET, tillup_core::api::agent::STATUS)
+            .send()
+            .await;
     }
 
     /// The error for an answer that is not a success.

@@ -20,6 +20,7 @@ pub mod config;
 pub mod http;
 pub mod local_log;
 pub mod pace;
+pub mod pairing;
 pub mod progress;
 pub mod runner;
 pub mod schedule;
@@ -121,7 +122,12 @@ impl Listener {
             .iter()
             .map(|t| {
                 let name = format!("terminal {}", t.number);
-                let peer = Peer::new(name, &t.address, &t.token, http.clone());
+                let client = if t.address.starts_with("https://") {
+                    pairing::client_for(t)
+                } else {
+                    http.clone()
+                };
+                let peer = Peer::new(name, &t.address, &t.token, client);
                 (t.number, AgentClient::new(peer))
             })
             .collect();

@@ -6,7 +6,11 @@
 //! connections held at once is bounded below what the process may open.
 //!
 //! Only HTTP/1.1 is spoken: the listener and the agents use nothing else,
-//! and hyper bounds its header read only there.
+//! and hyper bounds its header read only there. With a [`TlsConfig`] the
+//! connection is TLS first (the agent's own certificate, which the host
+//! pins at pairing); the handshake has the header-read bound too.
+
+pub use rustls;
 
 use std::future::Future;
 use std::io;
@@ -60,14 +64,34 @@ impl Limits {
     };
 }
 
-/// Serves `router` on `listener` within `limits` until `shutdown` ends,
-/// then waits up to `limits.drain` for the requests in flight.
+/// A server's TLS identity.
+pub type TlsConfig = Arc<rustls::ServerConfig>;
+
+/// The TLS configuration of a server with one certificate (DER) and its
+/// private key (PKCS#8 DER), no client certificates.
+pub fn tls_config(cert_der: Vec<u8>, key_der: Vec<u8>) -> Result<TlsConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![rustls::pki_types::CertificateDer::from(cert_der)],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key_der.into()),
+        )?;
+    Ok(Arc::new(config))
+}
+
+/// Serves `router` on `listener` within `limits` (over TLS with `tls`)
+/// until `shutdown` ends, then waits up to `limits.drain` for the requests
+/// in flight.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<TlsConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     raise_open_files_limit(limits.max_connections);
     let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
         limits.body_idle,
@@ -111,10 +135,36 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let mut io = tokio_io_timeout::TimeoutStream::new(tcp);
         io.set_write_timeout(Some(limits.write_idle));
-        let conn = http.serve_connection(TokioIo::new(Box::pin(io)), service.clone());
-        let conn = graceful.watch(conn);
+        let io = Box::pin(io);
+        let (http, service) = (http.clone(), service.clone());
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let ended = match acceptor {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(io), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_read, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) => {
+                            watcher
+                                .watch(http.serve_connection(TokioIo::new(tls), service))
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "a TLS handshake failed: {e}");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "a TLS handshake took too long");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, "a connection ended: {e}");
             }
             drop(permit);

@@ -907,8 +907,14 @@ pub async fn serve(
             }
         });
     }
-    tillup_serve::serve(listener, app(state), tillup_serve::Limits::SERVER, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
+    tillup_serve::serve(
+        listener,
+        app(state),
+        tillup_serve::Limits::SERVER,
+        None,
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    )
     .await
 }

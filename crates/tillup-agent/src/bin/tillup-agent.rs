@@ -25,6 +25,9 @@ enum Command {
     /// config) and the `token_sha256` line for this agent's config, which
     /// keeps no copy of the token.
     NewToken,
+    /// Print this terminal's pairing code (making its TLS certificate if
+    /// it has none yet), for `tillup pair` on the store host.
+    PairingCode,
 }
 
 fn main() -> ExitCode {
@@ -58,8 +61,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let path = cli
         .config
-        .expect("clap requires --config without a command");
+        .ok_or_else(|| anyhow::anyhow!("--config FILE is needed: the agent's configuration"))?;
     let config = tillup_agent::Config::load(&path)?;
+    if let Some(Command::PairingCode) = cli.command {
+        let identity = tillup_agent::tls::Identity::load_or_create(&config.state_dir())?;
+        println!("{}", identity.pairing_code());
+        eprintln!(
+            "type it on the store host: tillup pair {} {}",
+            config.terminal,
+            identity.pairing_code()
+        );
+        return Ok(());
+    }
     tokio::runtime::Runtime::new()?.block_on(tillup_agent::serve(config))
 }
 

@@ -58,6 +58,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pair terminal N: check that its agent is the one showing CODE, and
+    /// from then on talk to nothing else at its address.
+    Pair {
+        /// The terminal's number.
+        terminal: u32,
+        /// The pairing code its agent shows (`tillup-agent … pairing-code`).
+        code: String,
+    },
     /// Answer the pending upgrade prompt (what the tray popup's buttons do).
     Answer { answer: Answer },
     /// Check on the schedule; upgrade in the window (scheduled mode) or record a prompt (prompt mode).
@@ -101,7 +109,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Config::default_path().context("no config folder on this system; pass --config FILE")?
         }
     };
-    let listener = Listener::new(Config::load(&path)?)?;
+    let config = Config::load(&path)?;
+    if let Some(Command::Pair { terminal, code }) = &cli.command {
+        let fingerprint = tillup_listener::pairing::pair(&config, *terminal, code).await?;
+        tillup_listener::pairing::pinned(&config, *terminal, &fingerprint).save(&path)?;
+        println!("terminal {terminal} paired: {fingerprint}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let listener = Listener::new(config)?;
     let started = std::time::Instant::now();
     let base = cli.now.unwrap_or_else(Timestamp::now);
     let now = move || base + jiff::SignedDuration::try_from(started.elapsed()).unwrap_or_default();
@@ -109,10 +124,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Some(c), _) => c,
         (None, true) => Command::Daemon { once: false },
         (None, false) => anyhow::bail!(
-            "say what to do: check, update, status, history, answer or daemon (see --help)"
+            "say what to do: check, update, status, history, pair, answer or daemon (see --help)"
         ),
     };
     match command {
+        Command::Pair { .. } => unreachable!("paired above"),
         Command::Check { json } => {
             let (_, report) = listener.check(now()).await?;
             render::check(&report, json);
