@@ -394,6 +394,9 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
+    /// The host's token in the test agents' config.
+    const TOKEN: &str = "s3cret-s3cret-s3cret";
+
     #[tokio::test]
     async fn a_main_program_failure_reaches_the_host_with_its_cause() {
         let e: AgentError = crate::supervisor::SupervisorError::Spawn {
@@ -419,7 +422,7 @@ mod tests {
         std::fs::write(folder.join("VERSION"), "1.0.0\n").unwrap();
         std::fs::write(folder.join("a.txt"), "hello world").unwrap();
         let toml = format!(
-            "terminal = 3\nmodel = \"CP-500\"\ntoken = \"s3cret-s3cret-s3cret\"\ntrust_key = \"RWTkrcTyYrt1qYLHJb5GMRdYFzoIIVJ7cmjyUZYxORPNpjmgV8IL94QQ\"\nlisten = \"127.0.0.1:0\"\nfolder = {:?}\n{extra}\n[main]\ncommand = [\"sleep\", \"60\"]\nhealth_command = [\"true\"]\nautostart = false\n",
+            "terminal = 3\nmodel = \"CP-500\"\ntoken = \"{TOKEN}\"\ntrust_key = \"RWTkrcTyYrt1qYLHJb5GMRdYFzoIIVJ7cmjyUZYxORPNpjmgV8IL94QQ\"\nlisten = \"127.0.0.1:0\"\nfolder = {:?}\n{extra}\n[main]\ncommand = [\"sleep\", \"60\"]\nhealth_command = [\"true\"]\nautostart = false\n",
             folder.to_str().unwrap()
         );
         Agent::new(crate::Config::parse(&toml).unwrap()).unwrap()
@@ -453,7 +456,7 @@ mod tests {
     async fn every_route_needs_the_token() {
         let dir = tempfile::tempdir().unwrap();
         let app = app(agent(dir.path()));
-        for token in [None, Some("wrong"), Some("s3cret ")] {
+        for token in [None, Some("wrong"), Some("s3cret-s3cret-s3cret ")] {
             let (status, _, body) = call(
                 app.clone(),
                 "GET",
@@ -467,15 +470,8 @@ mod tests {
             let err: ErrorBody = serde_json::from_slice(&body).unwrap();
             assert!(err.error.contains("Bearer"), "{}", err.error);
         }
-        let (status, _, body) = call(
-            app,
-            "GET",
-            routes::STATUS,
-            Some("s3cret-s3cret-s3cret"),
-            &[],
-            Body::empty(),
-        )
-        .await;
+        let (status, _, body) =
+            call(app, "GET", routes::STATUS, Some(TOKEN), &[], Body::empty()).await;
         assert_eq!(status, StatusCode::OK);
         let s: AgentStatus = serde_json::from_slice(&body).unwrap();
         assert_eq!(
@@ -501,21 +497,14 @@ mod tests {
             app.clone(),
             "PUT",
             routes::PACK,
-            Some("s3cret-s3cret-s3cret"),
+            Some(TOKEN),
             &[],
             pack(&[&fits]),
         )
         .await;
         assert_eq!(status, StatusCode::OK);
-        let (status, _, body) = call(
-            app,
-            "PUT",
-            routes::PACK,
-            Some("s3cret-s3cret-s3cret"),
-            &[],
-            pack(&[&big]),
-        )
-        .await;
+        let (status, _, body) =
+            call(app, "PUT", routes::PACK, Some(TOKEN), &[], pack(&[&big])).await;
         assert_eq!(
             status,
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -561,7 +550,7 @@ mod tests {
             app.clone(),
             "PUT",
             routes::PACK,
-            Some("s3cret-s3cret-s3cret"),
+            Some(TOKEN),
             &[],
             cut_body(&whole[..whole.len() / 2]),
         )
@@ -571,7 +560,7 @@ mod tests {
             app.clone(),
             "POST",
             routes::BLOBS_MISSING,
-            Some("s3cret-s3cret-s3cret"),
+            Some(TOKEN),
             &[("content-type", "application/json")],
             Body::from(serde_json::to_vec(&HashList::new(vec![h])).unwrap()),
         )
@@ -580,15 +569,8 @@ mod tests {
         let held = missing.held[&h];
         assert!(held > 0 && held < 300_000, "{held}");
         let rest = tillup_transfer::pack::in_memory(&[(&file, held)], 1);
-        let (status, _, body) = call(
-            app,
-            "PUT",
-            routes::PACK,
-            Some("s3cret-s3cret-s3cret"),
-            &[],
-            Body::from(rest),
-        )
-        .await;
+        let (status, _, body) =
+            call(app, "PUT", routes::PACK, Some(TOKEN), &[], Body::from(rest)).await;
         assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
         let receipt: PackReceipt = serde_json::from_slice(&body).unwrap();
         assert_eq!(receipt.bytes, 300_000 - held, "only the rest crossed");

@@ -15,6 +15,17 @@ use tillup_e2e::{HostileBody, ReleaseSpec, Store, StoreSpec, expected_after, man
 use tillup_listener::clients::AgentClient;
 use tillup_listener::http::Peer;
 
+/// A store of one terminal, its agent running.
+fn one_till_store() -> Result<Store> {
+    Store::new(
+        None,
+        StoreSpec {
+            terminals: vec![(1, "CP-500")],
+            ..StoreSpec::default()
+        },
+    )
+}
+
 /// Connections an attacker holds open in the half-open attack.
 const HALF_OPEN: usize = 500;
 
@@ -53,13 +64,7 @@ fn answers_within_a_second(url: &str, token: &str) -> Result<()> {
 
 #[test]
 fn half_open_connections_do_not_lock_out_the_server_or_an_agent() -> Result<()> {
-    let store = Store::new(
-        None,
-        StoreSpec {
-            terminals: vec![(1, "CP-500")],
-            ..StoreSpec::default()
-        },
-    )?;
+    let store = one_till_store()?;
     let till = &store.terminals[&1];
     let till_url = till.url().context("agent running")?.to_owned();
     let held_server = half_open(store.server.url(), HALF_OPEN)?;
@@ -97,13 +102,7 @@ fn half_open_connections_do_not_lock_out_the_server_or_an_agent() -> Result<()> 
 /// A store whose listener's server address is `url` (an attacker, or a
 /// proxy on the path).
 fn store_pointing_at(url: &str) -> Result<Store> {
-    let store = Store::new(
-        None,
-        StoreSpec {
-            terminals: vec![(1, "CP-500")],
-            ..StoreSpec::default()
-        },
-    )?;
+    let store = one_till_store()?;
     let key = store.server.public_key.clone();
     store.write_listener_config_for(url.to_owned(), &key, "prompt", &[])?;
     Ok(store)
@@ -153,46 +152,34 @@ fn check_fails_within(
     Ok(())
 }
 
+/// A store whose server is a hostile HTTP server answering `status` with
+/// `body`: `tillup check` fails saying `expected`, within `bound`.
+fn hostile_server(status: u16, body: HostileBody, bound: u64, expected: &str) -> Result<()> {
+    let (url, sent) = tillup_e2e::hostile_http(status, body, 4)?;
+    let store = store_pointing_at(&url)?;
+    check_fails_within(&store, &sent, bound, expected)
+}
+
 #[test]
 fn a_proxy_serving_an_endless_log_is_read_only_to_its_bound() -> Result<()> {
-    let (url, sent) = tillup_e2e::hostile_http(200, HostileBody::Endless, 4)?;
-    let store = store_pointing_at(&url)?;
-    check_fails_within(
-        &store,
-        &sent,
-        tillup_core::log::MAX_LOG_BYTES as u64,
-        "allowed",
-    )
+    let bound = tillup_core::log::MAX_LOG_BYTES as u64;
+    hostile_server(200, HostileBody::Endless, bound, "allowed")
 }
 
 #[test]
 fn a_proxy_declaring_an_oversized_log_is_refused_before_it_is_read() -> Result<()> {
-    let (url, sent) = tillup_e2e::hostile_http(200, HostileBody::Declared(8 << 30), 4)?;
-    let store = store_pointing_at(&url)?;
-    check_fails_within(&store, &sent, 0, "over the")
+    hostile_server(200, HostileBody::Declared(8 << 30), 0, "over the")
 }
 
 #[test]
 fn a_proxy_sending_an_endless_error_body_is_read_only_to_its_bound() -> Result<()> {
-    let (url, sent) = tillup_e2e::hostile_http(500, HostileBody::Endless, 4)?;
-    let store = store_pointing_at(&url)?;
-    check_fails_within(
-        &store,
-        &sent,
-        tillup_listener::http::MAX_ERROR_BODY_BYTES as u64,
-        "HTTP 500",
-    )
+    let bound = tillup_listener::http::MAX_ERROR_BODY_BYTES as u64;
+    hostile_server(500, HostileBody::Endless, bound, "HTTP 500")
 }
 
 #[test]
 fn a_revoked_store_gets_401_on_its_next_check_until_its_token_is_rotated() -> Result<()> {
-    let mut store = Store::new(
-        None,
-        StoreSpec {
-            terminals: vec![(1, "CP-500")],
-            ..StoreSpec::default()
-        },
-    )?;
+    let mut store = one_till_store()?;
     let out = store.tillup(&["check"])?;
     ensure!(out.status.success(), "{}", tillup_e2e::text(&out));
 
@@ -362,6 +349,17 @@ fn program_files(folder: &std::path::Path) -> Manifest {
     .expect("a subset of a manifest")
 }
 
+/// The till's program files are still `before` and it runs `version`.
+fn untouched(till: &tillup_e2e::Terminal, before: &Manifest, version: &str) -> Result<()> {
+    let after = program_files(&till.folder);
+    ensure!(
+        after == *before,
+        "the till's folder changed: {:?}",
+        before.changes_to(&after)
+    );
+    till.wait_running(version)
+}
+
 /// The refusal's HTTP status and message.
 fn refused(r: std::result::Result<(), tillup_listener::Error>) -> Result<(u16, String)> {
     match r {
@@ -376,13 +374,7 @@ fn refused(r: std::result::Result<(), tillup_listener::Error>) -> Result<(u16, S
 #[test]
 fn an_agent_token_holder_cannot_install_a_changed_file_an_added_file_or_an_old_release()
 -> Result<()> {
-    let store = Store::new(
-        None,
-        StoreSpec {
-            terminals: vec![(1, "CP-500")],
-            ..StoreSpec::default()
-        },
-    )?;
+    let store = one_till_store()?;
     let rel = store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
     let till = &store.terminals[&1];
     let before = manifest_of(&till.folder);
@@ -442,13 +434,7 @@ fn an_agent_token_holder_cannot_install_a_changed_file_an_added_file_or_an_old_r
         holder.agent.start().await?;
         anyhow::Ok(())
     })?;
-    let after = program_files(&till.folder);
-    ensure!(
-        after == before_program,
-        "the till's folder changed: {:?}",
-        before_program.changes_to(&after)
-    );
-    till.wait_running("1.0.0")?;
+    untouched(till, &before_program, "1.0.0")?;
 
     // The store upgrades for real; then the holder replays the release it
     // replaced, with the genuine log that still names it.
@@ -465,25 +451,13 @@ fn an_agent_token_holder_cannot_install_a_changed_file_an_added_file_or_an_old_r
         );
         anyhow::Ok(())
     })?;
-    let after = program_files(&till.folder);
-    ensure!(
-        after == upgraded,
-        "the till's folder changed: {:?}",
-        upgraded.changes_to(&after)
-    );
-    till.wait_running("1.1.0")?;
+    untouched(till, &upgraded, "1.1.0")?;
     Ok(())
 }
 
 #[test]
 fn a_tampered_replayed_or_expired_log_handed_to_an_agent_is_refused() -> Result<()> {
-    let store = Store::new(
-        None,
-        StoreSpec {
-            terminals: vec![(1, "CP-500")],
-            ..StoreSpec::default()
-        },
-    )?;
+    let store = one_till_store()?;
     let before_release = signed_log(&store)?;
     let rel = store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
     let log = signed_log(&store)?;
@@ -543,13 +517,7 @@ fn a_tampered_replayed_or_expired_log_handed_to_an_agent_is_refused() -> Result<
         ensure!(status == 403, "{what}: {status} {message}");
         ensure!(message.contains(want), "{what}: {message}");
     }
-    let after = program_files(&till.folder);
-    ensure!(
-        after == upgraded,
-        "the till's folder changed: {:?}",
-        upgraded.changes_to(&after)
-    );
-    till.wait_running("1.1.0")?;
+    untouched(till, &upgraded, "1.1.0")?;
     Ok(())
 }
 
@@ -565,13 +533,7 @@ async fn refused_stage(
 
 #[test]
 fn a_store_reads_only_the_channels_it_is_assigned() -> Result<()> {
-    let store = Store::new(
-        None,
-        StoreSpec {
-            terminals: vec![(1, "CP-500")],
-            ..StoreSpec::default()
-        },
-    )?;
+    let store = one_till_store()?;
     let beta = store.root.join("releases/beta");
     tillup_e2e::build_release(&beta, &ReleaseSpec::new("2.0.0-beta.1"))?;
     store
@@ -603,13 +565,7 @@ fn a_store_reads_only_the_channels_it_is_assigned() -> Result<()> {
 
 #[test]
 fn a_store_over_its_quota_is_refused_and_other_stores_are_not() -> Result<()> {
-    let mut store = Store::new(
-        None,
-        StoreSpec {
-            terminals: vec![(1, "CP-500")],
-            ..StoreSpec::default()
-        },
-    )?;
+    let mut store = one_till_store()?;
     store
         .server
         .serve_with(0, &[("TILLUP_STORE_QUOTA_BYTES", "100000")])?;
@@ -655,13 +611,7 @@ const SLOW_UPLOADS: usize = 600;
 
 #[test]
 fn slow_uploads_of_one_store_do_not_stall_the_log_checks_of_every_store() -> Result<()> {
-    let store = Store::new(
-        None,
-        StoreSpec {
-            terminals: vec![(1, "CP-500")],
-            ..StoreSpec::default()
-        },
-    )?;
+    let store = one_till_store()?;
     let other_token = store.server.add_store("store-002")?;
     let addr = store.server.url().trim_start_matches("http://").to_owned();
     let head = format!(
@@ -711,13 +661,7 @@ fn pairing_code(store: &Store, n: u32) -> Result<String> {
 
 #[test]
 fn a_device_in_a_terminals_place_is_refused_once_the_terminal_is_paired() -> Result<()> {
-    let mut store = Store::new(
-        None,
-        StoreSpec {
-            terminals: vec![(1, "CP-500")],
-            ..StoreSpec::default()
-        },
-    )?;
+    let mut store = one_till_store()?;
     // A host just installed: it knows the terminal's address, not its
     // certificate, and talks to it only once paired.
     let config = std::fs::read_to_string(&store.listener_config)?;

@@ -301,6 +301,14 @@ mod tests {
         Box::new(|_, _| Ok(()))
     }
 
+    /// `body` received into `store` as store `s`'s, every blob admitted.
+    async fn receive(
+        store: &BlobStore,
+        body: impl Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static,
+    ) -> Received {
+        receive_pack(body, store.clone(), "s".into(), any(), Box::new(|_| {})).await
+    }
+
     #[tokio::test]
     async fn a_pack_in_pieces_of_any_size_arrives_whole_and_a_cut_one_resumes() {
         let (a, b) = (bytes(3, 300_000), bytes(7, 1_000));
@@ -308,14 +316,7 @@ mod tests {
         for piece in [1, 7, 4096, 1 << 20] {
             let dir = tempfile::tempdir().unwrap();
             let store = BlobStore::open(dir.path()).unwrap();
-            let r = receive_pack(
-                body(&pack, piece, None),
-                store.clone(),
-                "s".into(),
-                any(),
-                Box::new(|_| {}),
-            )
-            .await;
+            let r = receive(&store, body(&pack, piece, None)).await;
             r.result.unwrap();
             assert_eq!(
                 r.unpacked.blobs,
@@ -329,14 +330,7 @@ mod tests {
         // sends the rest from there.
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
-        let r = receive_pack(
-            body(&pack, 4096, Some(pack.len() / 2)),
-            store.clone(),
-            "s".into(),
-            any(),
-            Box::new(|_| {}),
-        )
-        .await;
+        let r = receive(&store, body(&pack, 4096, Some(pack.len() / 2))).await;
         assert!(
             r.result.as_ref().is_err_and(PackError::is_cut),
             "{:?}",
@@ -345,14 +339,7 @@ mod tests {
         let held = store.partial_len(&Sha256Hex::of(&a), "s").unwrap();
         assert!(held > 0 && held < a.len() as u64, "{held}");
         let rest = pack::in_memory(&[(&a[..], held), (&b[..], 0)], 3);
-        let r = receive_pack(
-            body(&rest, 999, None),
-            store.clone(),
-            "s".into(),
-            any(),
-            Box::new(|_| {}),
-        )
-        .await;
+        let r = receive(&store, body(&rest, 999, None)).await;
         r.result.unwrap();
         assert_eq!(r.unpacked.bytes, a.len() as u64 - held + b.len() as u64);
         assert_eq!(store.read(&Sha256Hex::of(&a)).unwrap(), a);
@@ -363,14 +350,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let page = b"<html>502 Bad Gateway</html>".to_vec();
-        let r = receive_pack(
-            body(&page, 5, None),
-            store.clone(),
-            "s".into(),
-            any(),
-            Box::new(|_| {}),
-        )
-        .await;
+        let r = receive(&store, body(&page, 5, None)).await;
         assert!(
             matches!(r.result, Err(PackError::NotAPack)),
             "{:?}",
