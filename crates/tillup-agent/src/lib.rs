@@ -356,9 +356,11 @@ impl Agent {
         // they are now; remembered before the swap, so an older log is
         // refused from here on whatever happens next.
         let (seen, trust) = self.check_commit(&version).await?;
+        let pinned = self.config.trust_key.trim().to_owned();
         self.remember(|m| {
             m.seen_log = Some(seen);
             m.trust = Some(trust);
+            m.trust_pinned = Some(pinned);
         })?;
         // The folder about to become previous, as its hash cache knows it
         // (the stage that built the staging folder scanned it just before):

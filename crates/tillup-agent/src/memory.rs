@@ -39,6 +39,10 @@ pub struct Memory {
     /// `trust_key` alone.
     #[serde(default)]
     pub trust: Option<tillup_core::keys::Trust>,
+    /// The `trust_key` that trust started from: a new one in the config
+    /// starts afresh.
+    #[serde(default)]
+    pub trust_pinned: Option<String>,
 }
 
 /// A release on trial: if it is not healthy, `previous` goes back in.
@@ -110,6 +114,7 @@ mod tests {
             notices: vec![],
             seen_log: None,
             trust: None,
+            trust_pinned: None,
         };
         for i in 0..NOTICES + 5 {
             m.notice(format!("n{i}"));

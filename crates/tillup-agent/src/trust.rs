@@ -43,9 +43,11 @@ impl Agent {
         signed: &SignedLog,
     ) -> Result<Accepted, AgentError> {
         let memory = self.memory();
+        let pinned = self.config.trust_key.trim();
         let trust = memory
             .trust
-            .unwrap_or_else(|| Trust::pinned(&self.config.trust_key));
+            .filter(|_| memory.trust_pinned.as_deref() == Some(pinned))
+            .unwrap_or_else(|| Trust::pinned(pinned));
         let seen = memory.seen_log;
         let running = self.layout.version_of(&self.layout.folder);
         let accepted = check_release(

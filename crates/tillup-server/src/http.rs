@@ -171,8 +171,29 @@ impl From<Error> for AppError {
     fn from(e: Error) -> Self {
         match e {
             Error::BadId { .. } => AppError::BadRequest(e.to_string()),
-            Error::NothingPublished(_) => AppError::NotFound(e.to_string()),
-            other => AppError::Internal(other.to_string()),
+            Error::NothingPublished(_) | Error::UnknownStore(_) => {
+                AppError::NotFound(e.to_string())
+            }
+            Error::Fs(e) => AppError::from(e),
+            // What the command line reports to IT, or the server's own
+            // failure: on a request, nothing the client can act on.
+            Error::Db(_)
+            | Error::Io { .. }
+            | Error::Key { .. }
+            | Error::KeyFile { .. }
+            | Error::KeysExist(_)
+            | Error::VersionExists { .. }
+            | Error::BadPreserve(_)
+            | Error::MinFromNotOlder { .. }
+            | Error::Archive { .. }
+            | Error::CaseCollision { .. }
+            | Error::NotAFolderOrZip(_)
+            | Error::EmptyFolder(_)
+            | Error::StoreExists(_)
+            | Error::KeyListNotNewer { .. }
+            | Error::BadKeyList { .. }
+            | Error::NoChannel(_)
+            | Error::Corrupt(_) => AppError::Internal(e.to_string()),
         }
     }
 }
