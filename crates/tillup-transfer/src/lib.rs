@@ -62,16 +62,15 @@ pub type Admit = Box<dyn FnMut(&Sha256Hex, u64) -> Result<(), String> + Send>;
 /// Hears the bytes of files as they arrive.
 pub type Progress = Box<dyn FnMut(u64) + Send>;
 
-/// The size of the chunks a pack body is made of.
-const CHUNK: usize = 256 * 1024;
-/// Chunks written ahead of a slow reader: memory stays bounded at about
-/// `CHUNKS_AHEAD × CHUNK` per pack in flight.
+/// Chunks produced ahead of a slow reader: memory stays bounded at about
+/// `CHUNKS_AHEAD × SOURCE_CHUNK` per pack in flight.
 const CHUNKS_AHEAD: usize = 8;
 
-/// A pack of `entries` as a stream of bytes, for an HTTP body. It is
-/// written on a blocking thread a few chunks ahead of the reader. If a
-/// blob cannot be sent, the stream ends with an error: the receiver sees a
-/// cut pack and keeps what arrived whole.
+/// A pack of `entries` as a stream of bytes, for an HTTP body. Each chunk
+/// is read and compressed on a blocking thread a few chunks ahead of the
+/// reader; waiting for the reader takes no thread, however slow it is. If
+/// a blob cannot be sent, the stream ends with an error: the receiver sees
+/// a cut pack and keeps what arrived whole.
 ///
 /// `sent` hears the bytes of files as they are packed.
 pub fn pack_body(
@@ -81,43 +80,48 @@ pub fn pack_body(
     sent: Progress,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(CHUNKS_AHEAD);
-    tokio::task::spawn_blocking(move || {
-        let mut out = std::io::BufWriter::with_capacity(CHUNK, ChannelWriter { tx: tx.clone() });
-        let sent = std::sync::Mutex::new(sent);
-        let count = |n: u64| (sent.lock().unwrap_or_else(|p| p.into_inner()))(n);
-        match pack::write_pack(&entries, &*locate, level, &count, &mut out) {
-            Ok(sent) => {
-                tracing::debug!(blobs = sent.blobs, bytes = sent.bytes, "pack sent");
-            }
-            // The reader went away: nothing to tell.
-            Err(PackError::Cut { .. }) => {}
+    tokio::spawn(async move {
+        let source = match pack::PackSource::new(entries, level) {
+            Ok(s) => s,
             Err(e) => {
-                tracing::warn!("a pack stopped: {e}");
-                let _ = out
-                    .into_inner()
-                    .map(|w| w.tx.blocking_send(Err(io::Error::other(e.to_string()))));
+                let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                return;
             }
+        };
+        let mut state = Some((source, locate, sent));
+        loop {
+            let (mut source, locate, mut sent) = state.take().expect("put back after each chunk");
+            let hop = tokio::task::spawn_blocking(move || {
+                let chunk = source.next_chunk(&*locate, &mut *sent);
+                (source, locate, sent, chunk)
+            })
+            .await;
+            let failed = match hop {
+                Ok((source, locate, sent, Ok(Some(bytes)))) => {
+                    // The reader went away: nothing to tell.
+                    if tx.send(Ok(Bytes::from(bytes))).await.is_err() {
+                        return;
+                    }
+                    state = Some((source, locate, sent));
+                    continue;
+                }
+                Ok((source, _, _, Ok(None))) => {
+                    tracing::debug!(
+                        blobs = source.sent.blobs,
+                        bytes = source.sent.bytes,
+                        "pack sent"
+                    );
+                    return;
+                }
+                Ok((_, _, _, Err(e))) => e.to_string(),
+                Err(e) => format!("the packing task failed: {e}"),
+            };
+            tracing::warn!("a pack stopped: {failed}");
+            let _ = tx.send(Err(io::Error::other(failed))).await;
+            return;
         }
     });
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
-}
-
-/// Writes into the channel of [`pack_body`].
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
-}
-
-impl io::Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reader went away"))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// What [`receive_pack`] did: the blobs that entered the store, and how

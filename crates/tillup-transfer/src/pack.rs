@@ -96,60 +96,137 @@ pub fn write_pack(
     locate: &dyn Fn(&Sha256Hex) -> Option<PathBuf>,
     level: i32,
     progress: &dyn Fn(u64),
-    out: impl Write,
+    mut out: impl Write,
 ) -> Result<Sent, PackError> {
+    let mut source = PackSource::new(entries.to_vec(), level)?;
     let cut = |source| PackError::Cut {
         received: 0,
         source,
     };
-    let mut z = zstd::stream::write::Encoder::new(out, level).map_err(cut)?;
-    z.write_all(MAGIC).map_err(cut)?;
-    let mut sent = Sent::default();
-    let mut since_flush = 0u64;
-    for e in entries {
-        let unavailable = |reason: String| PackError::Unavailable {
-            sha256: e.sha256,
-            reason,
-        };
-        let path = locate(&e.sha256).ok_or_else(|| unavailable("not held here".into()))?;
-        let mut file = std::fs::File::open(&path).map_err(|err| unavailable(err.to_string()))?;
-        let total = file
-            .metadata()
-            .map_err(|err| unavailable(err.to_string()))?
-            .len();
-        if e.from > total {
-            return Err(unavailable(format!(
-                "asked from byte {}, it has {total}",
-                e.from
-            )));
-        }
-        io::Seek::seek(&mut file, io::SeekFrom::Start(e.from))
-            .map_err(|err| unavailable(err.to_string()))?;
-        z.write_all(e.sha256.as_bytes()).map_err(cut)?;
-        z.write_all(&total.to_be_bytes()).map_err(cut)?;
-        z.write_all(&e.from.to_be_bytes()).map_err(cut)?;
-        let n = io::copy(&mut file.take(total - e.from), &mut z).map_err(cut)?;
-        progress(n);
-        if n != total - e.from {
-            return Err(unavailable(format!(
-                "it shrank while being sent ({n} of {} bytes)",
-                total - e.from
-            )));
-        }
-        sent.blobs += 1;
-        sent.bytes += n;
-        // End the zstd block after a blob once enough went into it: a
-        // receiver decodes a block only whole, so what arrived before a
-        // cut is usable, while small files still share blocks.
-        since_flush += n;
-        if since_flush >= FLUSH_AFTER {
-            z.flush().map_err(cut)?;
-            since_flush = 0;
-        }
+    while let Some(chunk) = source.next_chunk(locate, &mut |n| progress(n))? {
+        out.write_all(&chunk).map_err(cut)?;
     }
-    z.write_all(&[0u8; 32]).map_err(cut)?;
-    z.finish().map_err(cut)?.flush().map_err(cut)?;
-    Ok(sent)
+    out.flush().map_err(cut)?;
+    Ok(source.sent)
+}
+
+/// A pack produced a chunk at a time, on demand: the sending end of a pack
+/// for an async body, so that no thread waits on a slow reader.
+pub struct PackSource {
+    entries: std::vec::IntoIter<PackEntry>,
+    z: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
+    /// The blob being sent: its file, the bytes left, its hash.
+    current: Option<(std::fs::File, u64, Sha256Hex)>,
+    since_flush: u64,
+    /// What went into the pack so far.
+    pub sent: Sent,
+}
+
+/// The compressed bytes a chunk of a [`PackSource`] holds, about.
+pub const SOURCE_CHUNK: usize = 256 * 1024;
+
+impl PackSource {
+    pub fn new(entries: Vec<PackEntry>, level: i32) -> Result<Self, PackError> {
+        let cut = |source| PackError::Cut {
+            received: 0,
+            source,
+        };
+        let mut z = zstd::stream::write::Encoder::new(Vec::with_capacity(SOURCE_CHUNK), level)
+            .map_err(cut)?;
+        z.write_all(MAGIC).map_err(cut)?;
+        Ok(Self {
+            entries: entries.into_iter(),
+            z: Some(z),
+            current: None,
+            since_flush: 0,
+            sent: Sent::default(),
+        })
+    }
+
+    /// The next compressed bytes, or `None` once the pack ended. `locate`
+    /// says where each blob's bytes are; `progress` hears the bytes of
+    /// files as they are packed.
+    pub fn next_chunk(
+        &mut self,
+        locate: &dyn Fn(&Sha256Hex) -> Option<PathBuf>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Option<Vec<u8>>, PackError> {
+        let cut = |source| PackError::Cut {
+            received: 0,
+            source,
+        };
+        let Some(z) = self.z.as_mut() else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        while z.get_ref().len() < SOURCE_CHUNK {
+            if let Some((file, left, sha256)) = &mut self.current {
+                let unavailable = |reason: String| PackError::Unavailable {
+                    sha256: *sha256,
+                    reason,
+                };
+                if *left == 0 {
+                    self.sent.blobs += 1;
+                    // End the zstd block after a blob once enough went into
+                    // it: a receiver decodes a block only whole, so what
+                    // arrived before a cut is usable, while small files
+                    // still share blocks.
+                    if self.since_flush >= FLUSH_AFTER {
+                        z.flush().map_err(cut)?;
+                        self.since_flush = 0;
+                    }
+                    self.current = None;
+                    continue;
+                }
+                let want = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                let n = match file.read(&mut buf[..want]) {
+                    Ok(0) => {
+                        return Err(unavailable(format!(
+                            "it shrank while being sent ({left} bytes short)"
+                        )));
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(unavailable(e.to_string())),
+                };
+                z.write_all(&buf[..n]).map_err(cut)?;
+                progress(n as u64);
+                *left -= n as u64;
+                self.sent.bytes += n as u64;
+                self.since_flush += n as u64;
+            } else if let Some(e) = self.entries.next() {
+                let unavailable = |reason: String| PackError::Unavailable {
+                    sha256: e.sha256,
+                    reason,
+                };
+                let path = locate(&e.sha256).ok_or_else(|| unavailable("not held here".into()))?;
+                let mut file =
+                    std::fs::File::open(&path).map_err(|err| unavailable(err.to_string()))?;
+                let total = file
+                    .metadata()
+                    .map_err(|err| unavailable(err.to_string()))?
+                    .len();
+                if e.from > total {
+                    return Err(unavailable(format!(
+                        "asked from byte {}, it has {total}",
+                        e.from
+                    )));
+                }
+                io::Seek::seek(&mut file, io::SeekFrom::Start(e.from))
+                    .map_err(|err| unavailable(err.to_string()))?;
+                z.write_all(e.sha256.as_bytes()).map_err(cut)?;
+                z.write_all(&total.to_be_bytes()).map_err(cut)?;
+                z.write_all(&e.from.to_be_bytes()).map_err(cut)?;
+                self.current = Some((file, total - e.from, e.sha256));
+            } else {
+                z.write_all(&[0u8; 32]).map_err(cut)?;
+                let z = self.z.take().expect("checked above");
+                let rest = z.finish().map_err(cut)?;
+                return Ok(Some(rest));
+            }
+        }
+        Ok(Some(std::mem::take(z.get_mut())))
+    }
 }
 
 /// A pack of blobs held in memory, each sent from byte `from` on (for
