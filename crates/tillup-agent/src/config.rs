@@ -22,6 +22,9 @@ pub struct Config {
     /// The SHA-256 (hex) of the Bearer token the host must send.
     #[serde(default)]
     pub token_sha256: Option<String>,
+    /// The SHA-256 of the token, from either field, made once at load.
+    #[serde(skip)]
+    token_digest: [u8; 32],
     /// The chain's root key (the `RW…` line the store host's config has
     /// as `public_key`): the agent installs only releases named by a
     /// version log signed with it, or with a key it lists (see
@@ -234,7 +237,13 @@ impl Config {
                     "`token_sha256` must be 64 hex digits, as `tillup-agent new-token` prints it",
                 ));
             }
-            _ => {}
+            (Some(t), None) => {
+                use sha2::Digest;
+                c.token_digest = sha2::Sha256::digest(t.trim().as_bytes()).into();
+            }
+            (None, Some(h)) => {
+                hex::decode_to_slice(h, &mut c.token_digest).expect("64 hex digits, checked");
+            }
         }
         if let Err(e) = tillup_core::sign::PublicKey::parse(&c.trust_key) {
             return Err(invalid(&format!(
@@ -283,12 +292,11 @@ impl Config {
     pub fn accepts(&self, given: &[u8]) -> bool {
         use sha2::Digest;
         use subtle::ConstantTimeEq;
-        let want = match (&self.token, &self.token_sha256) {
-            (Some(t), _) => sha2::Sha256::digest(t.trim().as_bytes()).to_vec(),
-            (None, Some(h)) => hex::decode(h).unwrap_or_default(),
-            (None, None) => return false,
-        };
-        bool::from(sha2::Sha256::digest(given).as_slice().ct_eq(&want))
+        bool::from(
+            sha2::Sha256::digest(given)
+                .as_slice()
+                .ct_eq(&self.token_digest),
+        )
     }
 
     /// The agent's state folder.

@@ -568,7 +568,7 @@ autostart = true
     pub fn fingerprint(&self) -> Option<String> {
         fs::read(self.root.join("agent-state/tls/agent.crt.der"))
             .ok()
-            .map(|der| hex_sha256(&der))
+            .map(|der| tillup_core::pairing::fingerprint(&der).to_string())
     }
 
     /// The version the running main program reports (via its heartbeat).

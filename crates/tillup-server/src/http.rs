@@ -372,14 +372,23 @@ async fn latest_log(
 ) -> Result<crate::db::SignedLog, AppError> {
     bad_id("channel", &channel)?;
     let (id, ch) = (store.0.clone(), channel.clone());
-    if !st.blocking(move |st| st.db().store_reads(&id, &ch)).await? {
+    // One trip to the database for both: this is the most frequent request.
+    let found = st
+        .blocking(move |st| {
+            Ok::<_, AppError>(if st.db().store_reads(&id, &ch)? {
+                Some(st.db().latest_log(&ch)?)
+            } else {
+                None
+            })
+        })
+        .await?;
+    let Some(log) = found else {
         return Err(AppError::Forbidden(format!(
             "store `{}` is not assigned channel `{channel}`; the chain's IT assigns it with `tillup-server store channels {} …`",
             store.0, store.0
         )));
-    }
-    let ch = channel.clone();
-    st.blocking(move |st| st.db().latest_log(&ch)).await?.ok_or_else(|| {
+    };
+    log.ok_or_else(|| {
         AppError::NotFound(format!("nothing is published on channel `{channel}` yet; ask the chain's IT to publish a release"))
     })
 }
@@ -643,14 +652,7 @@ async fn put_backup(
             .into_iter()
             .collect();
         none_missing(st, &store, &hashes)?;
-        tillup_fs::write_json_atomic(&st.0.data.backup(&store, &upgrade), &backup)?;
-        for old in st.db().record_backup(&store, &upgrade, Timestamp::now())? {
-            let dir = st.0.data.upgrade(&store, &old);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!("could not remove {}: {e}", dir.display());
-            }
-        }
-        Ok::<_, AppError>(())
+        keep_backup(st, &store, &upgrade, &backup)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -689,6 +691,19 @@ fn none_missing(st: &AppState, store: &str, hashes: &[Sha256Hex]) -> Result<(), 
         missing.len(),
         list_some(&missing)
     )))
+}
+
+/// Keeps `backup` as the upgrade's, and removes the folders of the
+/// store's upgrades the database no longer keeps.
+fn keep_backup(st: &AppState, store: &str, upgrade: &str, backup: &Backup) -> Result<(), AppError> {
+    tillup_fs::write_json_atomic(&st.0.data.backup(store, upgrade), backup)?;
+    for old in st.db().record_backup(store, upgrade, Timestamp::now())? {
+        let dir = st.0.data.upgrade(store, &old);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!("could not remove {}: {e}", dir.display());
+        }
+    }
+    Ok(())
 }
 
 /// `PATCH` of a backup: see [`BackupChanges`].
@@ -740,9 +755,7 @@ async fn patch_backup(
             .into_iter()
             .collect();
         none_missing(st, &store, &added)?;
-        tillup_fs::write_json_atomic(&st.0.data.backup(&store, &upgrade), &Backup { terminals })?;
-        st.db().record_backup(&store, &upgrade, Timestamp::now())?;
-        Ok::<_, AppError>(())
+        keep_backup(st, &store, &upgrade, &Backup { terminals })
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
