@@ -21,6 +21,8 @@ use tillup_core::api::{
     StopRequest, SwapReport, SwapRequest, agent as routes,
 };
 
+use tillup_core::openapi::{Binary, SemVer};
+
 use crate::Agent;
 use crate::folder::FolderError;
 
@@ -227,11 +229,30 @@ fn moves_the_upgrade(path: &str) -> bool {
     ![routes::STATUS, routes::HEALTH, routes::BLOBS_MISSING].contains(&path)
 }
 
-async fn status(State(a): State<Arc<Agent>>) -> Result<Json<AgentStatus>, AgentError> {
+#[utoipa::path(get, path = "/v1/status", tag = "program",
+    description = "The terminal, its folder and its main program.",
+    responses(
+        (status = 200, description = "The status.", body = AgentStatus),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn status(State(a): State<Arc<Agent>>) -> Result<Json<AgentStatus>, AgentError> {
     a.status().await.map(Json)
 }
 
-async fn stop(State(a): State<Arc<Agent>>, body: Bytes) -> Result<Json<StopReport>, AgentError> {
+#[utoipa::path(post, path = "/v1/stop", tag = "program",
+    description = "Stops the main program, waiting for a sale to finish (or the time given). Safe to repeat.",
+    request_body(content = Option<StopRequest>, description = "Optional; an empty body waits as configured."),
+    responses(
+        (status = 200, description = "Stopped.", body = StopReport),
+        (status = 400, description = "The body is not a stop request.", body = ErrorBody),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn stop(
+    State(a): State<Arc<Agent>>,
+    body: Bytes,
+) -> Result<Json<StopReport>, AgentError> {
     let req: StopRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StopRequest::default()
     } else {
@@ -243,15 +264,39 @@ async fn stop(State(a): State<Arc<Agent>>, body: Bytes) -> Result<Json<StopRepor
         .map(Json)
 }
 
-async fn start(State(a): State<Arc<Agent>>) -> Result<Json<StartReport>, AgentError> {
+#[utoipa::path(post, path = "/v1/start", tag = "program",
+    description = "Starts the main program. Safe to repeat.",
+    responses(
+        (status = 200, description = "Running.", body = StartReport),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn start(State(a): State<Arc<Agent>>) -> Result<Json<StartReport>, AgentError> {
     a.start().await.map(Json)
 }
 
-async fn snapshot(State(a): State<Arc<Agent>>) -> Result<Json<Snapshot>, AgentError> {
+#[utoipa::path(get, path = "/v1/snapshot", tag = "files",
+    description = "Every file of the program folder, by hash.",
+    responses(
+        (status = 200, description = "The folder.", body = Snapshot),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 409, description = "There is no program folder.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn snapshot(State(a): State<Arc<Agent>>) -> Result<Json<Snapshot>, AgentError> {
     a.snapshot().await.map(Json)
 }
 
-async fn missing(
+#[utoipa::path(post, path = "/v1/blobs/missing", tag = "files",
+    description = "Of the files listed, those the agent holds neither in its folder nor among files received, with the bytes held of cut uploads.",
+    request_body = HashList,
+    responses(
+        (status = 200, description = "The missing files.", body = HashList),
+        (status = 400, description = "The body is not a hash list.", body = ErrorBody),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn missing(
     State(a): State<Arc<Agent>>,
     body: Result<Json<HashList>, JsonRejection>,
 ) -> Result<Json<HashList>, AgentError> {
@@ -268,7 +313,17 @@ async fn missing(
 }
 
 /// `POST /v1/pack`: files of the folder (or received), in one pack.
-async fn get_pack(
+#[utoipa::path(post, path = "/v1/pack", tag = "files",
+    description = "Files of the folder (or received), in one pack (`tillup_transfer::pack`).",
+    request_body = PackRequest,
+    responses(
+        (status = 200, description = "The pack.", body = Binary, content_type = "application/x-tillup-pack"),
+        (status = 400, description = "The body is not a pack request.", body = ErrorBody),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 404, description = "A file asked for is not on the terminal.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn get_pack(
     State(a): State<Arc<Agent>>,
     body: Result<Json<PackRequest>, JsonRejection>,
 ) -> Result<Response, AgentError> {
@@ -290,7 +345,21 @@ async fn get_pack(
 
 /// `PUT /v1/pack`: files for the next staging, each checked on arrival;
 /// those that arrived whole are kept even if the pack was cut after them.
-async fn put_pack(
+#[utoipa::path(put, path = "/v1/pack", tag = "files",
+    description = "Files for the next staging, in one pack; each is checked against its hash on arrival and kept if whole.",
+    request_body(content = Binary, content_type = "application/x-tillup-pack"),
+    responses(
+        (status = 200, description = "The files now held whole.", body = PackReceipt),
+        (status = 400, description = "Not a pack, or a pack cut short (the whole files are kept).", body = ErrorBody),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 409, description = "A file resumes at another byte than the agent holds.", body = ErrorBody,
+            headers(("x-tillup-partial" = u64, description = "The bytes the agent holds of that file."))),
+        (status = 413, description = "A file is larger than the agent accepts.", body = ErrorBody),
+        (status = 422, description = "A file's bytes do not hash to its name.", body = ErrorBody),
+        (status = 507, description = "The terminal's disk is full.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn put_pack(
     State(a): State<Arc<Agent>>,
     body: Body,
 ) -> Result<Json<PackReceipt>, AgentError> {
@@ -336,35 +405,91 @@ async fn put_pack(
     }
 }
 
-async fn stage(
+#[utoipa::path(post, path = "/v1/stage", tag = "upgrade",
+    description = "Builds the new folder beside the current one, after checking the signed log, the release and every file.",
+    request_body = StageRequest,
+    responses(
+        (status = 200, description = "Staged.", body = StageReport),
+        (status = 400, description = "Not a stage request, or a folder that cannot be.", body = ErrorBody),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 403, description = "Not what the chain signed, or not for this terminal.", body = ErrorBody),
+        (status = 409, description = "Files are missing, or the folder is in use: the message says what to do.", body = ErrorBody),
+        (status = 413, description = "The request is too large.", body = ErrorBody),
+        (status = 507, description = "The terminal's disk is full.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn stage(
     State(a): State<Arc<Agent>>,
     body: Result<Json<StageRequest>, JsonRejection>,
 ) -> Result<Json<StageReport>, AgentError> {
     a.stage(json_body(body)?).await.map(Json)
 }
 
-async fn stage_changes(
+#[utoipa::path(post, path = "/v1/stage/changes", tag = "upgrade",
+    description = "Stages a folder given as changes to the one staged already.",
+    request_body = StageChanges,
+    responses(
+        (status = 200, description = "Staged.", body = StageReport),
+        (status = 400, description = "Not stage changes, or changes that do not apply.", body = ErrorBody),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 403, description = "Not what the chain signed, or not for this terminal.", body = ErrorBody),
+        (status = 409, description = "Nothing is staged to change, or files are missing.", body = ErrorBody),
+        (status = 413, description = "The request is too large.", body = ErrorBody),
+        (status = 507, description = "The terminal's disk is full.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn stage_changes(
     State(a): State<Arc<Agent>>,
     body: Result<Json<StageChanges>, JsonRejection>,
 ) -> Result<Json<StageReport>, AgentError> {
     a.stage_changes(json_body(body)?).await.map(Json)
 }
 
-async fn commit(
+#[utoipa::path(post, path = "/v1/commit", tag = "upgrade",
+    description = "Swaps the staged folder in, with the main program stopped. Safe to repeat.",
+    request_body = SwapRequest,
+    responses(
+        (status = 200, description = "The folder holds the version.", body = SwapReport),
+        (status = 400, description = "Not a swap request.", body = ErrorBody),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 403, description = "The staged folder is not what the chain signed.", body = ErrorBody),
+        (status = 409, description = "Nothing is staged for this version, or the main program runs.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn commit(
     State(a): State<Arc<Agent>>,
     body: Result<Json<SwapRequest>, JsonRejection>,
 ) -> Result<Json<SwapReport>, AgentError> {
     a.commit(json_body(body)?.version).await.map(Json)
 }
 
-async fn rollback(
+#[utoipa::path(post, path = "/v1/rollback", tag = "upgrade",
+    description = "Puts the previous folder back. Safe to repeat.",
+    request_body = SwapRequest,
+    responses(
+        (status = 200, description = "The folder holds the version.", body = SwapReport),
+        (status = 400, description = "Not a swap request.", body = ErrorBody),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 409, description = "No previous folder of this version is kept, or the main program runs.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn rollback(
     State(a): State<Arc<Agent>>,
     body: Result<Json<SwapRequest>, JsonRejection>,
 ) -> Result<Json<SwapReport>, AgentError> {
     a.rollback(json_body(body)?.version).await.map(Json)
 }
 
-async fn health(
+#[utoipa::path(get, path = "/v1/health", tag = "program",
+    description = "Whether the main program runs the version given and says it is healthy.",
+    params(("version" = SemVer, Query, description = "The version it should run.")),
+    responses(
+        (status = 200, description = "Its health.", body = HealthReport),
+        (status = 400, description = "No or no valid version asked for.", body = ErrorBody),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn health(
     State(a): State<Arc<Agent>>,
     q: Result<Query<HealthQuery>, QueryRejection>,
 ) -> Result<Json<HealthReport>, AgentError> {

@@ -17,6 +17,7 @@ pub mod config;
 pub mod folder;
 pub mod http;
 pub mod memory;
+pub mod openapi;
 pub mod supervisor;
 pub mod tls;
 mod trust;

@@ -73,7 +73,7 @@ pub fn route(template: &str, params: &[(&str, &str)]) -> String {
 }
 
 /// A list of content hashes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HashList {
     pub hashes: Vec<Sha256Hex>,
     /// In an answer to `blobs/missing`: of the missing blobs, the bytes the
@@ -93,7 +93,9 @@ impl HashList {
 
 /// One blob of a pack: its hash, and the byte it starts from (what the
 /// receiver holds already of a cut transfer).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct PackEntry {
     pub sha256: Sha256Hex,
     #[serde(default)]
@@ -101,13 +103,13 @@ pub struct PackEntry {
 }
 
 /// `POST` to a `PACK` route: the blobs wanted, in the order to send them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PackRequest {
     pub blobs: Vec<PackEntry>,
 }
 
 /// The answer to a `PUT` of a pack: the blobs now held whole.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PackReceipt {
     pub received: Vec<Sha256Hex>,
     /// Bytes of files received.
@@ -118,22 +120,24 @@ pub struct PackReceipt {
 pub const PACK_MEDIA_TYPE: &str = "application/x-tillup-pack";
 
 /// An error body, as every endpoint of the server and the agent sends it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
 }
 
 /// One terminal's folder as collected by the host.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TerminalBackup {
+    #[schema(maximum = 4294967295_u64)]
     pub number: u32,
     pub model: String,
+    #[schema(value_type = crate::openapi::SemVer)]
     pub version: Version,
     pub manifest: Manifest,
 }
 
 /// The store's backup for one upgrade; its files were sent as blobs first.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Backup {
     pub terminals: Vec<TerminalBackup>,
 }
@@ -149,7 +153,7 @@ impl Backup {
 /// the one uploaded while the programs still ran, so that what crosses
 /// the WAN while the tills are stopped is what changed. The new backup
 /// lists exactly these terminals, in this order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackupChanges {
     /// [`Backup::digest`] of the backup the changes apply to.
     pub base: Sha256Hex,
@@ -157,14 +161,15 @@ pub struct BackupChanges {
 }
 
 /// One terminal's folder, as changes to its folder in the base backup.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TerminalChanges {
+    #[schema(maximum = 4294967295_u64)]
     pub number: u32,
     pub changes: ManifestChanges,
 }
 
 /// What the host asks the server to build.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProcessRequest {
     pub channel: String,
     pub terminals: Vec<TerminalTarget>,
@@ -174,7 +179,7 @@ pub struct ProcessRequest {
 }
 
 /// How the server answers a [`ProcessRequest`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProcessAnswer {
     /// Each terminal's new folder: a [`Delivery`].
@@ -188,43 +193,50 @@ pub enum ProcessAnswer {
 
 /// The server's result by digest: each terminal's new folder (as the
 /// server built and keeps it) named by its manifest's digest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryDigests {
     pub terminals: Vec<TerminalDigest>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TerminalDigest {
+    #[schema(maximum = 4294967295_u64)]
     pub number: u32,
+    #[schema(value_type = crate::openapi::SemVer)]
     pub version: Version,
     /// [`Manifest::digest`] of the terminal's new folder.
     pub manifest: Sha256Hex,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TerminalTarget {
+    #[schema(maximum = 4294967295_u64)]
     pub number: u32,
+    #[schema(value_type = crate::openapi::SemVer)]
     pub target: Version,
 }
 
 /// The server's result: each terminal's new folder, in terminal order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivery {
     pub terminals: Vec<TerminalResult>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TerminalResult {
+    #[schema(maximum = 4294967295_u64)]
     pub number: u32,
+    #[schema(value_type = crate::openapi::SemVer)]
     pub version: Version,
     pub manifest: Manifest,
 }
 
 /// The state of a terminal's main program.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum MainState {
     Running {
+        #[schema(maximum = 4294967295_u64)]
         pid: u32,
     },
     Stopped,
@@ -235,18 +247,22 @@ pub enum MainState {
 }
 
 /// `GET /v1/status` of an agent.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentStatus {
+    #[schema(maximum = 4294967295_u64)]
     pub terminal: u32,
     pub model: String,
     /// The version the program folder holds, if it can be read.
+    #[schema(value_type = Option<crate::openapi::SemVer>)]
     pub version: Option<Version>,
     pub main: MainState,
     pub busy: bool,
     pub free_bytes: u64,
     /// The version staged beside the folder, if any.
+    #[schema(value_type = Option<crate::openapi::SemVer>)]
     pub staged: Option<Version>,
     /// The version kept for rollback, if any.
+    #[schema(value_type = Option<crate::openapi::SemVer>)]
     pub previous: Option<Version>,
     pub agent_version: String,
     /// What the agent did on its own (finished a cut swap, restarted the
@@ -257,21 +273,21 @@ pub struct AgentStatus {
 }
 
 /// Something the agent did on its own, for the host to report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Notice {
     pub at: Timestamp,
     pub message: String,
 }
 
 /// `POST /v1/stop`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StopRequest {
     /// Overrides the configured wait while busy.
     #[serde(default)]
     pub busy_timeout_secs: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StopReport {
     pub stopped_at: Timestamp,
     /// How long it waited for a sale to finish.
@@ -281,23 +297,26 @@ pub struct StopReport {
     pub was_running: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StartReport {
     pub started_at: Timestamp,
+    #[schema(maximum = 4294967295_u64)]
     pub pid: u32,
     pub was_running: bool,
 }
 
 /// `GET /v1/snapshot`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {
+    #[schema(value_type = Option<crate::openapi::SemVer>)]
     pub version: Option<Version>,
     pub manifest: Manifest,
 }
 
 /// `POST /v1/stage`: build the new folder beside the current one.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StageRequest {
+    #[schema(value_type = crate::openapi::SemVer)]
     pub version: Version,
     pub manifest: Manifest,
     /// The signed version log naming `version`; the release's manifest
@@ -308,8 +327,9 @@ pub struct StageRequest {
 /// `POST /v1/stage/changes`: the folder to stage as changes to the one
 /// staged already (the release, staged before the stop), so that what
 /// crosses the LAN while the till is stopped is what changed.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StageChanges {
+    #[schema(value_type = crate::openapi::SemVer)]
     pub version: Version,
     /// [`Manifest::digest`] of the staged folder the changes apply to.
     pub base: Sha256Hex,
@@ -320,7 +340,7 @@ pub struct StageChanges {
     pub release: SignedLog,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StageReport {
     /// Bytes taken from the current folder rather than sent.
     pub reused_bytes: u64,
@@ -328,34 +348,39 @@ pub struct StageReport {
 }
 
 /// `POST /v1/commit` and `POST /v1/rollback`: idempotent by target.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SwapRequest {
     /// The version the folder must hold afterwards.
+    #[schema(value_type = crate::openapi::SemVer)]
     pub version: Version,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SwapReport {
+    #[schema(value_type = crate::openapi::SemVer)]
     pub version: Version,
     /// False when the folder already held `version` (a repeated call).
     pub swapped: bool,
 }
 
 /// `GET /v1/health?version=…`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthQuery {
+    #[schema(value_type = crate::openapi::SemVer)]
     pub version: Version,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthReport {
     pub healthy: bool,
     /// The version the running main program reports.
+    #[schema(value_type = Option<crate::openapi::SemVer>)]
     pub version: Option<Version>,
     /// The program's own words when it is not healthy.
     pub message: String,
     /// Set when the agent, finding the release it just swapped in
     /// unhealthy, put this version back and started it.
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::SemVer>)]
     pub rolled_back_to: Option<Version>,
 }

@@ -23,7 +23,7 @@ use crate::manifest::{Manifest, ManifestError, merge_for_terminal};
 
 /// A version log exactly as the server signed it, with the key lists
 /// that say which keys may sign it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SignedLog {
     /// The log's bytes (UTF-8 JSON), as signed.
     pub log: String,

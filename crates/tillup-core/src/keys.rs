@@ -37,7 +37,7 @@ pub struct KeyList {
 }
 
 /// A key list exactly as signed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SignedKeyList {
     /// The list's bytes (UTF-8 JSON), as signed.
     pub list: String,
@@ -54,7 +54,7 @@ impl SignedKeyList {
 
 /// The server's key lists, oldest first: every list that names a next
 /// root, and the newest.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyChain {
     pub lists: Vec<SignedKeyList>,
 }

@@ -10,6 +10,7 @@ pub mod install;
 pub mod keys;
 pub mod log;
 pub mod manifest;
+pub mod openapi;
 pub mod pairing;
 pub mod path;
 pub mod sign;

@@ -13,7 +13,7 @@ use crate::manifest::{BadPattern, Preserve};
 pub const MAX_LOG_BYTES: usize = 4 * 1024 * 1024;
 
 /// One channel's list of releases, signed as a whole.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionLog {
     pub channel: String,
     /// Grows by one at every signing: a log with a lower sequence than one
@@ -26,8 +26,9 @@ pub struct VersionLog {
 }
 
 /// One release of the POS program.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Release {
+    #[schema(value_type = crate::openapi::SemVer)]
     pub version: Version,
     pub date: Timestamp,
     /// Total bytes of the release's files.
@@ -39,6 +40,7 @@ pub struct Release {
     pub critical: bool,
     /// The oldest version this release can upgrade from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::openapi::SemVer>)]
     pub min_from: Option<Version>,
     /// Terminal models it supports; empty means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -49,7 +51,7 @@ pub struct Release {
 }
 
 /// Release notes in the two languages the listener shows.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Notes {
     #[serde(default)]
     pub en: String,

@@ -17,7 +17,7 @@ use crate::path::RelPath;
 pub const MAX_MANIFEST_BYTES: usize = 32 * 1024 * 1024;
 
 /// One file of a folder.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
     pub path: RelPath,
@@ -32,7 +32,7 @@ pub struct FileEntry {
 /// removed. A store upgrade moves these after the stop instead of whole
 /// manifests, so the work while a till is stopped follows what changed,
 /// not the folder's size.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestChanges {
     /// Files added or changed, by path.
@@ -48,7 +48,7 @@ impl ManifestChanges {
 }
 
 /// Every file of a folder, sorted by path, each path once.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Manifest {
     files: Vec<FileEntry>,
 }

@@ -19,11 +19,12 @@ use jiff::Timestamp;
 use semver::Version;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
-    self, Backup, BackupChanges, Delivery, DeliveryDigests, ErrorBody, HashList, ProcessAnswer,
-    ProcessRequest, TerminalBackup, TerminalDigest, TerminalResult,
+    self, Backup, BackupChanges, Delivery, DeliveryDigests, ErrorBody, HashList, PackReceipt,
+    PackRequest, ProcessAnswer, ProcessRequest, TerminalBackup, TerminalDigest, TerminalResult,
 };
-use tillup_core::log::Release;
+use tillup_core::log::{Release, VersionLog};
 use tillup_core::manifest::{Manifest, merge_for_terminal};
+use tillup_core::openapi::{Binary, Id};
 use tillup_fs::BlobStore;
 use tower::ServiceExt;
 use tower_http::compression::Predicate as _;
@@ -242,7 +243,8 @@ impl IntoResponse for AppError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreId(pub String);
 
-/// The router. Every route but `/healthz` needs a store token.
+/// The router. Every route but `/healthz` and the API's description needs
+/// a store token.
 pub fn app(state: AppState) -> Router {
     use tillup_core::api::server as r;
     let authed = Router::new()
@@ -258,6 +260,10 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            crate::openapi::ROUTE,
+            get(|| async { Json(crate::openapi::description()) }),
+        )
         .merge(authed)
         // JSON both ways may be zstd-compressed (a store's backup and its
         // delivery are eight near-identical manifests); packs are
@@ -393,7 +399,27 @@ async fn latest_log(
     })
 }
 
-async fn get_log(
+#[utoipa::path(get, path = "/v1/log/{channel}", tag = "log",
+    description = "The channel's signed version log. Answers 304 to an `If-None-Match` naming its ETag.",
+    params(
+        ("channel" = Id, Path, description = "The channel, such as `stable`."),
+        ("If-None-Match" = Option<String>, Header, description = "The ETag of the log the store holds."),
+    ),
+    responses(
+        (status = 200, description = "The log (the signed bytes) and its signature.", body = VersionLog,
+            headers(
+                ("etag" = String, description = "The log's ETag."),
+                ("x-tillup-signature" = String, description = "The base64 of the log's `.minisig` text."),
+            )),
+        (status = 304, description = "The store holds this log already.",
+            headers(("etag" = String, description = "The log's ETag."))),
+        (status = 400, description = "The channel is not a valid id.", body = ErrorBody),
+        (status = 401, description = "No store token, or one the server does not know (revoked or rotated).", body = ErrorBody),
+        (status = 403, description = "The store is not assigned this channel.", body = ErrorBody),
+        (status = 404, description = "Nothing is published on this channel yet.", body = ErrorBody),
+    ),
+    security(("store_token" = [])))]
+pub(crate) async fn get_log(
     State(st): State<AppState>,
     Extension(store): Extension<StoreId>,
     Path(channel): Path<String>,
@@ -422,11 +448,29 @@ async fn get_log(
     Ok(resp)
 }
 
-async fn get_keys(State(st): State<AppState>) -> Result<Json<KeyChain>, AppError> {
+#[utoipa::path(get, path = "/v1/keys", tag = "log",
+    description = "The key lists, signed by the root, that say which keys sign logs.",
+    responses(
+        (status = 200, description = "The key chain, oldest list first.", body = KeyChain),
+        (status = 401, description = "No store token, or one the server does not know (revoked or rotated).", body = ErrorBody),
+    ),
+    security(("store_token" = [])))]
+pub(crate) async fn get_keys(State(st): State<AppState>) -> Result<Json<KeyChain>, AppError> {
     Ok(Json(st.blocking(|st| st.db().key_chain()).await?))
 }
 
-async fn get_log_signature(
+#[utoipa::path(get, path = "/v1/log/{channel}/minisig", tag = "log",
+    description = "The log's detached signature, for `minisign -V`.",
+    params(("channel" = Id, Path, description = "The channel, such as `stable`.")),
+    responses(
+        (status = 200, description = "The `.minisig` text.", body = String, content_type = "text/plain"),
+        (status = 400, description = "The channel is not a valid id.", body = ErrorBody),
+        (status = 401, description = "No store token, or one the server does not know (revoked or rotated).", body = ErrorBody),
+        (status = 403, description = "The store is not assigned this channel.", body = ErrorBody),
+        (status = 404, description = "Nothing is published on this channel yet.", body = ErrorBody),
+    ),
+    security(("store_token" = [])))]
+pub(crate) async fn get_log_signature(
     State(st): State<AppState>,
     Extension(store): Extension<StoreId>,
     Path(channel): Path<String>,
@@ -439,7 +483,22 @@ async fn get_log_signature(
         .into_response())
 }
 
-async fn get_blob(
+#[utoipa::path(get, path = "/v1/blobs/{sha256}", tag = "files",
+    description = "One file as it is, named by its content: a release's or the store's own.",
+    params(
+        ("sha256" = Sha256Hex, Path, description = "The file's SHA-256."),
+        ("Range" = Option<String>, Header, description = "Bytes to resume from (`bytes=N-`)."),
+    ),
+    responses(
+        (status = 200, description = "The file.", body = Binary, content_type = "application/octet-stream"),
+        (status = 206, description = "The range asked for.", body = Binary, content_type = "application/octet-stream"),
+        (status = 416, description = "The range is outside the file."),
+        (status = 400, description = "Not a SHA-256 digest.", body = ErrorBody),
+        (status = 401, description = "No store token, or one the server does not know (revoked or rotated).", body = ErrorBody),
+        (status = 404, description = "No such file readable by this store.", body = ErrorBody),
+    ),
+    security(("store_token" = [])))]
+pub(crate) async fn get_blob(
     State(st): State<AppState>,
     Extension(store): Extension<StoreId>,
     Path(hash): Path<String>,
@@ -463,7 +522,17 @@ async fn get_blob(
     Ok(resp.map(Body::new))
 }
 
-async fn blobs_missing(
+#[utoipa::path(post, path = "/v1/blobs/missing", tag = "files",
+    description = "Of the files listed, those the store cannot read yet, with the bytes held of cut uploads.",
+    request_body = HashList,
+    responses(
+        (status = 200, description = "The missing files.", body = HashList),
+        (status = 400, description = "The body is not a hash list.", body = ErrorBody),
+        (status = 401, description = "No store token, or one the server does not know (revoked or rotated).", body = ErrorBody),
+        (status = 413, description = "Too many hashes in one request.", body = ErrorBody),
+    ),
+    security(("store_token" = [])))]
+pub(crate) async fn blobs_missing(
     State(st): State<AppState>,
     Extension(store): Extension<StoreId>,
     body: Body,
@@ -489,7 +558,18 @@ async fn blobs_missing(
 
 /// `POST /v1/pack`: the blobs asked for, in one compressed pack. Every one
 /// must be readable by the store (a release's file or its own upload).
-async fn get_pack(
+#[utoipa::path(post, path = "/v1/pack", tag = "files",
+    description = "The files asked for, in one compressed pack (`tillup_transfer::pack`).",
+    request_body = PackRequest,
+    responses(
+        (status = 200, description = "The pack.", body = Binary, content_type = "application/x-tillup-pack"),
+        (status = 400, description = "The body is not a pack request.", body = ErrorBody),
+        (status = 401, description = "No store token, or one the server does not know (revoked or rotated).", body = ErrorBody),
+        (status = 404, description = "A file asked for is not readable by this store.", body = ErrorBody),
+        (status = 413, description = "Too many files in one request.", body = ErrorBody),
+    ),
+    security(("store_token" = [])))]
+pub(crate) async fn get_pack(
     State(st): State<AppState>,
     Extension(store): Extension<StoreId>,
     body: Body,
@@ -534,7 +614,20 @@ async fn get_pack(
 /// `PUT /v1/pack`: a pack of the store's own files (its terminals'
 /// backups). Each blob is checked on arrival; those that arrived whole are
 /// the store's to read, even if the pack was cut after them.
-async fn put_pack(
+#[utoipa::path(put, path = "/v1/pack", tag = "files",
+    description = "The store's own files, in one pack; each is checked against its hash on arrival and kept if whole.",
+    request_body(content = Binary, content_type = "application/x-tillup-pack"),
+    responses(
+        (status = 200, description = "The files now held whole.", body = PackReceipt),
+        (status = 400, description = "Not a pack, or a pack cut short (the whole files are kept).", body = ErrorBody),
+        (status = 401, description = "No store token, or one the server does not know (revoked or rotated).", body = ErrorBody),
+        (status = 409, description = "A file resumes at another byte than the server holds.", body = ErrorBody,
+            headers(("x-tillup-partial" = u64, description = "The bytes the server holds of that file."))),
+        (status = 413, description = "A file is too large, or the store's quota is used up.", body = ErrorBody),
+        (status = 422, description = "A file's bytes do not hash to its name.", body = ErrorBody),
+    ),
+    security(("store_token" = [])))]
+pub(crate) async fn put_pack(
     State(st): State<AppState>,
     Extension(store): Extension<StoreId>,
     body: Body,
@@ -623,7 +716,23 @@ fn list_some(hashes: &[Sha256Hex]) -> String {
     format!("{}{more}", shown.join(", "))
 }
 
-async fn put_backup(
+#[utoipa::path(put, path = "/v1/stores/{store}/upgrades/{upgrade}/backup", tag = "upgrades",
+    description = "The store's backup for an upgrade: every terminal's folder. Its files must have been sent first.",
+    params(
+        ("store" = Id, Path, description = "The store (the token's)."),
+        ("upgrade" = Id, Path, description = "The upgrade, named by the store."),
+    ),
+    request_body = Backup,
+    responses(
+        (status = 204, description = "Kept."),
+        (status = 400, description = "Not a backup, or an invalid id.", body = ErrorBody),
+        (status = 401, description = "No store token, or one the server does not know (revoked or rotated).", body = ErrorBody),
+        (status = 403, description = "The token belongs to another store.", body = ErrorBody),
+        (status = 409, description = "Files of the backup are not on the server yet.", body = ErrorBody),
+        (status = 413, description = "The backup is too large.", body = ErrorBody),
+    ),
+    security(("store_token" = [])))]
+pub(crate) async fn put_backup(
     State(st): State<AppState>,
     Extension(auth): Extension<StoreId>,
     Path((store, upgrade)): Path<(String, String)>,
@@ -707,7 +816,24 @@ fn keep_backup(st: &AppState, store: &str, upgrade: &str, backup: &Backup) -> Re
 }
 
 /// `PATCH` of a backup: see [`BackupChanges`].
-async fn patch_backup(
+#[utoipa::path(patch, path = "/v1/stores/{store}/upgrades/{upgrade}/backup", tag = "upgrades",
+    description = "The backup after the stop, as changes to the one uploaded before it.",
+    params(
+        ("store" = Id, Path, description = "The store (the token's)."),
+        ("upgrade" = Id, Path, description = "The upgrade, named by the store."),
+    ),
+    request_body = BackupChanges,
+    responses(
+        (status = 204, description = "Kept."),
+        (status = 400, description = "Not backup changes, changes that do not apply, or an invalid id.", body = ErrorBody),
+        (status = 401, description = "No store token, or one the server does not know (revoked or rotated).", body = ErrorBody),
+        (status = 403, description = "The token belongs to another store.", body = ErrorBody),
+        (status = 404, description = "No backup was uploaded for this upgrade.", body = ErrorBody),
+        (status = 409, description = "The changes apply to another backup, or name files not on the server.", body = ErrorBody),
+        (status = 413, description = "The changes are too large.", body = ErrorBody),
+    ),
+    security(("store_token" = [])))]
+pub(crate) async fn patch_backup(
     State(st): State<AppState>,
     Extension(auth): Extension<StoreId>,
     Path((store, upgrade)): Path<(String, String)>,
@@ -761,12 +887,29 @@ async fn patch_backup(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn process(
+#[utoipa::path(post, path = "/v1/stores/{store}/upgrades/{upgrade}/process", tag = "upgrades",
+    description = "Builds each terminal's new folder from the backup and the release.",
+    params(
+        ("store" = Id, Path, description = "The store (the token's)."),
+        ("upgrade" = Id, Path, description = "The upgrade, named by the store."),
+    ),
+    request_body = ProcessRequest,
+    responses(
+        (status = 200, description = "Each terminal's new folder, or its digest when asked.", body = ProcessResult),
+        (status = 400, description = "Not a process request, or an invalid id.", body = ErrorBody),
+        (status = 401, description = "No store token, or one the server does not know (revoked or rotated).", body = ErrorBody),
+        (status = 403, description = "The token belongs to another store.", body = ErrorBody),
+        (status = 404, description = "No backup was uploaded, or the release is not published on the channel.", body = ErrorBody),
+        (status = 409, description = "A terminal is not in the backup, or its files cannot be combined with the release.", body = ErrorBody),
+        (status = 413, description = "The request is too large.", body = ErrorBody),
+    ),
+    security(("store_token" = [])))]
+pub(crate) async fn process(
     State(st): State<AppState>,
     Extension(auth): Extension<StoreId>,
     Path((store, upgrade)): Path<(String, String)>,
     body: Body,
-) -> Result<Response, AppError> {
+) -> Result<Json<ProcessResult>, AppError> {
     own_store(&auth, &store)?;
     bad_id("upgrade", &upgrade)?;
     let bytes = read_body(body, 1 << 20, "process request").await?;
@@ -788,9 +931,9 @@ async fn process(
     let delivery = st
         .blocking(move |st| build_delivery(st, &store, &upgrade, &req.channel, &targets))
         .await?;
-    Ok(match req.answer {
-        ProcessAnswer::Folders => Json(delivery).into_response(),
-        ProcessAnswer::Digests => Json(DeliveryDigests {
+    Ok(Json(match req.answer {
+        ProcessAnswer::Folders => ProcessResult::Folders(delivery),
+        ProcessAnswer::Digests => ProcessResult::Digests(DeliveryDigests {
             terminals: delivery
                 .terminals
                 .iter()
@@ -800,9 +943,16 @@ async fn process(
                     manifest: t.manifest.digest(),
                 })
                 .collect(),
-        })
-        .into_response(),
-    })
+        }),
+    }))
+}
+
+/// The answer to a process request, as its [`ProcessAnswer`] asks.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(crate) enum ProcessResult {
+    Folders(Delivery),
+    Digests(DeliveryDigests),
 }
 
 /// DESIGN §3.5: each terminal's new folder, in terminal-number order.
@@ -878,7 +1028,19 @@ fn build_delivery(
     Ok(Delivery { terminals: out })
 }
 
-async fn report(
+#[utoipa::path(post, path = "/v1/stores/{store}/reports", tag = "upgrades",
+    description = "A report of the store's upgrade, for head office.",
+    params(("store" = Id, Path, description = "The store (the token's).")),
+    request_body(content = Object, description = "A JSON object."),
+    responses(
+        (status = 204, description = "Kept."),
+        (status = 400, description = "Not a JSON object.", body = ErrorBody),
+        (status = 401, description = "No store token, or one the server does not know (revoked or rotated).", body = ErrorBody),
+        (status = 403, description = "The token belongs to another store.", body = ErrorBody),
+        (status = 413, description = "The report is too large.", body = ErrorBody),
+    ),
+    security(("store_token" = [])))]
+pub(crate) async fn report(
     State(st): State<AppState>,
     Extension(auth): Extension<StoreId>,
     Path(store): Path<String>,

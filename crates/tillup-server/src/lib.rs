@@ -16,6 +16,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod keylist;
+pub mod openapi;
 pub mod ops;
 
 pub use data::{DataDir, KeySource};

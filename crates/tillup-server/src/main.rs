@@ -145,6 +145,9 @@ enum Command {
         #[arg(long, env = "TILLUP_STORE_QUOTA_BYTES", default_value_t = Limits::default().store_quota)]
         store_quota_bytes: u64,
     },
+    /// Print the OpenAPI description of the server's HTTP API (JSON); a
+    /// running server serves it at /openapi.json.
+    Openapi,
 }
 
 #[derive(Subcommand, Debug)]
@@ -240,7 +243,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             return Ok(());
         }
-        _ => {}
+        Command::Openapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&tillup_server::openapi::description())?
+            );
+            return Ok(());
+        }
+        Command::Keygen { .. }
+        | Command::Publish { .. }
+        | Command::SignLog { .. }
+        | Command::Store { .. }
+        | Command::Keys { .. }
+        | Command::Reports { .. }
+        | Command::Serve { .. } => {}
     }
     let root = cli
         .data
@@ -366,7 +382,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             );
         }
-        Command::RootKeygen { .. } | Command::SignKeys { .. } => unreachable!("handled above"),
+        Command::RootKeygen { .. } | Command::SignKeys { .. } | Command::Openapi => {
+            unreachable!("handled above")
+        }
         Command::Store {
             command: StoreCommand::Channels { store, channels },
         } => {

@@ -28,6 +28,8 @@ enum Command {
     /// Print this terminal's pairing code (making its TLS certificate if
     /// it has none yet), for `tillup pair` on the store host.
     PairingCode,
+    /// Print the OpenAPI description of the agent's HTTP API (JSON).
+    Openapi,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Openapi) = cli.command {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&tillup_agent::openapi::description())?
+        );
+        return Ok(());
+    }
     if let Some(Command::NewToken) = cli.command {
         let (token, digest) = tillup_agent::config::new_token();
         println!("{token}");

@@ -1,0 +1,88 @@
+//! The OpenAPI description of the agent's HTTP API, generated from the
+//! handlers' annotations: printed by `tillup-agent openapi`. CI fuzzes a
+//! running agent against it (`tillup-e2e/tests/api_fuzz.rs`).
+
+use utoipa::openapi::OpenApi as Description;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::http;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tillup-agent",
+        description = "On each terminal: stops and starts the main program, stages and swaps the program folder, rolls back, checks health. Every route takes `Authorization: Bearer <agent token>`; the agent serves HTTPS with its own certificate, which the store's host pins at pairing."
+    ),
+    paths(
+        http::status,
+        http::stop,
+        http::start,
+        http::snapshot,
+        http::missing,
+        http::get_pack,
+        http::put_pack,
+        http::stage,
+        http::stage_changes,
+        http::commit,
+        http::rollback,
+        http::health,
+    ),
+    components(schemas(tillup_core::openapi::SemVer)),
+    modifiers(&AgentToken)
+)]
+struct Api;
+
+struct AgentToken;
+
+impl Modify for AgentToken {
+    fn modify(&self, openapi: &mut Description) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "agent_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The token whose hash is in the agent's config (`tillup-agent new-token`).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The description, with the agent's version.
+pub fn description() -> Description {
+    let mut d = Api::openapi();
+    d.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tillup_core::api::agent as r;
+
+    /// Every route of the API is described, and nothing else.
+    #[test]
+    fn the_description_names_every_route() {
+        let d = description();
+        let described: std::collections::BTreeSet<&str> =
+            d.paths.paths.keys().map(String::as_str).collect();
+        let routes = [
+            r::STATUS,
+            r::STOP,
+            r::START,
+            r::SNAPSHOT,
+            r::BLOBS_MISSING,
+            r::PACK,
+            r::STAGE,
+            r::STAGE_CHANGES,
+            r::COMMIT,
+            r::ROLLBACK,
+            r::HEALTH,
+        ];
+        assert_eq!(described, routes.into_iter().collect());
+    }
+}
