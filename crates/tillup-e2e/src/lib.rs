@@ -933,6 +933,9 @@ pub enum HostileBody {
     Declared(u64),
     /// Chunked, without end, until the client leaves.
     Endless,
+    /// Chunked, one byte every 100 ms, until the client leaves: a peer
+    /// that is never silent long enough for a read timeout.
+    Trickle,
 }
 
 /// An HTTP server on loopback that answers each request (at most
@@ -968,17 +971,28 @@ pub fn hostile_http(
                     HostileBody::Declared(n) => {
                         format!("HTTP/1.1 {status} X\r\ncontent-length: {n}\r\n\r\n")
                     }
-                    HostileBody::Endless => {
+                    HostileBody::Endless | HostileBody::Trickle => {
                         format!("HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\n\r\n")
                     }
                 };
                 if s.write_all(head.as_bytes()).is_err() {
                     return;
                 }
+                if let HostileBody::Trickle = body {
+                    // 10 minutes at most: the client is meant to leave long before.
+                    for _ in 0..6000 {
+                        if s.write_all(b"1\r\n0\r\n").is_err() {
+                            return;
+                        }
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    return;
+                }
                 let piece = vec![b'0'; 64 * 1024];
                 let chunk = match body {
                     HostileBody::Declared(_) => piece,
-                    HostileBody::Endless => {
+                    HostileBody::Endless | HostileBody::Trickle => {
                         let mut c = format!("{:x}\r\n", piece.len()).into_bytes();
                         c.extend_from_slice(&piece);
                         c.extend_from_slice(b"\r\n");

@@ -172,6 +172,23 @@ fn a_proxy_declaring_an_oversized_log_is_refused_before_it_is_read() -> Result<(
 }
 
 #[test]
+fn a_proxy_trickling_a_log_is_left_once_it_falls_behind_the_slowest_rate() -> Result<()> {
+    // Two answers that trickle, then nothing listens: the retries end fast.
+    let (url, sent) = tillup_e2e::hostile_http(200, HostileBody::Trickle, 2)?;
+    let store = one_till_store()?;
+    let key = store.server.public_key.clone();
+    // The default pace gives a body a minute of grace; a test need not wait it.
+    store.write_listener_config_for(
+        url,
+        &key,
+        "prompt",
+        &["pace = { answer_within_secs = 60, grace_secs = 2, min_rate_bytes_per_sec = 1024 }"],
+    )?;
+    // Each answer is left within the grace plus its few bytes' time.
+    check_fails_within(&store, &sent, 1024, "slower than")
+}
+
+#[test]
 fn a_proxy_sending_an_endless_error_body_is_read_only_to_its_bound() -> Result<()> {
     let bound = tillup_listener::http::MAX_ERROR_BODY_BYTES as u64;
     hostile_server(500, HostileBody::Endless, bound, "HTTP 500")

@@ -85,8 +85,50 @@ pub struct Config {
     pub window: Window,
     #[serde(default)]
     pub check: CheckSchedule,
+    /// How slow the server and the agents may be before an exchange fails.
+    #[serde(default, skip_serializing_if = "PaceConfig::is_default")]
+    pub pace: PaceConfig,
     #[serde(default)]
     pub terminals: Vec<Terminal>,
+}
+
+/// `[pace]`: the bounds of [`crate::pace::Pace`], for a link slower than
+/// the defaults allow (a satellite line) or a test.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaceConfig {
+    /// How long a peer may take to begin its answer.
+    pub answer_within_secs: u64,
+    /// Time given to a body on top of its bytes.
+    pub grace_secs: u64,
+    /// The slowest average rate a body may move at, in bytes per second.
+    pub min_rate_bytes_per_sec: u64,
+}
+
+impl Default for PaceConfig {
+    fn default() -> Self {
+        let p = crate::pace::Pace::DEFAULT;
+        Self {
+            answer_within_secs: p.answer_within.as_secs(),
+            grace_secs: p.grace.as_secs(),
+            min_rate_bytes_per_sec: p.min_rate,
+        }
+    }
+}
+
+impl PaceConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The pace every exchange is held to.
+    pub fn pace(&self) -> crate::pace::Pace {
+        crate::pace::Pace {
+            answer_within: std::time::Duration::from_secs(self.answer_within_secs),
+            grace: std::time::Duration::from_secs(self.grace_secs),
+            min_rate: self.min_rate_bytes_per_sec,
+        }
+    }
 }
 
 /// The maintenance window, in local time of `time_zone`.
@@ -267,6 +309,11 @@ impl Config {
     /// Checks what TOML types cannot: URLs, the key, the window, numbers.
     pub fn validate(&self) -> Result<(), String> {
         check_url("server", &self.server)?;
+        if self.pace.min_rate_bytes_per_sec == 0 {
+            return Err(
+                "[pace] min_rate_bytes_per_sec is 0, which would let a peer hold the host for ever; give the slowest rate a working link has (the default is 4096)".into(),
+            );
+        }
         if !self.allow_plain_http_server && !is_private_link(&self.server) {
             return Err(format!(
                 "server `{}`: the store token and the terminals' files would cross the network in clear; use an https:// address, or set allow_plain_http_server = true if a VPN already protects the link",

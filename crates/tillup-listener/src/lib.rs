@@ -108,13 +108,15 @@ impl Listener {
         let http = http::client();
         let data_dir = config.data_dir();
         tillup_fs::private_dir(&data_dir)?;
+        let pace = config.pace.pace();
         let server = ServerClient::new(
             Peer::new(
                 "the server",
                 &config.server,
                 &config.store_token,
                 http.clone(),
-            ),
+            )
+            .with_pace(pace),
             &config.store_id,
         );
         let agents = config
@@ -127,7 +129,7 @@ impl Listener {
                 } else {
                     http.clone()
                 };
-                let peer = Peer::new(name, &t.address, &t.token, client);
+                let peer = Peer::new(name, &t.address, &t.token, client).with_pace(pace);
                 (t.number, AgentClient::new(peer))
             })
             .collect();
