@@ -130,9 +130,39 @@ pub fn run(cmd: Command, timeout: Duration) -> Result<Output> {
 /// Runs a command to its end (bounded), calling `tick` every 20 ms while
 /// it runs (to play systemd and restart crashed services, say).
 pub fn run_with(
-    mut cmd: Command,
+    cmd: Command,
     timeout: Duration,
     mut tick: impl FnMut() -> Result<()>,
+) -> Result<Output> {
+    run_watched(cmd, timeout, |_| tick())
+}
+
+/// Runs a command to its end (bounded), returning its output and the most
+/// memory it held (its peak resident set, in bytes, as Linux's `VmHWM`
+/// last showed it; 0 where there is no `/proc`).
+pub fn run_peak_memory(cmd: Command, timeout: Duration) -> Result<(Output, u64)> {
+    let mut peak = 0;
+    let out = run_watched(cmd, timeout, |pid| {
+        if let Some(kib) = fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+        {
+            peak = peak.max(kib * 1024);
+        }
+        Ok(())
+    })?;
+    Ok((out, peak))
+}
+
+/// [`run_with`], its `tick` given the child's process id.
+fn run_watched(
+    mut cmd: Command,
+    timeout: Duration,
+    mut tick: impl FnMut(u32) -> Result<()>,
 ) -> Result<Output> {
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -164,7 +194,7 @@ pub fn run_with(
             let _ = child.wait();
             bail!("{cmd:?} took longer than {timeout:?}");
         }
-        tick()?;
+        tick(child.id())?;
         std::thread::sleep(Duration::from_millis(20));
     };
     Ok(Output {
@@ -823,6 +853,12 @@ impl Store {
             &fs::read(self.listener_data.join("local-log.json")).unwrap_or_default(),
         )
         .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Runs the `tillup` CLI, returning also the most memory it held
+    /// (see [`run_peak_memory`]).
+    pub fn tillup_peak_memory(&self, args: &[&str]) -> Result<(Output, u64)> {
+        run_peak_memory(self.tillup_command(args)?, Duration::from_secs(300))
     }
 
     /// Runs the `tillup` CLI with extra environment (a fault to inject).

@@ -129,16 +129,25 @@ fn walk(dir: &std::path::Path) -> u64 {
 /// client's reads, on top of what the client read.
 const SOCKET_SLACK: u64 = 32 << 20;
 
+/// The most memory `tillup check` may hold against a hostile server: what
+/// it needs for the largest log it reads, and far below what an unbounded
+/// read of these bodies would take.
+const HOST_MEMORY_BOUND: u64 = 96 << 20;
+
 /// `tillup check` against `url` fails, saying `expected`; the server sent
-/// at most `bound` bytes (plus what sockets buffer) and the host's data
-/// folder stayed small.
+/// at most `bound` bytes (plus what sockets buffer), the host's data
+/// folder stayed small and its memory within [`HOST_MEMORY_BOUND`].
 fn check_fails_within(
     store: &Store,
     sent: &std::sync::atomic::AtomicU64,
     bound: u64,
     expected: &str,
 ) -> Result<()> {
-    let out = store.tillup(&["check"])?;
+    let (out, memory) = store.tillup_peak_memory(&["check"])?;
+    ensure!(
+        memory <= HOST_MEMORY_BOUND,
+        "tillup check held {memory} bytes of memory"
+    );
     let said = tillup_e2e::text(&out);
     ensure!(!out.status.success(), "check passed: {said}");
     ensure!(said.contains(expected), "check said: {said}");
