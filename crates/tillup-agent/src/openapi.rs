@@ -2,9 +2,8 @@
 //! handlers' annotations: printed by `tillup-agent openapi`. CI fuzzes a
 //! running agent against it (`tillup-e2e/tests/api_fuzz.rs`).
 
+use utoipa::OpenApi;
 use utoipa::openapi::OpenApi as Description;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
 
 use crate::http;
 
@@ -28,35 +27,18 @@ use crate::http;
         http::rollback,
         http::health,
     ),
-    components(schemas(tillup_core::openapi::SemVer)),
-    modifiers(&AgentToken)
+    components(schemas(tillup_core::openapi::SemVer))
 )]
 struct Api;
 
-struct AgentToken;
-
-impl Modify for AgentToken {
-    fn modify(&self, openapi: &mut Description) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "agent_token",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "The token whose hash is in the agent's config (`tillup-agent new-token`).",
-                    ))
-                    .build(),
-            ),
-        );
-    }
-}
-
-/// The description, with the agent's version.
+/// The description, with the program's version and its token scheme.
 pub fn description() -> Description {
-    let mut d = Api::openapi();
-    d.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    d
+    tillup_core::openapi::finish(
+        Api::openapi(),
+        env!("CARGO_PKG_VERSION"),
+        "agent_token",
+        "The token whose hash is in the agent's config (`tillup-agent new-token`).",
+    )
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@
 
 use std::borrow::Cow;
 
-use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{OpenApi, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::hash::Sha256Hex;
@@ -122,6 +123,24 @@ impl PartialSchema for Binary {
 }
 
 impl ToSchema for Binary {}
+
+/// Adds a bearer-token scheme `name` to `api`, and sets its version: what
+/// the server's and the agent's descriptions share.
+pub fn finish(mut api: OpenApi, version: &str, name: &str, token: &str) -> OpenApi {
+    api.info.version = version.to_owned();
+    api.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            name,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(token))
+                    .build(),
+            ),
+        );
+    api
+}
 
 #[cfg(test)]
 mod tests {

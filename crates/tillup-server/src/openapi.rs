@@ -3,9 +3,8 @@
 //! `tillup-server openapi`. CI fuzzes the running server against it
 //! (`tillup-e2e/tests/api_fuzz.rs`).
 
+use utoipa::OpenApi;
 use utoipa::openapi::OpenApi as Description;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
 
 use crate::http;
 
@@ -31,35 +30,18 @@ pub const ROUTE: &str = "/openapi.json";
         http::process,
         http::report,
     ),
-    components(schemas(tillup_core::openapi::Id)),
-    modifiers(&StoreToken)
+    components(schemas(tillup_core::openapi::Id))
 )]
 struct Api;
 
-struct StoreToken;
-
-impl Modify for StoreToken {
-    fn modify(&self, openapi: &mut Description) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "store_token",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "The store's token, from `tillup-server store add` or `store rotate-token`.",
-                    ))
-                    .build(),
-            ),
-        );
-    }
-}
-
-/// The description, with the server's version.
+/// The description, with the program's version and its token scheme.
 pub fn description() -> Description {
-    let mut d = Api::openapi();
-    d.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    d
+    tillup_core::openapi::finish(
+        Api::openapi(),
+        env!("CARGO_PKG_VERSION"),
+        "store_token",
+        "The store's token, from `tillup-server store add` or `store rotate-token`.",
+    )
 }
 
 #[cfg(test)]
