@@ -691,6 +691,17 @@ impl Default for StoreSpec {
 }
 
 impl Store {
+    /// A store of one terminal (1, a CP-500), its agent running.
+    pub fn one_till() -> Result<Self> {
+        Self::new(
+            None,
+            StoreSpec {
+                terminals: vec![(1, "CP-500")],
+                ..StoreSpec::default()
+            },
+        )
+    }
+
     /// A server with `first` published, and terminals running it.
     pub fn new(keep: Option<&Path>, spec: StoreSpec) -> Result<Self> {
         Self::with_release(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use tillup_core::api::server;
-use tillup_e2e::{Store, StoreSpec, bin, run, text};
+use tillup_e2e::{Store, bin, run, text};
 
 /// Where `scripts/setup` installs schemathesis, unless `SCHEMATHESIS`
 /// names the program.
@@ -86,19 +86,9 @@ fn fuzz(
     Ok(())
 }
 
-fn one_till_store() -> Result<Store> {
-    Store::new(
-        None,
-        StoreSpec {
-            terminals: vec![(1, "CP-500")],
-            ..StoreSpec::default()
-        },
-    )
-}
-
 #[test]
 fn the_server_api_answers_as_its_description_says_under_fuzzing() -> Result<()> {
-    let store = one_till_store()?;
+    let store = Store::one_till()?;
     let url = store.server.url().to_owned();
     // A backup for the fuzzer's PATCH and process to reach past the 404.
     let backup = tillup_core::api::route(
@@ -142,7 +132,7 @@ fn the_server_api_answers_as_its_description_says_under_fuzzing() -> Result<()> 
 
 #[test]
 fn the_agent_api_answers_as_its_description_says_under_fuzzing() -> Result<()> {
-    let mut store = one_till_store()?;
+    let mut store = Store::one_till()?;
     let out = run(
         {
             let mut c = Command::new(bin("tillup-agent")?);

@@ -11,20 +11,9 @@ use tillup_core::api::{StageRequest, agent, server};
 use tillup_core::install::SignedLog;
 use tillup_core::manifest::FileEntry;
 use tillup_core::{Manifest, Sha256Hex};
-use tillup_e2e::{HostileBody, ReleaseSpec, Store, StoreSpec, expected_after, manifest_of};
+use tillup_e2e::{HostileBody, ReleaseSpec, Store, expected_after, manifest_of};
 use tillup_listener::clients::AgentClient;
 use tillup_listener::http::Peer;
-
-/// A store of one terminal, its agent running.
-fn one_till_store() -> Result<Store> {
-    Store::new(
-        None,
-        StoreSpec {
-            terminals: vec![(1, "CP-500")],
-            ..StoreSpec::default()
-        },
-    )
-}
 
 /// Connections an attacker holds open in the half-open attack.
 const HALF_OPEN: usize = 500;
@@ -64,7 +53,7 @@ fn answers_within_a_second(url: &str, token: &str) -> Result<()> {
 
 #[test]
 fn half_open_connections_do_not_lock_out_the_server_or_an_agent() -> Result<()> {
-    let store = one_till_store()?;
+    let store = Store::one_till()?;
     let till = &store.terminals[&1];
     let till_url = till.url().context("agent running")?.to_owned();
     let held_server = half_open(store.server.url(), HALF_OPEN)?;
@@ -100,11 +89,11 @@ fn half_open_connections_do_not_lock_out_the_server_or_an_agent() -> Result<()> 
 }
 
 /// A store whose listener's server address is `url` (an attacker, or a
-/// proxy on the path).
-fn store_pointing_at(url: &str) -> Result<Store> {
-    let store = one_till_store()?;
+/// proxy on the path); `extra` lines go at the top of its config.
+fn store_pointing_at(url: &str, extra: &[&str]) -> Result<Store> {
+    let store = Store::one_till()?;
     let key = store.server.public_key.clone();
-    store.write_listener_config_for(url.to_owned(), &key, "prompt", &[])?;
+    store.write_listener_config_for(url.to_owned(), &key, "prompt", extra)?;
     Ok(store)
 }
 
@@ -165,7 +154,7 @@ fn check_fails_within(
 /// `body`: `tillup check` fails saying `expected`, within `bound`.
 fn hostile_server(status: u16, body: HostileBody, bound: u64, expected: &str) -> Result<()> {
     let (url, sent) = tillup_e2e::hostile_http(status, body, 4)?;
-    let store = store_pointing_at(&url)?;
+    let store = store_pointing_at(&url, &[])?;
     check_fails_within(&store, &sent, bound, expected)
 }
 
@@ -184,13 +173,9 @@ fn a_proxy_declaring_an_oversized_log_is_refused_before_it_is_read() -> Result<(
 fn a_proxy_trickling_a_log_is_left_once_it_falls_behind_the_slowest_rate() -> Result<()> {
     // Two answers that trickle, then nothing listens: the retries end fast.
     let (url, sent) = tillup_e2e::hostile_http(200, HostileBody::Trickle, 2)?;
-    let store = one_till_store()?;
-    let key = store.server.public_key.clone();
     // The default pace gives a body a minute of grace; a test need not wait it.
-    store.write_listener_config_for(
-        url,
-        &key,
-        "prompt",
+    let store = store_pointing_at(
+        &url,
         &["pace = { answer_within_secs = 60, grace_secs = 2, min_rate_bytes_per_sec = 1024 }"],
     )?;
     // Each answer is left within the grace plus its few bytes' time.
@@ -205,7 +190,7 @@ fn a_proxy_sending_an_endless_error_body_is_read_only_to_its_bound() -> Result<(
 
 #[test]
 fn a_revoked_store_gets_401_on_its_next_check_until_its_token_is_rotated() -> Result<()> {
-    let mut store = one_till_store()?;
+    let mut store = Store::one_till()?;
     let out = store.tillup(&["check"])?;
     ensure!(out.status.success(), "{}", tillup_e2e::text(&out));
 
@@ -400,7 +385,7 @@ fn refused(r: std::result::Result<(), tillup_listener::Error>) -> Result<(u16, S
 #[test]
 fn an_agent_token_holder_cannot_install_a_changed_file_an_added_file_or_an_old_release()
 -> Result<()> {
-    let store = one_till_store()?;
+    let store = Store::one_till()?;
     let rel = store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
     let till = &store.terminals[&1];
     let before = manifest_of(&till.folder);
@@ -483,7 +468,7 @@ fn an_agent_token_holder_cannot_install_a_changed_file_an_added_file_or_an_old_r
 
 #[test]
 fn a_tampered_replayed_or_expired_log_handed_to_an_agent_is_refused() -> Result<()> {
-    let store = one_till_store()?;
+    let store = Store::one_till()?;
     let before_release = signed_log(&store)?;
     let rel = store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
     let log = signed_log(&store)?;
@@ -559,7 +544,7 @@ async fn refused_stage(
 
 #[test]
 fn a_store_reads_only_the_channels_it_is_assigned() -> Result<()> {
-    let store = one_till_store()?;
+    let store = Store::one_till()?;
     let beta = store.root.join("releases/beta");
     tillup_e2e::build_release(&beta, &ReleaseSpec::new("2.0.0-beta.1"))?;
     store
@@ -591,7 +576,7 @@ fn a_store_reads_only_the_channels_it_is_assigned() -> Result<()> {
 
 #[test]
 fn a_store_over_its_quota_is_refused_and_other_stores_are_not() -> Result<()> {
-    let mut store = one_till_store()?;
+    let mut store = Store::one_till()?;
     store
         .server
         .serve_with(0, &[("TILLUP_STORE_QUOTA_BYTES", "100000")])?;
@@ -637,7 +622,7 @@ const SLOW_UPLOADS: usize = 600;
 
 #[test]
 fn slow_uploads_of_one_store_do_not_stall_the_log_checks_of_every_store() -> Result<()> {
-    let store = one_till_store()?;
+    let store = Store::one_till()?;
     let other_token = store.server.add_store("store-002")?;
     let addr = store.server.url().trim_start_matches("http://").to_owned();
     let head = format!(
@@ -687,7 +672,7 @@ fn pairing_code(store: &Store, n: u32) -> Result<String> {
 
 #[test]
 fn a_device_in_a_terminals_place_is_refused_once_the_terminal_is_paired() -> Result<()> {
-    let mut store = one_till_store()?;
+    let mut store = Store::one_till()?;
     // A host just installed: it knows the terminal's address, not its
     // certificate, and talks to it only once paired.
     let config = std::fs::read_to_string(&store.listener_config)?;
