@@ -12,6 +12,47 @@ pub enum Error {
     /// The SQLite database failed.
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The PostgreSQL database failed.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// `--database` is not a connection string PostgreSQL accepts.
+    #[error("--database {url}: {reason}; write it as postgres://USER:PASSWORD@HOST:PORT/DATABASE")]
+    DatabaseUrl {
+        /// The connection string, without its password.
+        url: String,
+        /// What the driver said.
+        reason: String,
+    },
+    /// `--blobs` is not an object store URL tillup understands.
+    #[error(
+        "--blobs {url}: {reason}; write it as s3://BUCKET/PREFIX, with the endpoint and keys in AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )]
+    BlobsUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The shared object store failed.
+    #[error("object store {url}: cannot {what}: {reason}")]
+    ObjectStore {
+        /// The store's URL.
+        url: String,
+        /// What was being done.
+        what: String,
+        /// What it said.
+        reason: String,
+    },
+    /// No connection to PostgreSQL could be had.
+    #[error(
+        "cannot reach the database {url}: {reason}; check that PostgreSQL runs and accepts this user"
+    )]
+    DatabaseUnavailable {
+        /// The connection string, without its password.
+        url: String,
+        /// What the driver said.
+        reason: String,
+    },
     /// A file or blob operation failed.
     #[error(transparent)]
     Fs(#[from] tillup_fs::Error),
@@ -85,7 +126,7 @@ pub enum Error {
         /// The `.zip` given to `publish`.
         path: PathBuf,
         /// Why it was refused.
-        reason: tillup_fs::ArchiveError,
+        reason: Box<tillup_fs::ArchiveError>,
     },
     /// Two paths of the release would be one on a case-insensitive disk.
     #[error(

@@ -88,7 +88,7 @@ pub fn sign_key_list(
 /// Keeps the signed key list in `path` (as `sign-keys` wrote it); it
 /// must be newer than every list kept. The server cannot check the root's
 /// signature (it does not hold the root): every store does.
-pub fn import_key_list(db: &Db, path: &Path) -> Result<KeyList, Error> {
+pub fn import_key_list(db: &dyn Db, path: &Path) -> Result<KeyList, Error> {
     let bad = |reason: String| Error::BadKeyList {
         path: path.to_owned(),
         reason,
@@ -123,7 +123,7 @@ mod tests {
         };
         let online = tillup_core::sign::generate_keys().unwrap().public_line;
         let next = tillup_core::sign::generate_keys().unwrap().public_line;
-        let db = Db::open(&dir.path().join("data/tillup.db")).unwrap();
+        let db = crate::db::SqliteDb::open(&dir.path().join("data/tillup.db")).unwrap();
         let mut files = Vec::new();
         for (version, next_root) in [(1, None), (2, Some(next.clone())), (3, None)] {
             let signed = sign_key_list(

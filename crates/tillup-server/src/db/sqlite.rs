@@ -1,8 +1,4 @@
-//! The server's state in SQLite, behind a narrow interface so that another
-//! database (PostgreSQL) can replace it: callers see releases, signed logs,
-//! stores, blob references, upgrades and reports, never SQL.
-//!
-//! Methods are synchronous; async callers use `spawn_blocking`.
+//! [`Db`] in one SQLite file (WAL): the embedded default.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -12,8 +8,10 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use semver::Version;
 use tillup_core::Sha256Hex;
+use tillup_core::keys::{KeyChain, SignedKeyList};
 use tillup_core::log::Release;
 
+use super::{Db, KEEP_REPORTS, KEEP_UPGRADES, ReportRow, SignedLog, Signer, StoreAccess, StoreRow};
 use crate::error::Error;
 
 const SCHEMA: &str = "
@@ -70,6 +68,16 @@ CREATE TABLE IF NOT EXISTS upgrades (
     processed_at TEXT,
     PRIMARY KEY (store, upgrade)
 );
+CREATE TABLE IF NOT EXISTS generation (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO generation (id, value) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS reports (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     store TEXT NOT NULL,
@@ -79,56 +87,13 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 ";
 
-/// The upgrades (with their backups) kept per store on the server: a
-/// store needs its latest; a token holder inventing upgrade ids cannot
-/// make the server keep more.
-pub const KEEP_UPGRADES: i64 = 8;
-/// The reports kept per store, newest first.
-pub const KEEP_REPORTS: i64 = 1000;
-
-/// One signed version log as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SignedLog {
-    /// The log's sequence.
-    pub sequence: u64,
-    /// When it was generated.
-    pub generated: Timestamp,
-    /// When it expires.
-    pub expires: Timestamp,
-    /// The exact signed bytes.
-    pub bytes: Vec<u8>,
-    /// The `.minisig` text.
-    pub signature: String,
-}
-
-/// A store as `store list` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct StoreRow {
-    /// The store's id.
-    pub id: String,
-    /// When it was added.
-    pub created: Timestamp,
-    /// When it last fetched the log.
-    pub last_check: Option<Timestamp>,
-    /// When its token was revoked, if it was.
-    pub revoked: Option<Timestamp>,
-}
-
-/// A store report as received.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct ReportRow {
-    /// The store that sent it.
-    pub store: String,
-    /// When it arrived.
-    pub received: Timestamp,
-    /// The report itself.
-    pub report: serde_json::Value,
-}
-
 /// The database: one connection, serialised by a mutex.
 #[derive(Debug)]
-pub struct Db {
+pub struct SqliteDb {
     conn: Mutex<Connection>,
+    /// A second connection for [`Db::generation`]: in WAL mode it reads
+    /// while the first one writes, so a request never waits on a write.
+    reader: Mutex<Connection>,
 }
 
 fn corrupt(what: impl std::fmt::Display) -> Error {
@@ -140,7 +105,7 @@ fn ts(s: String) -> Result<Timestamp, Error> {
         .map_err(|e| corrupt(format!("timestamp `{s}`: {e}")))
 }
 
-impl Db {
+impl SqliteDb {
     /// Opens (creating) the database at `path`, in WAL mode.
     pub fn open(path: &Path) -> Result<Self, Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -156,8 +121,11 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(Duration::from_secs(10))?;
         Ok(Self {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
         })
     }
 
@@ -166,11 +134,26 @@ impl Db {
         // write is a transaction), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Marks a change [`Db::generation`] reports, inside the change's transaction.
+fn bump(conn: &Connection) -> Result<(), Error> {
+    conn.execute("UPDATE generation SET value = value + 1 WHERE id = 1", [])?;
+    Ok(())
+}
+
+impl Db for SqliteDb {
+    fn generation(&self) -> Result<u64, Error> {
+        let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = reader.prepare_cached("SELECT value FROM generation WHERE id = 1")?;
+        let value: i64 = st.query_row([], |r| r.get(0))?;
+        Ok(value as u64)
+    }
 
     // ---- releases ------------------------------------------------------
 
     /// The release of `version` on `channel`.
-    pub fn release(&self, channel: &str, version: &Version) -> Result<Option<Release>, Error> {
+    fn release(&self, channel: &str, version: &Version) -> Result<Option<Release>, Error> {
         let json: Option<String> = self
             .conn()
             .query_row(
@@ -184,13 +167,13 @@ impl Db {
     }
 
     /// Every release of `channel`, sorted by version.
-    pub fn releases(&self, channel: &str) -> Result<Vec<Release>, Error> {
+    fn releases(&self, channel: &str) -> Result<Vec<Release>, Error> {
         releases_of(&self.conn(), channel)
     }
 
     /// Records (or replaces) a release and the blobs it makes readable
     /// (its files and its manifest).
-    pub fn put_release(
+    fn put_release(
         &self,
         channel: &str,
         release: &Release,
@@ -227,22 +210,14 @@ impl Db {
     /// the channel's releases (sorted by version) and returns the log to
     /// store. The whole step is one write transaction, so two processes
     /// never sign the same sequence.
-    pub fn append_log<E: From<Error>>(
-        &self,
-        channel: &str,
-        sign: impl FnOnce(u64, Vec<Release>) -> Result<SignedLog, E>,
-    ) -> Result<SignedLog, E> {
+    fn append_log(&self, channel: &str, sign: Signer<'_>) -> Result<SignedLog, Error> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(Error::from)?;
-        let last: Option<i64> = tx
-            .query_row(
-                "SELECT MAX(sequence) FROM logs WHERE channel = ?1",
-                [channel],
-                |r| r.get(0),
-            )
-            .map_err(Error::from)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let last: Option<i64> = tx.query_row(
+            "SELECT MAX(sequence) FROM logs WHERE channel = ?1",
+            [channel],
+            |r| r.get(0),
+        )?;
         let next = last.map_or(1, |s| s as u64 + 1);
         let releases = releases_of(&tx, channel)?;
         let log = sign(next, releases)?;
@@ -257,14 +232,14 @@ impl Db {
                 log.bytes,
                 log.signature
             ],
-        )
-        .map_err(Error::from)?;
-        tx.commit().map_err(Error::from)?;
+        )?;
+        bump(&tx)?;
+        tx.commit()?;
         Ok(log)
     }
 
     /// The newest signed log of `channel`.
-    pub fn latest_log(&self, channel: &str) -> Result<Option<SignedLog>, Error> {
+    fn latest_log(&self, channel: &str) -> Result<Option<SignedLog>, Error> {
         let row = self
             .conn()
             .query_row(
@@ -297,10 +272,10 @@ impl Db {
     // ---- key lists ---------------------------------------------------------
 
     /// Keeps a root-signed key list; refused unless newer than every kept one.
-    pub fn add_key_list(
+    fn add_key_list(
         &self,
         version: u64,
-        signed: &tillup_core::keys::SignedKeyList,
+        signed: &SignedKeyList,
         names_next_root: bool,
     ) -> Result<(), Error> {
         let mut conn = self.conn();
@@ -328,7 +303,7 @@ impl Db {
 
     /// What a verifier needs to walk from any root it may hold: every list
     /// that names a next root, and the newest, oldest first.
-    pub fn key_chain(&self) -> Result<tillup_core::keys::KeyChain, Error> {
+    fn key_chain(&self) -> Result<KeyChain, Error> {
         let conn = self.conn();
         let mut st = conn.prepare(
             "SELECT list, signature FROM key_lists
@@ -337,17 +312,17 @@ impl Db {
         )?;
         let lists = st
             .query_map([], |r| {
-                Ok(tillup_core::keys::SignedKeyList {
+                Ok(SignedKeyList {
                     list: r.get(0)?,
                     signature: r.get(1)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
-        Ok(tillup_core::keys::KeyChain { lists })
+        Ok(KeyChain { lists })
     }
 
     /// The channels that have a signed log.
-    pub fn log_channels(&self) -> Result<Vec<String>, Error> {
+    fn log_channels(&self) -> Result<Vec<String>, Error> {
         let conn = self.conn();
         let mut st = conn.prepare("SELECT DISTINCT channel FROM logs ORDER BY channel")?;
         let rows = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
@@ -357,9 +332,10 @@ impl Db {
     // ---- stores ------------------------------------------------------------
 
     /// Adds a store with the SHA-256 (hex) of its token.
-    pub fn add_store(&self, id: &str, token_sha256: &str, now: Timestamp) -> Result<(), Error> {
-        let conn = self.conn();
-        let exists: bool = conn.query_row(
+    fn add_store(&self, id: &str, token_sha256: &str, now: Timestamp) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM stores WHERE id = ?1)",
             [id],
             |r| r.get(0),
@@ -367,19 +343,21 @@ impl Db {
         if exists {
             return Err(Error::StoreExists(id.to_owned()));
         }
-        conn.execute(
+        tx.execute(
             "INSERT INTO stores (id, token_sha256, created) VALUES (?1, ?2, ?3)",
             params![id, token_sha256, now.to_string()],
         )?;
-        conn.execute(
+        tx.execute(
             "INSERT INTO store_channels (store, channel) VALUES (?1, 'stable')",
             [id],
         )?;
+        bump(&tx)?;
+        tx.commit()?;
         Ok(())
     }
 
     /// The channels whose logs the store may read.
-    pub fn store_channels(&self, id: &str) -> Result<Vec<String>, Error> {
+    fn store_channels(&self, id: &str) -> Result<Vec<String>, Error> {
         let conn = self.conn();
         let mut st =
             conn.prepare("SELECT channel FROM store_channels WHERE store = ?1 ORDER BY channel")?;
@@ -390,7 +368,7 @@ impl Db {
     }
 
     /// Assigns the store exactly `channels` (at least one).
-    pub fn set_store_channels(&self, id: &str, channels: &[String]) -> Result<(), Error> {
+    fn set_store_channels(&self, id: &str, channels: &[String]) -> Result<(), Error> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let exists: bool = tx.query_row(
@@ -408,21 +386,13 @@ impl Db {
                 params![id, c],
             )?;
         }
+        bump(&tx)?;
         tx.commit()?;
         Ok(())
     }
 
-    /// Whether the store may read `channel`'s log.
-    pub fn store_reads(&self, id: &str, channel: &str) -> Result<bool, Error> {
-        Ok(self.conn().query_row(
-            "SELECT EXISTS(SELECT 1 FROM store_channels WHERE store = ?1 AND channel = ?2)",
-            params![id, channel],
-            |r| r.get(0),
-        )?)
-    }
-
     /// The store whose token hashes to `token_sha256`.
-    pub fn store_by_token(&self, token_sha256: &str) -> Result<Option<String>, Error> {
+    fn store_by_token(&self, token_sha256: &str) -> Result<Option<String>, Error> {
         Ok(self
             .conn()
             .query_row(
@@ -433,8 +403,37 @@ impl Db {
             .optional()?)
     }
 
+    fn store_access(&self) -> Result<Vec<StoreAccess>, Error> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT s.token_sha256, s.id, c.channel FROM stores s
+             JOIN store_channels c ON c.store = s.id
+             WHERE s.revoked IS NULL ORDER BY s.id, c.channel",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out: Vec<StoreAccess> = Vec::new();
+        for row in rows {
+            let (token_sha256, store, channel) = row?;
+            match out.last_mut() {
+                Some(last) if last.store == store => last.channels.push(channel),
+                _ => out.push(StoreAccess {
+                    token_sha256,
+                    store,
+                    channels: vec![channel],
+                }),
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether the store exists.
-    pub fn store_exists(&self, id: &str) -> Result<bool, Error> {
+    fn store_exists(&self, id: &str) -> Result<bool, Error> {
         Ok(self.conn().query_row(
             "SELECT EXISTS(SELECT 1 FROM stores WHERE id = ?1)",
             [id],
@@ -443,7 +442,7 @@ impl Db {
     }
 
     /// Every store, by id.
-    pub fn stores(&self) -> Result<Vec<StoreRow>, Error> {
+    fn stores(&self) -> Result<Vec<StoreRow>, Error> {
         let conn = self.conn();
         let mut st =
             conn.prepare("SELECT id, created, last_check, revoked FROM stores ORDER BY id")?;
@@ -464,36 +463,56 @@ impl Db {
     }
 
     /// Refuses the store's token from now on; its backups and reports stay.
-    pub fn revoke_store(&self, id: &str, now: Timestamp) -> Result<(), Error> {
-        let changed = self.conn().execute(
+    fn revoke_store(&self, id: &str, now: Timestamp) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM stores WHERE id = ?1)",
+            [id],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Err(Error::UnknownStore(id.to_owned()));
+        }
+        tx.execute(
             "UPDATE stores SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
             params![id, now.to_string()],
         )?;
-        if changed == 0 && !self.store_exists(id)? {
-            return Err(Error::UnknownStore(id.to_owned()));
-        }
+        bump(&tx)?;
+        tx.commit()?;
         Ok(())
     }
 
     /// Gives the store the token hashing to `token_sha256` in place of its
     /// own, and lifts a revocation.
-    pub fn replace_store_token(&self, id: &str, token_sha256: &str) -> Result<(), Error> {
-        let changed = self.conn().execute(
+    fn replace_store_token(&self, id: &str, token_sha256: &str) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
             "UPDATE stores SET token_sha256 = ?2, revoked = NULL WHERE id = ?1",
             params![id, token_sha256],
         )?;
         if changed == 0 {
             return Err(Error::UnknownStore(id.to_owned()));
         }
+        bump(&tx)?;
+        tx.commit()?;
         Ok(())
     }
 
-    /// Records that the store fetched the log.
-    pub fn touch_store(&self, id: &str, now: Timestamp) -> Result<(), Error> {
-        self.conn().execute(
-            "UPDATE stores SET last_check = ?2 WHERE id = ?1",
-            params![id, now.to_string()],
-        )?;
+    fn record_checks(&self, checks: &[(String, Timestamp)]) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut up = tx.prepare_cached(
+                "UPDATE stores SET last_check = ?2
+                 WHERE id = ?1 AND (last_check IS NULL OR julianday(last_check) < julianday(?2))",
+            )?;
+            for (id, at) in checks {
+                up.execute(params![id, at.to_string()])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -501,7 +520,7 @@ impl Db {
 
     /// Of `hashes`, those the store may not read: referenced neither by a
     /// release nor by the store itself. In order, each once.
-    pub fn unreadable(&self, store: &str, hashes: &[Sha256Hex]) -> Result<Vec<Sha256Hex>, Error> {
+    fn unreadable(&self, store: &str, hashes: &[Sha256Hex]) -> Result<Vec<Sha256Hex>, Error> {
         let conn = self.conn();
         let mut st = conn.prepare_cached(
             "SELECT EXISTS(SELECT 1 FROM release_blobs WHERE sha256 = ?1)
@@ -520,7 +539,7 @@ impl Db {
     }
 
     /// Makes blobs readable by the store.
-    pub fn add_store_blobs(&self, store: &str, hashes: &[Sha256Hex]) -> Result<(), Error> {
+    fn add_store_blobs(&self, store: &str, hashes: &[Sha256Hex]) -> Result<(), Error> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
@@ -539,7 +558,7 @@ impl Db {
     /// Records that a backup arrived for an upgrade (again). Returns the
     /// store's upgrades beyond its newest [`KEEP_UPGRADES`], forgotten: the
     /// caller removes their folders.
-    pub fn record_backup(
+    fn record_backup(
         &self,
         store: &str,
         upgrade: &str,
@@ -570,7 +589,7 @@ impl Db {
     }
 
     /// The bytes of files the store has uploaded in all.
-    pub fn uploaded_bytes(&self, store: &str) -> Result<u64, Error> {
+    fn uploaded_bytes(&self, store: &str) -> Result<u64, Error> {
         let n: Option<i64> = self
             .conn()
             .query_row(
@@ -583,7 +602,7 @@ impl Db {
     }
 
     /// Counts `bytes` more uploaded by the store.
-    pub fn add_uploaded_bytes(&self, store: &str, bytes: u64) -> Result<(), Error> {
+    fn add_uploaded_bytes(&self, store: &str, bytes: u64) -> Result<(), Error> {
         if bytes > 0 {
             self.conn().execute(
                 "UPDATE stores SET uploaded_bytes = uploaded_bytes + ?2 WHERE id = ?1",
@@ -594,12 +613,7 @@ impl Db {
     }
 
     /// Records that an upgrade was processed.
-    pub fn record_processed(
-        &self,
-        store: &str,
-        upgrade: &str,
-        now: Timestamp,
-    ) -> Result<(), Error> {
+    fn record_processed(&self, store: &str, upgrade: &str, now: Timestamp) -> Result<(), Error> {
         self.conn().execute(
             "UPDATE upgrades SET processed_at = ?3 WHERE store = ?1 AND upgrade = ?2",
             params![store, upgrade, now.to_string()],
@@ -610,7 +624,7 @@ impl Db {
     /// Stores a report. A report naming its upgrade (`"upgrade": {"id": "…"}`)
     /// replaces the store's earlier report of that upgrade, so a report
     /// sent again (a retry) is kept once; other reports are added.
-    pub fn add_report(
+    fn add_report(
         &self,
         store: &str,
         now: Timestamp,
@@ -638,7 +652,7 @@ impl Db {
     }
 
     /// The store's reports, oldest first.
-    pub fn reports(&self, store: &str) -> Result<Vec<ReportRow>, Error> {
+    fn reports(&self, store: &str) -> Result<Vec<ReportRow>, Error> {
         let conn = self.conn();
         let mut st =
             conn.prepare("SELECT received, body FROM reports WHERE store = ?1 ORDER BY id")?;
@@ -654,6 +668,25 @@ impl Db {
                 })
             })
             .collect()
+    }
+
+    fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        let until = now
+            .checked_add(ttl)
+            .map_err(|e| corrupt(format!("lease end: {e}")))?;
+        let changed = self.conn().execute(
+            "INSERT INTO leases (name, holder, until) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+             WHERE leases.holder = excluded.holder OR julianday(leases.until) < julianday(?4)",
+            params![name, holder, until.to_string(), now.to_string()],
+        )?;
+        Ok(changed == 1)
     }
 }
 
@@ -722,51 +755,12 @@ mod tests {
     #[test]
     fn commits_are_synced_fully() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("tillup.db")).unwrap();
+        let db = SqliteDb::open(&dir.path().join("tillup.db")).unwrap();
         let level: i64 = db
             .conn()
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();
         assert_eq!(level, 2, "synchronous must be FULL (2)");
-    }
-
-    #[test]
-    fn a_store_keeps_its_newest_upgrades_and_reports_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("tillup.db")).unwrap();
-        db.add_store("s", "t", Timestamp::now()).unwrap();
-        let start = Timestamp::now();
-        let mut forgotten = Vec::new();
-        for i in 0..KEEP_UPGRADES + 3 {
-            let at = start + jiff::SignedDuration::from_secs(i);
-            forgotten.extend(db.record_backup("s", &format!("u{i:02}"), at).unwrap());
-        }
-        assert_eq!(forgotten, ["u00", "u01", "u02"]);
-        for i in 0..KEEP_REPORTS + 5 {
-            let report = serde_json::json!({"upgrade": {"id": format!("r{i}")}});
-            db.add_report("s", Timestamp::now(), &report).unwrap();
-        }
-        let reports = db.reports("s").unwrap();
-        assert_eq!(reports.len(), KEEP_REPORTS as usize);
-        assert_eq!(reports[0].report["upgrade"]["id"], "r5", "the oldest go");
-    }
-
-    #[test]
-    fn a_revoked_token_is_refused_until_it_is_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("tillup.db")).unwrap();
-        db.add_store("s", "old", Timestamp::now()).unwrap();
-        assert_eq!(db.store_by_token("old").unwrap().as_deref(), Some("s"));
-        db.revoke_store("s", Timestamp::now()).unwrap();
-        assert_eq!(db.store_by_token("old").unwrap(), None);
-        assert!(db.stores().unwrap()[0].revoked.is_some());
-        db.replace_store_token("s", "new").unwrap();
-        assert_eq!(db.store_by_token("old").unwrap(), None);
-        assert_eq!(db.store_by_token("new").unwrap().as_deref(), Some("s"));
-        assert!(matches!(
-            db.revoke_store("nope", Timestamp::now()),
-            Err(Error::UnknownStore(_))
-        ));
     }
 
     #[test]
@@ -788,13 +782,13 @@ mod tests {
             )
             .unwrap();
         }
-        let db = Db::open(&path).unwrap();
+        let db = SqliteDb::open(&path).unwrap();
         assert_eq!(db.reports("s").unwrap().len(), 2, "old rows are kept");
         let report = serde_json::json!({"upgrade": {"id": "u2"}});
         db.add_report("s", Timestamp::now(), &report).unwrap();
         db.add_report("s", Timestamp::now(), &report).unwrap();
         assert_eq!(db.reports("s").unwrap().len(), 3);
         drop(db);
-        Db::open(&path).unwrap();
+        SqliteDb::open(&path).unwrap();
     }
 }
