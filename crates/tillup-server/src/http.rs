@@ -13,7 +13,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
-use base64::Engine;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use jiff::Timestamp;
 use semver::Version;
@@ -30,10 +29,12 @@ use tower::ServiceExt;
 use tower_http::compression::Predicate as _;
 use tower_http::services::ServeFile;
 
+use crate::access::{Access, ReadyLog, StoreEntry};
 use crate::data::DataDir;
-use crate::db::Db;
+use crate::db::{Db, Location};
 use crate::error::{Error, check_id};
 use crate::ops::token_digest;
+use crate::storage::{BlobsLocation, Document, Storage};
 
 /// Bounds on what a request may carry.
 #[derive(Clone, Debug)]
@@ -69,10 +70,10 @@ fn hash_list_bytes(max_hashes: usize) -> usize {
 }
 
 struct Inner {
-    data: DataDir,
-    db: Db,
-    blobs: BlobStore,
+    db: Arc<dyn Db>,
+    storage: Storage,
     limits: Limits,
+    access: Access,
 }
 
 /// What every handler shares: the data folder, the database, the blobs.
@@ -81,31 +82,52 @@ pub struct AppState(Arc<Inner>);
 
 impl AppState {
     /// Wraps opened parts.
-    pub fn new(data: DataDir, db: Db, blobs: BlobStore, limits: Limits) -> Self {
+    pub fn new(db: Box<dyn Db>, storage: Storage, limits: Limits) -> Self {
         Self(Arc::new(Inner {
-            data,
-            db,
-            blobs,
+            db: Arc::from(db),
+            storage,
             limits,
+            access: Access::default(),
         }))
     }
 
-    /// Opens the database and blob store of a data folder.
-    pub fn open(data: DataDir, limits: Limits) -> Result<Self, Error> {
-        let db = Db::open(&data.db())?;
-        let blobs = BlobStore::open(data.blobs())?;
-        blobs.clean_tmp()?;
-        Ok(Self::new(data, db, blobs, limits))
+    /// Opens the database at `db` and the files at `blobs` (S3 needs the
+    /// runtime the server will run on to be entered).
+    pub fn open(
+        data: &DataDir,
+        db: &Location,
+        blobs: &BlobsLocation,
+        limits: Limits,
+    ) -> Result<Self, Error> {
+        let db = db.open()?;
+        let storage = Storage::open(data, blobs)?;
+        storage.local().clean_tmp()?;
+        Ok(Self::new(db, storage, limits))
     }
 
     /// The database.
-    pub fn db(&self) -> &Db {
-        &self.0.db
+    pub fn db(&self) -> &dyn Db {
+        &*self.0.db
     }
 
-    /// The blob store.
+    /// What requests need in memory.
+    pub fn access(&self) -> &Access {
+        &self.0.access
+    }
+
+    /// Writes the stores' last-check times noted since the last flush.
+    pub async fn flush_checks(&self) -> Result<usize, AppError> {
+        self.blocking(|st| st.access().flush(st.db())).await
+    }
+
+    /// This server's blob store (see [`Storage::local`]).
     pub fn blobs(&self) -> &BlobStore {
-        &self.0.blobs
+        self.0.storage.local()
+    }
+
+    /// The server's files.
+    pub fn storage(&self) -> &Storage {
+        &self.0.storage
     }
 
     /// Runs blocking work (SQLite, disk) off the async threads.
@@ -132,7 +154,7 @@ impl AppState {
         let mut seen = BTreeSet::new();
         Ok(hashes
             .iter()
-            .filter(|h| seen.insert(**h) && (unreadable.contains(h) || !self.0.blobs.has(h)))
+            .filter(|h| seen.insert(**h) && (unreadable.contains(h) || !self.0.storage.holds(h)))
             .copied()
             .collect())
     }
@@ -179,6 +201,11 @@ impl From<Error> for AppError {
             // What the command line reports to IT, or the server's own
             // failure: on a request, nothing the client can act on.
             Error::Db(_)
+            | Error::Postgres(_)
+            | Error::DatabaseUrl { .. }
+            | Error::DatabaseUnavailable { .. }
+            | Error::BlobsUrl { .. }
+            | Error::ObjectStore { .. }
             | Error::Io { .. }
             | Error::Key { .. }
             | Error::KeyFile { .. }
@@ -239,9 +266,19 @@ impl IntoResponse for AppError {
     }
 }
 
-/// The store a request's token belongs to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoreId(pub String);
+/// The store a request's token belongs to, with the channels it reads
+/// and the access snapshot the token was checked against.
+#[derive(Clone, Debug)]
+pub struct StoreId {
+    entry: Arc<StoreEntry>,
+    snapshot: Arc<crate::access::Snapshot>,
+}
+
+impl StoreId {
+    fn id(&self) -> &str {
+        &self.entry.store
+    }
+}
 
 /// The router. Every route but `/healthz` and the API's description needs
 /// a store token.
@@ -309,21 +346,21 @@ async fn auth(
         .ok_or_else(|| {
             AppError::Unauthorized("the Authorization header must be `Bearer <store token>`".into())
         })?;
-    let digest = token_digest(token);
-    let store = st.blocking(move |st| st.db().store_by_token(&digest)).await?.ok_or_else(|| {
+    let snapshot = st.access().current(&st.0.db).await?;
+    let entry = snapshot.store(&token_digest(token)).ok_or_else(|| {
         AppError::Unauthorized("the store token is not valid: check the token in the listener's config (it may have been replaced)".into())
     })?;
-    req.extensions_mut().insert(StoreId(store));
+    req.extensions_mut().insert(StoreId { entry, snapshot });
     Ok(next.run(req).await)
 }
 
 fn own_store(auth: &StoreId, path_store: &str) -> Result<(), AppError> {
-    if auth.0 == path_store {
+    if auth.id() == path_store {
         Ok(())
     } else {
         Err(AppError::Forbidden(format!(
             "this token belongs to store `{}`, not to store `{path_store}`",
-            auth.0
+            auth.id()
         )))
     }
 }
@@ -354,11 +391,8 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Resul
         .map_err(|e| AppError::BadRequest(format!("the body is not a valid {what}: {e}")))
 }
 
-fn etag_of(sequence: u64, bytes: &[u8]) -> String {
-    format!("\"{sequence}-{}\"", &Sha256Hex::of(bytes).to_string()[..16])
-}
-
-fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+fn etag_matches(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    let etag = etag.as_bytes();
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -366,7 +400,7 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
         .flat_map(|v| v.split(','))
         .any(|t| {
             let t = t.trim();
-            t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag
+            t == "*" || t.strip_prefix("W/").unwrap_or(t).as_bytes() == etag
         })
 }
 
@@ -375,25 +409,16 @@ async fn latest_log(
     st: &AppState,
     store: &StoreId,
     channel: String,
-) -> Result<crate::db::SignedLog, AppError> {
+) -> Result<Arc<ReadyLog>, AppError> {
     bad_id("channel", &channel)?;
-    let (id, ch) = (store.0.clone(), channel.clone());
-    // One trip to the database for both: this is the most frequent request.
-    let found = st
-        .blocking(move |st| {
-            Ok::<_, AppError>(if st.db().store_reads(&id, &ch)? {
-                Some(st.db().latest_log(&ch)?)
-            } else {
-                None
-            })
-        })
-        .await?;
-    let Some(log) = found else {
+    if store.entry.channels.binary_search(&channel).is_err() {
         return Err(AppError::Forbidden(format!(
             "store `{}` is not assigned channel `{channel}`; the chain's IT assigns it with `tillup-server store channels {} …`",
-            store.0, store.0
+            store.id(),
+            store.id()
         )));
-    };
+    }
+    let log = st.access().log(&st.0.db, &store.snapshot, &channel).await?;
     log.ok_or_else(|| {
         AppError::NotFound(format!("nothing is published on channel `{channel}` yet; ask the chain's IT to publish a release"))
     })
@@ -425,26 +450,24 @@ pub(crate) async fn get_log(
     Path(channel): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let log = latest_log(&st, &store, channel).await?;
-    let id = store.0.clone();
-    st.blocking(move |st| st.db().touch_store(&id, Timestamp::now()))
-        .await?;
-    let etag = etag_of(log.sequence, &log.bytes);
-    let etag_value = HeaderValue::from_str(&etag).map_err(|e| AppError::Internal(e.to_string()))?;
-    if etag_matches(&headers, &etag) {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    let ready = latest_log(&st, &store, channel).await?;
+    st.access().note_check(store.id(), Timestamp::now());
+    if etag_matches(&headers, &ready.etag) {
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, ready.etag.clone())],
+        )
+            .into_response());
     }
-    let sig = base64::engine::general_purpose::STANDARD.encode(log.signature.as_bytes());
-    let sig = HeaderValue::from_str(&sig).map_err(|e| AppError::Internal(e.to_string()))?;
-    let mut resp = Response::new(Body::from(log.bytes));
+    let mut resp = Response::new(Body::from(ready.body.clone()));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    h.insert(header::ETAG, etag_value);
+    h.insert(header::ETAG, ready.etag.clone());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(api::SIGNATURE_HEADER, sig);
+    h.insert(api::SIGNATURE_HEADER, ready.signature_header.clone());
     Ok(resp)
 }
 
@@ -475,10 +498,10 @@ pub(crate) async fn get_log_signature(
     Extension(store): Extension<StoreId>,
     Path(channel): Path<String>,
 ) -> Result<Response, AppError> {
-    let log = latest_log(&st, &store, channel).await?;
+    let ready = latest_log(&st, &store, channel).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        log.signature,
+        ready.log.signature.clone(),
     )
         .into_response())
 }
@@ -507,7 +530,13 @@ pub(crate) async fn get_blob(
     let h = parse_hash(&hash)?;
     tillup_fs::fault::crash_point("server.deliver");
     let missing = st
-        .blocking(move |st| st.missing_for(&store.0, &[h]))
+        .blocking(move |st| {
+            let missing = st.missing_for(store.id(), &[h])?;
+            if missing.is_empty() {
+                st.storage().fetch(&[h])?;
+            }
+            Ok::<_, Error>(missing)
+        })
         .await?;
     if !missing.is_empty() {
         return Err(AppError::NotFound(format!(
@@ -548,8 +577,8 @@ pub(crate) async fn blobs_missing(
     }
     let (hashes, held) = st
         .blocking(move |st| -> Result<_, AppError> {
-            let hashes = st.missing_for(&store.0, &list.hashes)?;
-            let held = st.blobs().held(&hashes, &store.0)?;
+            let hashes = st.missing_for(store.id(), &list.hashes)?;
+            let held = st.blobs().held(&hashes, store.id())?;
             Ok((hashes, held))
         })
         .await?;
@@ -589,7 +618,13 @@ pub(crate) async fn get_pack(
     tillup_fs::fault::crash_point("server.deliver");
     let hashes: Vec<Sha256Hex> = req.blobs.iter().map(|e| e.sha256).collect();
     let missing = st
-        .blocking(move |st| st.missing_for(&store.0, &hashes))
+        .blocking(move |st| {
+            let missing = st.missing_for(store.id(), &hashes)?;
+            if missing.is_empty() {
+                st.storage().fetch(&hashes)?;
+            }
+            Ok::<_, Error>(missing)
+        })
         .await?;
     if !missing.is_empty() {
         return Err(AppError::NotFound(format!(
@@ -634,10 +669,10 @@ pub(crate) async fn put_pack(
 ) -> Result<Json<api::PackReceipt>, AppError> {
     let (max_blob, max_blobs) = (st.0.limits.max_blob, st.0.limits.max_hashes);
     let quota = st.0.limits.store_quota;
-    let id = store.0.clone();
+    let id = store.id().to_owned();
     let mut used = st.blocking(move |st| st.db().uploaded_bytes(&id)).await?;
     let mut count = 0usize;
-    let who = store.0.clone();
+    let who = store.id().to_owned();
     let admit: tillup_transfer::Admit = Box::new(move |_, total| {
         count += 1;
         if count > max_blobs {
@@ -657,14 +692,16 @@ pub(crate) async fn put_pack(
     let received = tillup_transfer::receive_pack(
         body.into_data_stream(),
         st.blobs().clone(),
-        store.0.clone(),
+        store.id().to_owned(),
         admit,
         Box::new(|_| {}),
     )
     .await;
     let (whole, bytes) = (received.unpacked.blobs.clone(), received.unpacked.bytes);
-    let owner = store.0.clone();
+    let owner = store.id().to_owned();
     st.blocking(move |st| {
+        // Shared before recorded: a recorded blob is readable from every server.
+        st.storage().share(&whole)?;
         st.db().add_store_blobs(&owner, &whole)?;
         st.db().add_uploaded_bytes(&owner, bytes)
     })
@@ -775,18 +812,16 @@ fn stored_backup(
     upgrade: &str,
     what_to_do: &str,
 ) -> Result<Backup, AppError> {
-    let path = st.0.data.backup(store, upgrade);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(AppError::NotFound(format!(
-                "no backup was uploaded for upgrade `{upgrade}` {what_to_do}"
-            )));
-        }
-        Err(e) => return Err(AppError::Internal(format!("{}: {e}", path.display()))),
+    let doc = Document::Backup {
+        store: store.to_owned(),
+        upgrade: upgrade.to_owned(),
     };
-    serde_json::from_slice(&bytes)
-        .map_err(|e| AppError::Internal(format!("{}: {e}", path.display())))
+    let Some(bytes) = st.storage().get_document(&doc)? else {
+        return Err(AppError::NotFound(format!(
+            "no backup was uploaded for upgrade `{upgrade}` {what_to_do}"
+        )));
+    };
+    serde_json::from_slice(&bytes).map_err(|e| AppError::Internal(format!("{}: {e}", doc.key())))
 }
 
 /// A 409 naming the files of a backup the server does not hold for the store.
@@ -804,12 +839,19 @@ fn none_missing(st: &AppState, store: &str, hashes: &[Sha256Hex]) -> Result<(), 
 
 /// Keeps `backup` as the upgrade's, and removes the folders of the
 /// store's upgrades the database no longer keeps.
+fn json_bytes(value: &impl serde::Serialize) -> Result<Vec<u8>, AppError> {
+    serde_json::to_vec(value).map_err(|e| AppError::Internal(format!("serialising: {e}")))
+}
+
 fn keep_backup(st: &AppState, store: &str, upgrade: &str, backup: &Backup) -> Result<(), AppError> {
-    tillup_fs::write_json_atomic(&st.0.data.backup(store, upgrade), backup)?;
+    let doc = Document::Backup {
+        store: store.to_owned(),
+        upgrade: upgrade.to_owned(),
+    };
+    st.storage().put_document(&doc, json_bytes(backup)?)?;
     for old in st.db().record_backup(store, upgrade, Timestamp::now())? {
-        let dir = st.0.data.upgrade(store, &old);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!("could not remove {}: {e}", dir.display());
+        if let Err(e) = st.storage().remove_upgrade(store, &old) {
+            tracing::warn!("could not remove the files of upgrade {old} of store {store}: {e}");
         }
     }
     Ok(())
@@ -963,7 +1005,6 @@ fn build_delivery(
     channel: &str,
     targets: &[api::TerminalTarget],
 ) -> Result<Delivery, AppError> {
-    let data = &st.0.data;
     let backup = stored_backup(st, store, upgrade, "yet: PUT the backup first")?;
     let mut releases: BTreeMap<Version, (Release, Manifest)> = BTreeMap::new();
     let mut out = Vec::new();
@@ -987,7 +1028,7 @@ fn build_delivery(
                     t.target
                 ))
             })?;
-            let manifest = Manifest::parse(&st.blobs().read(&release.sha256)?).map_err(|e| {
+            let manifest = Manifest::parse(&st.storage().read(&release.sha256)?).map_err(|e| {
                 AppError::Internal(format!("manifest of release {}: {e}", release.version))
             })?;
             if manifest.digest() != release.sha256 {
@@ -1013,7 +1054,12 @@ fn build_delivery(
             version: t.target.clone(),
             manifest: merged,
         };
-        tillup_fs::write_json_atomic(&data.result(store, upgrade, t.number), &result)?;
+        let doc = Document::Result {
+            store: store.to_owned(),
+            upgrade: upgrade.to_owned(),
+            terminal: t.number,
+        };
+        st.storage().put_document(&doc, json_bytes(&result)?)?;
         tillup_fs::fault::crash_point("server.process");
         out.push(result);
     }
@@ -1059,58 +1105,26 @@ pub(crate) async fn report(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Serves `app(state)` on `listener` until Ctrl-C, re-signing logs that
-/// passed half their validity at start and every hour when `key` is given,
-/// and dropping abandoned uploads every hour.
+/// Serves `app(state)` on `listener` until Ctrl-C, with the background
+/// jobs of [`crate::jobs`]; writes the last-check times noted before
+/// returning.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     key: Option<crate::data::KeySource>,
 ) -> io::Result<()> {
-    let st = state.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
-        loop {
-            every.tick().await;
-            match st.blocking(|st| st.blobs().expire_tmp()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(files = n, "dropped abandoned uploads"),
-                Err(e) => tracing::error!(error = ?e, "dropping abandoned uploads failed"),
-            }
-        }
-    });
-    if let Some(key) = key {
-        let st = state.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
-            loop {
-                every.tick().await;
-                let key = key.clone();
-                match st
-                    .blocking(move |st| crate::ops::resign_due(st.db(), &key, Timestamp::now()))
-                    .await
-                {
-                    Ok(done) => {
-                        for (channel, sequence) in done {
-                            tracing::info!(%channel, sequence, "re-signed the log: less than half its validity remained");
-                        }
-                    }
-                    Err(AppError::Internal(e)) => {
-                        tracing::error!(error = %e, "re-signing the log failed")
-                    }
-                    Err(e) => tracing::error!(error = ?e, "re-signing the log failed"),
-                }
-            }
-        });
-    }
-    tillup_serve::serve(
+    let jobs = crate::jobs::spawn(state.clone(), key);
+    let served = tillup_serve::serve(
         listener,
-        app(state),
+        app(state.clone()),
         tillup_serve::Limits::SERVER,
         None,
         async {
             let _ = tokio::signal::ctrl_c().await;
         },
     )
-    .await
+    .await;
+    jobs.abort();
+    crate::jobs::flush_checks(&state).await;
+    served
 }

@@ -11,15 +11,19 @@
 //! PostgreSQL and an S3-compatible store can replace them.
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod data;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod keylist;
 pub mod openapi;
 pub mod ops;
+pub mod storage;
 
 pub use data::{DataDir, KeySource};
-pub use db::Db;
+pub use db::{Db, Location};
 pub use error::Error;
 pub use http::{AppError, AppState, Limits, app, serve};
+pub use storage::{BlobsLocation, Storage};

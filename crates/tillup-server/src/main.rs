@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use semver::Version;
 use tillup_core::log::Notes;
 use tillup_server::ops::{self, PublishRequest};
-use tillup_server::{AppState, DataDir, Db, KeySource, Limits};
+use tillup_server::{AppState, DataDir, KeySource, Limits};
 
 /// The chain's update server: publishes signed releases and serves the stores.
 #[derive(Parser, Debug)]
@@ -24,6 +24,21 @@ struct Cli {
     /// its password, if any, comes from TILLUP_KEY_PASSWORD.
     #[arg(long, global = true)]
     key: Option<PathBuf>,
+    /// Where the state lives: a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DB),
+    /// shared by several servers, or a SQLite file [default: DATA/tillup.db].
+    #[arg(
+        long,
+        global = true,
+        env = "TILLUP_SERVER_DATABASE",
+        value_name = "URL|FILE"
+    )]
+    database: Option<String>,
+    /// Where blobs and upgrade documents live: an S3-compatible bucket
+    /// (s3://BUCKET/PREFIX; endpoint and keys from AWS_ENDPOINT_URL,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION), shared by
+    /// several servers [default: DATA/blobs and DATA/stores].
+    #[arg(long, global = true, env = "TILLUP_SERVER_BLOBS", value_name = "URL")]
+    blobs: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -263,8 +278,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("the data folder is not set: pass --data DIR or set TILLUP_SERVER_DATA")?;
     let data = DataDir::new(root);
     let key = KeySource::from_env(cli.key.unwrap_or_else(|| data.secret_key()));
-    let open_db =
-        || Db::open(&data.db()).with_context(|| format!("opening {}", data.db().display()));
+    let database = cli.database.as_deref().map_or_else(
+        || tillup_server::Location::Sqlite(data.db()),
+        tillup_server::Location::parse,
+    );
+    let blobs = cli
+        .blobs
+        .as_deref()
+        .map(tillup_server::BlobsLocation::parse)
+        .transpose()?
+        .unwrap_or(tillup_server::BlobsLocation::Local);
+    // The object store's client runs on it (the command line's work too).
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let _entered = rt.enter();
+    let open_db = || {
+        database
+            .open()
+            .with_context(|| format!("opening the database {database}"))
+    };
     match cli.command {
         Command::Keygen { force } => {
             let out = ops::keygen(&data, force)?;
@@ -289,7 +320,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             replace,
         } => {
             let db = open_db()?;
-            let blobs = tillup_fs::BlobStore::open(data.blobs())?;
+            let storage = tillup_server::Storage::open(&data, &blobs)?;
             let req = PublishRequest {
                 folder,
                 version,
@@ -305,7 +336,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 preserve,
                 replace,
             };
-            let p = ops::publish(&db, &blobs, &key, req)?;
+            let p = ops::publish(&*db, &storage, &key, req)?;
             if p.replaced {
                 eprintln!(
                     "warning: release {} was replaced; listeners of stores that installed it will report it as republished",
@@ -323,7 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let db = open_db()?;
             let log = ops::sign_log(
-                &db,
+                &*db,
                 &key,
                 &channel,
                 ops::days(i64::from(expires_in_days)),
@@ -337,7 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store {
             command: StoreCommand::Add { store },
         } => {
-            let token = ops::add_store(&open_db()?, &store, Timestamp::now())?;
+            let token = ops::add_store(&*open_db()?, &store, Timestamp::now())?;
             println!("{token}");
             eprintln!(
                 "store {store} added; give the token above to its listener: it is not shown again"
@@ -362,7 +393,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store {
             command: StoreCommand::Revoke { store },
         } => {
-            ops::revoke_store(&open_db()?, &store, Timestamp::now())?;
+            ops::revoke_store(&*open_db()?, &store, Timestamp::now())?;
             eprintln!(
                 "store {store} revoked: its token is refused from its next request; `store rotate-token {store}` lets it in again with a new token"
             );
@@ -370,7 +401,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys {
             command: KeysCommand::Import { file },
         } => {
-            let list = tillup_server::keylist::import_key_list(&open_db()?, &file)?;
+            let list = tillup_server::keylist::import_key_list(&*open_db()?, &file)?;
             eprintln!(
                 "key list {} imported ({} key(s){}); stores take it at their next check",
                 list.version,
@@ -388,13 +419,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store {
             command: StoreCommand::Channels { store, channels },
         } => {
-            ops::set_store_channels(&open_db()?, &store, &channels)?;
+            ops::set_store_channels(&*open_db()?, &store, &channels)?;
             eprintln!("store {store} reads channels: {}", channels.join(", "));
         }
         Command::Store {
             command: StoreCommand::RotateToken { store },
         } => {
-            let token = ops::rotate_store_token(&open_db()?, &store)?;
+            let token = ops::rotate_store_token(&*open_db()?, &store)?;
             println!("{token}");
             eprintln!(
                 "store {store} has a new token: put the token above in its listener's config (store_token); the old one is refused from now on"
@@ -422,7 +453,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let state = AppState::open(
-                data,
+                &data,
+                &database,
+                &blobs,
                 Limits {
                     max_blob: max_blob_bytes,
                     store_quota: store_quota_bytes,
@@ -436,7 +469,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     None
                 }
             };
-            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await

@@ -15,6 +15,7 @@ use tillup_fs::{BlobStore, HashCache, ZipLimits};
 use crate::data::{DataDir, KeySource};
 use crate::db::{Db, SignedLog};
 use crate::error::{Error, check_id};
+use crate::storage::Storage;
 
 /// How long a log stays valid when nothing else was chosen: a server
 /// (or a mirror) frozen on an old log is noticed by every store within a
@@ -132,8 +133,8 @@ pub struct Published {
 /// before every check passed. The new log keeps the validity
 /// of the channel's previous log (30 days for the first one).
 pub fn publish(
-    db: &Db,
-    blobs: &BlobStore,
+    db: &dyn Db,
+    storage: &Storage,
     key: &KeySource,
     req: PublishRequest,
 ) -> Result<Published, Error> {
@@ -157,6 +158,7 @@ pub fn publish(
     // Fail on a bad key before storing anything.
     key.load()?;
 
+    let blobs = storage.local();
     let source = ReleaseSource::open(&req.folder, blobs)?;
     let folder = source.folder();
     let manifest = tillup_fs::scan_folder(&folder, &mut HashCache::default())?;
@@ -189,6 +191,8 @@ pub fn publish(
     };
     let mut refs: Vec<Sha256Hex> = manifest.hashes().into_iter().collect();
     refs.push(digest);
+    // Shared before recorded: a recorded blob is readable from every server.
+    storage.share(&refs)?;
     db.put_release(&req.channel, &release, &refs)?;
     let validity = db
         .latest_log(&req.channel)?
@@ -245,7 +249,7 @@ impl<'a> ReleaseSource<'a> {
         tillup_fs::extract_zip_file(path, &tmp.path().join("release"), &ZipLimits::default())
             .map_err(|reason| Error::Archive {
                 path: path.to_owned(),
-                reason,
+                reason: Box::new(reason),
             })?;
         Ok(Self::Zip(tmp))
     }
@@ -297,7 +301,7 @@ pub fn trusted_comment(channel: &str, sequence: u64) -> String {
 
 /// Signs the channel's releases as the next log, valid for `validity`.
 pub fn sign_log(
-    db: &Db,
+    db: &dyn Db,
     key: &KeySource,
     channel: &str,
     validity: SignedDuration,
@@ -306,40 +310,47 @@ pub fn sign_log(
     check_id("channel", channel)?;
     let sk = key.load()?;
     let validity = validity.max(SignedDuration::from_mins(1));
-    db.append_log(channel, |sequence, releases| {
-        if releases.is_empty() {
-            return Err(Error::NothingPublished(channel.to_owned()));
-        }
-        let expires = now
-            .checked_add(validity)
-            .map_err(|e| Error::Corrupt(format!("log expiry: {e}")))?;
-        let log = VersionLog {
-            channel: channel.to_owned(),
-            sequence,
-            generated: now,
-            expires,
-            releases,
-        };
-        let bytes = log.to_bytes();
-        let signature = sk
-            .sign(&bytes, &trusted_comment(channel, sequence))
-            .map_err(|source| Error::Key {
-                path: key.path.clone(),
-                source,
-            })?;
-        Ok(SignedLog {
-            sequence,
-            generated: now,
-            expires,
-            bytes,
-            signature,
-        })
-    })
+    db.append_log(
+        channel,
+        Box::new(|sequence, releases| {
+            if releases.is_empty() {
+                return Err(Error::NothingPublished(channel.to_owned()));
+            }
+            let expires = now
+                .checked_add(validity)
+                .map_err(|e| Error::Corrupt(format!("log expiry: {e}")))?;
+            let log = VersionLog {
+                channel: channel.to_owned(),
+                sequence,
+                generated: now,
+                expires,
+                releases,
+            };
+            let bytes = log.to_bytes();
+            let signature = sk
+                .sign(&bytes, &trusted_comment(channel, sequence))
+                .map_err(|source| Error::Key {
+                    path: key.path.clone(),
+                    source,
+                })?;
+            Ok(SignedLog {
+                sequence,
+                generated: now,
+                expires,
+                bytes,
+                signature,
+            })
+        }),
+    )
 }
 
 /// Re-signs every channel whose newest log has less than half its validity
 /// left (keeping the same validity); returns the channels re-signed.
-pub fn resign_due(db: &Db, key: &KeySource, now: Timestamp) -> Result<Vec<(String, u64)>, Error> {
+pub fn resign_due(
+    db: &dyn Db,
+    key: &KeySource,
+    now: Timestamp,
+) -> Result<Vec<(String, u64)>, Error> {
     let mut done = Vec::new();
     for channel in db.log_channels()? {
         let Some(log) = db.latest_log(&channel)? else {
@@ -367,7 +378,7 @@ pub fn token_digest(token: &str) -> String {
 }
 
 /// Adds a store; returns its new token (shown once, only its hash is kept).
-pub fn add_store(db: &Db, id: &str, now: Timestamp) -> Result<String, Error> {
+pub fn add_store(db: &dyn Db, id: &str, now: Timestamp) -> Result<String, Error> {
     check_id("store", id)?;
     let token = new_token();
     db.add_store(id, &token_digest(&token), now)?;
@@ -376,7 +387,7 @@ pub fn add_store(db: &Db, id: &str, now: Timestamp) -> Result<String, Error> {
 
 /// Gives a store a new token, returned (and shown once): the old one is
 /// refused from now on, and a revoked store is let in again.
-pub fn rotate_store_token(db: &Db, id: &str) -> Result<String, Error> {
+pub fn rotate_store_token(db: &dyn Db, id: &str) -> Result<String, Error> {
     check_id("store", id)?;
     let token = new_token();
     db.replace_store_token(id, &token_digest(&token))?;
@@ -384,7 +395,7 @@ pub fn rotate_store_token(db: &Db, id: &str) -> Result<String, Error> {
 }
 
 /// Lets a store read exactly `channels`' logs.
-pub fn set_store_channels(db: &Db, id: &str, channels: &[String]) -> Result<(), Error> {
+pub fn set_store_channels(db: &dyn Db, id: &str, channels: &[String]) -> Result<(), Error> {
     check_id("store", id)?;
     for c in channels {
         check_id("channel", c)?;
@@ -397,7 +408,7 @@ pub fn set_store_channels(db: &Db, id: &str, channels: &[String]) -> Result<(), 
 
 /// Refuses a store's token from now on (its next request gets 401); its
 /// backups and reports stay. [`rotate_store_token`] lets it in again.
-pub fn revoke_store(db: &Db, id: &str, now: Timestamp) -> Result<(), Error> {
+pub fn revoke_store(db: &dyn Db, id: &str, now: Timestamp) -> Result<(), Error> {
     check_id("store", id)?;
     db.revoke_store(id, now)
 }
@@ -412,12 +423,13 @@ fn new_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::SqliteDb;
 
-    fn setup() -> (tempfile::TempDir, DataDir, Db, BlobStore, KeySource) {
+    fn setup() -> (tempfile::TempDir, DataDir, SqliteDb, Storage, KeySource) {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::new(dir.path());
-        let db = Db::open(&data.db()).unwrap();
-        let blobs = BlobStore::open(data.blobs()).unwrap();
+        let db = SqliteDb::open(&data.db()).unwrap();
+        let blobs = Storage::open(&data, &crate::storage::BlobsLocation::Local).unwrap();
         keygen(&data, false).unwrap();
         let key = KeySource {
             path: data.secret_key(),

@@ -17,7 +17,7 @@ use tillup_core::log::{Notes, VersionLog};
 use tillup_core::manifest::{FileEntry, Manifest, Preserve, merge_for_terminal};
 use tillup_core::sign::PublicKey;
 use tillup_server::ops::{self, PublishRequest};
-use tillup_server::{AppState, DataDir, KeySource, Limits};
+use tillup_server::{AppState, BlobsLocation, DataDir, KeySource, Limits, Location};
 use tower::ServiceExt;
 
 struct Env {
@@ -37,7 +37,13 @@ fn env() -> Env {
         path: data.secret_key(),
         password: None,
     };
-    let state = AppState::open(data, Limits::default()).unwrap();
+    let state = AppState::open(
+        &data,
+        &Location::Sqlite(data.db()),
+        &BlobsLocation::Local,
+        Limits::default(),
+    )
+    .unwrap();
     let now = jiff::Timestamp::now();
     let token_a = ops::add_store(state.db(), "store-a", now).unwrap();
     let token_b = ops::add_store(state.db(), "store-b", now).unwrap();
@@ -85,7 +91,7 @@ fn publish(
         preserve: preserve.iter().map(|s| s.to_string()).collect(),
         replace: false,
     };
-    ops::publish(env.state.db(), env.state.blobs(), &env.key, req).unwrap()
+    ops::publish(env.state.db(), env.state.storage(), &env.key, req).unwrap()
 }
 
 fn entry(path: &str, content: &str) -> FileEntry {
@@ -412,6 +418,9 @@ async fn served_log_verifies_and_etag_gives_304_and_sequence_grows() {
     assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(resp.headers()[header::ETAG].to_str().unwrap(), etag);
     assert!(bytes(resp).await.is_empty());
+    // Last-check times are written in batches; the server's flush job
+    // writes them every few seconds.
+    env.state.flush_checks().await.unwrap();
     assert!(
         env.state
             .db()
@@ -654,7 +663,9 @@ async fn an_oversize_blob_in_a_pack_is_413_and_not_kept() {
     let dir = tempfile::tempdir().unwrap();
     let data = DataDir::new(dir.path());
     let state = AppState::open(
-        data,
+        &data,
+        &Location::Sqlite(data.db()),
+        &BlobsLocation::Local,
         Limits {
             max_blob: 4,
             ..Limits::default()
@@ -1543,7 +1554,8 @@ mod binary {
         let said = ok(&data, &["--key", key, "sign-log", "--expires-in-days", "3"]);
         assert!(said.contains("sequence 2"), "{said}");
 
-        let db = tillup_server::Db::open(&data.join("tillup.db")).unwrap();
+        let db: Box<dyn tillup_server::Db> =
+            Box::new(tillup_server::db::SqliteDb::open(&data.join("tillup.db")).unwrap());
         let log = db.latest_log("stable").unwrap().unwrap();
         assert_eq!(log.sequence, 2);
         assert_eq!(
@@ -1653,7 +1665,8 @@ mod binary {
     /// The data folder after a refused publish: no release recorded, no
     /// blob stored, no temporary folder left.
     fn assert_nothing_recorded(data: &Path) {
-        let db = tillup_server::Db::open(&data.join("tillup.db")).unwrap();
+        let db: Box<dyn tillup_server::Db> =
+            Box::new(tillup_server::db::SqliteDb::open(&data.join("tillup.db")).unwrap());
         assert!(db.releases("stable").unwrap().is_empty());
         let blobs = tillup_fs::BlobStore::open(data.join("blobs")).unwrap();
         assert!(blobs.hashes().unwrap().is_empty());
