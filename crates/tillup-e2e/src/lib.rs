@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use tillup_core::manifest::{Manifest, Preserve, merge_for_terminal};
 use tillup_fs::{HashCache, scan_folder};
 
+pub mod balancer;
 pub mod proxy;
 pub mod realistic;
 pub mod wan;
@@ -315,42 +316,75 @@ pub fn expected_after(release: &Manifest, old: &Manifest) -> Manifest {
     merge_for_terminal(release, old, &Preserve::new(PRESERVE).expect("valid")).expect("merge")
 }
 
+/// Where a server keeps its state: the embedded default (SQLite and a
+/// folder inside its data folder), or what `args` (`--database`,
+/// `--blobs`) and `env` (the object store's endpoint and keys) name, which
+/// several servers can share.
+#[derive(Clone, Debug, Default)]
+pub struct Backend {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
 /// A running `tillup-server` with its data folder.
 pub struct Server {
     pub data: PathBuf,
     pub public_key: String,
     pub proc: Option<Proc>,
+    pub backend: Backend,
 }
 
 impl Server {
-    /// `keygen`, then `serve` on 127.0.0.1:0.
+    /// `keygen`, then `serve` on 127.0.0.1:0, on the embedded default.
     pub fn start(data: &Path) -> Result<Self> {
+        Self::start_on(data, Backend::default())
+    }
+
+    /// `keygen`, then `serve` on 127.0.0.1:0, keeping its state in `backend`.
+    pub fn start_on(data: &Path, backend: Backend) -> Result<Self> {
         fs::create_dir_all(data)?;
-        let out = run(
-            Self::command_for(data, &["keygen"])?,
-            Duration::from_secs(60),
-        )?;
+        let mut s = Self {
+            data: data.to_owned(),
+            public_key: String::new(),
+            proc: None,
+            backend,
+        };
+        let out = run(s.command(&["keygen"])?, Duration::from_secs(60))?;
         if !out.status.success() {
             bail!("keygen failed: {}", text(&out));
         }
-        let public_key = String::from_utf8(out.stdout)?
+        s.public_key = String::from_utf8(out.stdout)?
             .lines()
             .next()
             .context("keygen printed nothing")?
             .trim()
             .to_owned();
+        s.serve()?;
+        Ok(s)
+    }
+
+    /// Another server over the same backend as `first`, with its own data
+    /// folder and a copy of `first`'s signing key (as the chain's IT would
+    /// install a second head-office machine), serving on 127.0.0.1:0.
+    pub fn join(data: &Path, first: &Server) -> Result<Self> {
+        copy_dir(&first.data.join("keys"), &data.join("keys"))?;
         let mut s = Self {
             data: data.to_owned(),
-            public_key,
+            public_key: first.public_key.clone(),
             proc: None,
+            backend: first.backend.clone(),
         };
         s.serve()?;
         Ok(s)
     }
 
-    fn command_for(data: &Path, args: &[&str]) -> Result<Command> {
+    fn command(&self, args: &[&str]) -> Result<Command> {
         let mut c = Command::new(bin("tillup-server")?);
-        c.arg("--data").arg(data).args(args);
+        c.arg("--data")
+            .arg(&self.data)
+            .args(&self.backend.args)
+            .args(args)
+            .envs(self.backend.env.iter().map(|(k, v)| (k, v)));
         Ok(c)
     }
 
@@ -362,7 +396,7 @@ impl Server {
     pub fn serve_with(&mut self, port: u16, env: &[(&str, &str)]) -> Result<()> {
         self.proc = None;
         let listen = format!("127.0.0.1:{port}");
-        let mut cmd = Self::command_for(&self.data, &["serve", "--listen", &listen])?;
+        let mut cmd = self.command(&["serve", "--listen", &listen])?;
         cmd.envs(env.iter().copied());
         self.proc = Some(spawn_listening(cmd, &self.data.join("serve.log"))?);
         Ok(())
@@ -381,10 +415,7 @@ impl Server {
 
     /// Runs a `tillup-server` subcommand; fails unless it succeeds.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = run(
-            Self::command_for(&self.data, args)?,
-            Duration::from_secs(120),
-        )?;
+        let out = run(self.command(args)?, Duration::from_secs(120))?;
         if !out.status.success() {
             bail!("tillup-server {args:?} failed: {}", text(&out));
         }
@@ -393,10 +424,7 @@ impl Server {
 
     /// Runs a `tillup-server` subcommand, returning its raw output.
     pub fn cli_output(&self, args: &[&str]) -> Result<Output> {
-        run(
-            Self::command_for(&self.data, args)?,
-            Duration::from_secs(120),
-        )
+        run(self.command(args)?, Duration::from_secs(120))
     }
 
     /// Registers a store; returns its token.
@@ -677,6 +705,8 @@ pub struct StoreSpec {
     pub mode: &'static str,
     /// The agents' health check timeout.
     pub health_timeout_secs: u64,
+    /// Where the server keeps its state.
+    pub backend: Backend,
 }
 
 impl Default for StoreSpec {
@@ -686,6 +716,7 @@ impl Default for StoreSpec {
             first: ReleaseSpec::new("1.0.0"),
             mode: "prompt",
             health_timeout_secs: 20,
+            backend: Backend::default(),
         }
     }
 }
@@ -737,7 +768,7 @@ impl Store {
                 (t.path().to_owned(), Some(t))
             }
         };
-        let server = Server::start(&root.join("server"))?;
+        let server = Server::start_on(&root.join("server"), spec.backend.clone())?;
         let store_id = "store-001".to_owned();
         let store_token = server.add_store(&store_id)?;
         let (rel, version) = first(&root)?;
