@@ -544,12 +544,21 @@ pub(crate) async fn get_blob(
         )));
     }
     let path = st.blobs().path(&h);
-    let resp = match ServeFile::new(path).oneshot(req).await {
-        Ok(r) => r,
+    let mut resp = match ServeFile::new(path).oneshot(req).await {
+        Ok(r) => r.map(Body::new),
         Err(never) => match never {},
     };
-    Ok(resp.map(Body::new))
+    if resp.status().is_success() {
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static(BLOB_CACHE));
+    }
+    Ok(resp)
 }
+
+/// A blob is named by its content, so it never changes: a client or a
+/// private cache may keep it for good. Not `public`: each store's token
+/// decides which blobs it may read.
+const BLOB_CACHE: &str = "private, max-age=31536000, immutable";
 
 #[utoipa::path(post, path = "/v1/blobs/missing", tag = "files",
     description = "Of the files listed, those the store cannot read yet, with the bytes held of cut uploads.",

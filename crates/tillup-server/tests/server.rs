@@ -374,6 +374,8 @@ async fn served_log_verifies_and_etag_gives_304_and_sequence_grows() {
     assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
     let etag = resp.headers()[header::ETAG].to_str().unwrap().to_owned();
     assert!(etag.starts_with("\"2-") && etag.ends_with('"'), "{etag}");
+    // A cache in front of the server must ask again every time.
+    assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-cache");
     let sig_b64 = resp.headers()[api::SIGNATURE_HEADER]
         .to_str()
         .unwrap()
@@ -475,6 +477,12 @@ async fn range_request_answers_206_with_the_slice() {
     )
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
+    // Content-addressed, so cacheable for good, but only privately: each
+    // store's token decides what it may read.
+    assert_eq!(
+        resp.headers()[header::CACHE_CONTROL],
+        "private, max-age=31536000, immutable"
+    );
     assert_eq!(bytes(resp).await, content.as_bytes());
 }
 
