@@ -16,21 +16,7 @@ use std::process::Output;
 
 use anyhow::{Context, Result, bail, ensure};
 use tillup_core::manifest::Manifest;
-use tillup_e2e::{ReleaseSpec, Store, StoreSpec, expected_after, manifest_of, text};
-
-const SALES: &str = "data/sales.log";
-
-/// A manifest without the sales log pos-sim appends to at every start.
-fn without_sales(m: &Manifest) -> Manifest {
-    Manifest::new(
-        m.files()
-            .iter()
-            .filter(|f| f.path.as_str() != SALES)
-            .cloned()
-            .collect(),
-    )
-    .unwrap()
-}
+use tillup_e2e::{ReleaseSpec, Store, StoreSpec, expected_after, manifest_of, text, without_sales};
 
 /// A store of two terminals (1 is the canary) with short health checks.
 fn two_terminals() -> Result<Store> {

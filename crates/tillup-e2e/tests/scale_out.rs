@@ -9,23 +9,9 @@ use tillup_core::manifest::Manifest;
 use tillup_e2e::balancer::Balancer;
 use tillup_e2e::{
     Backend, ReleaseSpec, Server, Store, StoreSpec, build_release, expected_after, manifest_of,
-    text,
+    text, without_sales,
 };
 use tillup_testbed::{Postgres, S3};
-
-/// pos-sim appends to its sales log at every start.
-const SALES: &str = "data/sales.log";
-
-fn without_sales(m: &Manifest) -> Manifest {
-    Manifest::new(
-        m.files()
-            .iter()
-            .filter(|f| f.path.as_str() != SALES)
-            .cloned()
-            .collect(),
-    )
-    .unwrap()
-}
 
 fn shared_backend(pg: &Postgres, s3: &S3) -> Result<Backend> {
     Ok(Backend {
