@@ -98,6 +98,12 @@ struct NightArgs {
     /// Share of the bytes the new release changes.
     #[arg(long, default_value_t = 0.055)]
     changed_share: f64,
+    /// Where the simulated stores keep their files while they upgrade
+    /// [default: /dev/shm where it exists, so that thousands of simulated
+    /// stores writing and fsyncing on this machine do not slow the server
+    /// they measure; else the work folder].
+    #[arg(long)]
+    scratch: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -151,7 +157,12 @@ fn night(work: &std::path::Path, args: NightArgs) -> Result<serde_json::Value> {
         office.setup.as_secs_f64(),
         args.run_seconds
     );
-    let scratch = tempfile::tempdir_in(work)?;
+    let scratch_in = args.scratch.clone().unwrap_or_else(|| {
+        let shm = PathBuf::from("/dev/shm");
+        if shm.is_dir() { shm } else { work.to_owned() }
+    });
+    let scratch = tempfile::tempdir_in(&scratch_in)
+        .with_context(|| format!("a scratch folder in {}", scratch_in.display()))?;
     let minutes = |m: u64| Duration::from_secs(m * 60);
     let night = Night {
         tills: args.tills,
