@@ -137,9 +137,142 @@ pub struct TerminalBackup {
 }
 
 /// The store's backup for one upgrade; its files were sent as blobs first.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+///
+/// On the wire (see [`BackupWire`]) each distinct file entry is written
+/// once and each terminal lists its entries by index: a store's terminals
+/// hold mostly the same files, and eight copies of a release's manifest
+/// were most of the bytes a backup moved and of the work of reading it.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Backup {
     pub terminals: Vec<TerminalBackup>,
+}
+
+/// A [`Backup`] as it travels and is stored. A terminal gives either
+/// `files` (indices into the backup's `files`) or, as hosts before this
+/// form sent it, its whole `manifest`.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupWire<'a> {
+    /// Every distinct file entry of the backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<crate::manifest::FileEntry>)]
+    pub files: Vec<std::borrow::Cow<'a, crate::manifest::FileEntry>>,
+    pub terminals: Vec<TerminalWire<'a>>,
+}
+
+/// One terminal of a [`BackupWire`].
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalWire<'a> {
+    #[schema(maximum = 4294967295_u64)]
+    pub number: u32,
+    #[schema(value_type = String)]
+    pub model: std::borrow::Cow<'a, str>,
+    #[schema(value_type = crate::openapi::SemVer)]
+    pub version: std::borrow::Cow<'a, Version>,
+    /// Its files, as indices into the backup's `files`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<u32>>,
+    /// Its files, whole (the older form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Manifest>,
+}
+
+impl Serialize for Backup {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use std::borrow::Cow;
+        use std::collections::HashMap;
+        let mut index: HashMap<&crate::manifest::FileEntry, u32> = HashMap::new();
+        let mut files = Vec::new();
+        let terminals = self
+            .terminals
+            .iter()
+            .map(|t| TerminalWire {
+                number: t.number,
+                model: Cow::Borrowed(&t.model),
+                version: Cow::Borrowed(&t.version),
+                files: Some(
+                    t.manifest
+                        .files()
+                        .iter()
+                        .map(|f| {
+                            *index.entry(f).or_insert_with(|| {
+                                files.push(Cow::Borrowed(f));
+                                (files.len() - 1) as u32
+                            })
+                        })
+                        .collect(),
+                ),
+                manifest: None,
+            })
+            .collect();
+        BackupWire { files, terminals }.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Backup {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let wire = BackupWire::deserialize(d)?;
+        let terminals = wire
+            .terminals
+            .into_iter()
+            .map(|t| {
+                let manifest = match (t.files, t.manifest) {
+                    (Some(indices), None) => {
+                        let files = indices
+                            .iter()
+                            .map(|&i| {
+                                wire.files.get(i as usize).map(|f| f.as_ref().clone()).ok_or_else(
+                                    || {
+                                        D::Error::custom(format!(
+                                            "terminal {} lists file {i}, but the backup has {} files",
+                                            t.number,
+                                            wire.files.len()
+                                        ))
+                                    },
+                                )
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Manifest::new(files).map_err(|e| {
+                            D::Error::custom(format!("terminal {}: {e}", t.number))
+                        })?
+                    }
+                    (None, Some(manifest)) => manifest,
+                    _ => {
+                        return Err(D::Error::custom(format!(
+                            "terminal {} must give either `files` or `manifest`",
+                            t.number
+                        )));
+                    }
+                };
+                Ok(TerminalBackup {
+                    number: t.number,
+                    model: t.model.into_owned(),
+                    version: t.version.into_owned(),
+                    manifest,
+                })
+            })
+            .collect::<Result<_, D::Error>>()?;
+        Ok(Backup { terminals })
+    }
+}
+
+impl utoipa::PartialSchema for Backup {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <BackupWire<'static> as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for Backup {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <BackupWire<'static> as utoipa::ToSchema>::schemas(schemas);
+    }
 }
 
 impl Backup {
@@ -383,4 +516,91 @@ pub struct HealthReport {
     #[serde(default)]
     #[schema(value_type = Option<crate::openapi::SemVer>)]
     pub rolled_back_to: Option<Version>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::FileEntry;
+    use crate::path::RelPath;
+
+    fn entry(path: &str, content: &str) -> FileEntry {
+        FileEntry {
+            path: RelPath::new(path).unwrap(),
+            size: content.len() as u64,
+            sha256: Sha256Hex::of(content.as_bytes()),
+            exec: false,
+        }
+    }
+
+    fn store() -> Backup {
+        let shared: Vec<FileEntry> = (0..50)
+            .map(|i| entry(&format!("lib/file{i}.dll"), &format!("{i}")))
+            .collect();
+        Backup {
+            terminals: (1..=3)
+                .map(|number| {
+                    let mut files = shared.clone();
+                    files.push(entry("data/pos.db", &format!("till {number}")));
+                    TerminalBackup {
+                        number,
+                        model: "POS-1".into(),
+                        version: Version::new(1, 0, 0),
+                        manifest: Manifest::new(files).unwrap(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_backup_writes_each_shared_entry_once_and_reads_back_the_same() {
+        let backup = store();
+        let json = serde_json::to_vec(&backup).unwrap();
+        assert_eq!(serde_json::from_slice::<Backup>(&json).unwrap(), backup);
+        let wire: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(wire["files"].as_array().unwrap().len(), 50 + 3);
+        let whole: usize = backup
+            .terminals
+            .iter()
+            .map(|t| serde_json::to_vec(&t.manifest).unwrap().len())
+            .sum();
+        assert!(json.len() * 2 < whole, "{} against {whole}", json.len());
+    }
+
+    #[test]
+    fn a_backup_with_whole_manifests_as_older_hosts_send_it_is_read() {
+        let backup = store();
+        let older = serde_json::json!({
+            "terminals": backup.terminals.iter().map(|t| serde_json::json!({
+                "number": t.number, "model": t.model, "version": t.version, "manifest": t.manifest,
+            })).collect::<Vec<_>>(),
+        });
+        let read: Backup = serde_json::from_value(older).unwrap();
+        assert_eq!(read, backup);
+    }
+
+    #[test]
+    fn a_backup_naming_a_file_it_lacks_or_two_forms_at_once_is_refused() {
+        let one = |terminal: serde_json::Value| {
+            serde_json::from_value::<Backup>(serde_json::json!({
+                "files": [entry("a.txt", "a")],
+                "terminals": [terminal],
+            }))
+            .unwrap_err()
+            .to_string()
+        };
+        let base = serde_json::json!({"number": 2, "model": "m", "version": "1.0.0"});
+        let with = |k: &str, v: serde_json::Value| {
+            let mut t = base.clone();
+            t[k] = v;
+            t
+        };
+        assert!(one(with("files", serde_json::json!([0, 1]))).contains("lists file 1"));
+        assert!(one(with("files", serde_json::json!([0, 0]))).contains("twice"));
+        assert!(one(base.clone()).contains("either"));
+        let mut both = with("files", serde_json::json!([0]));
+        both["manifest"] = serde_json::json!({"files": []});
+        assert!(one(both).contains("either"));
+    }
 }

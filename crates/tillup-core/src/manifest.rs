@@ -17,7 +17,7 @@ use crate::path::RelPath;
 pub const MAX_MANIFEST_BYTES: usize = 32 * 1024 * 1024;
 
 /// One file of a folder.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
     pub path: RelPath,
