@@ -6,6 +6,7 @@
 //! DIR/keys/tillup.key, DIR/keys/tillup.pub        made by `keygen`
 //! DIR/stores/{store}/upgrades/{upgrade}/backup.json
 //! DIR/stores/{store}/upgrades/{upgrade}/result/{terminal}.json
+//! DIR/cache/packs/{request hash}                  crate::packs
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -43,6 +44,11 @@ impl DataDir {
     /// The blob store's folder.
     pub fn blobs(&self) -> PathBuf {
         self.root.join("blobs")
+    }
+
+    /// The packs this server compressed before ([`crate::packs`]).
+    pub fn packs(&self) -> PathBuf {
+        self.root.join("cache").join("packs")
     }
 
     /// The default secret key.

@@ -56,6 +56,12 @@ pub enum Error {
     /// A file or blob operation failed.
     #[error(transparent)]
     Fs(#[from] tillup_fs::Error),
+    /// A pack could not be made (a blob it names cannot be read).
+    #[error("making a pack: {source}")]
+    Pack {
+        /// What went wrong.
+        source: tillup_transfer::PackError,
+    },
     /// A file outside the blob store could not be read or written.
     #[error("{path}: {source}")]
     Io {

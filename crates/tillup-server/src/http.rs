@@ -34,6 +34,7 @@ use crate::data::DataDir;
 use crate::db::{Db, Location};
 use crate::error::{Error, check_id};
 use crate::ops::token_digest;
+use crate::packs::PackCache;
 use crate::storage::{BlobsLocation, Document, Storage};
 
 /// Bounds on what a request may carry.
@@ -72,6 +73,7 @@ fn hash_list_bytes(max_hashes: usize) -> usize {
 struct Inner {
     db: Arc<dyn Db>,
     storage: Storage,
+    packs: PackCache,
     limits: Limits,
     access: Access,
 }
@@ -82,10 +84,11 @@ pub struct AppState(Arc<Inner>);
 
 impl AppState {
     /// Wraps opened parts.
-    pub fn new(db: Box<dyn Db>, storage: Storage, limits: Limits) -> Self {
+    pub fn new(db: Box<dyn Db>, storage: Storage, packs: PackCache, limits: Limits) -> Self {
         Self(Arc::new(Inner {
             db: Arc::from(db),
             storage,
+            packs,
             limits,
             access: Access::default(),
         }))
@@ -102,7 +105,12 @@ impl AppState {
         let db = db.open()?;
         let storage = Storage::open(data, blobs)?;
         storage.local().clean_tmp()?;
-        Ok(Self::new(db, storage, limits))
+        let packs = PackCache::open(
+            data.packs(),
+            crate::packs::MIN_CACHED_BYTES,
+            crate::packs::MAX_CACHED_BYTES,
+        )?;
+        Ok(Self::new(db, storage, packs, limits))
     }
 
     /// The database.
@@ -207,6 +215,7 @@ impl From<Error> for AppError {
             | Error::BlobsUrl { .. }
             | Error::ObjectStore { .. }
             | Error::Io { .. }
+            | Error::Pack { .. }
             | Error::Key { .. }
             | Error::KeyFile { .. }
             | Error::KeysExist(_)
@@ -625,14 +634,24 @@ pub(crate) async fn get_pack(
         )));
     }
     tillup_fs::fault::crash_point("server.deliver");
-    let hashes: Vec<Sha256Hex> = req.blobs.iter().map(|e| e.sha256).collect();
-    let missing = st
+    let entries = req.blobs.clone();
+    let (missing, cached) = st
         .blocking(move |st| {
+            let hashes: Vec<Sha256Hex> = entries.iter().map(|e| e.sha256).collect();
             let missing = st.missing_for(store.id(), &hashes)?;
-            if missing.is_empty() {
-                st.storage().fetch(&hashes)?;
+            if !missing.is_empty() {
+                return Ok::<_, Error>((missing, None));
             }
-            Ok::<_, Error>(missing)
+            st.storage().fetch(&hashes)?;
+            // Most stores ask for the same files: send the pack made for
+            // another if there is one.
+            let blobs = st.blobs();
+            let cached = st.0.packs.get_or_make(
+                &entries,
+                tillup_transfer::pack::WAN_LEVEL,
+                &|h| Some(blobs.path(h)),
+            )?;
+            Ok((missing, cached))
         })
         .await?;
     if !missing.is_empty() {
@@ -641,18 +660,22 @@ pub(crate) async fn get_pack(
             list_some(&missing)
         )));
     }
-    let blobs = st.blobs().clone();
-    let body = tillup_transfer::pack_body(
-        req.blobs,
-        Box::new(move |h| Some(blobs.path(h))),
-        tillup_transfer::pack::WAN_LEVEL,
-        Box::new(|_| {}),
-    );
-    Ok((
-        [(header::CONTENT_TYPE, api::PACK_MEDIA_TYPE)],
-        Body::from_stream(body),
-    )
-        .into_response())
+    let body = match cached {
+        Some(file) => Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+            tokio::fs::File::from_std(file),
+            tillup_transfer::pack::SOURCE_CHUNK,
+        )),
+        None => {
+            let blobs = st.blobs().clone();
+            Body::from_stream(tillup_transfer::pack_body(
+                req.blobs,
+                Box::new(move |h| Some(blobs.path(h))),
+                tillup_transfer::pack::WAN_LEVEL,
+                Box::new(|_| {}),
+            ))
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, api::PACK_MEDIA_TYPE)], body).into_response())
 }
 
 /// `PUT /v1/pack`: a pack of the store's own files (its terminals'
@@ -807,7 +830,9 @@ pub(crate) async fn put_backup(
             .into_iter()
             .collect();
         none_missing(st, &store, &hashes)?;
-        keep_backup(st, &store, &upgrade, &backup)
+        // The bytes as they came: they parsed as this backup, and writing
+        // them again would cost as much as reading them.
+        keep_backup(st, &store, &upgrade, bytes.to_vec())
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -846,18 +871,18 @@ fn none_missing(st: &AppState, store: &str, hashes: &[Sha256Hex]) -> Result<(), 
     )))
 }
 
-/// Keeps `backup` as the upgrade's, and removes the folders of the
-/// store's upgrades the database no longer keeps.
 fn json_bytes(value: &impl serde::Serialize) -> Result<Vec<u8>, AppError> {
     serde_json::to_vec(value).map_err(|e| AppError::Internal(format!("serialising: {e}")))
 }
 
-fn keep_backup(st: &AppState, store: &str, upgrade: &str, backup: &Backup) -> Result<(), AppError> {
+/// Keeps a backup's `json` as the upgrade's, and removes the folders of
+/// the store's upgrades the database no longer keeps.
+fn keep_backup(st: &AppState, store: &str, upgrade: &str, json: Vec<u8>) -> Result<(), AppError> {
     let doc = Document::Backup {
         store: store.to_owned(),
         upgrade: upgrade.to_owned(),
     };
-    st.storage().put_document(&doc, json_bytes(backup)?)?;
+    st.storage().put_document(&doc, json)?;
     for old in st.db().record_backup(store, upgrade, Timestamp::now())? {
         if let Err(e) = st.storage().remove_upgrade(store, &old) {
             tracing::warn!("could not remove the files of upgrade {old} of store {store}: {e}");
@@ -932,7 +957,7 @@ pub(crate) async fn patch_backup(
             .into_iter()
             .collect();
         none_missing(st, &store, &added)?;
-        keep_backup(st, &store, &upgrade, &Backup { terminals })
+        keep_backup(st, &store, &upgrade, json_bytes(&Backup { terminals })?)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -1072,9 +1097,16 @@ fn build_delivery(
         tillup_fs::fault::crash_point("server.process");
         out.push(result);
     }
+    // The release's files are every store's to read already: recording
+    // them for each store would grow the table by a release per store.
+    let released: BTreeSet<Sha256Hex> = releases
+        .values()
+        .flat_map(|(_, m)| m.hashes())
+        .collect();
     let hashes: Vec<Sha256Hex> = out
         .iter()
         .flat_map(|r| r.manifest.hashes())
+        .filter(|h| !released.contains(h))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();

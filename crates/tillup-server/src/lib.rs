@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod keylist;
 pub mod openapi;
 pub mod ops;
+pub mod packs;
 pub mod storage;
 
 pub use data::{DataDir, KeySource};
