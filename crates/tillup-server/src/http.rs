@@ -646,11 +646,11 @@ pub(crate) async fn get_pack(
             // Most stores ask for the same files: send the pack made for
             // another if there is one.
             let blobs = st.blobs();
-            let cached = st.0.packs.get_or_make(
-                &entries,
-                tillup_transfer::pack::WAN_LEVEL,
-                &|h| Some(blobs.path(h)),
-            )?;
+            let cached =
+                st.0.packs
+                    .get_or_make(&entries, tillup_transfer::pack::WAN_LEVEL, &|h| {
+                        Some(blobs.path(h))
+                    })?;
             Ok((missing, cached))
         })
         .await?;
@@ -1099,10 +1099,7 @@ fn build_delivery(
     }
     // The release's files are every store's to read already: recording
     // them for each store would grow the table by a release per store.
-    let released: BTreeSet<Sha256Hex> = releases
-        .values()
-        .flat_map(|(_, m)| m.hashes())
-        .collect();
+    let released: BTreeSet<Sha256Hex> = releases.values().flat_map(|(_, m)| m.hashes()).collect();
     let hashes: Vec<Sha256Hex> = out
         .iter()
         .flat_map(|r| r.manifest.hashes())

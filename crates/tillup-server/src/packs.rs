@@ -97,7 +97,9 @@ impl PackCache {
         // report, as it is sent.
         let mut bytes = 0;
         for e in entries {
-            let Some(len) = locate(&e.sha256).and_then(|p| p.metadata().ok()).map(|m| m.len())
+            let Some(len) = locate(&e.sha256)
+                .and_then(|p| p.metadata().ok())
+                .map(|m| m.len())
             else {
                 return Ok(None);
             };
@@ -126,9 +128,7 @@ impl PackCache {
             .at(tmp.path())?;
         // A cached pack cut by a crash would be sent as whole: it was
         // synced above, and only a whole one gets its name.
-        tmp.persist(&path)
-            .map_err(|e| e.error)
-            .at(&path)?;
+        tmp.persist(&path).map_err(|e| e.error).at(&path)?;
         self.trim()?;
         open_touched(&path)
     }
@@ -250,7 +250,10 @@ mod tests {
         let cache = PackCache::open(dir.path().join("packs"), 1 << 20, MAX_CACHED_BYTES).unwrap();
         let locate = |h: &Sha256Hex| Some(store.path(h));
         assert!(cache.get_or_make(&entries, 3, &locate).unwrap().is_none());
-        assert_eq!(std::fs::read_dir(dir.path().join("packs")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("packs")).unwrap().count(),
+            0
+        );
     }
 
     #[test]
@@ -263,7 +266,10 @@ mod tests {
         for _ in 0..3 {
             assert!(cache.get_or_make(&entries, 3, &locate).unwrap().is_none());
         }
-        assert_eq!(std::fs::read_dir(dir.path().join("packs")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("packs")).unwrap().count(),
+            0
+        );
     }
 
     #[test]
@@ -282,7 +288,10 @@ mod tests {
             found.then(|| store.path(h))
         };
         assert!(cache.get_or_make(&entries, 3, &locate).is_err());
-        assert_eq!(std::fs::read_dir(dir.path().join("packs")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("packs")).unwrap().count(),
+            0
+        );
     }
 
     #[test]
