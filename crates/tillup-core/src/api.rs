@@ -522,16 +522,7 @@ pub struct HealthReport {
 mod tests {
     use super::*;
     use crate::manifest::FileEntry;
-    use crate::path::RelPath;
-
-    fn entry(path: &str, content: &str) -> FileEntry {
-        FileEntry {
-            path: RelPath::new(path).unwrap(),
-            size: content.len() as u64,
-            sha256: Sha256Hex::of(content.as_bytes()),
-            exec: false,
-        }
-    }
+    use crate::manifest::tests::entry;
 
     fn store() -> Backup {
         let shared: Vec<FileEntry> = (0..50)

@@ -218,6 +218,11 @@ mod tests {
         (store, entries)
     }
 
+    /// The files in the cache's folder, finished or not.
+    fn kept(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("packs")).unwrap().count()
+    }
+
     fn read(mut f: File) -> Vec<u8> {
         let mut out = Vec::new();
         f.read_to_end(&mut out).unwrap();
@@ -250,10 +255,7 @@ mod tests {
         let cache = PackCache::open(dir.path().join("packs"), 1 << 20, MAX_CACHED_BYTES).unwrap();
         let locate = |h: &Sha256Hex| Some(store.path(h));
         assert!(cache.get_or_make(&entries, 3, &locate).unwrap().is_none());
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("packs")).unwrap().count(),
-            0
-        );
+        assert_eq!(kept(dir.path()), 0);
     }
 
     #[test]
@@ -266,10 +268,7 @@ mod tests {
         for _ in 0..3 {
             assert!(cache.get_or_make(&entries, 3, &locate).unwrap().is_none());
         }
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("packs")).unwrap().count(),
-            0
-        );
+        assert_eq!(kept(dir.path()), 0);
     }
 
     #[test]
@@ -288,10 +287,7 @@ mod tests {
             found.then(|| store.path(h))
         };
         assert!(cache.get_or_make(&entries, 3, &locate).is_err());
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("packs")).unwrap().count(),
-            0
-        );
+        assert_eq!(kept(dir.path()), 0);
     }
 
     #[test]
