@@ -239,7 +239,7 @@ impl<'de> Deserialize<'de> for Backup {
                         })?
                     }
                     (None, Some(manifest)) => manifest,
-                    _ => {
+                    (Some(_), Some(_)) | (None, None) => {
                         return Err(D::Error::custom(format!(
                             "terminal {} must give either `files` or `manifest`",
                             t.number

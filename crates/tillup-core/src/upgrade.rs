@@ -410,7 +410,16 @@ impl Upgrade {
                         Step::Started => {
                             out.insert(Effect::CheckHealth(t.number));
                         }
-                        _ => {}
+                        // Waiting for the canary or for room, or not
+                        // this phase's to move.
+                        Step::Staged
+                        | Step::Planned
+                        | Step::Prepared
+                        | Step::Stopped
+                        | Step::Upgraded
+                        | Step::Restoring { .. }
+                        | Step::Restored
+                        | Step::Abandoned { .. } => {}
                     }
                 }
             }
@@ -485,7 +494,17 @@ impl Upgrade {
                             t.step = Step::Restored;
                             t.restarted_at = Some(now);
                         }
-                        _ => {}
+                        // A start repeated, or not one this step asked for.
+                        Step::Restoring { .. }
+                        | Step::Planned
+                        | Step::Prepared
+                        | Step::Stopped
+                        | Step::Collected
+                        | Step::Staged
+                        | Step::Started
+                        | Step::Upgraded
+                        | Step::Restored
+                        | Step::Abandoned { .. } => {}
                     }
                 }
             }
@@ -576,7 +595,17 @@ impl Upgrade {
                                 restart_error: message,
                             };
                         }
-                        _ => {}
+                        // A failed start of a till that is not starting.
+                        Step::Restoring { .. }
+                        | Step::Planned
+                        | Step::Prepared
+                        | Step::Stopped
+                        | Step::Collected
+                        | Step::Staged
+                        | Step::Started
+                        | Step::Upgraded
+                        | Step::Restored
+                        | Step::Abandoned { .. } => {}
                     }
                 }
             }
