@@ -635,31 +635,28 @@ pub(crate) async fn get_pack(
     }
     tillup_fs::fault::crash_point("server.deliver");
     let entries = req.blobs.clone();
-    let (missing, cached) = st
+    let cached = st
         .blocking(move |st| {
             let hashes: Vec<Sha256Hex> = entries.iter().map(|e| e.sha256).collect();
             let missing = st.missing_for(store.id(), &hashes)?;
             if !missing.is_empty() {
-                return Ok::<_, Error>((missing, None));
+                return Err(AppError::NotFound(format!(
+                    "not available to this store: {}",
+                    list_some(&missing)
+                )));
             }
             st.storage().fetch(&hashes)?;
             // Most stores ask for the same files: send the pack made for
             // another if there is one.
             let blobs = st.blobs();
-            let cached =
-                st.0.packs
-                    .get_or_make(&entries, tillup_transfer::pack::WAN_LEVEL, &|h| {
-                        Some(blobs.path(h))
-                    })?;
-            Ok((missing, cached))
+            Ok(st
+                .0
+                .packs
+                .get_or_make(&entries, tillup_transfer::pack::WAN_LEVEL, &|h| {
+                    Some(blobs.path(h))
+                })?)
         })
         .await?;
-    if !missing.is_empty() {
-        return Err(AppError::NotFound(format!(
-            "not available to this store: {}",
-            list_some(&missing)
-        )));
-    }
     let body = match cached {
         Some(file) => Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
             tokio::fs::File::from_std(file),

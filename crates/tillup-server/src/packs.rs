@@ -185,17 +185,13 @@ fn key(entries: &[PackEntry], level: i32) -> Option<Sha256Hex> {
 /// Opens a cached pack and marks it as used now; `None` if it is absent.
 fn open_touched(path: &Path) -> Result<Option<File>, Error> {
     match File::open(path) {
-        Ok(file) => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        opened => {
+            let file = opened.at(path)?;
             // The time only orders what `trim` drops first.
             let _ = file.set_modified(SystemTime::now());
             Ok(Some(file))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(tillup_fs::Error::Io {
-            path: path.to_owned(),
-            source: e,
-        }
-        .into()),
     }
 }
 
