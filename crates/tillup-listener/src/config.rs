@@ -47,7 +47,17 @@ pub struct Config {
     /// Base URL of `tillup-server`, e.g. `https://updates.example.com`.
     /// `http://` only on loopback or with [`Config::allow_plain_http_server`].
     pub server: String,
-    /// Lets `server` be a plain `http://` address off this machine: only
+    /// Other addresses of the same server (mirrors), tried in this order
+    /// when `server` cannot be reached. A mirror is trusted no more than the
+    /// server: the log must verify against `public_key` and every file
+    /// against its signed hash. To take an upgrade over mid-way, a mirror
+    /// shares the server's database and storage (the README's "A head
+    /// office with more than one server"); otherwise an upgrade that loses
+    /// its server half-way is restored and the next one starts on the
+    /// mirror.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
+    /// Lets `server` and `mirrors` be a plain `http://` address off this machine: only
     /// where something else (a VPN) already protects the link, because the
     /// store token and the terminals' files cross it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -309,15 +319,20 @@ impl Config {
     /// Checks what TOML types cannot: URLs, the key, the window, numbers.
     pub fn validate(&self) -> Result<(), String> {
         check_url("server", &self.server)?;
+        for (i, m) in self.mirrors.iter().enumerate() {
+            check_url(&format!("mirrors[{i}]"), m)?;
+        }
         if self.pace.min_rate_bytes_per_sec == 0 {
             return Err(
                 "[pace] min_rate_bytes_per_sec is 0, which would let a peer hold the host for ever; give the slowest rate a working link has (the default is 4096)".into(),
             );
         }
-        if !self.allow_plain_http_server && !is_private_link(&self.server) {
+        if let Some(url) = std::iter::once(&self.server)
+            .chain(&self.mirrors)
+            .find(|u| !self.allow_plain_http_server && !is_private_link(u))
+        {
             return Err(format!(
-                "server `{}`: the store token and the terminals' files would cross the network in clear; use an https:// address, or set allow_plain_http_server = true if a VPN already protects the link",
-                self.server
+                "server `{url}`: the store token and the terminals' files would cross the network in clear; use an https:// address, or set allow_plain_http_server = true if a VPN already protects the link"
             ));
         }
         PublicKey::parse(&self.public_key).map_err(|e| format!("public_key: {e}"))?;
@@ -629,5 +644,23 @@ token = "a"
             with("http://10.1.2.3:8080")
         );
         assert!(load(&allowed).unwrap().allow_plain_http_server);
+    }
+
+    #[test]
+    fn mirrors_are_held_to_the_servers_rules_and_kept_in_order() {
+        let with = |mirrors: &str| format!("mirrors = {mirrors}\n{}", sample());
+        let c = load(&with(r#"["https://m1.example.com", "http://127.0.0.1:7"]"#)).unwrap();
+        assert_eq!(c.mirrors, ["https://m1.example.com", "http://127.0.0.1:7"]);
+        for (mirrors, want) in [
+            (r#"["not a url"]"#, "mirrors[0] `not a url`: not a URL"),
+            (
+                r#"["https://m1.example.com", "http://10.1.2.3:8080"]"#,
+                "`http://10.1.2.3:8080`: the store token",
+            ),
+        ] {
+            let err = load(&with(mirrors)).unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        assert!(load(&sample()).unwrap().mirrors.is_empty());
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -92,10 +92,22 @@ pub(crate) fn client_with(builder: reqwest::ClientBuilder) -> reqwest::Client {
 }
 
 /// One peer (the server or an agent) with its bearer token.
+///
+/// The server may have mirrors: the same service at other addresses. A
+/// request that fails for a reason that may pass moves the peer on to the
+/// next address, in order, and the peer stays where it was last answered,
+/// so that one upgrade talks to one server while that server works. What a
+/// mirror sends is trusted no more than what the primary sends: the log by
+/// its signature, every file by its signed hash, every built folder by the
+/// host's own computation.
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub name: String,
-    pub base: String,
+    /// Its addresses: the primary, then its mirrors.
+    bases: Arc<[String]>,
+    /// The index in `bases` of the address requests go to now; shared by
+    /// the peer's clones.
+    current: Arc<AtomicUsize>,
     token: String,
     http: reqwest::Client,
     pace: Pace,
@@ -105,10 +117,53 @@ impl Peer {
     pub fn new(name: impl Into<String>, base: &str, token: &str, http: reqwest::Client) -> Self {
         Self {
             name: name.into(),
-            base: base.trim_end_matches('/').to_owned(),
+            bases: Arc::from([base.trim_end_matches('/').to_owned()]),
+            current: Arc::default(),
             token: token.to_owned(),
             http,
             pace: Pace::DEFAULT,
+        }
+    }
+
+    /// The same peer, also answering at `mirrors`, tried in this order
+    /// after the address it has.
+    pub fn with_mirrors(mut self, mirrors: &[String]) -> Self {
+        let all: Vec<String> = self
+            .bases
+            .iter()
+            .cloned()
+            .chain(mirrors.iter().map(|m| m.trim_end_matches('/').to_owned()))
+            .collect();
+        self.bases = all.into();
+        self.current = Arc::default();
+        self
+    }
+
+    /// The address requests go to now.
+    pub fn base(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// After a failure that may pass at `failed` (an index in `bases`),
+    /// moves on to the next address, unless a concurrent request moved on
+    /// already.
+    fn fall_back(&self, failed: usize, e: &Error) {
+        let n = self.bases.len();
+        if n < 2 {
+            return;
+        }
+        let next = (failed + 1) % n;
+        if self
+            .current
+            .compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(
+                peer = %self.name,
+                failed = %self.bases[failed],
+                next = %self.bases[next],
+                "moving to the next address: {e}"
+            );
         }
     }
 
@@ -130,12 +185,14 @@ impl Peer {
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
-            .request(method, format!("{}{}", self.base, path))
+            .request(method, format!("{}{}", self.base(), path))
             .bearer_auth(&self.token)
     }
 
     /// Runs `op` until it succeeds, fails for good, or has been tried
-    /// [`RETRY_ATTEMPTS`] times; each retry is logged.
+    /// [`RETRY_ATTEMPTS`] times; each retry is logged, and goes to the
+    /// next address if the peer has several (`op` builds its requests with
+    /// [`Peer::request`] at each try).
     async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
@@ -143,8 +200,10 @@ impl Peer {
     {
         let mut attempt = 1;
         loop {
+            let at = self.current.load(Ordering::Relaxed);
             match op().await {
                 Err(e) if is_transient(&e) && attempt < RETRY_ATTEMPTS => {
+                    self.fall_back(at, &e);
                     self.wait_before_retry(what, attempt, &e).await;
                     attempt += 1;
                 }
@@ -244,17 +303,6 @@ impl Peer {
             return Ok(resp);
         }
         Err(self.refusal(what, resp).await)
-    }
-
-    /// Sends, retrying transient failures (a streamed body is sent once).
-    async fn send(&self, what: &str, req: RequestBuilder) -> Result<Response, Error> {
-        if req.try_clone().is_none() {
-            return self.send_once(what, req).await;
-        }
-        self.retrying(what, || {
-            self.send_once(what, req.try_clone().expect("cloneable: checked above"))
-        })
-        .await
     }
 
     pub async fn get_json<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<T, Error> {
@@ -617,11 +665,14 @@ impl Peer {
         path: &str,
         etag: Option<&str>,
     ) -> Result<Response, Error> {
-        let mut req = self.request(Method::GET, path);
-        if let Some(tag) = etag {
-            req = req.header(header::IF_NONE_MATCH, tag);
-        }
-        self.send(what, req).await
+        self.retrying(what, || {
+            let mut req = self.request(Method::GET, path);
+            if let Some(tag) = etag {
+                req = req.header(header::IF_NONE_MATCH, tag);
+            }
+            self.send_once(what, req)
+        })
+        .await
     }
 }
 
@@ -850,6 +901,57 @@ mod tests {
             matches!(&err, Error::Unreachable { message, .. } if message.contains("slower than tillup accepts")),
             "{err}"
         );
+    }
+
+    /// An address where nothing listens.
+    fn dead() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    }
+
+    fn ok_json(status: u16) -> Answer {
+        Answer {
+            status,
+            headers: vec![],
+            body: b"{\"ok\": true}".to_vec(),
+            cut_after: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_cannot_be_reached_hands_over_to_its_mirrors_in_order() {
+        let (busy, busy_seen, _) = scripted(Arc::new(|_, _| ok_json(503))).await;
+        let (mirror, mirror_seen, _) = scripted(Arc::new(|_, _| ok_json(200))).await;
+        let server = peer(&dead()).with_mirrors(&[busy.clone(), format!("{mirror}/")]);
+        let v: serde_json::Value = server.get_json("say ok", "/x").await.unwrap();
+        assert_eq!(v["ok"], true);
+        assert_eq!(busy_seen.lock().unwrap().len(), 1, "each address in order");
+        assert_eq!(
+            server.base(),
+            mirror,
+            "it stays on the mirror that answered"
+        );
+        // Its clones too, so one upgrade keeps to one server.
+        let again: serde_json::Value = server.clone().get_json("say ok", "/x").await.unwrap();
+        assert_eq!(again["ok"], true);
+        assert_eq!(
+            (
+                busy_seen.lock().unwrap().len(),
+                mirror_seen.lock().unwrap().len()
+            ),
+            (1, 2)
+        );
+
+        // A refusal is an answer: it is not asked of a mirror.
+        let (refusing, _, _) = scripted(Arc::new(|_, _| ok_json(404))).await;
+        let (unasked, unasked_seen, _) = scripted(Arc::new(|_, _| ok_json(200))).await;
+        let err = peer(&refusing)
+            .with_mirrors(&[unasked])
+            .get_json::<serde_json::Value>("say ok", "/x")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Refused { status: 404, .. }), "{err}");
+        assert!(unasked_seen.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -116,6 +116,7 @@ impl Listener {
                 &config.store_token,
                 http.clone(),
             )
+            .with_mirrors(&config.mirrors)
             .with_pace(pace),
             &config.store_id,
         );
