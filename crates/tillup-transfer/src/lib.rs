@@ -24,6 +24,7 @@ use tillup_core::Sha256Hex;
 use tillup_core::api::PackEntry;
 use tillup_fs::BlobStore;
 
+pub mod bundle;
 pub mod pack;
 
 pub use pack::{PackError, PackSink, Sent, Unpacked};
