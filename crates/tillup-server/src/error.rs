@@ -184,6 +184,16 @@ pub enum Error {
     /// `sign-log` on a channel with no release.
     #[error("nothing is published on channel `{0}` yet; run `tillup-server publish` first")]
     NothingPublished(String),
+    /// `export` of a release the channel's newest log does not list.
+    #[error(
+        "release {version} is not in the newest log of channel `{channel}`; `tillup-server publish` it there first"
+    )]
+    NotInLog {
+        /// The channel asked for.
+        channel: String,
+        /// The release asked for.
+        version: semver::Version,
+    },
     /// A stored record no longer parses (the data folder was altered).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -202,7 +202,7 @@ impl From<Error> for AppError {
     fn from(e: Error) -> Self {
         match e {
             Error::BadId { .. } => AppError::BadRequest(e.to_string()),
-            Error::NothingPublished(_) | Error::UnknownStore(_) => {
+            Error::NothingPublished(_) | Error::UnknownStore(_) | Error::NotInLog { .. } => {
                 AppError::NotFound(e.to_string())
             }
             Error::Fs(e) => AppError::from(e),

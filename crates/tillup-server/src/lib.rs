@@ -15,6 +15,7 @@ pub mod access;
 pub mod data;
 pub mod db;
 pub mod error;
+pub mod export;
 pub mod http;
 pub mod jobs;
 pub mod keylist;

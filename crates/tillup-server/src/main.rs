@@ -89,6 +89,20 @@ enum Command {
         #[arg(long)]
         replace: bool,
     },
+    /// Write a release, with its channel's signed log, into one bundle
+    /// file for a store without a network (`tillup import FILE` there).
+    /// The bundle is good until that log expires.
+    Export {
+        /// The release's version.
+        #[arg(long)]
+        version: Version,
+        /// The channel.
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// The bundle file to write (replaced whole).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Re-sign a channel's log with the next sequence.
     SignLog {
         /// The channel.
@@ -267,6 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keygen { .. }
         | Command::Publish { .. }
+        | Command::Export { .. }
         | Command::SignLog { .. }
         | Command::Store { .. }
         | Command::Keys { .. }
@@ -346,6 +361,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "published {} on channel {}: {} files, {} bytes, manifest {}; log sequence {}",
                 p.release.version, channel, p.files, p.release.size, p.release.sha256, p.sequence
+            );
+        }
+        Command::Export {
+            version,
+            channel,
+            out,
+        } => {
+            let db = open_db()?;
+            let storage = tillup_server::Storage::open(&data, &blobs)?;
+            let e = tillup_server::export::export(&*db, &storage, &channel, &version, &out)?;
+            println!(
+                "wrote {}: release {version} of channel {channel}, {} files, {} bytes; log sequence {}, to be imported before it expires at {}",
+                out.display(),
+                e.files,
+                e.bytes,
+                e.sequence,
+                e.expires
             );
         }
         Command::SignLog {
