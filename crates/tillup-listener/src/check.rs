@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use tillup_core::install::SignedLog;
 use tillup_core::keys::{KeyChain, Trust};
+use tillup_transfer::bundle::BundleHeader;
 
 use base64::Engine;
 use jiff::Timestamp;
@@ -37,6 +38,15 @@ struct TrustFile {
     trust: Trust,
 }
 
+/// Where a version log comes from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum LogSource<'a> {
+    /// The server, asked with the ETag of the log held.
+    Server,
+    /// A bundle (`tillup import`), with the key lists it carries.
+    Bundle(&'a BundleHeader),
+}
+
 /// A verified, fresh log.
 #[derive(Clone, Debug)]
 pub struct VerifiedLog {
@@ -64,17 +74,91 @@ pub struct CheckReport {
 }
 
 impl Listener {
-    /// Downloads the log (conditional GET), checks its signature with the
-    /// configured key and its freshness against the last log accepted.
+    /// Takes the log from `source` (from the server, a conditional GET),
+    /// checks its signature with the configured key and its freshness
+    /// against the last log accepted.
     async fn fetch_log(
         &self,
         now: Timestamp,
         seen: Option<&SeenLog>,
+        source: LogSource<'_>,
     ) -> Result<VerifiedLog, Error> {
         let cache_path = self.data_dir.join("log-cache.json");
         let cached: Option<CachedLog> = std::fs::read(&cache_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
+        let mut fresh = match source {
+            LogSource::Server => self.download_log(cached).await?,
+            LogSource::Bundle(b) if b.log.len() > tillup_core::log::MAX_LOG_BYTES => {
+                return Err(Error::LogRejected(format!(
+                    "the bundle's version log is {} bytes, over the {} a log may have: refused",
+                    b.log.len(),
+                    tillup_core::log::MAX_LOG_BYTES
+                )));
+            }
+            LogSource::Bundle(b) => CachedLog {
+                etag: None,
+                body: b.log.clone(),
+                signature: b.signature.clone(),
+                keys: b.keys.clone(),
+            },
+        };
+        let from_server = matches!(source, LogSource::Server);
+        // The keys logs may be signed with: from the configured root,
+        // along the server's key lists.
+        let trust_path = self.data_dir.join("trust.json");
+        let pinned = self.config.public_key.trim().to_owned();
+        let trust = std::fs::read(&trust_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<TrustFile>(&b).ok())
+            .filter(|t| t.pinned == pinned)
+            .map_or_else(|| Trust::pinned(&pinned), |t| t.trust);
+        let verified = |keys: &KeyChain| {
+            let next = trust
+                .follow(keys, now)
+                .map_err(|e| Error::LogRejected(e.to_string()))?;
+            next.verify_log(fresh.body.as_bytes(), &fresh.signature)
+                .map_err(|e| Error::LogRejected(format!("the version log's signature does not verify with the configured public key or a key it lists ({e}); nothing was changed")))?;
+            Ok::<_, Error>(next)
+        };
+        // The key lists known already, else the server's newest: they
+        // change only when the chain rotates a key. A bundle brings its own.
+        let trust = match verified(&fresh.keys) {
+            Ok(next) => next,
+            Err(first) if !from_server => return Err(first),
+            Err(first) => match self.server.keys().await {
+                Ok(keys) if keys != fresh.keys => {
+                    let next = verified(&keys)?;
+                    fresh.keys = keys;
+                    next
+                }
+                Ok(_) => return Err(first),
+                Err(e) => {
+                    tracing::warn!("could not fetch the key lists: {e}");
+                    return Err(first);
+                }
+            },
+        };
+        let log = VersionLog::parse(fresh.body.as_bytes())
+            .map_err(|e| Error::LogRejected(format!("the signed version log is invalid: {e}")))?;
+        let digest = Sha256Hex::of(fresh.body.as_bytes());
+        check_fresh(&log, digest, &self.config.channel, seen, now).map_err(Error::Stale)?;
+        tillup_fs::write_json_atomic(&cache_path, &fresh)?;
+        tillup_fs::write_json_atomic(&trust_path, &TrustFile { pinned, trust })?;
+        Ok(VerifiedLog {
+            log,
+            digest,
+            signed: SignedLog {
+                log: fresh.body,
+                signature: fresh.signature,
+                keys: fresh.keys,
+            },
+        })
+    }
+
+    /// The log from the server: a conditional GET answered from `cached`
+    /// on a 304.
+    async fn download_log(&self, cached: Option<CachedLog>) -> Result<CachedLog, Error> {
         let resp = self
             .server
             .log(
@@ -82,7 +166,7 @@ impl Listener {
                 cached.as_ref().and_then(|c| c.etag.as_deref()),
             )
             .await?;
-        let mut fresh = if resp.status() == StatusCode::NOT_MODIFIED {
+        let fresh = if resp.status() == StatusCode::NOT_MODIFIED {
             cached.ok_or_else(|| Error::BadAnswer {
                 peer: "server".into(),
                 what: "fetch the version log".into(),
@@ -126,55 +210,7 @@ impl Listener {
                 keys: cached.map(|c| c.keys).unwrap_or_default(),
             }
         };
-        // The keys logs may be signed with: from the configured root,
-        // along the server's key lists.
-        let trust_path = self.data_dir.join("trust.json");
-        let pinned = self.config.public_key.trim().to_owned();
-        let trust = std::fs::read(&trust_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<TrustFile>(&b).ok())
-            .filter(|t| t.pinned == pinned)
-            .map_or_else(|| Trust::pinned(&pinned), |t| t.trust);
-        let verified = |keys: &KeyChain| {
-            let next = trust
-                .follow(keys, now)
-                .map_err(|e| Error::LogRejected(e.to_string()))?;
-            next.verify_log(fresh.body.as_bytes(), &fresh.signature)
-                .map_err(|e| Error::LogRejected(format!("the version log's signature does not verify with the configured public key or a key it lists ({e}); nothing was changed")))?;
-            Ok::<_, Error>(next)
-        };
-        // The key lists known already, else the server's newest: they
-        // change only when the chain rotates a key.
-        let trust = match verified(&fresh.keys) {
-            Ok(next) => next,
-            Err(first) => match self.server.keys().await {
-                Ok(keys) if keys != fresh.keys => {
-                    let next = verified(&keys)?;
-                    fresh.keys = keys;
-                    next
-                }
-                Ok(_) => return Err(first),
-                Err(e) => {
-                    tracing::warn!("could not fetch the key lists: {e}");
-                    return Err(first);
-                }
-            },
-        };
-        let log = VersionLog::parse(fresh.body.as_bytes())
-            .map_err(|e| Error::LogRejected(format!("the signed version log is invalid: {e}")))?;
-        let digest = Sha256Hex::of(fresh.body.as_bytes());
-        check_fresh(&log, digest, &self.config.channel, seen, now).map_err(Error::Stale)?;
-        tillup_fs::write_json_atomic(&cache_path, &fresh)?;
-        tillup_fs::write_json_atomic(&trust_path, &TrustFile { pinned, trust })?;
-        Ok(VerifiedLog {
-            log,
-            digest,
-            signed: SignedLog {
-                log: fresh.body,
-                signature: fresh.signature,
-                keys: fresh.keys,
-            },
-        })
+        Ok(fresh)
     }
 
     /// The log last fetched and verified, exactly as signed.
@@ -207,8 +243,17 @@ impl Listener {
         &self,
         now: Timestamp,
     ) -> Result<(VerifiedLog, CheckReport), Error> {
+        self.check_from(now, LogSource::Server).await
+    }
+
+    /// The whole check, with the log from `source`.
+    pub(crate) async fn check_from(
+        &self,
+        now: Timestamp,
+        source: LogSource<'_>,
+    ) -> Result<(VerifiedLog, CheckReport), Error> {
         let mut local = LocalLog::load(&self.data_dir)?;
-        let verified = self.fetch_log(now, local.seen.as_ref()).await?;
+        let verified = self.fetch_log(now, local.seen.as_ref(), source).await?;
         let statuses = self.agent_statuses().await;
         let mut unreachable = Vec::new();
         // The agents tell what really runs; the local log learns it.
@@ -292,8 +337,13 @@ impl Listener {
         }
         local.warnings = report.comparison.warnings.clone();
         local.save(&self.data_dir)?;
-        if new_warnings && let Err(e) = self.send_unsent_reports().await {
-            tracing::warn!("the warnings stay queued for the server: {e}");
+        // The server answered: what waits for it goes now (reports of an
+        // upgrade from a bundle, new warnings).
+        if matches!(source, LogSource::Server)
+            && !local.unsent_reports.is_empty()
+            && let Err(e) = self.send_unsent_reports().await
+        {
+            tracing::warn!("the reports stay queued for the server: {e}");
         }
         for w in &report.comparison.warnings {
             tracing::warn!("{w}");

@@ -72,6 +72,8 @@ pub enum Error {
     Busy(PathBuf),
     #[error(transparent)]
     Fs(#[from] tillup_fs::Error),
+    #[error("bundle {path} refused: {message}")]
+    Bundle { path: PathBuf, message: String },
     #[error("{0}")]
     Other(String),
 }

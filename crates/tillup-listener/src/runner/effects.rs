@@ -34,6 +34,7 @@ use tillup_fs::BlobStore;
 use tillup_transfer::Size;
 
 use super::{Context, Files, Gathered, StagePlan, read_json};
+use crate::local_log::LocalLog;
 use crate::progress::Moving;
 use crate::{Error, Listener};
 
@@ -104,7 +105,7 @@ impl Listener {
         let run = e.terminal().and_then(|n| u.terminals.get(&n));
         match e {
             Effect::Prefetch => self.prefetch(u, ctx, blobs).await?,
-            Effect::Gather => self.gather(u, files, blobs).await?,
+            Effect::Gather => self.gather(u, ctx, files, blobs).await?,
             Effect::Prestage(n) => {
                 let run = run.expect("terminal effect");
                 let release = self.release_manifest(&run.to, ctx, blobs).await?;
@@ -161,6 +162,9 @@ impl Listener {
                     None => tillup_fs::remove_file_if_exists(&files.changes(*n))?,
                 }
             }
+            Effect::UploadBackup if ctx.offline => {
+                tracing::info!("upgrading from a bundle: the backup stays on the host");
+            }
             Effect::UploadBackup => {
                 if self.upload_changes(u, files, blobs).await? {
                     return Ok(());
@@ -176,6 +180,12 @@ impl Listener {
                 self.server
                     .put_backup(&u.id, &api::Backup { terminals: backups })
                     .await?;
+            }
+            Effect::Process if ctx.offline => {
+                let backups = self.backups(u, files)?;
+                for plan in self.build_plans(u, &backups, ctx, blobs).await? {
+                    tillup_fs::write_json_atomic(&files.plan(plan.0), &plan.1)?;
+                }
             }
             Effect::Process => {
                 let backups = self.backups(u, files)?;
@@ -233,6 +243,15 @@ impl Listener {
             Effect::Rollback(n) => {
                 let run = run.expect("terminal effect");
                 self.agent(*n)?.rollback(&run.from).await?;
+            }
+            Effect::SendReport if ctx.offline => {
+                // Sent by the first check that reaches the server.
+                let mut report = self.report_json(u, &ctx.left_out);
+                report["agent_notices"] = self.agent_notices(u).await;
+                let mut local = LocalLog::load(&self.data_dir)?;
+                local.queue_report(report);
+                local.save(&self.data_dir)?;
+                tracing::info!("upgraded from a bundle: the report waits for the server");
             }
             Effect::SendReport => {
                 self.send_unsent_reports().await?;
@@ -360,7 +379,13 @@ impl Listener {
     /// host, from the terminals over the LAN, while they stage; then the
     /// server gets what it lacks of them, so that the backup upload after
     /// the stop carries only what changed since.
-    async fn gather(&self, u: &Upgrade, files: &Files, blobs: &BlobStore) -> Result<(), Error> {
+    async fn gather(
+        &self,
+        u: &Upgrade,
+        ctx: &Context,
+        files: &Files,
+        blobs: &BlobStore,
+    ) -> Result<(), Error> {
         let snapshots = self.snapshots(u).await;
         let plan = plan_pulls(&snapshots, |h| blobs.has(h));
         let before = self.transfers.counter(Moving::ToHost).load(Relaxed);
@@ -369,6 +394,10 @@ impl Listener {
             bytes = self.transfers.counter(Moving::ToHost).load(Relaxed) - before,
             "the host holds the terminals' folders as they are now, verified"
         );
+        if ctx.offline {
+            // From a bundle: the backup stays on the host (`Collect`).
+            return Ok(());
+        }
         let held: Vec<Sha256Hex> = snapshots
             .iter()
             .flat_map(|(_, s)| s.manifest.hashes())
@@ -665,48 +694,66 @@ impl Listener {
                 "the delivery has a folder for terminal {n}, which was not backed up"
             )));
         }
+        let plans = self.build_plans(u, backups, ctx, blobs).await?;
+        for (n, plan) in &plans {
+            let Some(result) = built.terminals.iter().find(|t| t.number == *n) else {
+                return Err(Error::Untrusted(format!(
+                    "the delivery has no folder for terminal {n}"
+                )));
+            };
+            if result.version != plan.version {
+                return Err(Error::Untrusted(format!(
+                    "terminal {n} was given {}, the plan is {}",
+                    result.version, plan.version
+                )));
+            }
+            if result.manifest != plan.result {
+                return Err(Error::Untrusted(format!(
+                    "the server's folder for terminal {n} differs from the signed release {} plus its preserved files",
+                    plan.version
+                )));
+            }
+        }
+        Ok(plans)
+    }
+
+    /// Each backed-up terminal's new folder, built on the host from the
+    /// signed release and the terminal's preserved files, as a stage plan:
+    /// what the server's build must equal, and the whole build of an
+    /// upgrade from a bundle.
+    async fn build_plans(
+        &self,
+        u: &Upgrade,
+        backups: &[TerminalBackup],
+        ctx: &Context,
+        blobs: &BlobStore,
+    ) -> Result<Vec<(u32, StagePlan)>, Error> {
         let mut releases: BTreeMap<&Version, Manifest> = BTreeMap::new();
         let mut plans = Vec::new();
         for b in backups {
-            let Some(result) = built.terminals.iter().find(|t| t.number == b.number) else {
-                return Err(Error::Untrusted(format!(
-                    "the delivery has no folder for terminal {}",
+            let Some(version) = u.terminals.get(&b.number).map(|t| &t.to) else {
+                return Err(Error::Other(format!(
+                    "terminal {} was backed up but is not in the plan",
                     b.number
                 )));
             };
-            let planned = u.terminals.get(&b.number).map(|t| &t.to);
-            if planned != Some(&result.version) {
-                return Err(Error::Untrusted(format!(
-                    "terminal {} was given {}, the plan is {:?}",
-                    b.number,
-                    result.version,
-                    planned.map(ToString::to_string)
-                )));
+            let signed = &ctx.releases[version];
+            if !releases.contains_key(version) {
+                let m = self.release_manifest(version, ctx, blobs).await?;
+                releases.insert(version, m);
             }
-            let signed = &ctx.releases[&result.version];
-            if !releases.contains_key(&result.version) {
-                let m = self.release_manifest(&result.version, ctx, blobs).await?;
-                releases.insert(&result.version, m);
-            }
-            let release = &releases[&result.version];
+            let release = &releases[version];
             let preserve =
                 Preserve::new(&signed.preserve).map_err(|e| Error::Untrusted(e.to_string()))?;
             let expected = merge_for_terminal(release, &b.manifest, &preserve)
                 .map_err(|e| Error::Untrusted(e.to_string()))?;
-            let digest = expected.digest();
-            if digest != result.manifest {
-                return Err(Error::Untrusted(format!(
-                    "the server's folder for terminal {} differs from the signed release {} plus its preserved files",
-                    b.number, result.version
-                )));
-            }
             plans.push((
                 b.number,
                 StagePlan {
-                    version: result.version.clone(),
+                    version: version.clone(),
                     base: release.digest(),
                     changes: release.changes_to(&expected),
-                    result: digest,
+                    result: expected.digest(),
                 },
             ));
         }

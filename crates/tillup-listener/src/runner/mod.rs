@@ -25,6 +25,7 @@ use crate::{Error, Listener};
 
 pub mod backup;
 mod effects;
+mod import;
 
 /// What an upgrade needs beyond the core state, fixed when it is planned.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -40,6 +41,12 @@ pub struct Context {
     /// the last verified log is used.
     #[serde(default)]
     pub signed_log: Option<tillup_core::install::SignedLog>,
+    /// The release came in a bundle (`tillup import`): the server is not
+    /// asked for anything. The host builds the folders itself (as it does
+    /// to check the server's), the backup stays on the host, and the
+    /// report is queued for the first check that reaches the server.
+    #[serde(default)]
+    pub offline: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -209,7 +216,7 @@ impl Listener {
             let now =
                 now + jiff::SignedDuration::try_from(started_at.elapsed()).unwrap_or_default();
             let (verified, report) = self.check_locked(now).await?;
-            let Some(u) = self.plan(&verified, &report, trigger.clone(), now)? else {
+            let Some(u) = self.plan(&verified, &report, trigger.clone(), now, None)? else {
                 out.note = Some(match report.target {
                     None => "every reachable terminal is up to date".to_owned(),
                     Some(v) => format!("an update to {v} exists but no terminal could take it now"),
@@ -230,12 +237,15 @@ impl Listener {
     }
 
     /// Preflight (DESIGN §3.1) and a persisted plan; `None` if nothing to do.
+    /// With `bundle`, the release a bundle carries: every terminal must go
+    /// to it, and the upgrade asks nothing of the server.
     fn plan(
         &self,
         verified: &VerifiedLog,
         report: &crate::check::CheckReport,
         trigger: Trigger,
         now: Timestamp,
+        bundle: Option<&Version>,
     ) -> Result<Option<Upgrade>, Error> {
         let mut left_out: Vec<(u32, String)> = report.unreachable.clone();
         let mut planned = Vec::new();
@@ -275,6 +285,14 @@ impl Listener {
         if planned.is_empty() {
             return Ok(None);
         }
+        if let Some(carried) = bundle
+            && let Some(p) = planned.iter().find(|p| &p.to != carried)
+        {
+            return Err(Error::Other(format!(
+                "terminal {} must go to {} first (it runs {}), and the bundle holds only {carried}: export {} too and import it first; nothing was changed",
+                p.number, p.to, p.from, p.to
+            )));
+        }
         let need: u64 = releases.values().map(|r| r.size).sum::<u64>() * 2
             + planned.len() as u64 * releases.values().map(|r| r.size).max().unwrap_or(0);
         let free = tillup_fs::free_space(&self.data_dir)?;
@@ -292,6 +310,7 @@ impl Listener {
             releases,
             left_out,
             signed_log: Some(verified.signed.clone()),
+            offline: bundle.is_some(),
         };
         let u = Upgrade::new(
             id.clone(),

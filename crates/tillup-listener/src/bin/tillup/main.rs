@@ -48,6 +48,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Upgrade the store from a bundle file (`tillup-server export`),
+    /// without the server: verified as a download would be, with the same
+    /// backup, canary and health checks; the report waits for the server.
+    Import {
+        /// The bundle file (from a USB stick, say).
+        file: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// The terminals, their versions and states.
     Status {
         #[arg(long)]
@@ -124,7 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Some(c), _) => c,
         (None, true) => Command::Daemon { once: false },
         (None, false) => anyhow::bail!(
-            "say what to do: check, update, status, history, pair, answer or daemon (see --help)"
+            "say what to do: check, update, import, status, history, pair, answer or daemon (see --help)"
         ),
     };
     match command {
@@ -133,14 +142,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (_, report) = listener.check(now()).await?;
             render::check(&report, json);
         }
-        Command::Update { json } => {
+        Command::Update { .. } | Command::Import { .. } => {
+            let json = matches!(
+                command,
+                Command::Update { json: true } | Command::Import { json: true, .. }
+            );
             let mut progress = render::Progress::new(json, listener.transfers.clone());
             let who = std::env::var("USER").unwrap_or_else(|_| "command line".into());
-            let outcome = listener
-                .update(Trigger::Person { name: who }, now(), &mut |u, e| {
-                    progress.on(u, e)
-                })
-                .await?;
+            let trigger = Trigger::Person { name: who };
+            let mut observe = |u: &_, e: Option<&_>| progress.on(u, e);
+            let outcome = match &command {
+                Command::Import { file, .. } => {
+                    listener.import(file, trigger, now(), &mut observe).await?
+                }
+                _ => listener.update(trigger, now(), &mut observe).await?,
+            };
             progress.finish();
             render::update(&outcome, json);
             if outcome.upgrades.iter().any(|u| {
