@@ -10,15 +10,15 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
-    AgentStatus, ErrorBody, HashList, HealthQuery, HealthReport, PARTIAL_HEADER, PackReceipt,
-    PackRequest, Snapshot, StageChanges, StageReport, StageRequest, StartReport, StopReport,
-    StopRequest, SwapReport, SwapRequest, agent as routes,
+    AgentStatus, ErrorBody, HashList, HealthQuery, HealthReport, PARTIAL_HEADER, PROTOCOL_HEADER,
+    PackReceipt, PackRequest, Protocols, Snapshot, StageChanges, StageReport, StageRequest,
+    StartReport, StopReport, StopRequest, SwapReport, SwapRequest, agent as routes,
 };
 
 use tillup_core::openapi::{Binary, SemVer};
@@ -71,6 +71,16 @@ pub enum AgentError {
     /// What the host asked to install is not what the chain signed.
     #[error(transparent)]
     Refused(Box<tillup_core::install::InstallRefusal>),
+    /// The request speaks a host–agent protocol this agent does not.
+    #[error(
+        "this agent (tillup-agent {agent}) speaks the host–agent protocol {speaks}, the request speaks {asked}: the host and this terminal's agent must be upgraded to tillup versions that share one (the agent's status says what it speaks)",
+        agent = env!("CARGO_PKG_VERSION"),
+        speaks = Protocols::THIS
+    )]
+    Protocol {
+        /// The protocol the request named.
+        asked: String,
+    },
     /// Anything else; the details are logged, not sent.
     #[error("internal error in the agent; see the agent's log on the terminal")]
     Internal(String),
@@ -93,6 +103,7 @@ impl AgentError {
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::WrongOffset { .. } => StatusCode::CONFLICT,
             Self::Refused(_) => StatusCode::FORBIDDEN,
+            Self::Protocol { .. } => StatusCode::UPGRADE_REQUIRED,
             Self::MainProgram(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -205,6 +216,13 @@ async fn auth(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Resp
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or(b"");
     if agent.config().accepts(given) {
+        // The status says what the agent speaks: it is answered to any
+        // host, so that a newer one can learn it.
+        if req.uri().path() != routes::STATUS
+            && let Err(e) = speaks(req.headers())
+        {
+            return e.into_response();
+        }
         // Only what moves an upgrade on holds the watchdog back: a token
         // holder polling the status cannot keep a stopped till down.
         let moves = moves_the_upgrade(req.uri().path());
@@ -219,6 +237,22 @@ async fn auth(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Resp
         response
     } else {
         AgentError::Unauthorized.into_response()
+    }
+}
+
+/// Whether the agent speaks the protocol of a request with `headers`
+/// (none: protocol 1, from a host older than the header).
+fn speaks(headers: &HeaderMap) -> Result<(), AgentError> {
+    let Some(value) = headers.get(PROTOCOL_HEADER) else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+    match text.trim().parse::<u32>() {
+        Ok(p) if Protocols::THIS.speaks(p) => Ok(()),
+        Ok(_) => Err(AgentError::Protocol { asked: text }),
+        Err(_) => Err(AgentError::BadRequest(format!(
+            "{PROTOCOL_HEADER} `{text}` is not a protocol number"
+        ))),
     }
 }
 
@@ -247,6 +281,7 @@ pub(crate) async fn status(State(a): State<Arc<Agent>>) -> Result<Json<AgentStat
         (status = 200, description = "Stopped.", body = StopReport),
         (status = 400, description = "The body is not a stop request.", body = ErrorBody),
         (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
     ),
     security(("agent_token" = [])))]
 pub(crate) async fn stop(
@@ -269,6 +304,7 @@ pub(crate) async fn stop(
     responses(
         (status = 200, description = "Running.", body = StartReport),
         (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
     ),
     security(("agent_token" = [])))]
 pub(crate) async fn start(State(a): State<Arc<Agent>>) -> Result<Json<StartReport>, AgentError> {
@@ -280,6 +316,7 @@ pub(crate) async fn start(State(a): State<Arc<Agent>>) -> Result<Json<StartRepor
     responses(
         (status = 200, description = "The folder.", body = Snapshot),
         (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
         (status = 409, description = "There is no program folder.", body = ErrorBody),
     ),
     security(("agent_token" = [])))]
@@ -294,6 +331,7 @@ pub(crate) async fn snapshot(State(a): State<Arc<Agent>>) -> Result<Json<Snapsho
         (status = 200, description = "The missing files.", body = HashList),
         (status = 400, description = "The body is not a hash list.", body = ErrorBody),
         (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
     ),
     security(("agent_token" = [])))]
 pub(crate) async fn missing(
@@ -320,6 +358,7 @@ pub(crate) async fn missing(
         (status = 200, description = "The pack.", body = Binary, content_type = "application/x-tillup-pack"),
         (status = 400, description = "The body is not a pack request.", body = ErrorBody),
         (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
         (status = 404, description = "A file asked for is not on the terminal.", body = ErrorBody),
     ),
     security(("agent_token" = [])))]
@@ -352,6 +391,7 @@ pub(crate) async fn get_pack(
         (status = 200, description = "The files now held whole.", body = PackReceipt),
         (status = 400, description = "Not a pack, or a pack cut short (the whole files are kept).", body = ErrorBody),
         (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
         (status = 409, description = "A file resumes at another byte than the agent holds.", body = ErrorBody,
             headers(("x-tillup-partial" = u64, description = "The bytes the agent holds of that file."))),
         (status = 413, description = "A file is larger than the agent accepts.", body = ErrorBody),
@@ -412,6 +452,7 @@ pub(crate) async fn put_pack(
         (status = 200, description = "Staged.", body = StageReport),
         (status = 400, description = "Not a stage request, or a folder that cannot be.", body = ErrorBody),
         (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
         (status = 403, description = "Not what the chain signed, or not for this terminal.", body = ErrorBody),
         (status = 409, description = "Files are missing, or the folder is in use: the message says what to do.", body = ErrorBody),
         (status = 413, description = "The request is too large.", body = ErrorBody),
@@ -432,6 +473,7 @@ pub(crate) async fn stage(
         (status = 200, description = "Staged.", body = StageReport),
         (status = 400, description = "Not stage changes, or changes that do not apply.", body = ErrorBody),
         (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
         (status = 403, description = "Not what the chain signed, or not for this terminal.", body = ErrorBody),
         (status = 409, description = "Nothing is staged to change, or files are missing.", body = ErrorBody),
         (status = 413, description = "The request is too large.", body = ErrorBody),
@@ -452,6 +494,7 @@ pub(crate) async fn stage_changes(
         (status = 200, description = "The folder holds the version.", body = SwapReport),
         (status = 400, description = "Not a swap request.", body = ErrorBody),
         (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
         (status = 403, description = "The staged folder is not what the chain signed.", body = ErrorBody),
         (status = 409, description = "Nothing is staged for this version, or the main program runs.", body = ErrorBody),
     ),
@@ -470,6 +513,7 @@ pub(crate) async fn commit(
         (status = 200, description = "The folder holds the version.", body = SwapReport),
         (status = 400, description = "Not a swap request.", body = ErrorBody),
         (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
         (status = 409, description = "No previous folder of this version is kept, or the main program runs.", body = ErrorBody),
     ),
     security(("agent_token" = [])))]
@@ -487,6 +531,7 @@ pub(crate) async fn rollback(
         (status = 200, description = "Its health.", body = HealthReport),
         (status = 400, description = "No or no valid version asked for.", body = ErrorBody),
         (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
     ),
     security(("agent_token" = [])))]
 pub(crate) async fn health(

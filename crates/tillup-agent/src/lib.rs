@@ -142,6 +142,7 @@ impl Agent {
             staged: self.layout.version_of(&self.layout.staging),
             previous: self.layout.version_of(&self.layout.previous),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocols: tillup_core::api::Protocols::THIS,
             notices: self.memory().notices,
         })
     }

@@ -458,6 +458,45 @@ async fn status_reports_terminal_model_version_and_running_main() {
 }
 
 #[tokio::test]
+async fn a_request_in_a_protocol_the_agent_does_not_speak_is_refused_saying_so() {
+    let h = Harness::start(60);
+    h.healthy("1.0.0").await;
+    let speaking = |p: &str| {
+        h.http
+            .get(h.url(routes::SNAPSHOT))
+            .bearer_auth(TOKEN)
+            .header(tillup_core::api::PROTOCOL_HEADER, p.to_owned())
+    };
+    let err = error_of(
+        speaking("99").send().await.unwrap(),
+        StatusCode::UPGRADE_REQUIRED,
+    )
+    .await;
+    assert!(err.contains("protocol 1, the request speaks 99"), "{err}");
+    error_of(
+        speaking("two").send().await.unwrap(),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    // Its own protocol, or none (an older host), is served.
+    let _: Snapshot = ok_json(speaking("1").send().await.unwrap()).await;
+    let _: Snapshot = h.get(routes::SNAPSHOT).await;
+    // The status says what it speaks, to a host of any protocol.
+    let status: AgentStatus = ok_json(
+        h.http
+            .get(h.url(routes::STATUS))
+            .bearer_auth(TOKEN)
+            .header(tillup_core::api::PROTOCOL_HEADER, "99")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status.protocols, tillup_core::api::Protocols::THIS);
+    assert!(running(&h.status().await), "nothing else changed");
+}
+
+#[tokio::test]
 async fn stop_waits_while_busy_then_forces_and_start_brings_it_back() {
     let h = Harness::start(1);
     h.healthy("1.0.0").await;

@@ -20,6 +20,63 @@ pub const SIGNATURE_HEADER: &str = "x-tillup-signature";
 /// sender asks `blobs/missing` (whose answer has `held`) and sends again.
 pub const PARTIAL_HEADER: &str = "x-tillup-partial";
 
+/// Header on every request of the host to an agent: the host–agent
+/// protocol the request speaks (see [`Protocols`]). An agent takes a
+/// request without it as protocol 1, from a host older than the header.
+pub const PROTOCOL_HEADER: &str = "x-tillup-protocol";
+
+/// The host–agent protocols a program speaks, oldest to newest. A host and
+/// its agents may run different tillup versions for a while (tillup
+/// upgrades its agents one terminal at a time): the number grows when a
+/// change breaks what a peer of the previous one understands, and each
+/// side keeps speaking the older ones for as long as it says so here. The
+/// agent says what it speaks in its status, which it answers whatever the
+/// request speaks; the host sends the newest both speak, and each side
+/// refuses, naming both ranges, a peer it shares none with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Protocols {
+    #[schema(maximum = 4294967295_u64)]
+    pub oldest: u32,
+    #[schema(maximum = 4294967295_u64)]
+    pub newest: u32,
+}
+
+impl Protocols {
+    /// What this build of tillup speaks.
+    pub const THIS: Protocols = Protocols {
+        oldest: 1,
+        newest: 1,
+    };
+
+    /// What an agent older than the protocol number speaks.
+    pub const fn first() -> Self {
+        Protocols {
+            oldest: 1,
+            newest: 1,
+        }
+    }
+
+    pub fn speaks(&self, p: u32) -> bool {
+        (self.oldest..=self.newest).contains(&p)
+    }
+
+    /// The newest protocol both speak, if any.
+    pub fn common(&self, other: &Protocols) -> Option<u32> {
+        let p = self.newest.min(other.newest);
+        (self.speaks(p) && other.speaks(p)).then_some(p)
+    }
+}
+
+impl std::fmt::Display for Protocols {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.oldest == self.newest {
+            write!(f, "{}", self.oldest)
+        } else {
+            write!(f, "{} to {}", self.oldest, self.newest)
+        }
+    }
+}
+
 /// Routes of `tillup-server`. Every one takes `Authorization: Bearer <store token>`.
 pub mod server {
     /// `GET /v1/log/{channel}`: the log; ETag and `If-None-Match`.
@@ -398,6 +455,10 @@ pub struct AgentStatus {
     #[schema(value_type = Option<crate::openapi::SemVer>)]
     pub previous: Option<Version>,
     pub agent_version: String,
+    /// The host–agent protocols it speaks; an agent without this field
+    /// speaks the first only.
+    #[serde(default = "Protocols::first")]
+    pub protocols: Protocols,
     /// What the agent did on its own (finished a cut swap, restarted the
     /// main program when the host went silent, rolled back an unhealthy
     /// release), newest last.
@@ -523,6 +584,25 @@ mod tests {
     use super::*;
     use crate::manifest::FileEntry;
     use crate::manifest::tests::entry;
+
+    #[test]
+    fn host_and_agent_speak_the_newest_protocol_they_share_or_none() {
+        let p = |oldest, newest| Protocols { oldest, newest };
+        assert_eq!(p(1, 3).common(&p(2, 5)), Some(3));
+        assert_eq!(p(2, 5).common(&p(1, 3)), Some(3));
+        assert_eq!(p(1, 1).common(&Protocols::THIS), Some(1));
+        assert_eq!(p(1, 2).common(&p(3, 4)), None);
+        assert_eq!(p(3, 4).common(&p(1, 2)), None);
+        assert_eq!(p(2, 4).to_string(), "2 to 4");
+        // An agent from before the field speaks the first protocol.
+        let old: AgentStatus = serde_json::from_value(serde_json::json!({
+            "terminal": 1, "model": "m", "version": null, "main": {"state": "stopped"},
+            "busy": false, "free_bytes": 0, "staged": null, "previous": null,
+            "agent_version": "0.1.0"
+        }))
+        .unwrap();
+        assert_eq!(old.protocols, Protocols::first());
+    }
 
     fn store() -> Backup {
         let shared: Vec<FileEntry> = (0..50)

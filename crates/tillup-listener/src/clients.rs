@@ -12,8 +12,8 @@ use semver::Version;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
     self, AgentStatus, Backup, BackupChanges, DeliveryDigests, HealthReport, ProcessRequest,
-    Snapshot, StageChanges, StageReport, StageRequest, StartReport, StopReport, StopRequest,
-    SwapReport, SwapRequest, route,
+    Protocols, Snapshot, StageChanges, StageReport, StageRequest, StartReport, StopReport,
+    StopRequest, SwapReport, SwapRequest, route,
 };
 use tillup_fs::BlobStore;
 use tillup_transfer::Size;
@@ -167,14 +167,32 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
+    /// The agent at `peer`, spoken to in this build's host–agent protocol.
     pub fn new(peer: Peer) -> Self {
-        Self { peer }
+        let protocol = reqwest::header::HeaderValue::from(Protocols::THIS.newest);
+        Self {
+            peer: peer.with_header(api::PROTOCOL_HEADER, protocol),
+        }
     }
 
+    /// Its status; refused if it speaks no host–agent protocol this host
+    /// speaks (it is then left out of upgrades, with why).
     pub async fn status(&self) -> Result<AgentStatus, Error> {
-        self.peer
+        let status: AgentStatus = self
+            .peer
             .get_json("report its status", api::agent::STATUS)
-            .await
+            .await?;
+        if Protocols::THIS.common(&status.protocols).is_none() {
+            return Err(Error::Other(format!(
+                "{}'s agent (tillup-agent {}) speaks the host–agent protocol {}, this host (tillup {}) speaks {}: upgrade the older of the two to a tillup version that shares one",
+                self.peer.name,
+                status.agent_version,
+                status.protocols,
+                env!("CARGO_PKG_VERSION"),
+                Protocols::THIS
+            )));
+        }
+        Ok(status)
     }
 
     pub async fn stop(&self) -> Result<StopReport, Error> {

@@ -109,6 +109,8 @@ pub struct Peer {
     /// the peer's clones.
     current: Arc<AtomicUsize>,
     token: String,
+    /// Sent with every request (an agent's protocol).
+    headers: header::HeaderMap,
     http: reqwest::Client,
     pace: Pace,
 }
@@ -120,9 +122,16 @@ impl Peer {
             bases: Arc::from([base.trim_end_matches('/').to_owned()]),
             current: Arc::default(),
             token: token.to_owned(),
+            headers: header::HeaderMap::new(),
             http,
             pace: Pace::DEFAULT,
         }
+    }
+
+    /// The same peer, sending `name: value` with every request.
+    pub fn with_header(mut self, name: &'static str, value: header::HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
     }
 
     /// The same peer, also answering at `mirrors`, tried in this order
@@ -186,6 +195,7 @@ impl Peer {
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}{}", self.base(), path))
+            .headers(self.headers.clone())
             .bearer_auth(&self.token)
     }
 
