@@ -749,6 +749,58 @@ impl Store {
         )
     }
 
+    /// A store of two terminals (1 and 2, CP-500s), their agents running.
+    pub fn two_tills() -> Result<Self> {
+        Self::new(
+            None,
+            StoreSpec {
+                terminals: vec![(1, "CP-500"), (2, "CP-500")],
+                ..StoreSpec::default()
+            },
+        )
+    }
+
+    /// Every terminal's folder as it is now, in terminal order.
+    pub fn folders(&self) -> Vec<Manifest> {
+        self.terminals
+            .values()
+            .map(|t| manifest_of(&t.folder))
+            .collect()
+    }
+
+    /// Every terminal runs `version` from `release` (a release folder) plus
+    /// its own files as they were in `old` (its folder before, in terminal
+    /// order), the sales log aside: computed here, not by the code under test.
+    pub fn assert_upgraded(&self, release: &Path, old: &[Manifest], version: &str) -> Result<()> {
+        let release = manifest_of(release);
+        for (t, before) in self.terminals.values().zip(old) {
+            t.wait_running(version)?;
+            assert_eq!(
+                without_sales(&manifest_of(&t.folder)),
+                without_sales(&expected_after(&release, before)),
+                "terminal {}",
+                t.number
+            );
+        }
+        Ok(())
+    }
+
+    /// The channel `stable`'s log as the server serves this store: its
+    /// bytes and its signature (the `.minisig` text).
+    pub fn served_log(&self) -> Result<(Vec<u8>, String)> {
+        use base64::Engine;
+        let resp = reqwest::blocking::Client::new()
+            .get(format!("{}/v1/log/stable", self.server.url()))
+            .bearer_auth(&self.store_token)
+            .send()?
+            .error_for_status()?;
+        let sig = resp.headers()[tillup_core::api::SIGNATURE_HEADER]
+            .to_str()?
+            .to_owned();
+        let sig = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(sig)?)?;
+        Ok((resp.bytes()?.to_vec(), sig))
+    }
+
     /// A server with `first` published, and terminals running it.
     pub fn new(keep: Option<&Path>, spec: StoreSpec) -> Result<Self> {
         Self::with_release(
@@ -980,6 +1032,23 @@ pub fn dead_address() -> String {
     let port = l.local_addr().expect("bound").port();
     drop(l);
     format!("http://127.0.0.1:{port}")
+}
+
+/// A server on loopback answering every request (at most 20) with `body`
+/// as the version log and `signature` (the `.minisig` text) as its
+/// signature: an attacker, or a stale or tampered mirror.
+pub fn serve_log(body: Vec<u8>, signature: &str) -> Result<String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(signature);
+    static_http(
+        200,
+        vec![
+            (tillup_core::api::SIGNATURE_HEADER.into(), b64),
+            ("content-type".into(), "application/json".into()),
+        ],
+        body,
+        20,
+    )
 }
 
 /// A one-response-fits-all HTTP server on loopback: the attacker or stale

@@ -7,26 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use tillup_core::manifest::Manifest;
-use tillup_e2e::{ReleaseSpec, Store, StoreSpec, expected_after, manifest_of, text, without_sales};
+use tillup_e2e::{ReleaseSpec, Store, manifest_of, text, without_sales};
 use tillup_transfer::bundle::{BundleHeader, MAGIC, read_header};
-
-fn two_tills() -> Result<Store> {
-    Store::new(
-        None,
-        StoreSpec {
-            terminals: vec![(1, "CP-500"), (2, "CP-700")],
-            ..StoreSpec::default()
-        },
-    )
-}
-
-fn folders(store: &Store) -> Vec<Manifest> {
-    store
-        .terminals
-        .values()
-        .map(|t| manifest_of(&t.folder))
-        .collect()
-}
 
 /// Publishes 1.1.0 and exports it into a bundle under the store's root.
 fn exported(store: &Store) -> Result<(PathBuf, PathBuf)> {
@@ -53,25 +35,16 @@ fn unsent_reports(store: &Store) -> usize {
 #[test]
 fn a_store_upgrades_from_a_bundle_with_the_server_stopped_and_reports_once_it_is_back() -> Result<()>
 {
-    let mut store = two_tills()?;
-    let old = folders(&store);
+    let mut store = Store::two_tills()?;
+    let old = store.folders();
     let (rel, bundle) = exported(&store)?;
-    let release = manifest_of(&rel);
     let port = store.server.proc.as_ref().context("served")?.port();
     store.server.proc = None;
 
     let out = store.tillup(&["import", &bundle.display().to_string()])?;
     ensure!(out.status.success(), "import failed: {}", text(&out));
 
-    for (t, before) in store.terminals.values().zip(&old) {
-        t.wait_running("1.1.0")?;
-        assert_eq!(
-            without_sales(&manifest_of(&t.folder)),
-            without_sales(&expected_after(&release, before)),
-            "terminal {}",
-            t.number
-        );
-    }
+    store.assert_upgraded(&rel, &old, "1.1.0")?;
     // The backup by terminal number is on the host, as online.
     let backup = store.backups().into_iter().last().context("a backup")?;
     for (t, before) in store.terminals.values().zip(&old) {
@@ -109,7 +82,7 @@ fn rewritten(original: &[u8], header: &BundleHeader, pack: Option<Vec<u8>>) -> R
 
 /// `tillup import` of `bytes` fails saying `want`; no terminal changed.
 fn refused(store: &Store, dir: &Path, name: &str, bytes: &[u8], want: &str) -> Result<()> {
-    let before = folders(store);
+    let before = store.folders();
     let path = dir.join(name);
     fs::write(&path, bytes)?;
     let out = store.tillup(&["import", &path.display().to_string()])?;
@@ -120,7 +93,7 @@ fn refused(store: &Store, dir: &Path, name: &str, bytes: &[u8], want: &str) -> R
     );
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(err.contains(want), "{name}: want `{want}`: {err}");
-    assert_eq!(folders(store), before, "{name}: no terminal touched");
+    assert_eq!(store.folders(), before, "{name}: no terminal touched");
     for t in store.terminals.values() {
         t.wait_running("1.0.0")?;
     }
@@ -130,7 +103,7 @@ fn refused(store: &Store, dir: &Path, name: &str, bytes: &[u8], want: &str) -> R
 
 #[test]
 fn a_tampered_bundle_is_refused_and_nothing_is_touched() -> Result<()> {
-    let mut store = two_tills()?;
+    let mut store = Store::two_tills()?;
     let (_, bundle) = exported(&store)?;
     store.server.proc = None;
     let original = fs::read(&bundle)?;

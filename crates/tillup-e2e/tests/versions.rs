@@ -3,17 +3,11 @@
 //! answers as an agent of a future tillup would.
 
 use anyhow::{Result, ensure};
-use tillup_e2e::{ReleaseSpec, Store, StoreSpec, static_http, text};
+use tillup_e2e::{ReleaseSpec, Store, static_http, text};
 
 #[test]
 fn an_agent_speaking_no_protocol_of_the_host_is_left_out_saying_why() -> Result<()> {
-    let mut store = Store::new(
-        None,
-        StoreSpec {
-            terminals: vec![(1, "CP-500"), (2, "CP-500")],
-            ..StoreSpec::default()
-        },
-    )?;
+    let mut store = Store::two_tills()?;
     let future = serde_json::json!({
         "terminal": 2, "model": "CP-500", "version": "1.0.0",
         "main": {"state": "running", "pid": 1}, "busy": false,
