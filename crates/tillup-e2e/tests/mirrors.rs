@@ -62,3 +62,24 @@ fn a_mirror_serving_a_tampered_log_is_refused_and_nothing_is_touched() -> Result
     }
     Ok(())
 }
+
+#[test]
+fn a_primary_serving_a_tampered_log_is_left_for_a_mirror_that_serves_the_signed_one() -> Result<()>
+{
+    let store = Store::two_tills()?;
+    let old = store.folders();
+    let rel = store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
+    let (body, signature) = store.served_log()?;
+    let tampered = String::from_utf8(body)?
+        .replace("faster checkout", "FASTER checkout")
+        .into_bytes();
+    point_at(
+        &store,
+        serve_log(tampered, &signature)?,
+        &[store.server.url().to_owned()],
+    )?;
+
+    let out = store.tillup(&["update"])?;
+    ensure!(out.status.success(), "update failed: {}", text(&out));
+    store.assert_upgraded(&rel, &old, "1.1.0")
+}

@@ -76,8 +76,38 @@ pub struct CheckReport {
 impl Listener {
     /// Takes the log from `source` (from the server, a conditional GET),
     /// checks its signature with the configured key and its freshness
-    /// against the last log accepted.
+    /// against the last log accepted. A server address whose log is
+    /// refused (a stale or tampered mirror) is left for the next one, each
+    /// tried once.
     async fn fetch_log(
+        &self,
+        now: Timestamp,
+        seen: Option<&SeenLog>,
+        source: LogSource<'_>,
+    ) -> Result<VerifiedLog, Error> {
+        let addresses = match source {
+            LogSource::Server => self.server.peer().addresses(),
+            LogSource::Bundle(_) => 1,
+        };
+        let mut tried = 1;
+        loop {
+            match self.take_log(now, seen, source).await {
+                Err(
+                    e @ (Error::LogRejected(_)
+                    | Error::Stale(_)
+                    | Error::Untrusted(_)
+                    | Error::BadAnswer { .. }),
+                ) if tried < addresses => {
+                    self.server.peer().move_on(&e);
+                    tried += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Listener::fetch_log`] from one address.
+    async fn take_log(
         &self,
         now: Timestamp,
         seen: Option<&SeenLog>,

@@ -153,6 +153,17 @@ impl Peer {
         &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
     }
 
+    /// How many addresses it has (1, or the server and its mirrors).
+    pub fn addresses(&self) -> usize {
+        self.bases.len()
+    }
+
+    /// Leaves the address in use for the next one, because of `why` (an
+    /// answer that was refused: a stale or tampered mirror).
+    pub fn move_on(&self, why: &Error) {
+        self.fall_back(self.current.load(Ordering::Relaxed) % self.bases.len(), why);
+    }
+
     /// After a failure that may pass at `failed` (an index in `bases`),
     /// moves on to the next address, unless a concurrent request moved on
     /// already.
