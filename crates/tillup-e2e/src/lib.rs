@@ -790,7 +790,11 @@ impl Store {
     pub fn served_log(&self) -> Result<(Vec<u8>, String)> {
         use base64::Engine;
         let resp = reqwest::blocking::Client::new()
-            .get(format!("{}/v1/log/stable", self.server.url()))
+            .get(format!(
+                "{}{}",
+                self.server.url(),
+                tillup_core::api::route(tillup_core::api::server::LOG, &[("channel", "stable")])
+            ))
             .bearer_auth(&self.store_token)
             .send()?
             .error_for_status()?;

@@ -244,20 +244,19 @@ impl Listener {
                 let run = run.expect("terminal effect");
                 self.agent(*n)?.rollback(&run.from).await?;
             }
-            Effect::SendReport if ctx.offline => {
-                // Sent by the first check that reaches the server.
-                let mut report = self.report_json(u, &ctx.left_out);
-                report["agent_notices"] = self.agent_notices(u).await;
-                let mut local = LocalLog::load(&self.data_dir)?;
-                local.queue_report(report);
-                local.save(&self.data_dir)?;
-                tracing::info!("upgraded from a bundle: the report waits for the server");
-            }
             Effect::SendReport => {
-                self.send_unsent_reports().await?;
                 let mut report = self.report_json(u, &ctx.left_out);
                 report["agent_notices"] = self.agent_notices(u).await;
-                self.server.report(&report).await?;
+                if ctx.offline {
+                    // Sent by the first check that reaches the server.
+                    let mut local = LocalLog::load(&self.data_dir)?;
+                    local.queue_report(report);
+                    local.save(&self.data_dir)?;
+                    tracing::info!("upgraded from a bundle: the report waits for the server");
+                } else {
+                    self.send_unsent_reports().await?;
+                    self.server.report(&report).await?;
+                }
             }
         }
         Ok(())
