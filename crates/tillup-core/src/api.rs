@@ -118,6 +118,13 @@ pub mod agent {
     pub const COMMIT: &str = "/v1/commit";
     pub const ROLLBACK: &str = "/v1/rollback";
     pub const HEALTH: &str = "/v1/health";
+    /// `POST`: [`super::SelfUpdateRequest`]: the agent replaces its own
+    /// executable with the release's, probes it and restarts on it, on trial.
+    pub const SELF_UPDATE: &str = "/v1/self-update";
+    /// `POST`: [`super::SelfUpdateRequest`]: the release on trial is healthy; keep it.
+    pub const SELF_CONFIRM: &str = "/v1/self-update/confirm";
+    /// `POST`: [`super::SelfUpdateRequest`]: put the kept executable back and restart on it.
+    pub const SELF_ROLLBACK: &str = "/v1/self-update/rollback";
 }
 
 /// Fills `{name}` placeholders of a route.
@@ -464,6 +471,33 @@ pub struct AgentStatus {
     /// release), newest last.
     #[serde(default)]
     pub notices: Vec<Notice>,
+    /// Whether `agent_version` is a release of tillup on trial (just
+    /// installed by `self-update`, not yet confirmed).
+    #[serde(default)]
+    pub agent_on_trial: bool,
+}
+
+/// `POST /v1/self-update` and its confirmation or rollback: a release of
+/// tillup's own programs (see [`crate::selfupdate`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SelfUpdateRequest {
+    #[schema(value_type = crate::openapi::SemVer)]
+    pub version: Version,
+    /// The channel of tillup's releases, signed. Only the update itself
+    /// needs it.
+    #[serde(default)]
+    pub release: Option<crate::install::SignedLog>,
+}
+
+/// What the agent did with a [`SelfUpdateRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SelfUpdateReport {
+    /// The release of tillup-agent it runs, or restarts on.
+    #[schema(value_type = crate::openapi::SemVer)]
+    pub version: Version,
+    /// Whether it restarts now (the host asks its status until it answers).
+    pub restarting: bool,
+    pub message: String,
 }
 
 /// Something the agent did on its own, for the host to report.

@@ -1,0 +1,361 @@
+//! How a tillup program replaces its own executable (the listener and the
+//! agent do it the same way; the decisions are
+//! [`tillup_core::selfupdate`]'s).
+//!
+//! [`Replacer::stage`] copies the new executable, checked against its
+//! signed hash, beside the running one. [`Replacer::install`] keeps the
+//! running executable as `<exe>.previous` (a hard link: nothing is
+//! copied), records the trial, renames the new one over it (one atomic
+//! rename: the path always names a whole executable), and runs it once
+//! with [`SELF_CHECK`]; if that fails it puts the kept one back. The
+//! program then restarts on the new executable ([`restart`]), which finds
+//! the trial at start-up ([`Replacer::at_start`]) and confirms it once
+//! healthy ([`Replacer::confirm`]); a program that starts again without a
+//! confirmation goes back to the kept executable.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tillup_core::FileEntry;
+use tillup_core::selfupdate::{OnStart, SELF_CHECK, Trial, TrialPhase, on_start};
+use tillup_fs::{IoContext, fsync_dir, remove_file_if_exists, write_json_atomic};
+
+/// How long a probe of a new executable may take before it counts as failed.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What can go wrong replacing an executable.
+#[derive(Debug, thiserror::Error)]
+pub enum SelfUpdateError {
+    #[error(transparent)]
+    Fs(#[from] tillup_fs::Error),
+    #[error("{path} is damaged ({message}); it was set aside and the running executable is kept")]
+    Record { path: PathBuf, message: String },
+    #[error(
+        "the new {program} ({version}) did not pass its self-check ({why}); the previous executable was put back and nothing else changed"
+    )]
+    Probe {
+        program: String,
+        version: semver::Version,
+        why: String,
+    },
+}
+
+/// One program's executable and its trial record.
+#[derive(Clone, Debug)]
+pub struct Replacer {
+    exe: PathBuf,
+    record: PathBuf,
+}
+
+impl Replacer {
+    /// The executable at `exe`, with its trial recorded in `state_dir`.
+    pub fn new(exe: PathBuf, state_dir: &Path) -> Self {
+        Self {
+            exe,
+            record: state_dir.join("self-update.json"),
+        }
+    }
+
+    /// The running executable (its path as started, before any swap
+    /// renames another file to it).
+    pub fn this_process(state_dir: &Path) -> Result<Self, SelfUpdateError> {
+        let exe = std::env::current_exe()
+            .and_then(|p| p.canonicalize())
+            .at(Path::new("the running executable"))?;
+        Ok(Self::new(exe, state_dir))
+    }
+
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
+    /// Where the executable it replaced is kept while the new one is on trial.
+    pub fn kept(&self) -> PathBuf {
+        suffixed(&self.exe, ".previous")
+    }
+
+    fn incoming(&self) -> PathBuf {
+        suffixed(&self.exe, ".new")
+    }
+
+    /// The trial in progress, if any. A damaged record is set aside (the
+    /// executable in place is then the one that runs).
+    pub fn trial(&self) -> Result<Option<Trial>, SelfUpdateError> {
+        let bytes = match std::fs::read(&self.record) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(tillup_fs::Error::Io {
+                path: self.record.clone(),
+                source: e,
+            }
+            .into()),
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            let _ = std::fs::rename(&self.record, suffixed(&self.record, ".unreadable"));
+            SelfUpdateError::Record {
+                path: self.record.clone(),
+                message: e.to_string(),
+            }
+        })
+    }
+
+    /// At start-up: carries out [`on_start`]'s decision on the recorded
+    /// trial. On [`OnStart::GoBack`] the kept executable is back in place
+    /// and the caller must [`restart`] on it.
+    pub fn at_start(&self) -> Result<OnStart, SelfUpdateError> {
+        let decision = on_start(self.trial()?.as_ref());
+        match &decision {
+            OnStart::Run => {}
+            OnStart::RunOnTrial(next) => write_json_atomic(&self.record, next)?,
+            OnStart::GoBack(trial) => {
+                tracing::warn!(
+                    "{} {} started without being confirmed healthy: going back to {}",
+                    trial.program.file_name(),
+                    trial.to,
+                    trial.from
+                );
+                self.go_back()?;
+            }
+        }
+        Ok(decision)
+    }
+
+    /// Copies the blob at `blob` to beside the executable, checking it
+    /// against `entry` (its signed size and hash) and making it executable.
+    pub fn stage(&self, blob: &Path, entry: &FileEntry) -> Result<(), SelfUpdateError> {
+        let incoming = self.incoming();
+        remove_file_if_exists(&incoming)?;
+        let entry = FileEntry {
+            exec: true,
+            ..entry.clone()
+        };
+        tillup_fs::copy_verified(blob, &incoming, &entry)?;
+        Ok(())
+    }
+
+    /// Swaps the staged executable in (keeping the running one), probes
+    /// it, and records it probed; a failed probe puts the kept one back.
+    /// `trial` names the releases; `probe_args` follow [`SELF_CHECK`].
+    pub fn install(&self, trial: &Trial, probe_args: &[OsString]) -> Result<(), SelfUpdateError> {
+        let (incoming, kept) = (self.incoming(), self.kept());
+        remove_file_if_exists(&kept)?;
+        std::fs::hard_link(&self.exe, &kept)
+            .or_else(|_| std::fs::copy(&self.exe, &kept).map(drop))
+            .at(&kept)?;
+        write_json_atomic(
+            &self.record,
+            &Trial {
+                phase: TrialPhase::Swapped,
+                ..trial.clone()
+            },
+        )?;
+        std::fs::rename(&incoming, &self.exe).at(&self.exe)?;
+        fsync_dir(self.folder())?;
+        if let Err(why) = probe(&self.exe, probe_args) {
+            self.go_back()?;
+            return Err(SelfUpdateError::Probe {
+                program: trial.program.file_name(),
+                version: trial.to.clone(),
+                why,
+            });
+        }
+        write_json_atomic(
+            &self.record,
+            &Trial {
+                phase: TrialPhase::Probed,
+                ..trial.clone()
+            },
+        )?;
+        Ok(())
+    }
+
+    /// The new executable is healthy: forget the trial and the kept one.
+    pub fn confirm(&self) -> Result<(), SelfUpdateError> {
+        remove_file_if_exists(&self.record)?;
+        fsync_dir(self.record.parent().unwrap_or(Path::new(".")))?;
+        remove_file_if_exists(&self.kept())?;
+        Ok(())
+    }
+
+    /// Puts the kept executable back (if there is one) and forgets the
+    /// trial. Safe to repeat.
+    pub fn go_back(&self) -> Result<(), SelfUpdateError> {
+        let kept = self.kept();
+        if kept.exists() {
+            std::fs::rename(&kept, &self.exe).at(&self.exe)?;
+            fsync_dir(self.folder())?;
+        }
+        remove_file_if_exists(&self.record)?;
+        Ok(())
+    }
+
+    fn folder(&self) -> &Path {
+        self.exe.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// Restarts the running program on the executable now at `exe`, with the
+/// arguments it was started with. Returns only on failure.
+#[cfg(unix)]
+pub fn restart(exe: &Path) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    tracing::info!("restarting on {}", exe.display());
+    Command::new(exe).args(args).exec()
+}
+
+/// Restarts the running program on the executable now at `exe`: a new
+/// process with the same arguments, then this one exits.
+#[cfg(windows)]
+pub fn restart(exe: &Path) -> std::io::Error {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    match Command::new(exe).args(args).spawn() {
+        Ok(_) => std::process::exit(0),
+        Err(e) => e,
+    }
+}
+
+/// Runs `exe SELF_CHECK args…` to its end within [`PROBE_TIMEOUT`]: `Ok`
+/// if it exits 0, else what it said.
+fn probe(exe: &Path, args: &[OsString]) -> Result<(), String> {
+    let mut child = Command::new(exe)
+        .arg(SELF_CHECK)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("it does not start: {e}"))?;
+    let stderr = child.stderr.take();
+    let said = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut s) = stderr {
+            let _ = std::io::Read::read_to_string(
+                &mut std::io::Read::take(&mut s, 64 * 1024),
+                &mut text,
+            );
+        }
+        text
+    });
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer within {PROBE_TIMEOUT:?}"));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let said = said.join().unwrap_or_default();
+    if status.success() {
+        return Ok(());
+    }
+    let last = said.trim().lines().last().unwrap_or("").trim();
+    Err(if last.is_empty() {
+        format!("it exited with {status}")
+    } else {
+        format!("it exited with {status}: {last}")
+    })
+}
+
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use tillup_core::Sha256Hex;
+    use tillup_core::selfupdate::Program;
+
+    fn script(path: &Path, body: &str) {
+        std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn entry(path: &Path) -> FileEntry {
+        let bytes = std::fs::read(path).unwrap();
+        FileEntry {
+            path: tillup_core::RelPath::new("tillup").unwrap(),
+            size: bytes.len() as u64,
+            sha256: Sha256Hex::of(&bytes),
+            exec: true,
+        }
+    }
+
+    fn trial() -> Trial {
+        Trial {
+            program: Program::Listener,
+            from: "0.1.0".parse().unwrap(),
+            to: "0.2.0".parse().unwrap(),
+            phase: TrialPhase::Swapped,
+        }
+    }
+
+    fn setup(new_body: &str) -> (tempfile::TempDir, Replacer, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("tillup");
+        script(&exe, "echo A");
+        let blob = dir.path().join("blob");
+        script(&blob, new_body);
+        let r = Replacer::new(exe, dir.path());
+        (dir, r, blob)
+    }
+
+    #[test]
+    fn a_healthy_executable_is_swapped_in_probed_and_confirmed() {
+        let (_dir, r, blob) = setup("[ \"$1\" = self-check ] && exit 0; echo B");
+        r.stage(&blob, &entry(&blob)).unwrap();
+        r.install(&trial(), &[]).unwrap();
+        assert_eq!(std::fs::read(r.exe()).unwrap(), std::fs::read(&blob).unwrap());
+        assert_eq!(r.trial().unwrap().unwrap().phase, TrialPhase::Probed);
+        // The restart finds it probed, runs it on trial, confirms it.
+        assert!(matches!(r.at_start().unwrap(), OnStart::RunOnTrial(_)));
+        r.confirm().unwrap();
+        assert!(r.trial().unwrap().is_none());
+        assert!(!r.kept().exists());
+        assert!(matches!(r.at_start().unwrap(), OnStart::Run));
+    }
+
+    #[test]
+    fn an_executable_that_fails_its_probe_is_replaced_by_the_old_one() {
+        let (_dir, r, blob) = setup("echo 'cannot open the data folder' >&2; exit 3");
+        let old = std::fs::read(r.exe()).unwrap();
+        r.stage(&blob, &entry(&blob)).unwrap();
+        let err = r.install(&trial(), &[]).unwrap_err();
+        assert!(err.to_string().contains("cannot open the data folder"), "{err}");
+        assert_eq!(std::fs::read(r.exe()).unwrap(), old);
+        assert!(r.trial().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_second_start_without_confirmation_goes_back() {
+        let (_dir, r, blob) = setup("exit 0");
+        let old = std::fs::read(r.exe()).unwrap();
+        r.stage(&blob, &entry(&blob)).unwrap();
+        r.install(&trial(), &[]).unwrap();
+        assert!(matches!(r.at_start().unwrap(), OnStart::RunOnTrial(_)));
+        // It died before confirming; the next start goes back.
+        assert!(matches!(r.at_start().unwrap(), OnStart::GoBack(_)));
+        assert_eq!(std::fs::read(r.exe()).unwrap(), old);
+        assert!(r.trial().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_staged_file_that_is_not_the_signed_one_is_refused() {
+        let (_dir, r, blob) = setup("exit 0");
+        let mut e = entry(&blob);
+        e.sha256 = Sha256Hex::of(b"something else");
+        assert!(r.stage(&blob, &e).is_err());
+        assert!(!r.incoming().exists());
+    }
+}
