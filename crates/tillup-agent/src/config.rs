@@ -33,6 +33,13 @@ pub struct Config {
     /// The channel whose signed logs the agent accepts.
     #[serde(default = "stable")]
     pub channel: String,
+    /// The channel of tillup's own releases, whose signed logs the agent
+    /// accepts to replace its own executable (see `tillup_core::selfupdate`).
+    #[serde(default = "self_channel")]
+    pub self_channel: String,
+    /// The file it was loaded from, for the self-check of a new executable.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     /// Serve over TLS with the agent's own certificate (which the host
     /// pins at pairing). Off only where something else protects the LAN.
     #[serde(default = "yes")]
@@ -88,6 +95,9 @@ pub struct MainConfig {
     pub autostart: bool,
 }
 
+fn self_channel() -> String {
+    tillup_core::selfupdate::SELF_CHANNEL.into()
+}
 fn stable() -> String {
     "stable".into()
 }
@@ -188,7 +198,7 @@ impl Config {
         }
         let text = String::from_utf8(bytes)
             .map_err(|e| read(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-        Self::parse(&text).map_err(|e| match e {
+        let mut config = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
@@ -198,7 +208,9 @@ impl Config {
                 message,
             },
             other => other,
-        })
+        })?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// [`Config::load`] of a string (errors carry an empty path).

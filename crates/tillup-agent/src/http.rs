@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
     AgentStatus, ErrorBody, HashList, HealthQuery, HealthReport, PARTIAL_HEADER, PROTOCOL_HEADER,
-    PackReceipt, PackRequest, Protocols, Snapshot, StageChanges, StageReport, StageRequest,
+    PackReceipt, PackRequest, Protocols, SelfUpdateReport, SelfUpdateRequest, Snapshot, StageChanges, StageReport, StageRequest,
     StartReport, StopReport, StopRequest, SwapReport, SwapRequest, agent as routes,
 };
 
@@ -200,6 +200,9 @@ pub fn app(agent: Arc<Agent>) -> Router {
         .route(routes::COMMIT, post(commit))
         .route(routes::ROLLBACK, post(rollback))
         .route(routes::HEALTH, get(health))
+        .route(routes::SELF_UPDATE, post(self_update))
+        .route(routes::SELF_CONFIRM, post(self_confirm))
+        .route(routes::SELF_ROLLBACK, post(self_rollback))
         .layer(DefaultBodyLimit::max(
             tillup_core::manifest::MAX_MANIFEST_BYTES + 64 * 1024,
         ))
@@ -759,4 +762,60 @@ mod tests {
         }
         out
     }
+}
+
+#[utoipa::path(post, path = "/v1/self-update", tag = "self-update",
+    description = "Replaces the agent's own executable with the one of a signed release of tillup (its manifest and file sent first, as a pack), probes it, and restarts on it, on trial; the main program keeps running. Refused while a POS upgrade is in progress.",
+    request_body = SelfUpdateRequest,
+    responses(
+        (status = 200, description = "Restarting on the release, or running it already.", body = SelfUpdateReport),
+        (status = 400, description = "Not a self-update request, or its files were not sent.", body = ErrorBody),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 403, description = "The release is not what the chain signed for this platform, or would go backwards.", body = ErrorBody),
+        (status = 409, description = "A POS upgrade or another self-update is in progress.", body = ErrorBody),
+        (status = 422, description = "The new executable failed its self-check; the old one was put back.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn self_update(
+    State(a): State<Arc<Agent>>,
+    body: Result<Json<SelfUpdateRequest>, JsonRejection>,
+) -> Result<Json<SelfUpdateReport>, AgentError> {
+    a.self_update(json_body(body)?).await.map(Json)
+}
+
+#[utoipa::path(post, path = "/v1/self-update/confirm", tag = "self-update",
+    description = "Keeps the release of tillup-agent on trial. Safe to repeat.",
+    request_body = SelfUpdateRequest,
+    responses(
+        (status = 200, description = "Kept.", body = SelfUpdateReport),
+        (status = 400, description = "Not a self-update request.", body = ErrorBody),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 409, description = "The agent does not run that release.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn self_confirm(
+    State(a): State<Arc<Agent>>,
+    body: Result<Json<SelfUpdateRequest>, JsonRejection>,
+) -> Result<Json<SelfUpdateReport>, AgentError> {
+    a.self_confirm(json_body(body)?).await.map(Json)
+}
+
+#[utoipa::path(post, path = "/v1/self-update/rollback", tag = "self-update",
+    description = "Puts back the executable the release on trial replaced and restarts on it. Safe to repeat.",
+    request_body = SelfUpdateRequest,
+    responses(
+        (status = 200, description = "Restarting on the previous release, or not running this one.", body = SelfUpdateReport),
+        (status = 400, description = "Not a self-update request.", body = ErrorBody),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 409, description = "The release is confirmed already.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn self_rollback(
+    State(a): State<Arc<Agent>>,
+    body: Result<Json<SelfUpdateRequest>, JsonRejection>,
+) -> Result<Json<SelfUpdateReport>, AgentError> {
+    a.self_rollback(json_body(body)?).await.map(Json)
 }

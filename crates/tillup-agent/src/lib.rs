@@ -18,6 +18,7 @@ pub mod folder;
 pub mod http;
 pub mod memory;
 pub mod openapi;
+mod selfupdate;
 pub mod supervisor;
 pub mod tls;
 mod trust;
@@ -61,6 +62,10 @@ pub struct Agent {
     memory: Mutex<Memory>,
     /// The last time the host asked anything (for the watchdog).
     last_contact: Mutex<Instant>,
+    /// Its own executable, for a self-update.
+    replacer: tillup_selfupdate::Replacer,
+    /// The release of tillup-agent this process runs.
+    self_version: Version,
 }
 
 impl Agent {
@@ -85,6 +90,13 @@ impl Agent {
             memory.trial = None;
         }
         memory.save(&Memory::path(&state_dir))?;
+        let replacer = tillup_selfupdate::Replacer::this_process(&state_dir)?;
+        let self_version = match replacer.trial() {
+            Ok(Some(t)) if t.phase == tillup_core::selfupdate::TrialPhase::Started => t.to,
+            _ => memory.self_version.clone().unwrap_or_else(|| {
+                Version::parse(env!("CARGO_PKG_VERSION")).expect("the build's version is semver")
+            }),
+        };
         let supervisor = supervisor::Supervisor::new(config.main.clone(), &state_dir);
         Ok(Arc::new(Self {
             layout,
@@ -96,6 +108,8 @@ impl Agent {
             hash_cache: Arc::default(),
             memory: Mutex::new(memory),
             last_contact: Mutex::new(Instant::now()),
+            replacer,
+            self_version,
             config,
         }))
     }
@@ -141,9 +155,10 @@ impl Agent {
             free_bytes,
             staged: self.layout.version_of(&self.layout.staging),
             previous: self.layout.version_of(&self.layout.previous),
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            agent_version: self.self_version.to_string(),
             protocols: tillup_core::api::Protocols::THIS,
             notices: self.memory().notices,
+            agent_on_trial: self.self_on_trial(),
         })
     }
 
@@ -554,12 +569,40 @@ impl Agent {
     }
 }
 
+/// `tillup-agent self-check`: what the agent needs to run, checked without
+/// serving or touching the main program (the state folder, its stores and
+/// memory, its TLS identity). A self-update keeps a new executable only if
+/// this passes.
+pub fn self_check(config: &Config) -> anyhow::Result<serde_json::Value> {
+    let state_dir = config.state_dir();
+    tillup_fs::private_dir(&state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the state folder: {e}"))?;
+    BlobStore::open(state_dir.join("blobs"))?;
+    let memory = Memory::load(&Memory::path(&state_dir));
+    if config.tls {
+        tls::Identity::load_or_create(&state_dir)?;
+    }
+    Ok(serde_json::json!({
+        "program": "tillup-agent",
+        "build": env!("CARGO_PKG_VERSION"),
+        "terminal": config.terminal,
+        "confirmed_release": memory.self_version,
+    }))
+}
+
 /// Binds, prints `listening on https://IP:PORT` (`http://` without TLS)
 /// as the first stdout line, starts the main program if configured, and
 /// serves until SIGINT/SIGTERM. The main program is left running when the
 /// agent exits.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     use std::io::Write;
+    // A new executable that started before without being confirmed, or
+    // whose swap was cut before its probe passed: back to the kept one.
+    let replacer = tillup_selfupdate::Replacer::this_process(&config.state_dir())?;
+    if let tillup_core::selfupdate::OnStart::GoBack(_) = replacer.at_start()? {
+        let e = tillup_selfupdate::restart(replacer.exe());
+        anyhow::bail!("could not restart on {}: {e}", replacer.exe().display());
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

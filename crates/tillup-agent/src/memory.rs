@@ -43,6 +43,14 @@ pub struct Memory {
     /// starts afresh.
     #[serde(default)]
     pub trust_pinned: Option<String>,
+    /// The release of tillup-agent confirmed healthy by the host (none:
+    /// the build's own version).
+    #[serde(default)]
+    pub self_version: Option<Version>,
+    /// The newest signed log of tillup's channel a self-update was checked
+    /// against: an older one is refused from then on.
+    #[serde(default)]
+    pub self_seen_log: Option<tillup_core::log::SeenLog>,
 }
 
 /// A release on trial: if it is not healthy, `previous` goes back in.

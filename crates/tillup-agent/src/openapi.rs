@@ -26,6 +26,9 @@ use crate::http;
         http::commit,
         http::rollback,
         http::health,
+        http::self_update,
+        http::self_confirm,
+        http::self_rollback,
     ),
     components(schemas(tillup_core::openapi::SemVer))
 )]
@@ -64,6 +67,9 @@ mod tests {
             r::COMMIT,
             r::ROLLBACK,
             r::HEALTH,
+            r::SELF_UPDATE,
+            r::SELF_CONFIRM,
+            r::SELF_ROLLBACK,
         ];
         assert_eq!(described, routes.into_iter().collect());
     }

@@ -98,7 +98,7 @@ impl Supervisor {
             );
             let (tx, rx) = watch::channel(None);
             tokio::spawn(async move {
-                while alive(pid) {
+                while !ended(pid) {
                     tokio::time::sleep(POLL).await;
                 }
                 let _ = tx.send(Some(None));
@@ -428,6 +428,20 @@ fn alive(pid: u32) -> bool {
             Err(rustix::io::Errno::SRCH)
         )
     })
+}
+
+/// Whether the adopted `pid` has ended. After the agent restarted itself
+/// in place (`exec`, see `tillup_selfupdate::restart`) the main program is
+/// still its child: it is reaped here, or it would linger as a zombie that
+/// [`alive`] takes for running.
+fn ended(pid: u32) -> bool {
+    if let Some(p) = to_pid(pid)
+        && let Ok(Some(_)) =
+            rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG)
+    {
+        return true;
+    }
+    !alive(pid)
 }
 
 /// Whether `pid` runs `program` (checked on Linux, assumed elsewhere), so a

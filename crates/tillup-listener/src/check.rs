@@ -79,8 +79,9 @@ impl Listener {
     /// against the last log accepted. A server address whose log is
     /// refused (a stale or tampered mirror) is left for the next one, each
     /// tried once.
-    async fn fetch_log(
+    pub(crate) async fn fetch_log(
         &self,
+        channel: &str,
         now: Timestamp,
         seen: Option<&SeenLog>,
         source: LogSource<'_>,
@@ -91,7 +92,7 @@ impl Listener {
         };
         let mut tried = 1;
         loop {
-            match self.take_log(now, seen, source).await {
+            match self.take_log(channel, now, seen, source).await {
                 Err(
                     e @ (Error::LogRejected(_)
                     | Error::Stale(_)
@@ -109,16 +110,17 @@ impl Listener {
     /// [`Listener::fetch_log`] from one address.
     async fn take_log(
         &self,
+        channel: &str,
         now: Timestamp,
         seen: Option<&SeenLog>,
         source: LogSource<'_>,
     ) -> Result<VerifiedLog, Error> {
-        let cache_path = self.data_dir.join("log-cache.json");
+        let cache_path = self.log_cache(channel);
         let cached: Option<CachedLog> = std::fs::read(&cache_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         let mut fresh = match source {
-            LogSource::Server => self.download_log(cached).await?,
+            LogSource::Server => self.download_log(channel, cached).await?,
             LogSource::Bundle(b) if b.log.len() > tillup_core::log::MAX_LOG_BYTES => {
                 return Err(Error::LogRejected(format!(
                     "the bundle's version log is {} bytes, over the {} a log may have: refused",
@@ -172,7 +174,7 @@ impl Listener {
         let log = VersionLog::parse(fresh.body.as_bytes())
             .map_err(|e| Error::LogRejected(format!("the signed version log is invalid: {e}")))?;
         let digest = Sha256Hex::of(fresh.body.as_bytes());
-        check_fresh(&log, digest, &self.config.channel, seen, now).map_err(Error::Stale)?;
+        check_fresh(&log, digest, channel, seen, now).map_err(Error::Stale)?;
         tillup_fs::write_json_atomic(&cache_path, &fresh)?;
         tillup_fs::write_json_atomic(&trust_path, &TrustFile { pinned, trust })?;
         Ok(VerifiedLog {
@@ -188,11 +190,15 @@ impl Listener {
 
     /// The log from the server: a conditional GET answered from `cached`
     /// on a 304.
-    async fn download_log(&self, cached: Option<CachedLog>) -> Result<CachedLog, Error> {
+    async fn download_log(
+        &self,
+        channel: &str,
+        cached: Option<CachedLog>,
+    ) -> Result<CachedLog, Error> {
         let resp = self
             .server
             .log(
-                &self.config.channel,
+                channel,
                 cached.as_ref().and_then(|c| c.etag.as_deref()),
             )
             .await?;
@@ -243,9 +249,19 @@ impl Listener {
         Ok(fresh)
     }
 
+    /// Where the log of `channel` last downloaded is kept: the store's
+    /// channel in `log-cache.json`, another (tillup's own) beside it.
+    fn log_cache(&self, channel: &str) -> std::path::PathBuf {
+        if channel == self.config.channel {
+            self.data_dir.join("log-cache.json")
+        } else {
+            self.data_dir.join(format!("log-cache-{channel}.json"))
+        }
+    }
+
     /// The log last fetched and verified, exactly as signed.
     pub(crate) fn last_verified_log(&self) -> Result<SignedLog, Error> {
-        let path = self.data_dir.join("log-cache.json");
+        let path = self.log_cache(&self.config.channel);
         let cached: CachedLog =
             serde_json::from_slice(&std::fs::read(&path).map_err(|e| tillup_fs::Error::Io {
                 path: path.clone(),
@@ -283,7 +299,9 @@ impl Listener {
         source: LogSource<'_>,
     ) -> Result<(VerifiedLog, CheckReport), Error> {
         let mut local = LocalLog::load(&self.data_dir)?;
-        let verified = self.fetch_log(now, local.seen.as_ref(), source).await?;
+        let verified = self
+            .fetch_log(&self.config.channel, now, local.seen.as_ref(), source)
+            .await?;
         let statuses = self.agent_statuses().await;
         let mut unreachable = Vec::new();
         // The agents tell what really runs; the local log learns it.

@@ -12,7 +12,7 @@ use semver::Version;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
     self, AgentStatus, Backup, BackupChanges, DeliveryDigests, HealthReport, ProcessRequest,
-    Protocols, Snapshot, StageChanges, StageReport, StageRequest, StartReport, StopReport,
+    Protocols, SelfUpdateReport, SelfUpdateRequest, Snapshot, StageChanges, StageReport, StageRequest, StartReport, StopReport,
     StopRequest, SwapReport, SwapRequest, route,
 };
 use tillup_fs::BlobStore;
@@ -298,6 +298,49 @@ impl AgentClient {
                 api::agent::ROLLBACK,
                 &SwapRequest {
                     version: version.clone(),
+                },
+            )
+            .await
+    }
+
+    /// Asks it to replace its own executable with tillup `req.version`'s
+    /// (whose manifest and file it was sent); it restarts on it, on trial.
+    pub async fn self_update(&self, req: &SelfUpdateRequest) -> Result<SelfUpdateReport, Error> {
+        self.peer
+            .send_json(
+                "update tillup-agent",
+                Method::POST,
+                api::agent::SELF_UPDATE,
+                req,
+            )
+            .await
+    }
+
+    /// Keeps the release of tillup-agent on trial.
+    pub async fn self_confirm(&self, version: &Version) -> Result<SelfUpdateReport, Error> {
+        self.peer
+            .send_json(
+                "keep the new tillup-agent",
+                Method::POST,
+                api::agent::SELF_CONFIRM,
+                &SelfUpdateRequest {
+                    version: version.clone(),
+                    release: None,
+                },
+            )
+            .await
+    }
+
+    /// Puts back the tillup-agent the release on trial replaced.
+    pub async fn self_rollback(&self, version: &Version) -> Result<SelfUpdateReport, Error> {
+        self.peer
+            .send_json(
+                "put the previous tillup-agent back",
+                Method::POST,
+                api::agent::SELF_ROLLBACK,
+                &SelfUpdateRequest {
+                    version: version.clone(),
+                    release: None,
                 },
             )
             .await

@@ -72,6 +72,15 @@ pub struct Config {
     pub store_token: String,
     #[serde(default = "default_channel")]
     pub channel: String,
+    /// The channel of tillup's own releases. Set, the daemon (and
+    /// `tillup self-update`) keeps the terminals' agents and this listener
+    /// on its newest release, canary first (see `tillup_core::selfupdate`);
+    /// unset, tillup is updated by hand (its packages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_channel: Option<String>,
+    /// The file it was loaded from (for the self-check of a new executable).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     /// Where the local log, backups and staging live. Default: the
     /// platform's data folder.
     #[serde(default)]
@@ -280,10 +289,12 @@ impl Config {
                 ))
             })?
             .ok_or_else(|| config_error(too_large()))?;
-        Self::parse(&text).map_err(|e| match e {
+        let mut config = Self::parse(&text).map_err(|e| match e {
             Error::Config { message, .. } => config_error(message),
             other => other,
-        })
+        })?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// [`Config::load`] of a string: parses and checks it. Errors carry an
@@ -336,6 +347,17 @@ impl Config {
             ));
         }
         PublicKey::parse(&self.public_key).map_err(|e| format!("public_key: {e}"))?;
+        if let Some(c) = &self.self_channel
+            && (c.is_empty()
+                || *c == self.channel
+                || !c.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                || c.starts_with('.'))
+        {
+            return Err(format!(
+                "self_channel `{c}`: name the channel tillup's own releases are published on (letters, digits, `-`, `_` or `.`), not the POS program's `{}`",
+                self.channel
+            ));
+        }
         if self.store_id.trim().is_empty()
             || !self
                 .store_id

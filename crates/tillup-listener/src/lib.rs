@@ -24,6 +24,7 @@ pub mod pairing;
 pub mod progress;
 pub mod runner;
 pub mod schedule;
+pub mod selfupdate;
 pub mod view;
 
 use clients::{AgentClient, ServerClient};

@@ -58,13 +58,9 @@ impl Replacer {
         }
     }
 
-    /// The running executable (its path as started, before any swap
-    /// renames another file to it).
+    /// The running executable ([`this_exe`]).
     pub fn this_process(state_dir: &Path) -> Result<Self, SelfUpdateError> {
-        let exe = std::env::current_exe()
-            .and_then(|p| p.canonicalize())
-            .at(Path::new("the running executable"))?;
-        Ok(Self::new(exe, state_dir))
+        Ok(Self::new(this_exe()?, state_dir))
     }
 
     pub fn exe(&self) -> &Path {
@@ -194,6 +190,20 @@ impl Replacer {
     fn folder(&self) -> &Path {
         self.exe.parent().unwrap_or(Path::new("."))
     }
+}
+
+/// The path the running program was started from, as it was at the first
+/// call: once a swap renamed another file over it, the system names the
+/// running one as deleted. Programs that update themselves ask at start-up.
+pub fn this_exe() -> Result<PathBuf, SelfUpdateError> {
+    static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(exe) = EXE.get() {
+        return Ok(exe.clone());
+    }
+    let exe = std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .at(Path::new("the running executable"))?;
+    Ok(EXE.get_or_init(|| exe).clone())
 }
 
 /// Restarts the running program on the executable now at `exe`, with the

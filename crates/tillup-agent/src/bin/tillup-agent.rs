@@ -13,7 +13,7 @@ use clap::Parser;
 )]
 struct Cli {
     /// The TOML configuration file.
-    #[arg(long, required = true)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -30,6 +30,10 @@ enum Command {
     PairingCode,
     /// Print the OpenAPI description of the agent's HTTP API (JSON).
     Openapi,
+    /// Check that this executable can run with the configuration (read
+    /// it, open the state folder and its identity) without serving: what
+    /// a self-update asks of a new executable before it keeps it.
+    SelfCheck,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .config
         .ok_or_else(|| anyhow::anyhow!("--config FILE is needed: the agent's configuration"))?;
     let config = tillup_agent::Config::load(&path)?;
+    if let Some(Command::SelfCheck) = cli.command {
+        let report = tillup_agent::self_check(&config)?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     if let Some(Command::PairingCode) = cli.command {
         let identity = tillup_agent::tls::Identity::load_or_create(&config.state_dir())?;
         println!("{}", identity.pairing_code());

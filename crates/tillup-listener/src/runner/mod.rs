@@ -150,7 +150,7 @@ pub struct UpdateOutcome {
 pub type Observer<'a> = dyn FnMut(&Upgrade, Option<&Event>) + Send + 'a;
 
 impl Listener {
-    fn blobs(&self) -> Result<BlobStore, Error> {
+    pub(crate) fn blobs(&self) -> Result<BlobStore, Error> {
         Ok(BlobStore::open(self.data_dir.join("blobs"))?)
     }
 

@@ -77,6 +77,16 @@ enum Command {
     },
     /// Answer the pending upgrade prompt (what the tray popup's buttons do).
     Answer { answer: Answer },
+    /// Bring the terminals' agents and this listener to the newest release
+    /// of tillup's own channel (`self_channel`): canary agent first, each
+    /// health-checked with its main program untouched, then the listener.
+    SelfUpdate {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that this executable can run with the configuration, without
+    /// doing anything: what a self-update asks of a new executable.
+    SelfCheck,
     /// Check on the schedule; upgrade in the window (scheduled mode) or record a prompt (prompt mode).
     Daemon {
         /// One check, then exit.
@@ -119,6 +129,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     let config = Config::load(&path)?;
+    if let Some(Command::SelfCheck) = &cli.command {
+        let report = tillup_listener::selfupdate::self_check(config)?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(Command::Pair { terminal, code }) = &cli.command {
         let fingerprint = tillup_listener::pairing::pair(&config, *terminal, code).await?;
         tillup_listener::pairing::pinned(&config, *terminal, &fingerprint).save(&path)?;
@@ -126,6 +141,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let listener = Listener::new(config)?;
+    // A new executable on trial is kept once it got this far; one that
+    // started before without being kept goes back to the one it replaced.
+    if let Some(exe) = listener.settle_self()? {
+        drop(listener);
+        let e = tillup_selfupdate::restart(&exe);
+        anyhow::bail!("could not restart on {}: {e}", exe.display());
+    }
     let started = std::time::Instant::now();
     let base = cli.now.unwrap_or_else(Timestamp::now);
     let now = move || base + jiff::SignedDuration::try_from(started.elapsed()).unwrap_or_default();
@@ -133,11 +155,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Some(c), _) => c,
         (None, true) => Command::Daemon { once: false },
         (None, false) => anyhow::bail!(
-            "say what to do: check, update, import, status, history, pair, answer or daemon (see --help)"
+            "say what to do: check, update, import, status, history, pair, answer, self-update or daemon (see --help)"
         ),
     };
     match command {
-        Command::Pair { .. } => unreachable!("paired above"),
+        Command::Pair { .. } | Command::SelfCheck => unreachable!("done above"),
+        Command::SelfUpdate { json } => {
+            let outcome = listener.self_update(now()).await?;
+            render::self_update(&outcome, json);
+            if outcome.agents.values().chain([&outcome.listener]).any(|s| {
+                matches!(s, tillup_listener::selfupdate::Step::Failed { .. })
+            }) {
+                return Ok(ExitCode::from(2));
+            }
+        }
         Command::Check { json } => {
             let (_, report) = listener.check(now()).await?;
             render::check(&report, json);
@@ -209,6 +240,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     Err(e) => return Err(e.into()),
                 };
+                if listener.config.self_channel.is_some() {
+                    match listener.self_update(now()).await {
+                        Ok(o) if o.restart => {
+                            render::self_update(&o, false);
+                            let exe = tillup_selfupdate::this_exe()?;
+                            drop(listener);
+                            let e = tillup_selfupdate::restart(&exe);
+                            anyhow::bail!("could not restart on {}: {e}", exe.display());
+                        }
+                        Ok(o) => render::self_update(&o, false),
+                        Err(e) => eprintln!("tillup: {}", tillup_core::error_chain(&e)),
+                    }
+                }
                 if once {
                     break;
                 }

@@ -305,3 +305,27 @@ pub fn history(h: &[HistoryEntry], as_json: bool) {
         table(e);
     }
 }
+
+pub fn self_update(o: &tillup_listener::selfupdate::SelfUpdateOutcome, as_json: bool) {
+    use tillup_listener::selfupdate::Step;
+    if as_json {
+        return json(o);
+    }
+    let line = |s: &Step| match s {
+        Step::Current { version } => format!("{version}, current"),
+        Step::Updated { from, to } => format!("{from} → {to}"),
+        Step::Failed { why } => format!("FAILED, unchanged: {why}"),
+        Step::Skipped { why } => format!("left alone: {why}"),
+    };
+    match &o.release {
+        Some(v) => println!("tillup's newest release: {v}"),
+        None => println!("tillup's channel has no release for this platform"),
+    }
+    for (n, step) in &o.agents {
+        println!("  terminal {n}'s agent: {}", line(step));
+    }
+    println!("  this listener: {}", line(&o.listener));
+    if o.restart {
+        println!("  the listener restarts on it, on trial, at its next start");
+    }
+}
