@@ -500,6 +500,9 @@ pub struct Terminal {
     /// The address the listener's config gives for this agent instead of
     /// its own, e.g. a [`proxy::Proxy`] in front of it.
     pub listener_address: Option<String>,
+    /// The agent's executable when not the workspace's (a private copy a
+    /// self-update may replace).
+    pub agent_program: Option<PathBuf>,
 }
 
 impl Terminal {
@@ -538,6 +541,7 @@ impl Terminal {
             watchdog_secs: 600,
             port: 0,
             listener_address: None,
+            agent_program: None,
         };
         t.write_config()?;
         Ok(t)
@@ -593,7 +597,11 @@ autostart = true
     pub fn start_agent_with(&mut self, env: &[(&str, &str)]) -> Result<()> {
         self.agent = None;
         self.write_config()?;
-        let mut cmd = Command::new(bin("tillup-agent")?);
+        let program = match &self.agent_program {
+            Some(p) => p.clone(),
+            None => bin("tillup-agent")?,
+        };
+        let mut cmd = Command::new(program);
         cmd.arg("--config")
             .arg(&self.config)
             .envs(env.iter().copied());
@@ -711,6 +719,9 @@ pub struct Store {
     pub terminals: BTreeMap<u32, Terminal>,
     pub listener_config: PathBuf,
     pub listener_data: PathBuf,
+    /// The `tillup` executable when not the workspace's (a private copy a
+    /// self-update may replace).
+    pub listener_program: Option<PathBuf>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -865,6 +876,7 @@ impl Store {
         let mut store = Self {
             listener_config: root.join("host/config.toml"),
             listener_data: root.join("host/data"),
+            listener_program: None,
             root,
             server,
             store_id,
@@ -942,7 +954,11 @@ impl Store {
 
     /// The `tillup` command with this store's config and no injected clock.
     fn tillup_command(&self, args: &[&str]) -> Result<Command> {
-        let mut cmd = Command::new(bin("tillup")?);
+        let program = match &self.listener_program {
+            Some(p) => p.clone(),
+            None => bin("tillup")?,
+        };
+        let mut cmd = Command::new(program);
         cmd.arg("--config")
             .arg(&self.listener_config)
             .args(args)

@@ -32,7 +32,7 @@ pub const AGENT_RESTART_TIMEOUT: Duration = Duration::from_secs(60);
 const AGENT_POLL: Duration = Duration::from_millis(250);
 
 /// What the listener remembers of tillup's own releases
-/// (`self-update.json` beside the local log).
+/// (`self-release.json` beside the local log).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct SelfState {
     /// The release of tillup this listener runs, once confirmed (none:
@@ -73,7 +73,7 @@ pub enum Step {
 
 impl Listener {
     fn self_state_path(&self) -> std::path::PathBuf {
-        self.data_dir.join("self-update.json")
+        self.data_dir.join("self-release.json")
     }
 
     fn self_state(&self) -> SelfState {

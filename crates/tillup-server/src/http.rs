@@ -420,7 +420,10 @@ async fn latest_log(
     channel: String,
 ) -> Result<Arc<ReadyLog>, AppError> {
     bad_id("channel", &channel)?;
-    if store.entry.channels.binary_search(&channel).is_err() {
+    // tillup's own releases are for every store.
+    if channel != tillup_core::selfupdate::SELF_CHANNEL
+        && store.entry.channels.binary_search(&channel).is_err()
+    {
         return Err(AppError::Forbidden(format!(
             "store `{}` is not assigned channel `{channel}`; the chain's IT assigns it with `tillup-server store channels {} …`",
             store.id(),

@@ -1,0 +1,286 @@
+//! tillup updating itself: a release of tillup's own programs, published on
+//! its own channel, reaches the terminals' agents (canary first, health
+//! checked with the POS program untouched, then kept or rolled back) and
+//! the listener (swapped, probed, kept at its next start or put back).
+//! Real server, agents and `tillup` on loopback, each running from a
+//! private copy of its executable that the update replaces.
+//!
+//! A "new build" is the workspace's executable with bytes appended (an
+//! ELF file runs the same with a tail): its own file, by hash, yet a
+//! program that really runs; a broken build is a script that fails.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use tillup_e2e::{ReleaseSpec, Store, bin, text, without_sales};
+
+/// tillup's channel in these tests, as the listener's config names it.
+const CHANNEL: &str = "tillup";
+
+fn platform() -> String {
+    format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)
+}
+
+/// A private copy of the workspace's `name` at `to`.
+fn private_copy(name: &str, to: &Path) -> Result<Vec<u8>> {
+    let bytes = fs::read(bin(name)?)?;
+    fs::create_dir_all(to.parent().context("a folder")?)?;
+    fs::write(to, &bytes)?;
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755))?;
+    Ok(bytes)
+}
+
+/// The workspace's `name` as another build: the same program, other bytes.
+fn rebuilt(name: &str, tag: &str) -> Result<Vec<u8>> {
+    let mut bytes = fs::read(bin(name)?)?;
+    bytes.extend_from_slice(format!("\ntillup test build {tag}\n").as_bytes());
+    Ok(bytes)
+}
+
+/// A build that fails whatever it is asked.
+fn broken(name: &str) -> Vec<u8> {
+    format!("#!/bin/sh\necho '{name}: this build is broken' >&2\nexit 1\n").into_bytes()
+}
+
+/// Publishes a release of tillup holding `files` on tillup's channel.
+fn publish_tillup(store: &Store, version: &str, files: &[(&str, Vec<u8>)]) -> Result<PathBuf> {
+    let dir = store.root.join("tillup-releases").join(version);
+    fs::create_dir_all(&dir)?;
+    for (name, bytes) in files {
+        let path = dir.join(name);
+        fs::write(&path, bytes)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    }
+    let platform = platform();
+    store.server.publish(
+        &dir,
+        version,
+        &["--channel", CHANNEL, "--model", platform.as_str()],
+    )?;
+    Ok(dir)
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// `tillup self-update --json`: its exit code and its outcome.
+fn self_update(store: &Store) -> Result<(Option<i32>, serde_json::Value)> {
+    let out = store.tillup(&["self-update", "--json"])?;
+    let outcome: serde_json::Value =
+        serde_json::from_slice(&out.stdout).with_context(|| text(&out))?;
+    Ok((out.status.code(), outcome))
+}
+
+fn main_pid(store: &Store, n: u32) -> Result<String> {
+    let t = &store.terminals[&n];
+    Ok(fs::read_to_string(t.root.join("agent-state/main.pid"))?
+        .trim()
+        .to_owned())
+}
+
+#[test]
+fn the_listener_updates_itself_and_a_build_that_does_not_start_leaves_the_previous_one(
+) -> Result<()> {
+    let mut store = Store::one_till()?;
+    let exe = store.root.join("host/bin/tillup");
+    let a = private_copy("tillup", &exe)?;
+    store.listener_program = Some(exe.clone());
+    store.write_listener_config("prompt", &[&format!("self_channel = {CHANNEL:?}")])?;
+
+    // A → B: swapped in and probed, the previous build kept beside it.
+    let b = rebuilt("tillup", "B")?;
+    publish_tillup(&store, "0.2.0", &[("tillup", b.clone())])?;
+    let (code, outcome) = self_update(&store)?;
+    ensure!(code == Some(0), "{outcome}");
+    ensure!(
+        outcome["listener"]["result"] == "updated" && outcome["listener"]["to"] == "0.2.0",
+        "{outcome}"
+    );
+    ensure!(outcome["restart"] == true, "{outcome}");
+    ensure!(fs::read(&exe)? == b, "the listener's executable is B");
+    ensure!(fs::read(with_suffix(&exe, ".previous"))? == a, "A is kept");
+
+    // Its next start runs B, which keeps itself: A is let go.
+    let out = store.tillup(&["status"])?;
+    ensure!(out.status.success(), "B runs: {}", text(&out));
+    ensure!(!with_suffix(&exe, ".previous").exists(), "B was kept");
+    let (code, outcome) = self_update(&store)?;
+    ensure!(code == Some(0), "{outcome}");
+    ensure!(
+        outcome["listener"] == serde_json::json!({"result": "current", "version": "0.2.0"}),
+        "{outcome}"
+    );
+
+    // B → C, where C does not start: B stays, saying why.
+    publish_tillup(&store, "0.3.0", &[("tillup", broken("tillup"))])?;
+    let (code, outcome) = self_update(&store)?;
+    ensure!(code == Some(2), "a failed self-update says so: {outcome}");
+    let why = outcome["listener"]["why"].as_str().unwrap_or_default();
+    ensure!(
+        outcome["listener"]["result"] == "failed"
+            && why.contains("did not pass its self-check")
+            && why.contains("this build is broken")
+            && why.contains("previous executable was put back"),
+        "{outcome}"
+    );
+    ensure!(outcome["restart"] == false, "{outcome}");
+    ensure!(fs::read(&exe)? == b, "back to B, byte for byte");
+    ensure!(!with_suffix(&exe, ".previous").exists());
+    let out = store.tillup(&["status"])?;
+    ensure!(out.status.success(), "B still runs: {}", text(&out));
+    Ok(())
+}
+
+#[test]
+fn agents_update_canary_first_and_a_failing_canary_is_rolled_back_with_the_pos_untouched(
+) -> Result<()> {
+    let mut store = Store::two_tills()?;
+    let mut a = Vec::new();
+    for t in store.terminals.values_mut() {
+        let exe = t.root.join("bin/tillup-agent");
+        a = private_copy("tillup-agent", &exe)?;
+        t.agent_program = Some(exe);
+        t.start_agent()?;
+    }
+    store.write_listener_config("prompt", &[&format!("self_channel = {CHANNEL:?}")])?;
+    let folders = store.folders();
+    let pids = [main_pid(&store, 1)?, main_pid(&store, 2)?];
+
+    // A broken tillup-agent: the canary (terminal 1) refuses it and keeps
+    // its own; terminal 2 is not asked.
+    publish_tillup(&store, "0.2.0", &[("tillup-agent", broken("tillup-agent"))])?;
+    let (code, outcome) = self_update(&store)?;
+    ensure!(code == Some(2), "{outcome}");
+    let canary = &outcome["agents"]["1"];
+    let why = canary["why"].as_str().unwrap_or_default();
+    ensure!(
+        canary["result"] == "failed"
+            && why.contains("did not pass its self-check")
+            && why.contains("this build is broken"),
+        "{outcome}"
+    );
+    ensure!(outcome["agents"]["2"]["result"] == "skipped", "{outcome}");
+    ensure!(
+        outcome["agents"]["2"]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("canary terminal 1")),
+        "{outcome}"
+    );
+    for t in store.terminals.values() {
+        let exe = t.agent_program.as_ref().context("a private agent")?;
+        ensure!(fs::read(exe)? == a, "terminal {}'s agent is as it was", t.number);
+        ensure!(!with_suffix(exe, ".previous").exists());
+        let status: serde_json::Value = t
+            .http()
+            .get(format!("{}/v1/status", t.url().context("running")?))
+            .bearer_auth(&t.token)
+            .send()?
+            .json()?;
+        ensure!(
+            status["agent_version"] == env!("CARGO_PKG_VERSION")
+                && status["agent_on_trial"] == false,
+            "{status}"
+        );
+    }
+    // The POS program was never touched: same processes, same folders.
+    ensure!(pids == [main_pid(&store, 1)?, main_pid(&store, 2)?]);
+    ensure!(
+        store.folders().iter().map(without_sales).collect::<Vec<_>>()
+            == folders.iter().map(without_sales).collect::<Vec<_>>()
+    );
+    for t in store.terminals.values() {
+        ensure!(t.running_version().as_deref() == Some("1.0.0"));
+    }
+
+    // A good build: canary first, then the other; each restarts in place
+    // and adopts its running POS program, which keeps selling.
+    let good = rebuilt("tillup-agent", "0.3.0")?;
+    publish_tillup(&store, "0.3.0", &[("tillup-agent", good.clone())])?;
+    let (code, outcome) = self_update(&store)?;
+    ensure!(code == Some(0), "{outcome}");
+    for n in ["1", "2"] {
+        ensure!(
+            outcome["agents"][n]
+                == serde_json::json!({"result": "updated", "from": env!("CARGO_PKG_VERSION"), "to": "0.3.0"}),
+            "{outcome}"
+        );
+    }
+    for t in store.terminals.values() {
+        let exe = t.agent_program.as_ref().context("a private agent")?;
+        ensure!(fs::read(exe)? == good, "terminal {}'s agent is the new build", t.number);
+        ensure!(!with_suffix(exe, ".previous").exists(), "kept: the old one is let go");
+    }
+    ensure!(pids == [main_pid(&store, 1)?, main_pid(&store, 2)?], "the POS never stopped");
+
+    // The restarted agents still run the POS upgrade: stop, swap, start.
+    let rel = store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
+    let out = store.tillup(&["update"])?;
+    ensure!(out.status.success(), "update: {}", text(&out));
+    store.assert_upgraded(&rel, &folders, "1.1.0")?;
+    Ok(())
+}
+
+/// A process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_daemon_restarts_itself_on_its_new_build_and_keeps_it() -> Result<()> {
+    let mut store = Store::one_till()?;
+    let exe = store.root.join("host/bin/tillup");
+    private_copy("tillup", &exe)?;
+    store.listener_program = Some(exe.clone());
+    store.write_listener_config("prompt", &[&format!("self_channel = {CHANNEL:?}")])?;
+    let b = rebuilt("tillup", "B")?;
+    publish_tillup(&store, "0.2.0", &[("tillup", b.clone())])?;
+
+    let log = fs::File::create(store.root.join("daemon.log"))?;
+    let mut daemon = Killed(
+        Command::new(&exe)
+            .arg("--config")
+            .arg(&store.listener_config)
+            .arg("daemon")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?,
+    );
+    let pid = daemon.0.id();
+    let release = store.listener_data.join("self-release.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // It checks, swaps B in, restarts in place on it, and B keeps itself.
+    while !fs::read_to_string(&release).is_ok_and(|s| s.contains("0.2.0"))
+        || with_suffix(&exe, ".previous").exists()
+    {
+        ensure!(
+            daemon.0.try_wait()?.is_none(),
+            "the daemon exited: {}",
+            fs::read_to_string(store.root.join("daemon.log"))?
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "the daemon did not keep B: {}",
+            fs::read_to_string(store.root.join("daemon.log"))?
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(fs::read(&exe)? == b);
+    // The same process, now running B's file (not a deleted one).
+    let running = fs::read_link(format!("/proc/{pid}/exe"))?;
+    ensure!(running == exe.canonicalize()?, "it runs {}", running.display());
+    ensure!(daemon.0.try_wait()?.is_none(), "the daemon runs on");
+    Ok(())
+}
