@@ -17,8 +17,9 @@ use axum::routing::{get, post};
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
     AgentStatus, ErrorBody, HashList, HealthQuery, HealthReport, PARTIAL_HEADER, PROTOCOL_HEADER,
-    PackReceipt, PackRequest, Protocols, SelfUpdateReport, SelfUpdateRequest, Snapshot, StageChanges, StageReport, StageRequest,
-    StartReport, StopReport, StopRequest, SwapReport, SwapRequest, agent as routes,
+    PackReceipt, PackRequest, Protocols, SelfUpdateReport, SelfUpdateRequest, Snapshot,
+    StageChanges, StageReport, StageRequest, StartReport, StopReport, StopRequest, SwapReport,
+    SwapRequest, agent as routes,
 };
 
 use tillup_core::openapi::{Binary, SemVer};

@@ -123,6 +123,8 @@ mod tests {
             seen_log: None,
             trust: None,
             trust_pinned: None,
+            self_version: Some(Version::new(0, 2, 0)),
+            self_seen_log: None,
         };
         for i in 0..NOTICES + 5 {
             m.notice(format!("n{i}"));

@@ -65,7 +65,12 @@ impl Agent {
                 "a POS upgrade is in progress on this terminal (its program is stopped, or a new release is on trial): update tillup-agent once it is done".into(),
             ));
         }
-        if self.replacer.trial().map_err(AgentError::internal)?.is_some() {
+        if self
+            .replacer
+            .trial()
+            .map_err(AgentError::internal)?
+            .is_some()
+        {
             return Err(AgentError::Conflict(
                 "a release of tillup-agent is on trial already: confirm it or roll it back first"
                     .into(),

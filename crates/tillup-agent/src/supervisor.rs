@@ -436,8 +436,7 @@ fn alive(pid: u32) -> bool {
 /// [`alive`] takes for running.
 fn ended(pid: u32) -> bool {
     if let Some(p) = to_pid(pid)
-        && let Ok(Some(_)) =
-            rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG)
+        && let Ok(Some(_)) = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG)
     {
         return true;
     }

@@ -86,8 +86,8 @@ fn main_pid(store: &Store, n: u32) -> Result<String> {
 }
 
 #[test]
-fn the_listener_updates_itself_and_a_build_that_does_not_start_leaves_the_previous_one(
-) -> Result<()> {
+fn the_listener_updates_itself_and_a_build_that_does_not_start_leaves_the_previous_one()
+-> Result<()> {
     let mut store = Store::one_till()?;
     let exe = store.root.join("host/bin/tillup");
     let a = private_copy("tillup", &exe)?;
@@ -139,8 +139,8 @@ fn the_listener_updates_itself_and_a_build_that_does_not_start_leaves_the_previo
 }
 
 #[test]
-fn agents_update_canary_first_and_a_failing_canary_is_rolled_back_with_the_pos_untouched(
-) -> Result<()> {
+fn agents_update_canary_first_and_a_failing_canary_is_rolled_back_with_the_pos_untouched()
+-> Result<()> {
     let mut store = Store::two_tills()?;
     let mut a = Vec::new();
     for t in store.terminals.values_mut() {
@@ -175,7 +175,11 @@ fn agents_update_canary_first_and_a_failing_canary_is_rolled_back_with_the_pos_u
     );
     for t in store.terminals.values() {
         let exe = t.agent_program.as_ref().context("a private agent")?;
-        ensure!(fs::read(exe)? == a, "terminal {}'s agent is as it was", t.number);
+        ensure!(
+            fs::read(exe)? == a,
+            "terminal {}'s agent is as it was",
+            t.number
+        );
         ensure!(!with_suffix(exe, ".previous").exists());
         let status: serde_json::Value = t
             .http()
@@ -192,7 +196,11 @@ fn agents_update_canary_first_and_a_failing_canary_is_rolled_back_with_the_pos_u
     // The POS program was never touched: same processes, same folders.
     ensure!(pids == [main_pid(&store, 1)?, main_pid(&store, 2)?]);
     ensure!(
-        store.folders().iter().map(without_sales).collect::<Vec<_>>()
+        store
+            .folders()
+            .iter()
+            .map(without_sales)
+            .collect::<Vec<_>>()
             == folders.iter().map(without_sales).collect::<Vec<_>>()
     );
     for t in store.terminals.values() {
@@ -214,10 +222,20 @@ fn agents_update_canary_first_and_a_failing_canary_is_rolled_back_with_the_pos_u
     }
     for t in store.terminals.values() {
         let exe = t.agent_program.as_ref().context("a private agent")?;
-        ensure!(fs::read(exe)? == good, "terminal {}'s agent is the new build", t.number);
-        ensure!(!with_suffix(exe, ".previous").exists(), "kept: the old one is let go");
+        ensure!(
+            fs::read(exe)? == good,
+            "terminal {}'s agent is the new build",
+            t.number
+        );
+        ensure!(
+            !with_suffix(exe, ".previous").exists(),
+            "kept: the old one is let go"
+        );
     }
-    ensure!(pids == [main_pid(&store, 1)?, main_pid(&store, 2)?], "the POS never stopped");
+    ensure!(
+        pids == [main_pid(&store, 1)?, main_pid(&store, 2)?],
+        "the POS never stopped"
+    );
 
     // The restarted agents still run the POS upgrade: stop, swap, start.
     let rel = store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
@@ -280,7 +298,11 @@ fn the_daemon_restarts_itself_on_its_new_build_and_keeps_it() -> Result<()> {
     ensure!(fs::read(&exe)? == b);
     // The same process, now running B's file (not a deleted one).
     let running = fs::read_link(format!("/proc/{pid}/exe"))?;
-    ensure!(running == exe.canonicalize()?, "it runs {}", running.display());
+    ensure!(
+        running == exe.canonicalize()?,
+        "it runs {}",
+        running.display()
+    );
     ensure!(daemon.0.try_wait()?.is_none(), "the daemon runs on");
     Ok(())
 }

@@ -197,10 +197,7 @@ impl Listener {
     ) -> Result<CachedLog, Error> {
         let resp = self
             .server
-            .log(
-                channel,
-                cached.as_ref().and_then(|c| c.etag.as_deref()),
-            )
+            .log(channel, cached.as_ref().and_then(|c| c.etag.as_deref()))
             .await?;
         let fresh = if resp.status() == StatusCode::NOT_MODIFIED {
             cached.ok_or_else(|| Error::BadAnswer {

@@ -350,7 +350,9 @@ impl Config {
         if let Some(c) = &self.self_channel
             && (c.is_empty()
                 || *c == self.channel
-                || !c.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                || !c
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
                 || c.starts_with('.'))
         {
             return Err(format!(

@@ -109,7 +109,10 @@ impl Listener {
             Err(e) => return Err(e),
         };
         let replacer = self.replacer()?;
-        match replacer.at_start().map_err(|e| Error::Other(e.to_string()))? {
+        match replacer
+            .at_start()
+            .map_err(|e| Error::Other(e.to_string()))?
+        {
             OnStart::Run => Ok(None),
             OnStart::GoBack(_) => Ok(Some(replacer.exe().to_owned())),
             OnStart::RunOnTrial(t) => {
@@ -158,7 +161,10 @@ impl Listener {
         };
         let Some(release) = newest_for(&verified, &platform()) else {
             outcome.listener = Step::Skipped {
-                why: format!("tillup's channel `{channel}` has no release for {}", platform()),
+                why: format!(
+                    "tillup's channel `{channel}` has no release for {}",
+                    platform()
+                ),
             };
             return Ok(outcome);
         };
@@ -365,7 +371,11 @@ impl Listener {
         }
         let Some(file) = entry(manifest, Program::Listener) else {
             return Ok(Step::Skipped {
-                why: format!("tillup {} has no `tillup` for {}", release.version, platform()),
+                why: format!(
+                    "tillup {} has no `tillup` for {}",
+                    release.version,
+                    platform()
+                ),
             });
         };
         let Some(config) = self.config.source.clone() else {
@@ -383,9 +393,7 @@ impl Listener {
         };
         let installed = replacer
             .stage(&store.path(&file.sha256), &file)
-            .and_then(|()| {
-                replacer.install(&trial, &[OsString::from("--config"), config.into()])
-            });
+            .and_then(|()| replacer.install(&trial, &[OsString::from("--config"), config.into()]));
         Ok(match installed {
             Ok(()) => Step::Updated {
                 from: running.to_string(),

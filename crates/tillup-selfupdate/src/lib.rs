@@ -82,11 +82,13 @@ impl Replacer {
         let bytes = match std::fs::read(&self.record) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(tillup_fs::Error::Io {
-                path: self.record.clone(),
-                source: e,
+            Err(e) => {
+                return Err(tillup_fs::Error::Io {
+                    path: self.record.clone(),
+                    source: e,
+                }
+                .into());
             }
-            .into()),
         };
         serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             let _ = std::fs::rename(&self.record, suffixed(&self.record, ".unreadable"));
@@ -326,7 +328,10 @@ mod tests {
         let (_dir, r, blob) = setup("[ \"$1\" = self-check ] && exit 0; echo B");
         r.stage(&blob, &entry(&blob)).unwrap();
         r.install(&trial(), &[]).unwrap();
-        assert_eq!(std::fs::read(r.exe()).unwrap(), std::fs::read(&blob).unwrap());
+        assert_eq!(
+            std::fs::read(r.exe()).unwrap(),
+            std::fs::read(&blob).unwrap()
+        );
         assert_eq!(r.trial().unwrap().unwrap().phase, TrialPhase::Probed);
         // The restart finds it probed, runs it on trial, confirms it.
         assert!(matches!(r.at_start().unwrap(), OnStart::RunOnTrial(_)));
@@ -342,7 +347,10 @@ mod tests {
         let old = std::fs::read(r.exe()).unwrap();
         r.stage(&blob, &entry(&blob)).unwrap();
         let err = r.install(&trial(), &[]).unwrap_err();
-        assert!(err.to_string().contains("cannot open the data folder"), "{err}");
+        assert!(
+            err.to_string().contains("cannot open the data folder"),
+            "{err}"
+        );
         assert_eq!(std::fs::read(r.exe()).unwrap(), old);
         assert!(r.trial().unwrap().is_none());
     }

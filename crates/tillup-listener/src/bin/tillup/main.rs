@@ -163,9 +163,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SelfUpdate { json } => {
             let outcome = listener.self_update(now()).await?;
             render::self_update(&outcome, json);
-            if outcome.agents.values().chain([&outcome.listener]).any(|s| {
-                matches!(s, tillup_listener::selfupdate::Step::Failed { .. })
-            }) {
+            if outcome
+                .agents
+                .values()
+                .chain([&outcome.listener])
+                .any(|s| matches!(s, tillup_listener::selfupdate::Step::Failed { .. }))
+            {
                 return Ok(ExitCode::from(2));
             }
         }
