@@ -603,32 +603,70 @@ mod tests {
     async fn a_program_alive_after_sigkill_is_not_reported_stopped() {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
-        // A program this test spawned and never reaps: once killed it stays
-        // a zombie, which a signal test takes for alive, as it would a
-        // process stuck in the kernel. The supervisor adopts it by its pid.
-        let mut zombie = std::process::Command::new("sleep")
-            .arg("60")
-            .process_group(0)
+        // A program whose parent never reaps it: once killed it stays a
+        // zombie, which a signal test takes for alive, as it would a
+        // process stuck in the kernel. It is not the agent's child (an
+        // agent reaps its own), and leads its own process group, as a main
+        // program does. The supervisor adopts it by its pid.
+        let mut parent = std::process::Command::new("sh")
+            .args(["-c", "setsid sleep 60 & echo $!; exec sleep 600"])
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(parent.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let zombie: u32 = line.trim().parse().unwrap();
         // Adoption checks the program by its command line: wait for the exec.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !runs(zombie.id(), "sleep") {
+        while !runs(zombie, "sleep") {
             assert!(Instant::now() < deadline, "sleep did not start");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        std::fs::write(dir.path().join("main.pid"), format!("{}\n", zombie.id())).unwrap();
+        std::fs::write(dir.path().join("main.pid"), format!("{zombie}\n")).unwrap();
         let s = Supervisor::new(cfg(&["sleep", "60"], None), dir.path());
-        assert_eq!(s.state(), MainState::Running { pid: zombie.id() });
+        assert_eq!(s.state(), MainState::Running { pid: zombie });
         let err = s.stop(Some(Duration::ZERO)).await.unwrap_err();
         assert!(
-            matches!(err, SupervisorError::StillRunning { pid, .. } if pid == zombie.id()),
+            matches!(err, SupervisorError::StillRunning { pid, .. } if pid == zombie),
             "{err}"
         );
         assert!(err.to_string().contains("after SIGKILL"), "{err}");
         assert!(s.is_running(), "it is still counted as running");
         assert!(dir.path().join("main.pid").exists());
-        zombie.wait().unwrap();
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+    }
+
+    /// After the agent restarted in place (exec), the main program it
+    /// adopts is still its child: when it ends it is reaped and counted
+    /// ended, not left a zombie taken for running.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn an_adopted_program_that_is_our_child_is_reaped_when_it_ends() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !runs(pid, "sleep") {
+            assert!(Instant::now() < deadline, "sleep did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        std::fs::write(dir.path().join("main.pid"), format!("{pid}\n")).unwrap();
+        let s = Supervisor::new(cfg(&["sleep", "60"], None), dir.path());
+        assert_eq!(s.state(), MainState::Running { pid });
+        s.stop(Some(Duration::ZERO)).await.unwrap();
+        assert!(!s.is_running());
+        assert!(!alive(pid), "reaped, not a zombie");
+        drop(child);
     }
 
     #[tokio::test]
