@@ -599,9 +599,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // A new executable that started before without being confirmed, or
     // whose swap was cut before its probe passed: back to the kept one.
     let replacer = tillup_selfupdate::Replacer::this_process(&config.state_dir())?;
-    if let tillup_core::selfupdate::OnStart::GoBack(_) = replacer.at_start()? {
-        let e = tillup_selfupdate::restart(replacer.exe());
-        anyhow::bail!("could not restart on {}: {e}", replacer.exe().display());
+    match replacer.at_start()? {
+        tillup_core::selfupdate::OnStart::GoBack(t) => {
+            // Said to the host, which is waiting for the new release.
+            let path = Memory::path(&config.state_dir());
+            let mut memory = Memory::load(&path);
+            memory.notice(format!(
+                "tillup-agent {} started without being confirmed healthy: {} {}",
+                t.to,
+                tillup_core::selfupdate::WENT_BACK,
+                t.from
+            ));
+            memory.save(&path)?;
+            let e = tillup_selfupdate::restart(replacer.exe());
+            anyhow::bail!("could not restart on {}: {e}", replacer.exe().display());
+        }
+        tillup_core::selfupdate::OnStart::RunOnTrial(_) => {
+            tillup_fs::fault::crash_point("agent.self.on_trial");
+        }
+        tillup_core::selfupdate::OnStart::Run => {}
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

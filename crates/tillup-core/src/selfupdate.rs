@@ -26,6 +26,10 @@ pub const SELF_CHANNEL: &str = "tillup";
 /// exits 0 only if it could run.
 pub const SELF_CHECK: &str = "self-check";
 
+/// What the notice of a program that went back to its kept executable
+/// says, for the host that waits for the new one to answer.
+pub const WENT_BACK: &str = "went back to";
+
 /// The platform a release of tillup's programs is built for, as the
 /// release's model names it: `linux-x86_64`, `windows-x86_64`, …
 pub fn platform() -> String {

@@ -306,3 +306,88 @@ fn the_daemon_restarts_itself_on_its_new_build_and_keeps_it() -> Result<()> {
     ensure!(daemon.0.try_wait()?.is_none(), "the daemon runs on");
     Ok(())
 }
+
+#[test]
+fn a_listener_killed_between_its_swap_and_its_probe_goes_back_at_its_next_start() -> Result<()> {
+    let mut store = Store::one_till()?;
+    let exe = store.root.join("host/bin/tillup");
+    let a = private_copy("tillup", &exe)?;
+    store.listener_program = Some(exe.clone());
+    store.write_listener_config("prompt", &[&format!("self_channel = {CHANNEL:?}")])?;
+    let b = rebuilt("tillup", "B")?;
+    publish_tillup(&store, "0.2.0", &[("tillup", b.clone())])?;
+
+    let out = store.tillup_with(
+        &["self-update"],
+        &[("TILLUP_CRASH_AT", "selfupdate.swapped")],
+    )?;
+    ensure!(out.status.code().is_none(), "killed: {}", text(&out));
+    ensure!(fs::read(&exe)? == b, "B was swapped in, not yet probed");
+
+    // The next start (B's) finds a swap its probe never passed: back to A,
+    // which then does what it was asked.
+    let out = store.tillup(&["status"])?;
+    ensure!(out.status.success(), "{}", text(&out));
+    ensure!(fs::read(&exe)? == a, "A is back, byte for byte");
+    ensure!(!with_suffix(&exe, ".previous").exists());
+
+    // And the update, asked again, completes.
+    let (code, outcome) = self_update(&store)?;
+    ensure!(
+        code == Some(0) && outcome["listener"]["result"] == "updated",
+        "{outcome}"
+    );
+    ensure!(fs::read(&exe)? == b);
+    Ok(())
+}
+
+#[test]
+fn an_agent_that_dies_on_its_new_build_goes_back_and_the_canary_fails() -> Result<()> {
+    let mut store = Store::two_tills()?;
+    let mut a = Vec::new();
+    for t in store.terminals.values_mut() {
+        let exe = t.root.join("bin/tillup-agent");
+        a = private_copy("tillup-agent", &exe)?;
+        t.agent_program = Some(exe);
+        t.start_agent()?;
+    }
+    // Terminal 1's agent dies as soon as it starts on a new build, before
+    // it serves; its service manager (played by the harness) starts it
+    // again, without the fault.
+    if let Some(t) = store.terminals.get_mut(&1) {
+        t.start_agent_with(&[("TILLUP_CRASH_AT", "agent.self.on_trial")])?;
+    }
+    store.write_listener_config("prompt", &[&format!("self_channel = {CHANNEL:?}")])?;
+    let pids = [main_pid(&store, 1)?, main_pid(&store, 2)?];
+    publish_tillup(
+        &store,
+        "0.2.0",
+        &[("tillup-agent", rebuilt("tillup-agent", "B")?)],
+    )?;
+
+    let (out, restarts) = store.tillup_supervised(&["self-update", "--json"])?;
+    let outcome: serde_json::Value =
+        serde_json::from_slice(&out.stdout).with_context(|| text(&out))?;
+    ensure!(restarts == 1, "one restart: {outcome}");
+    ensure!(out.status.code() == Some(2), "{outcome}");
+    let why = outcome["agents"]["1"]["why"].as_str().unwrap_or_default();
+    ensure!(
+        outcome["agents"]["1"]["result"] == "failed"
+            && why.contains("started without being confirmed healthy"),
+        "{outcome}"
+    );
+    ensure!(outcome["agents"]["2"]["result"] == "skipped", "{outcome}");
+    for t in store.terminals.values() {
+        let exe = t.agent_program.as_ref().context("a private agent")?;
+        ensure!(
+            fs::read(exe)? == a,
+            "terminal {}'s agent is A again",
+            t.number
+        );
+    }
+    ensure!(
+        pids == [main_pid(&store, 1)?, main_pid(&store, 2)?],
+        "the POS ran throughout"
+    );
+    Ok(())
+}

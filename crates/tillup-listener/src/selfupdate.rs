@@ -16,7 +16,7 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 use tillup_core::api::{AgentStatus, MainState, SelfUpdateRequest};
 use tillup_core::log::{Release, SeenLog};
-use tillup_core::selfupdate::{OnStart, Program, Trial, TrialPhase, platform, wanted};
+use tillup_core::selfupdate::{OnStart, Program, Trial, TrialPhase, WENT_BACK, platform, wanted};
 use tillup_core::{FileEntry, Manifest, RelPath, Sha256Hex};
 use tillup_selfupdate::Replacer;
 use tillup_transfer::Size;
@@ -327,6 +327,19 @@ impl Listener {
             tokio::time::sleep(AGENT_POLL).await;
             match agent.status().await {
                 Ok(s) if s.agent_version == version.to_string() => break s,
+                Ok(s)
+                    if s.notices.last() != before.notices.last()
+                        && s.notices
+                            .last()
+                            .is_some_and(|n| n.message.contains(WENT_BACK)) =>
+                {
+                    let said = s
+                        .notices
+                        .last()
+                        .map(|n| n.message.clone())
+                        .unwrap_or_default();
+                    return Err(format!("it runs {} again: {said}", s.agent_version));
+                }
                 _ if tokio::time::Instant::now() < deadline => {}
                 Ok(s) => {
                     return Err(format!(

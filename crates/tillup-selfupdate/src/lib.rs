@@ -151,6 +151,7 @@ impl Replacer {
         )?;
         std::fs::rename(&incoming, &self.exe).at(&self.exe)?;
         fsync_dir(self.folder())?;
+        tillup_fs::fault::crash_point("selfupdate.swapped");
         if let Err(why) = probe(&self.exe, probe_args) {
             self.go_back()?;
             return Err(SelfUpdateError::Probe {
