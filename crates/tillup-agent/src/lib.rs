@@ -91,12 +91,9 @@ impl Agent {
         }
         memory.save(&Memory::path(&state_dir))?;
         let replacer = tillup_selfupdate::Replacer::this_process(&state_dir)?;
-        let self_version = match replacer.trial() {
-            Ok(Some(t)) if t.phase == tillup_core::selfupdate::TrialPhase::Started => t.to,
-            _ => memory.self_version.clone().unwrap_or_else(|| {
-                Version::parse(env!("CARGO_PKG_VERSION")).expect("the build's version is semver")
-            }),
-        };
+        let build =
+            Version::parse(env!("CARGO_PKG_VERSION")).expect("the build's version is semver");
+        let self_version = replacer.running(memory.self_release.as_ref(), &build);
         let supervisor = supervisor::Supervisor::new(config.main.clone(), &state_dir);
         Ok(Arc::new(Self {
             layout,
@@ -586,7 +583,7 @@ pub fn self_check(config: &Config) -> anyhow::Result<serde_json::Value> {
         "program": "tillup-agent",
         "build": env!("CARGO_PKG_VERSION"),
         "terminal": config.terminal,
-        "confirmed_release": memory.self_version,
+        "kept_release": memory.self_release.map(|k| k.version),
     }))
 }
 

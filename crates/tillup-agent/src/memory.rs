@@ -43,10 +43,10 @@ pub struct Memory {
     /// starts afresh.
     #[serde(default)]
     pub trust_pinned: Option<String>,
-    /// The release of tillup-agent confirmed healthy by the host (none:
-    /// the build's own version).
+    /// The release of tillup-agent the host confirmed healthy on this
+    /// executable (none: the build's own version).
     #[serde(default)]
-    pub self_version: Option<Version>,
+    pub self_release: Option<tillup_selfupdate::Kept>,
     /// The newest signed log of tillup's channel a self-update was checked
     /// against: an older one is refused from then on.
     #[serde(default)]
@@ -123,7 +123,7 @@ mod tests {
             seen_log: None,
             trust: None,
             trust_pinned: None,
-            self_version: Some(Version::new(0, 2, 0)),
+            self_release: None,
             self_seen_log: None,
         };
         for i in 0..NOTICES + 5 {

@@ -179,9 +179,13 @@ impl Agent {
             )));
         }
         if self.self_on_trial() {
+            let kept = self
+                .replacer
+                .kept_as(running.clone())
+                .map_err(AgentError::internal)?;
+            self.remember(|m| m.self_release = Some(kept))?;
             self.replacer.confirm().map_err(AgentError::internal)?;
         }
-        self.remember(|m| m.self_version = Some(running.clone()))?;
         Ok(SelfUpdateReport {
             version: running,
             restarting: false,

@@ -35,9 +35,9 @@ const AGENT_POLL: Duration = Duration::from_millis(250);
 /// (`self-release.json` beside the local log).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct SelfState {
-    /// The release of tillup this listener runs, once confirmed (none:
+    /// The release of tillup kept on this listener's executable (none:
     /// the build's own version).
-    version: Option<Version>,
+    kept: Option<tillup_selfupdate::Kept>,
     /// The newest log of tillup's channel accepted: an older one is refused.
     seen: Option<SeenLog>,
 }
@@ -89,9 +89,9 @@ impl Listener {
 
     /// The release of tillup this listener runs.
     pub fn self_version(&self) -> Version {
-        match self.replacer().ok().and_then(|r| r.trial().ok().flatten()) {
-            Some(t) if t.phase == TrialPhase::Started => t.to,
-            _ => self.self_state().version.unwrap_or_else(build_version),
+        match self.replacer() {
+            Ok(r) => r.running(self.self_state().kept.as_ref(), &build_version()),
+            Err(_) => build_version(),
         }
     }
 
@@ -117,7 +117,11 @@ impl Listener {
             OnStart::GoBack(_) => Ok(Some(replacer.exe().to_owned())),
             OnStart::RunOnTrial(t) => {
                 let mut state = self.self_state();
-                state.version = Some(t.to.clone());
+                state.kept = Some(
+                    replacer
+                        .kept_as(t.to.clone())
+                        .map_err(|e| Error::Other(e.to_string()))?,
+                );
                 tillup_fs::write_json_atomic(&self.self_state_path(), &state)?;
                 replacer
                     .confirm()
@@ -397,6 +401,14 @@ impl Listener {
             });
         };
         let replacer = self.replacer()?;
+        if replacer.exe().file_name() != Some(std::ffi::OsStr::new(file.path.as_str())) {
+            return Ok(Step::Skipped {
+                why: format!(
+                    "this process is {}, not `tillup`: run `tillup self-update` or `tillup daemon`",
+                    replacer.exe().display()
+                ),
+            });
+        }
         let store = self.blobs()?;
         let trial = Trial {
             program: Program::Listener,
@@ -426,7 +438,7 @@ pub fn self_check(config: Config) -> Result<serde_json::Value, Error> {
     Ok(serde_json::json!({
         "program": "tillup",
         "build": env!("CARGO_PKG_VERSION"),
-        "release": listener.self_state().version,
+        "kept_release": listener.self_state().kept.map(|k| k.version),
     }))
 }
 

@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
 use tillup_core::FileEntry;
 use tillup_core::selfupdate::{OnStart, SELF_CHECK, Trial, TrialPhase, on_start};
 use tillup_fs::{IoContext, fsync_dir, remove_file_if_exists, write_json_atomic};
@@ -40,6 +43,16 @@ pub enum SelfUpdateError {
         version: semver::Version,
         why: String,
     },
+}
+
+/// A release of tillup kept on this executable: its version, and the
+/// file's size and modification time when it was kept, so that a file
+/// replaced by other means (a package, a hand) is not taken for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    pub version: Version,
+    size: u64,
+    modified: (u64, u32),
 }
 
 /// One program's executable and its trial record.
@@ -65,6 +78,41 @@ impl Replacer {
 
     pub fn exe(&self) -> &Path {
         &self.exe
+    }
+
+    /// The executable as it is now, as release `version`.
+    pub fn kept_as(&self, version: Version) -> Result<Kept, SelfUpdateError> {
+        let (size, modified) = self.stat()?;
+        Ok(Kept {
+            version,
+            size,
+            modified,
+        })
+    }
+
+    /// The release this executable is: the trial's when it runs on trial,
+    /// else `kept` while it still describes the file, else `build` (the
+    /// version it was built as).
+    pub fn running(&self, kept: Option<&Kept>, build: &Version) -> Version {
+        if let Ok(Some(t)) = self.trial()
+            && t.phase == TrialPhase::Started
+        {
+            return t.to;
+        }
+        match kept {
+            Some(k) if self.stat().is_ok_and(|s| s == (k.size, k.modified)) => k.version.clone(),
+            _ => build.clone(),
+        }
+    }
+
+    fn stat(&self) -> Result<(u64, (u64, u32)), SelfUpdateError> {
+        let meta = std::fs::metadata(&self.exe).at(&self.exe)?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()));
+        Ok((meta.len(), modified))
     }
 
     /// Where the executable it replaced is kept while the new one is on trial.
@@ -336,7 +384,18 @@ mod tests {
         assert_eq!(r.trial().unwrap().unwrap().phase, TrialPhase::Probed);
         // The restart finds it probed, runs it on trial, confirms it.
         assert!(matches!(r.at_start().unwrap(), OnStart::RunOnTrial(_)));
+        let build = semver::Version::new(0, 1, 0);
+        assert_eq!(r.running(None, &build), semver::Version::new(0, 2, 0));
+        let kept = r.kept_as(semver::Version::new(0, 2, 0)).unwrap();
         r.confirm().unwrap();
+        assert_eq!(
+            r.running(Some(&kept), &build),
+            semver::Version::new(0, 2, 0)
+        );
+        // Replaced by other means, it is its build again.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        script(r.exe(), "echo by hand");
+        assert_eq!(r.running(Some(&kept), &build), build);
         assert!(r.trial().unwrap().is_none());
         assert!(!r.kept().exists());
         assert!(matches!(r.at_start().unwrap(), OnStart::Run));
