@@ -597,11 +597,19 @@ mod tests {
         assert!(dead(child), "the main program's child {child} still runs");
     }
 
+    /// Adoption checks the program by its command line: waits for `pid`'s exec of `sleep`.
+    async fn wait_until_it_runs_sleep(pid: u32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !runs(pid, "sleep") {
+            assert!(Instant::now() < deadline, "sleep did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Regression: a program still alive after SIGKILL was reported stopped.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_program_alive_after_sigkill_is_not_reported_stopped() {
-        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         // A program whose parent never reaps it: once killed it stays a
         // zombie, which a signal test takes for alive, as it would a
@@ -620,12 +628,7 @@ mod tests {
         )
         .unwrap();
         let zombie: u32 = line.trim().parse().unwrap();
-        // Adoption checks the program by its command line: wait for the exec.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !runs(zombie, "sleep") {
-            assert!(Instant::now() < deadline, "sleep did not start");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until_it_runs_sleep(zombie).await;
         std::fs::write(dir.path().join("main.pid"), format!("{zombie}\n")).unwrap();
         let s = Supervisor::new(cfg(&["sleep", "60"], None), dir.path());
         assert_eq!(s.state(), MainState::Running { pid: zombie });
@@ -655,11 +658,7 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !runs(pid, "sleep") {
-            assert!(Instant::now() < deadline, "sleep did not start");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until_it_runs_sleep(pid).await;
         std::fs::write(dir.path().join("main.pid"), format!("{pid}\n")).unwrap();
         let s = Supervisor::new(cfg(&["sleep", "60"], None), dir.path());
         assert_eq!(s.state(), MainState::Running { pid });

@@ -34,6 +34,28 @@ fn private_copy(name: &str, to: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The listener runs from a private copy (returned with its bytes) and
+/// follows tillup's channel.
+fn private_listener(store: &mut Store) -> Result<(PathBuf, Vec<u8>)> {
+    let exe = store.root.join("host/bin/tillup");
+    let bytes = private_copy("tillup", &exe)?;
+    store.listener_program = Some(exe.clone());
+    store.write_listener_config("prompt", &[&format!("self_channel = {CHANNEL:?}")])?;
+    Ok((exe, bytes))
+}
+
+/// Every agent restarts from a private copy; returns its bytes.
+fn private_agents(store: &mut Store) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    for t in store.terminals.values_mut() {
+        let exe = t.root.join("bin/tillup-agent");
+        bytes = private_copy("tillup-agent", &exe)?;
+        t.agent_program = Some(exe);
+        t.start_agent()?;
+    }
+    Ok(bytes)
+}
+
 /// The workspace's `name` as another build: the same program, other bytes.
 fn rebuilt(name: &str, tag: &str) -> Result<Vec<u8>> {
     let mut bytes = fs::read(bin(name)?)?;
@@ -89,10 +111,7 @@ fn main_pid(store: &Store, n: u32) -> Result<String> {
 fn the_listener_updates_itself_and_a_build_that_does_not_start_leaves_the_previous_one()
 -> Result<()> {
     let mut store = Store::one_till()?;
-    let exe = store.root.join("host/bin/tillup");
-    let a = private_copy("tillup", &exe)?;
-    store.listener_program = Some(exe.clone());
-    store.write_listener_config("prompt", &[&format!("self_channel = {CHANNEL:?}")])?;
+    let (exe, a) = private_listener(&mut store)?;
 
     // A → B: swapped in and probed, the previous build kept beside it.
     let b = rebuilt("tillup", "B")?;
@@ -142,13 +161,7 @@ fn the_listener_updates_itself_and_a_build_that_does_not_start_leaves_the_previo
 fn agents_update_canary_first_and_a_failing_canary_is_rolled_back_with_the_pos_untouched()
 -> Result<()> {
     let mut store = Store::two_tills()?;
-    let mut a = Vec::new();
-    for t in store.terminals.values_mut() {
-        let exe = t.root.join("bin/tillup-agent");
-        a = private_copy("tillup-agent", &exe)?;
-        t.agent_program = Some(exe);
-        t.start_agent()?;
-    }
+    let a = private_agents(&mut store)?;
     store.write_listener_config("prompt", &[&format!("self_channel = {CHANNEL:?}")])?;
     let folders = store.folders();
     let pids = [main_pid(&store, 1)?, main_pid(&store, 2)?];
@@ -258,10 +271,7 @@ impl Drop for Killed {
 #[test]
 fn the_daemon_restarts_itself_on_its_new_build_and_keeps_it() -> Result<()> {
     let mut store = Store::one_till()?;
-    let exe = store.root.join("host/bin/tillup");
-    private_copy("tillup", &exe)?;
-    store.listener_program = Some(exe.clone());
-    store.write_listener_config("prompt", &[&format!("self_channel = {CHANNEL:?}")])?;
+    let (exe, _) = private_listener(&mut store)?;
     let b = rebuilt("tillup", "B")?;
     publish_tillup(&store, "0.2.0", &[("tillup", b.clone())])?;
 
@@ -310,10 +320,7 @@ fn the_daemon_restarts_itself_on_its_new_build_and_keeps_it() -> Result<()> {
 #[test]
 fn a_listener_killed_between_its_swap_and_its_probe_goes_back_at_its_next_start() -> Result<()> {
     let mut store = Store::one_till()?;
-    let exe = store.root.join("host/bin/tillup");
-    let a = private_copy("tillup", &exe)?;
-    store.listener_program = Some(exe.clone());
-    store.write_listener_config("prompt", &[&format!("self_channel = {CHANNEL:?}")])?;
+    let (exe, a) = private_listener(&mut store)?;
     let b = rebuilt("tillup", "B")?;
     publish_tillup(&store, "0.2.0", &[("tillup", b.clone())])?;
 
@@ -344,13 +351,7 @@ fn a_listener_killed_between_its_swap_and_its_probe_goes_back_at_its_next_start(
 #[test]
 fn an_agent_that_dies_on_its_new_build_goes_back_and_the_canary_fails() -> Result<()> {
     let mut store = Store::two_tills()?;
-    let mut a = Vec::new();
-    for t in store.terminals.values_mut() {
-        let exe = t.root.join("bin/tillup-agent");
-        a = private_copy("tillup-agent", &exe)?;
-        t.agent_program = Some(exe);
-        t.start_agent()?;
-    }
+    let a = private_agents(&mut store)?;
     // Terminal 1's agent dies as soon as it starts on a new build, before
     // it serves; its service manager (played by the harness) starts it
     // again, without the fault.
