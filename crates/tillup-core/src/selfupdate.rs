@@ -47,6 +47,9 @@ pub enum Program {
 }
 
 impl Program {
+    /// Every program a release of tillup may hold.
+    pub const ALL: [Program; 2] = [Program::Listener, Program::Agent];
+
     /// Its file in a release of tillup (and its executable's name).
     pub fn file_name(self) -> String {
         let stem = match self {

@@ -33,8 +33,8 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum SelfUpdateError {
     #[error(transparent)]
     Fs(#[from] tillup_fs::Error),
-    #[error("{path} is damaged ({message}); it was set aside and the running executable is kept")]
-    Record { path: PathBuf, message: String },
+    #[error("tillup does not update itself on this system yet: install the new release by hand")]
+    Unsupported,
     #[error(
         "the new {program} ({version}) did not pass its self-check ({why}); the previous executable was put back and nothing else changed"
     )]
@@ -124,8 +124,9 @@ impl Replacer {
         suffixed(&self.exe, ".new")
     }
 
-    /// The trial in progress, if any. A damaged record is set aside (the
-    /// executable in place is then the one that runs).
+    /// The trial in progress, if any. A damaged record (only a hand can
+    /// make one) is set aside with a warning: the executable in place is
+    /// then the one that runs.
     pub fn trial(&self) -> Result<Option<Trial>, SelfUpdateError> {
         let bytes = match std::fs::read(&self.record) {
             Ok(b) => b,
@@ -138,13 +139,19 @@ impl Replacer {
                 .into());
             }
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            let _ = std::fs::rename(&self.record, suffixed(&self.record, ".unreadable"));
-            SelfUpdateError::Record {
-                path: self.record.clone(),
-                message: e.to_string(),
+        match serde_json::from_slice(&bytes) {
+            Ok(trial) => Ok(Some(trial)),
+            Err(e) => {
+                let aside = suffixed(&self.record, ".unreadable");
+                tracing::warn!(
+                    "{} is damaged ({e}): moved to {}; the executable in place runs",
+                    self.record.display(),
+                    aside.display()
+                );
+                std::fs::rename(&self.record, &aside).at(&self.record)?;
+                Ok(None)
             }
-        })
+        }
     }
 
     /// At start-up: carries out [`on_start`]'s decision on the recorded
@@ -162,7 +169,12 @@ impl Replacer {
                     trial.to,
                     trial.from
                 );
-                self.go_back()?;
+                // A program that cannot go back still runs: better the new
+                // executable than none.
+                if let Err(e) = self.go_back() {
+                    tracing::error!("could not go back ({e}): running on");
+                    return Ok(OnStart::Run);
+                }
             }
         }
         Ok(decision)
@@ -170,6 +182,8 @@ impl Replacer {
 
     /// Copies the blob at `blob` to beside the executable, checking it
     /// against `entry` (its signed size and hash) and making it executable.
+    /// It gets the running executable's permissions (not the process's
+    /// umask).
     pub fn stage(&self, blob: &Path, entry: &FileEntry) -> Result<(), SelfUpdateError> {
         let incoming = self.incoming();
         remove_file_if_exists(&incoming)?;
@@ -178,6 +192,8 @@ impl Replacer {
             ..entry.clone()
         };
         tillup_fs::copy_verified(blob, &incoming, &entry)?;
+        let mode = std::fs::metadata(&self.exe).at(&self.exe)?.permissions();
+        std::fs::set_permissions(&incoming, mode).at(&incoming)?;
         Ok(())
     }
 
@@ -185,11 +201,18 @@ impl Replacer {
     /// it, and records it probed; a failed probe puts the kept one back.
     /// `trial` names the releases; `probe_args` follow [`SELF_CHECK`].
     pub fn install(&self, trial: &Trial, probe_args: &[OsString]) -> Result<(), SelfUpdateError> {
+        // Windows refuses a rename over a running executable: the running
+        // one would have to be renamed away first. Not built here.
+        if cfg!(windows) {
+            return Err(SelfUpdateError::Unsupported);
+        }
         let (incoming, kept) = (self.incoming(), self.kept());
         remove_file_if_exists(&kept)?;
-        std::fs::hard_link(&self.exe, &kept)
-            .or_else(|_| std::fs::copy(&self.exe, &kept).map(drop))
-            .at(&kept)?;
+        if std::fs::hard_link(&self.exe, &kept).is_err() {
+            std::fs::copy(&self.exe, &kept)
+                .and_then(|_| std::fs::File::open(&kept)?.sync_all())
+                .at(&kept)?;
+        }
         write_json_atomic(
             &self.record,
             &Trial {
@@ -197,7 +220,15 @@ impl Replacer {
                 ..trial.clone()
             },
         )?;
-        std::fs::rename(&incoming, &self.exe).at(&self.exe)?;
+        if let Err(e) = std::fs::rename(&incoming, &self.exe) {
+            remove_file_if_exists(&self.record)?;
+            remove_file_if_exists(&kept)?;
+            return Err(tillup_fs::Error::Io {
+                path: self.exe.clone(),
+                source: e,
+            }
+            .into());
+        }
         fsync_dir(self.folder())?;
         tillup_fs::fault::crash_point("selfupdate.swapped");
         if let Err(why) = probe(&self.exe, probe_args) {
@@ -241,6 +272,11 @@ impl Replacer {
     fn folder(&self) -> &Path {
         self.exe.parent().unwrap_or(Path::new("."))
     }
+}
+
+/// The version this program was built as (the workspace's).
+pub fn build_version() -> Version {
+    Version::parse(env!("CARGO_PKG_VERSION")).expect("the build's version is semver")
 }
 
 /// The path the running program was started from, as it was at the first

@@ -152,6 +152,21 @@ pub enum Error {
     /// The release folder has no file.
     #[error("{0}: the folder holds no file; point publish at the release's program folder")]
     EmptyFolder(PathBuf),
+    /// A release on tillup's own channel holding something else than
+    /// tillup's programs (every store reads that channel).
+    #[error(
+        "{path}: `{file}` is not one of tillup's programs ({expected}); the channel `{channel}` is for tillup's own releases, which every store reads: publish the POS program on its own channel"
+    )]
+    NotTillup {
+        /// The release folder.
+        path: PathBuf,
+        /// The file that is not one of tillup's programs.
+        file: String,
+        /// tillup's programs' file names.
+        expected: String,
+        /// tillup's channel.
+        channel: String,
+    },
     /// `store add` of an id that exists.
     #[error("store `{0}` already exists")]
     StoreExists(String),

@@ -226,6 +226,7 @@ impl From<Error> for AppError {
             | Error::CaseCollision { .. }
             | Error::NotAFolderOrZip(_)
             | Error::EmptyFolder(_)
+            | Error::NotTillup { .. }
             | Error::StoreExists(_)
             | Error::KeyListNotNewer { .. }
             | Error::BadKeyList { .. }

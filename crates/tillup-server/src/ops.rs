@@ -165,6 +165,21 @@ pub fn publish(
     if manifest.is_empty() {
         return Err(Error::EmptyFolder(req.folder));
     }
+    if req.channel == tillup_core::selfupdate::SELF_CHANNEL {
+        let programs = tillup_core::selfupdate::Program::ALL.map(|p| p.file_name());
+        if let Some(f) = manifest
+            .files()
+            .iter()
+            .find(|f| !programs.iter().any(|p| p == f.path.as_str()))
+        {
+            return Err(Error::NotTillup {
+                path: req.folder,
+                file: f.path.to_string(),
+                expected: programs.join(", "),
+                channel: req.channel,
+            });
+        }
+    }
     manifest
         .check_case_collisions()
         .map_err(|collision| Error::CaseCollision {
@@ -524,6 +539,16 @@ mod tests {
         let p = publish(&db, &blobs, &key, again).unwrap();
         assert!(p.replaced);
         assert_eq!(p.sequence, 2);
+        // tillup's own channel, which every store reads, holds tillup only.
+        let mut pos_on_tillup = req(&folder, "0.2.0");
+        pos_on_tillup.channel = tillup_core::selfupdate::SELF_CHANNEL.into();
+        let err = publish(&db, &blobs, &key, pos_on_tillup)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`pos` is not one of tillup's programs") && err.contains("own channel"),
+            "{err}"
+        );
     }
 
     #[test]
