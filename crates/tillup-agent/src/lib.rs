@@ -52,7 +52,7 @@ pub struct Agent {
     store: BlobStore,
     state_dir: PathBuf,
     /// Serialises the operations that change the folder (and start/stop around them).
-    folder_ops: tokio::sync::Mutex<()>,
+    folder_ops: Arc<tokio::sync::Mutex<()>>,
     /// Hash → path in the folder, from the last scan.
     index: Mutex<Option<HashMap<Sha256Hex, RelPath>>>,
     /// The folder's hash cache, loaded at the first scan and kept: a scan
@@ -91,16 +91,17 @@ impl Agent {
         }
         memory.save(&Memory::path(&state_dir))?;
         let replacer = tillup_selfupdate::Replacer::this_process(&state_dir)?;
-        let build =
-            Version::parse(env!("CARGO_PKG_VERSION")).expect("the build's version is semver");
-        let self_version = replacer.running(memory.self_release.as_ref(), &build);
+        let self_version = replacer.running(
+            memory.self_release.as_ref(),
+            &tillup_selfupdate::build_version(),
+        );
         let supervisor = supervisor::Supervisor::new(config.main.clone(), &state_dir);
         Ok(Arc::new(Self {
             layout,
             supervisor,
             store,
             state_dir,
-            folder_ops: tokio::sync::Mutex::new(()),
+            folder_ops: Arc::default(),
             index: Mutex::new(None),
             hash_cache: Arc::default(),
             memory: Mutex::new(memory),
@@ -514,14 +515,16 @@ impl Agent {
     /// The watchdog's look, every tick: if the host has been silent for
     /// `watchdog_secs` while the main program is stopped, start it on
     /// whatever folder is committed; if a release is still on trial, check
-    /// it (rolling it back if unhealthy). Skipped while a request works.
+    /// it (rolling it back if unhealthy); if a release of tillup-agent is
+    /// still on trial, go back to the previous one. Skipped while a
+    /// request works.
     pub async fn watch(&self) {
         let bound = Duration::from_secs(self.config.watchdog_secs);
         let silent = self.last_contact.lock().expect("not poisoned").elapsed();
         if silent < bound {
             return;
         }
-        let Ok(_op) = self.folder_ops.try_lock() else {
+        let Ok(op) = Arc::clone(&self.folder_ops).try_lock_owned() else {
             return;
         };
         let memory = self.memory();
@@ -562,6 +565,9 @@ impl Agent {
                 Ok(_) => {}
                 Err(e) => tracing::error!("watchdog: the health check failed: {e}"),
             }
+        }
+        if let Err(e) = self.self_trial_unconfirmed(silent, op) {
+            tracing::error!("watchdog: could not go back to the previous tillup-agent: {e}");
         }
     }
 }

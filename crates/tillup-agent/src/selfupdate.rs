@@ -14,7 +14,11 @@
 //! adopts it.
 
 use std::ffi::OsString;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tillup_selfupdate::SelfUpdateError;
+use tokio::sync::OwnedMutexGuard;
 
 use semver::Version;
 use tillup_core::api::{SelfUpdateReport, SelfUpdateRequest};
@@ -50,7 +54,8 @@ impl Agent {
         &self,
         req: SelfUpdateRequest,
     ) -> Result<SelfUpdateReport, AgentError> {
-        let _op = self.folder_ops.lock().await;
+        // Held until the restart: no folder operation starts meanwhile.
+        let op = Arc::clone(&self.folder_ops).lock_owned().await;
         let running = self.self_version();
         if req.version == running {
             return Ok(SelfUpdateReport {
@@ -62,7 +67,7 @@ impl Agent {
         let memory = self.memory();
         if memory.stopped_by_host.is_some() || memory.trial.is_some() {
             return Err(AgentError::Conflict(
-                "a POS upgrade is in progress on this terminal (its program is stopped, or a new release is on trial): update tillup-agent once it is done".into(),
+                "the host stopped this terminal's program, or a new POS release is on trial here: update tillup-agent once that is done".into(),
             ));
         }
         if self
@@ -133,6 +138,9 @@ impl Agent {
             to: req.version.clone(),
             phase: TrialPhase::Swapped,
         };
+        // Remembered first: from now on an older log of tillup's channel
+        // is refused, whatever happens next.
+        self.remember(|m| m.self_seen_log = Some(accepted.seen.clone()))?;
         let (replacer, blob) = (self.replacer.clone(), self.store.path(&entry.sha256));
         let probe_trial = trial.clone();
         tokio::task::spawn_blocking(move || {
@@ -145,19 +153,23 @@ impl Agent {
         .await
         .map_err(AgentError::internal)?
         .map_err(|e| match e {
-            e @ tillup_selfupdate::SelfUpdateError::Probe { .. } => {
+            e @ (SelfUpdateError::Probe { .. } | SelfUpdateError::Unsupported) => {
                 AgentError::Unprocessable(e.to_string())
             }
-            other => AgentError::internal(other),
+            e @ SelfUpdateError::Fs(_) => AgentError::internal(e),
         })?;
-        self.remember(|m| {
-            m.self_seen_log = Some(accepted.seen.clone());
+        let noted = self.remember(|m| {
             m.notice(format!(
                 "tillup-agent {} installed over {running}; restarting on it, on trial",
                 req.version
             ));
-        })?;
-        self.restart_soon();
+        });
+        if let Err(e) = noted {
+            // Not restarting: the probed executable must not stay in place.
+            self.replacer.go_back().map_err(AgentError::internal)?;
+            return Err(e);
+        }
+        self.restart_soon(op);
         Ok(SelfUpdateReport {
             version: req.version,
             restarting: true,
@@ -199,7 +211,7 @@ impl Agent {
         &self,
         req: SelfUpdateRequest,
     ) -> Result<SelfUpdateReport, AgentError> {
-        let _op = self.folder_ops.lock().await;
+        let op = Arc::clone(&self.folder_ops).lock_owned().await;
         let running = self.self_version();
         let trial = self.replacer.trial().map_err(AgentError::internal)?;
         match trial {
@@ -211,7 +223,7 @@ impl Agent {
                         t.to, t.from
                     ));
                 })?;
-                self.restart_soon();
+                self.restart_soon(op);
                 Ok(SelfUpdateReport {
                     version: t.from,
                     restarting: true,
@@ -229,10 +241,40 @@ impl Agent {
         }
     }
 
-    /// Restarts the agent in place on its executable, once the answer is out.
-    fn restart_soon(&self) {
+    /// The watchdog found the host silent for `silent`: a release of
+    /// tillup-agent still on trial was never confirmed, so the previous
+    /// one goes back in and the agent restarts on it.
+    pub(crate) fn self_trial_unconfirmed(
+        &self,
+        silent: Duration,
+        op: OwnedMutexGuard<()>,
+    ) -> Result<(), AgentError> {
+        let Some(trial) = self.replacer.trial().map_err(AgentError::internal)? else {
+            return Ok(());
+        };
+        if trial.phase != TrialPhase::Started {
+            return Ok(());
+        }
+        self.replacer.go_back().map_err(AgentError::internal)?;
+        self.remember(|m| {
+            m.notice(format!(
+                "the host was silent for {} s while tillup-agent {} was on trial: {} {}",
+                silent.as_secs(),
+                trial.to,
+                tillup_core::selfupdate::WENT_BACK,
+                trial.from
+            ))
+        })?;
+        self.restart_soon(op);
+        Ok(())
+    }
+
+    /// Restarts the agent in place on its executable, once the answer is
+    /// out, holding `op` (the folder operations' lock) until then.
+    fn restart_soon(&self, op: OwnedMutexGuard<()>) {
         let exe = self.replacer.exe().to_owned();
         tokio::spawn(async move {
+            let _op = op;
             tokio::time::sleep(RESTART_AFTER).await;
             let e = tillup_selfupdate::restart(&exe);
             tracing::error!("could not restart on {}: {e}", exe.display());

@@ -75,6 +75,8 @@ pub enum Error {
     Fs(#[from] tillup_fs::Error),
     #[error("bundle {path} refused: {message}")]
     Bundle { path: PathBuf, message: String },
+    #[error(transparent)]
+    SelfUpdate(#[from] tillup_selfupdate::SelfUpdateError),
     #[error("{0}")]
     Other(String),
 }
@@ -104,6 +106,8 @@ pub struct Listener {
     agents: BTreeMap<u32, AgentClient>,
     /// The bytes of the running upgrade's transfers, for the CLI and the window.
     pub transfers: std::sync::Arc<progress::Transfers>,
+    /// The release of tillup this process runs (see [`Listener::self_version`]).
+    running_release: std::sync::OnceLock<semver::Version>,
 }
 
 impl Listener {
@@ -143,6 +147,7 @@ impl Listener {
             server,
             agents,
             transfers: Default::default(),
+            running_release: Default::default(),
         })
     }
 

@@ -40,6 +40,10 @@ struct SelfState {
     kept: Option<tillup_selfupdate::Kept>,
     /// The newest log of tillup's channel accepted: an older one is refused.
     seen: Option<SeenLog>,
+    /// A release that failed on a terminal: the daemon does not try it
+    /// again (a newer release, or `tillup self-update` by hand, does).
+    #[serde(default)]
+    failed: Option<Version>,
 }
 
 /// What [`Listener::self_update`] did.
@@ -76,23 +80,31 @@ impl Listener {
         self.data_dir.join("self-release.json")
     }
 
-    fn self_state(&self) -> SelfState {
-        std::fs::read(self.self_state_path())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+    fn self_state(&self) -> Result<SelfState, Error> {
+        let path = self.self_state_path();
+        if !path.exists() {
+            return Ok(SelfState::default());
+        }
+        crate::runner::read_json(&path)
     }
 
     fn replacer(&self) -> Result<Replacer, Error> {
-        Replacer::this_process(&self.data_dir).map_err(|e| Error::Other(e.to_string()))
+        Ok(Replacer::this_process(&self.data_dir)?)
     }
 
-    /// The release of tillup this listener runs.
+    /// The release of tillup this process runs, as it was when first asked
+    /// (at start-up: [`Listener::settle_self`]): a file replaced since by
+    /// another tillup does not change the code running here.
     pub fn self_version(&self) -> Version {
-        match self.replacer() {
-            Ok(r) => r.running(self.self_state().kept.as_ref(), &build_version()),
-            Err(_) => build_version(),
-        }
+        self.running_release
+            .get_or_init(|| {
+                let kept = self.self_state().ok().and_then(|s| s.kept);
+                match self.replacer() {
+                    Ok(r) => r.running(kept.as_ref(), &build_version()),
+                    Err(_) => build_version(),
+                }
+            })
+            .clone()
     }
 
     /// At start-up (not in a self-check): a new executable on trial that
@@ -100,8 +112,9 @@ impl Listener {
     /// kept; one that started before without being kept, or whose swap was
     /// cut before its probe passed, goes back. `Some(exe)`: the kept
     /// executable is back at `exe` and the process must restart on it
-    /// ([`tillup_selfupdate::restart`]). While another tillup holds the
-    /// data folder (it may be swapping), nothing is decided.
+    /// ([`tillup_selfupdate::restart`]). Only the tillup holding the data
+    /// folder decides: while another holds it (it may be swapping), this
+    /// one runs as it is and decides nothing.
     pub fn settle_self(&self) -> Result<Option<std::path::PathBuf>, Error> {
         let _lock = match self.exclusive() {
             Ok(lock) => lock,
@@ -109,32 +122,32 @@ impl Listener {
             Err(e) => return Err(e),
         };
         let replacer = self.replacer()?;
-        match replacer
-            .at_start()
-            .map_err(|e| Error::Other(e.to_string()))?
-        {
-            OnStart::Run => Ok(None),
-            OnStart::GoBack(_) => Ok(Some(replacer.exe().to_owned())),
+        let settled = match replacer.at_start()? {
+            OnStart::Run => None,
+            OnStart::GoBack(_) => Some(replacer.exe().to_owned()),
             OnStart::RunOnTrial(t) => {
-                let mut state = self.self_state();
-                state.kept = Some(
-                    replacer
-                        .kept_as(t.to.clone())
-                        .map_err(|e| Error::Other(e.to_string()))?,
-                );
+                let mut state = self.self_state()?;
+                state.kept = Some(replacer.kept_as(t.to.clone())?);
                 tillup_fs::write_json_atomic(&self.self_state_path(), &state)?;
-                replacer
-                    .confirm()
-                    .map_err(|e| Error::Other(e.to_string()))?;
+                replacer.confirm()?;
                 tracing::info!("tillup {} kept (it replaced {})", t.to, t.from);
-                Ok(None)
+                None
             }
+        };
+        if settled.is_none() {
+            self.self_version();
         }
+        Ok(settled)
     }
 
     /// Brings the agents and this listener to the newest release of
-    /// tillup's channel (see the module's documentation).
-    pub async fn self_update(&self, now: Timestamp) -> Result<SelfUpdateOutcome, Error> {
+    /// tillup's channel (see the module's documentation). A release that
+    /// failed before is tried again only when `again` (a person asked).
+    pub async fn self_update(
+        &self,
+        now: Timestamp,
+        again: bool,
+    ) -> Result<SelfUpdateOutcome, Error> {
         let channel = self.config.self_channel.clone().ok_or_else(|| {
             Error::Other(
                 "tillup does not update itself here: set self_channel in the configuration to the channel its releases are published on".into(),
@@ -146,7 +159,7 @@ impl Listener {
                 "a POS upgrade is in progress: tillup updates itself once it is done".into(),
             ));
         }
-        let mut state = self.self_state();
+        let mut state = self.self_state()?;
         let verified = self
             .fetch_log(&channel, now, state.seen.as_ref(), LogSource::Server)
             .await?;
@@ -173,20 +186,37 @@ impl Listener {
             return Ok(outcome);
         };
         outcome.release = Some(release.version.clone());
+        if state.failed.as_ref() == Some(&release.version) && !again {
+            outcome.listener = Step::Skipped {
+                why: format!(
+                    "tillup {} failed here before: publish a newer release, or run `tillup self-update` to try it again",
+                    release.version
+                ),
+            };
+            return Ok(outcome);
+        }
         let manifest = self.fetch_self_release(&release).await?;
-        self.update_agents(&verified, &release, &manifest, &mut outcome)
+        let canary_took_it = self
+            .update_agents(&verified, &release, &manifest, &mut outcome)
             .await?;
         let failed = outcome
             .agents
             .values()
             .any(|s| matches!(s, Step::Failed { .. }));
-        outcome.listener = if failed {
+        outcome.listener = if failed || !canary_took_it {
             Step::Skipped {
-                why: "an agent could not take this release: the listener stays as it is".into(),
+                why: "the canary terminal's agent did not take this release, or an agent failed to: the listener stays as it is".into(),
             }
         } else {
             self.update_listener(&release, &manifest)?
         };
+        let failed = outcome
+            .agents
+            .values()
+            .chain([&outcome.listener])
+            .any(|s| matches!(s, Step::Failed { .. }));
+        state.failed = failed.then(|| release.version.clone());
+        tillup_fs::write_json_atomic(&self.self_state_path(), &state)?;
         outcome.restart = matches!(outcome.listener, Step::Updated { .. });
         Ok(outcome)
     }
@@ -217,42 +247,43 @@ impl Listener {
         Ok(manifest)
     }
 
-    /// The canary terminal's agent first; the others only once it is
-    /// healthy on the new release.
+    /// The canary terminal's agent first; the others only once it runs
+    /// the new release, healthy. Returns whether the canary did (true
+    /// when there is nothing for agents).
     async fn update_agents(
         &self,
         verified: &VerifiedLog,
         release: &Release,
         manifest: &Manifest,
         outcome: &mut SelfUpdateOutcome,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let Some(file) = entry(manifest, Program::Agent) else {
-            return Ok(());
+            return Ok(true);
         };
         let mut order: Vec<u32> = self.agents.keys().copied().collect();
         let Some(canary) = self.config.canary.or_else(|| order.first().copied()) else {
-            return Ok(());
+            return Ok(true);
         };
         order.sort_by_key(|n| (*n != canary, *n));
         let store = self.blobs()?;
-        let mut halted: Option<u32> = None;
+        let mut canary_took_it = true;
         for n in order {
-            let step = if let Some(c) = halted {
-                Step::Skipped {
-                    why: format!("the canary terminal {c} could not take this release"),
-                }
-            } else {
+            let step = if canary_took_it {
                 let agent = self.agent(n)?;
                 self.update_agent(agent, verified, release, manifest, &file, &store)
                     .await
+            } else {
+                Step::Skipped {
+                    why: format!("the canary terminal {canary} did not take this release"),
+                }
             };
             tracing::info!("terminal {n}'s agent: {step:?}");
-            if n == canary && matches!(step, Step::Failed { .. }) {
-                halted = Some(n);
+            if n == canary {
+                canary_took_it = matches!(step, Step::Updated { .. } | Step::Current { .. });
             }
             outcome.agents.insert(n, step);
         }
-        Ok(())
+        Ok(canary_took_it)
     }
 
     async fn update_agent(
@@ -269,42 +300,58 @@ impl Listener {
             Ok(s) => s,
             Err(e) => return Step::Skipped { why: e.to_string() },
         };
-        match Version::parse(&before.agent_version) {
-            Ok(running) if !wanted(&running, version) => {
-                return Step::Current {
-                    version: running.to_string(),
-                };
-            }
-            _ => {}
+        let running = Version::parse(&before.agent_version).ok();
+        let on_trial = before.agent_on_trial && running.as_ref() == Some(version);
+        if !on_trial && let Some(running) = running.filter(|r| !wanted(r, version)) {
+            return Step::Current {
+                version: running.to_string(),
+            };
         }
-        let sent = agent
-            .send(vec![manifest.digest(), file.sha256], store, &self.transfers)
-            .await;
-        let req = SelfUpdateRequest {
-            version: version.clone(),
-            release: Some(verified.signed.clone()),
-        };
-        let answer = match sent {
-            Ok(_) => agent.self_update(&req).await,
-            Err(e) => Err(e),
-        };
-        match answer {
-            Ok(report) if !report.restarting => {}
-            Ok(_) => {
+        // Unless a host cut short before left it on trial in this release:
+        // then only the health check and the confirmation are left to do.
+        if !on_trial {
+            let sent = agent
+                .send(vec![manifest.digest(), file.sha256], store, &self.transfers)
+                .await;
+            let req = SelfUpdateRequest {
+                version: version.clone(),
+                release: Some(verified.signed.clone()),
+            };
+            let answer = match sent {
+                Ok(_) => agent.self_update(&req).await,
+                Err(e) => Err(e),
+            };
+            let restarting = match answer {
+                Ok(report) => report.restarting.then_some(Ok(())),
+                Err(Error::Refused { status: 404, .. }) => {
+                    return Step::Skipped {
+                        why: format!(
+                            "tillup-agent {} cannot update itself: install tillup-agent {version} on this terminal by hand (its package)",
+                            before.agent_version
+                        ),
+                    };
+                }
+                Err(e @ (Error::Refused { .. } | Error::BadAnswer { .. })) => {
+                    return Step::Failed { why: e.to_string() };
+                }
+                // Cut: its restart may have cut the answer. Its status says.
+                Err(e) => Some(Err(e)),
+            };
+            if let Some(said) = restarting {
+                tillup_fs::fault::crash_point("listener.self.agent_restarting");
                 if let Err(why) = self.agent_back_healthy(agent, version, &before).await {
                     let _ = agent.self_rollback(version).await;
-                    return Step::Failed { why };
+                    return Step::Failed {
+                        why: match said {
+                            Ok(()) => why,
+                            Err(e) => format!("{e}; then {why}"),
+                        },
+                    };
                 }
             }
-            Err(Error::Refused { status: 404, .. }) => {
-                return Step::Skipped {
-                    why: format!(
-                        "tillup-agent {} cannot update itself: install tillup-agent {version} on this terminal by hand (its package)",
-                        before.agent_version
-                    ),
-                };
-            }
-            Err(e) => return Step::Failed { why: e.to_string() },
+        } else if let Err(why) = self.agent_back_healthy(agent, version, &before).await {
+            let _ = agent.self_rollback(version).await;
+            return Step::Failed { why };
         }
         match agent.self_confirm(version).await {
             Ok(_) => Step::Updated {
@@ -438,7 +485,7 @@ pub fn self_check(config: Config) -> Result<serde_json::Value, Error> {
     Ok(serde_json::json!({
         "program": "tillup",
         "build": env!("CARGO_PKG_VERSION"),
-        "kept_release": listener.self_state().kept.map(|k| k.version),
+        "kept_release": listener.self_state()?.kept.map(|k| k.version),
     }))
 }
 
@@ -459,5 +506,5 @@ fn entry(manifest: &Manifest, program: Program) -> Option<FileEntry> {
 }
 
 fn build_version() -> Version {
-    Version::parse(env!("CARGO_PKG_VERSION")).expect("the build's version is semver")
+    tillup_selfupdate::build_version()
 }

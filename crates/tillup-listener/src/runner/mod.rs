@@ -126,7 +126,7 @@ struct StagePlan {
     result: tillup_core::Sha256Hex,
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Error> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Error> {
     let bytes = std::fs::read(path).map_err(|e| tillup_fs::Error::Io {
         path: path.to_owned(),
         source: e,

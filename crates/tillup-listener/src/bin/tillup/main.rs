@@ -102,6 +102,9 @@ fn parse_time(s: &str) -> Result<Timestamp, String> {
 }
 
 fn main() -> ExitCode {
+    // Where this program was started from, before anything can rename
+    // another file over it (a self-update).
+    let _ = tillup_selfupdate::this_exe();
     // The host's backups hold the terminals' sales databases.
     tillup_fs::keep_new_files_private();
     let cli = Cli::parse();
@@ -161,7 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match command {
         Command::Pair { .. } | Command::SelfCheck => unreachable!("done above"),
         Command::SelfUpdate { json } => {
-            let outcome = listener.self_update(now()).await?;
+            let outcome = listener.self_update(now(), true).await?;
             render::self_update(&outcome, json);
             if outcome
                 .agents
@@ -244,7 +247,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Err(e) => return Err(e.into()),
                 };
                 if listener.config.self_channel.is_some() {
-                    match listener.self_update(now()).await {
+                    match listener.self_update(now(), false).await {
                         Ok(o) if o.restart => {
                             render::self_update(&o, false);
                             let exe = tillup_selfupdate::this_exe()?;
