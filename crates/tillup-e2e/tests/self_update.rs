@@ -392,3 +392,126 @@ fn an_agent_that_dies_on_its_new_build_goes_back_and_the_canary_fails() -> Resul
     );
     Ok(())
 }
+
+#[test]
+fn an_agent_left_on_trial_by_a_vanished_host_goes_back_on_its_own() -> Result<()> {
+    let mut store = Store::one_till()?;
+    if let Some(t) = store.terminals.get_mut(&1) {
+        t.watchdog_secs = 3;
+    }
+    let a = private_agents(&mut store)?;
+    store.write_listener_config("prompt", &[&format!("self_channel = {CHANNEL:?}")])?;
+    let pid = main_pid(&store, 1)?;
+    publish_tillup(
+        &store,
+        "0.2.0",
+        &[("tillup-agent", rebuilt("tillup-agent", "B")?)],
+    )?;
+
+    // The host dies (kill -9) right after the agent said it restarts on B.
+    let out = store.tillup_with(
+        &["self-update"],
+        &[("TILLUP_CRASH_AT", "listener.self.agent_restarting")],
+    )?;
+    ensure!(out.status.code().is_none(), "killed: {}", text(&out));
+
+    // Nobody confirms B: the agent's watchdog puts A back and restarts on it.
+    let t = &store.terminals[&1];
+    let exe = t.agent_program.as_ref().context("a private agent")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let status: Option<serde_json::Value> = t
+            .http()
+            .get(format!("{}/v1/status", t.url().context("running")?))
+            .bearer_auth(&t.token)
+            .send()
+            .and_then(|r| r.json())
+            .ok();
+        // The notice, then the restart on A.
+        if let Some(s) = status.filter(|s| {
+            s["notices"]
+                .to_string()
+                .contains("was on trial: went back to")
+                && s["agent_version"] == env!("CARGO_PKG_VERSION")
+        }) {
+            break s;
+        }
+        ensure!(Instant::now() < deadline, "the agent did not go back");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    ensure!(fs::read(exe)? == a, "A is back, byte for byte");
+    ensure!(
+        status["agent_version"] == env!("CARGO_PKG_VERSION") && status["agent_on_trial"] == false,
+        "{status}"
+    );
+    ensure!(main_pid(&store, 1)? == pid, "the POS ran throughout");
+
+    // The host, back, updates it.
+    let (code, outcome) = self_update(&store)?;
+    ensure!(
+        code == Some(0) && outcome["agents"]["1"]["result"] == "updated",
+        "{outcome}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_host_cut_short_finds_its_agent_on_trial_and_finishes_the_job() -> Result<()> {
+    let mut store = Store::one_till()?;
+    let _ = private_agents(&mut store)?;
+    store.write_listener_config("prompt", &[&format!("self_channel = {CHANNEL:?}")])?;
+    let b = rebuilt("tillup-agent", "B")?;
+    publish_tillup(&store, "0.2.0", &[("tillup-agent", b.clone())])?;
+    let out = store.tillup_with(
+        &["self-update"],
+        &[("TILLUP_CRASH_AT", "listener.self.agent_restarting")],
+    )?;
+    ensure!(out.status.code().is_none(), "killed: {}", text(&out));
+
+    // The next run finds the agent on trial in 0.2.0: it checks it and
+    // keeps it, without sending anything again.
+    let (code, outcome) = self_update(&store)?;
+    ensure!(
+        code == Some(0) && outcome["agents"]["1"]["result"] == "updated",
+        "{outcome}"
+    );
+    let t = &store.terminals[&1];
+    let exe = t.agent_program.as_ref().context("a private agent")?;
+    ensure!(fs::read(exe)? == b);
+    ensure!(!with_suffix(exe, ".previous").exists(), "kept");
+    Ok(())
+}
+
+#[test]
+fn a_canary_that_does_not_answer_holds_every_other_terminal() -> Result<()> {
+    let mut store = Store::two_tills()?;
+    let a = private_agents(&mut store)?;
+    store.write_listener_config("prompt", &[&format!("self_channel = {CHANNEL:?}")])?;
+    if let Some(t) = store.terminals.get_mut(&1) {
+        t.stop();
+    }
+    publish_tillup(
+        &store,
+        "0.2.0",
+        &[("tillup-agent", rebuilt("tillup-agent", "B")?)],
+    )?;
+    let (code, outcome) = self_update(&store)?;
+    ensure!(
+        code == Some(0),
+        "nothing failed, nothing was done: {outcome}"
+    );
+    ensure!(outcome["agents"]["1"]["result"] == "skipped", "{outcome}");
+    ensure!(
+        outcome["agents"]["2"]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("canary terminal 1 did not take")),
+        "{outcome}"
+    );
+    ensure!(outcome["listener"]["result"] == "skipped", "{outcome}");
+    let exe = store.terminals[&2]
+        .agent_program
+        .clone()
+        .context("a private agent")?;
+    ensure!(fs::read(exe)? == a, "terminal 2's agent is untouched");
+    Ok(())
+}
