@@ -66,6 +66,8 @@ pub struct Agent {
     replacer: tillup_selfupdate::Replacer,
     /// The release of tillup-agent this process runs.
     self_version: Version,
+    /// Whether that release is on trial (started, not yet confirmed).
+    self_on_trial: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -91,6 +93,10 @@ impl Agent {
         }
         memory.save(&Memory::path(&state_dir))?;
         let replacer = tillup_selfupdate::Replacer::this_process(&state_dir)?;
+        let self_on_trial = matches!(
+            replacer.trial(),
+            Ok(Some(t)) if t.phase == tillup_core::selfupdate::TrialPhase::Started
+        );
         let self_version = replacer.running(
             memory.self_release.as_ref(),
             &tillup_selfupdate::build_version(),
@@ -108,6 +114,7 @@ impl Agent {
             last_contact: Mutex::new(Instant::now()),
             replacer,
             self_version,
+            self_on_trial: self_on_trial.into(),
             config,
         }))
     }

@@ -15,6 +15,7 @@
 
 use std::ffi::OsString;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tillup_selfupdate::SelfUpdateError;
@@ -23,7 +24,6 @@ use tokio::sync::OwnedMutexGuard;
 use semver::Version;
 use tillup_core::api::{SelfUpdateReport, SelfUpdateRequest};
 use tillup_core::install::check_release;
-use tillup_core::keys::Trust;
 use tillup_core::selfupdate::{Program, Trial, TrialPhase, platform};
 use tillup_core::{Manifest, RelPath};
 
@@ -40,13 +40,7 @@ impl Agent {
 
     /// Whether this process runs a release of tillup-agent not yet confirmed.
     pub(crate) fn self_on_trial(&self) -> bool {
-        matches!(
-            self.replacer.trial(),
-            Ok(Some(Trial {
-                phase: TrialPhase::Started,
-                ..
-            }))
-        )
+        self.self_on_trial.load(Ordering::Relaxed)
     }
 
     /// `POST /v1/self-update`.
@@ -86,11 +80,7 @@ impl Agent {
                 "a self-update needs the signed log of tillup's channel (`release`)".into(),
             )
         })?;
-        let pinned = self.config.trust_key.trim();
-        let trust = memory
-            .trust
-            .filter(|_| memory.trust_pinned.as_deref() == Some(pinned))
-            .unwrap_or_else(|| Trust::pinned(pinned));
+        let trust = self.trust(&memory);
         let accepted = check_release(
             &trust,
             signed,
@@ -197,6 +187,7 @@ impl Agent {
                 .map_err(AgentError::internal)?;
             self.remember(|m| m.self_release = Some(kept))?;
             self.replacer.confirm().map_err(AgentError::internal)?;
+            self.self_on_trial.store(false, Ordering::Relaxed);
         }
         Ok(SelfUpdateReport {
             version: running,
@@ -249,12 +240,12 @@ impl Agent {
         silent: Duration,
         op: OwnedMutexGuard<()>,
     ) -> Result<(), AgentError> {
+        if !self.self_on_trial() {
+            return Ok(());
+        }
         let Some(trial) = self.replacer.trial().map_err(AgentError::internal)? else {
             return Ok(());
         };
-        if trial.phase != TrialPhase::Started {
-            return Ok(());
-        }
         self.replacer.go_back().map_err(AgentError::internal)?;
         self.remember(|m| {
             m.notice(format!(

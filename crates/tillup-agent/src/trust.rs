@@ -18,6 +18,7 @@ use tillup_core::install::{Accepted, SignedLog, check_folder, check_release};
 use tillup_core::keys::Trust;
 use tillup_core::log::SeenLog;
 
+use crate::memory::Memory;
 use crate::{Agent, AgentError};
 
 /// The signed log the staging folder was staged with.
@@ -43,11 +44,7 @@ impl Agent {
         signed: &SignedLog,
     ) -> Result<Accepted, AgentError> {
         let memory = self.memory();
-        let pinned = self.config.trust_key.trim();
-        let trust = memory
-            .trust
-            .filter(|_| memory.trust_pinned.as_deref() == Some(pinned))
-            .unwrap_or_else(|| Trust::pinned(pinned));
+        let trust = self.trust(&memory);
         let seen = memory.seen_log;
         let running = self.layout.version_of(&self.layout.folder);
         let accepted = check_release(
@@ -68,6 +65,17 @@ impl Agent {
             )));
         }
         Ok(accepted)
+    }
+
+    /// What signs logs, as far as this agent followed the key lists from
+    /// its configured `trust_key` (that key alone when it changed).
+    pub(crate) fn trust(&self, memory: &Memory) -> Trust {
+        let pinned = self.config.trust_key.trim();
+        memory
+            .trust
+            .clone()
+            .filter(|_| memory.trust_pinned.as_deref() == Some(pinned))
+            .unwrap_or_else(|| Trust::pinned(pinned))
     }
 
     /// Remembers the signed log the staging folder now holds a release of.

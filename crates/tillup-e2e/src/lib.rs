@@ -636,6 +636,17 @@ autostart = true
         self.agent.as_ref().map(|a| a.url.as_str())
     }
 
+    /// Its agent's status, asked directly.
+    pub fn agent_status(&self) -> Result<serde_json::Value> {
+        let url = self.url().context("its agent is not running")?;
+        Ok(self
+            .http()
+            .get(format!("{url}{}", tillup_core::api::agent::STATUS))
+            .bearer_auth(&self.token)
+            .send()?
+            .json()?)
+    }
+
     /// A client for a test to ask its agent directly. It takes the agent's
     /// own certificate as it comes (the host pins it; see `tillup pair`).
     pub fn http(&self) -> reqwest::blocking::Client {

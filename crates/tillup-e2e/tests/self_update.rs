@@ -194,12 +194,7 @@ fn agents_update_canary_first_and_a_failing_canary_is_rolled_back_with_the_pos_u
             t.number
         );
         ensure!(!with_suffix(exe, ".previous").exists());
-        let status: serde_json::Value = t
-            .http()
-            .get(format!("{}/v1/status", t.url().context("running")?))
-            .bearer_auth(&t.token)
-            .send()?
-            .json()?;
+        let status = t.agent_status()?;
         ensure!(
             status["agent_version"] == env!("CARGO_PKG_VERSION")
                 && status["agent_on_trial"] == false,
@@ -420,13 +415,7 @@ fn an_agent_left_on_trial_by_a_vanished_host_goes_back_on_its_own() -> Result<()
     let exe = t.agent_program.as_ref().context("a private agent")?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        let status: Option<serde_json::Value> = t
-            .http()
-            .get(format!("{}/v1/status", t.url().context("running")?))
-            .bearer_auth(&t.token)
-            .send()
-            .and_then(|r| r.json())
-            .ok();
+        let status = t.agent_status().ok();
         // The notice, then the restart on A.
         if let Some(s) = status.filter(|s| {
             s["notices"]

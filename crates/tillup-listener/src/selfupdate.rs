@@ -100,8 +100,8 @@ impl Listener {
             .get_or_init(|| {
                 let kept = self.self_state().ok().and_then(|s| s.kept);
                 match self.replacer() {
-                    Ok(r) => r.running(kept.as_ref(), &build_version()),
-                    Err(_) => build_version(),
+                    Ok(r) => r.running(kept.as_ref(), &tillup_selfupdate::build_version()),
+                    Err(_) => tillup_selfupdate::build_version(),
                 }
             })
             .clone()
@@ -307,22 +307,24 @@ impl Listener {
                 version: running.to_string(),
             };
         }
-        // Unless a host cut short before left it on trial in this release:
-        // then only the health check and the confirmation are left to do.
-        if !on_trial {
-            let sent = agent
-                .send(vec![manifest.digest(), file.sha256], store, &self.transfers)
-                .await;
+        // A host cut short before may have left it on trial in this
+        // release: then only the health check and the confirmation are left.
+        let check = if on_trial {
+            Some(None)
+        } else {
             let req = SelfUpdateRequest {
                 version: version.clone(),
                 release: Some(verified.signed.clone()),
             };
-            let answer = match sent {
+            let answer = match agent
+                .send(vec![manifest.digest(), file.sha256], store, &self.transfers)
+                .await
+            {
                 Ok(_) => agent.self_update(&req).await,
                 Err(e) => Err(e),
             };
-            let restarting = match answer {
-                Ok(report) => report.restarting.then_some(Ok(())),
+            match answer {
+                Ok(report) => report.restarting.then_some(None),
                 Err(Error::Refused { status: 404, .. }) => {
                     return Step::Skipped {
                         why: format!(
@@ -335,23 +337,17 @@ impl Listener {
                     return Step::Failed { why: e.to_string() };
                 }
                 // Cut: its restart may have cut the answer. Its status says.
-                Err(e) => Some(Err(e)),
-            };
-            if let Some(said) = restarting {
-                tillup_fs::fault::crash_point("listener.self.agent_restarting");
-                if let Err(why) = self.agent_back_healthy(agent, version, &before).await {
-                    let _ = agent.self_rollback(version).await;
-                    return Step::Failed {
-                        why: match said {
-                            Ok(()) => why,
-                            Err(e) => format!("{e}; then {why}"),
-                        },
-                    };
-                }
+                Err(e) => Some(Some(e)),
             }
-        } else if let Err(why) = self.agent_back_healthy(agent, version, &before).await {
-            let _ = agent.self_rollback(version).await;
-            return Step::Failed { why };
+        };
+        if let Some(cut) = check {
+            tillup_fs::fault::crash_point("listener.self.agent_restarting");
+            if let Err(why) = self.agent_back_healthy(agent, version, &before).await {
+                let _ = agent.self_rollback(version).await;
+                return Step::Failed {
+                    why: cut.map_or(why.clone(), |e| format!("{e}; then {why}")),
+                };
+            }
         }
         match agent.self_confirm(version).await {
             Ok(_) => Step::Updated {
@@ -503,8 +499,4 @@ fn entry(manifest: &Manifest, program: Program) -> Option<FileEntry> {
     RelPath::new(&program.file_name())
         .ok()
         .and_then(|p| manifest.get(&p).cloned())
-}
-
-fn build_version() -> Version {
-    tillup_selfupdate::build_version()
 }
