@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tillup_selfupdate::SelfUpdateError;
+use tillup_selfupdate::{Part, SelfUpdateError, self_check_probe};
 use tokio::sync::OwnedMutexGuard;
 
 use semver::Version;
@@ -134,11 +134,12 @@ impl Agent {
         let (replacer, blob) = (self.replacer.clone(), self.store.path(&entry.sha256));
         let probe_trial = trial.clone();
         tokio::task::spawn_blocking(move || {
-            replacer.stage(&blob, &entry)?;
-            replacer.install(
-                &probe_trial,
-                &[OsString::from("--config"), config.into_os_string()],
-            )
+            replacer.stage(replacer.exe(), &blob, &entry)?;
+            let part = Part {
+                exe: replacer.exe().to_owned(),
+                probe: self_check_probe([OsString::from("--config"), config.into_os_string()]),
+            };
+            replacer.install(&probe_trial, &[part])
         })
         .await
         .map_err(AgentError::internal)?

@@ -44,17 +44,35 @@ pub enum Program {
     Listener,
     /// The agent on a terminal (`tillup-agent`).
     Agent,
+    /// The store manager's tray icon on the host (`tillup-tray`), which
+    /// runs the listener's library in its own process.
+    Tray,
+    /// The store manager's window, started by the tray (`tillup-window`).
+    Window,
 }
 
 impl Program {
     /// Every program a release of tillup may hold.
-    pub const ALL: [Program; 2] = [Program::Listener, Program::Agent];
+    pub const ALL: [Program; 4] = [
+        Program::Listener,
+        Program::Agent,
+        Program::Tray,
+        Program::Window,
+    ];
+
+    /// The programs of a store's host, replaced together as one (a tray
+    /// runs the listener's code, and starts the window): whichever of
+    /// them updates the host swaps, keeps and puts back all of those
+    /// installed beside it.
+    pub const HOST: [Program; 3] = [Program::Listener, Program::Tray, Program::Window];
 
     /// Its file in a release of tillup (and its executable's name).
     pub fn file_name(self) -> String {
         let stem = match self {
             Self::Listener => "tillup",
             Self::Agent => "tillup-agent",
+            Self::Tray => "tillup-tray",
+            Self::Window => "tillup-window",
         };
         format!("{stem}{}", std::env::consts::EXE_SUFFIX)
     }

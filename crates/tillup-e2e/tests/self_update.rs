@@ -11,6 +11,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -502,5 +503,143 @@ fn a_canary_that_does_not_answer_holds_every_other_terminal() -> Result<()> {
         .clone()
         .context("a private agent")?;
     ensure!(fs::read(exe)? == a, "terminal 2's agent is untouched");
+    Ok(())
+}
+
+/// Whether this machine can show the tray (a virtual display and a
+/// session bus), or why not. Missing tools fail the test unless
+/// `TILLUP_SKIP_GUI_TESTS=1` says to skip it knowingly.
+fn display_ready() -> Result<bool> {
+    let missing: Vec<&str> = ["xvfb-run", "xauth", "dbus-run-session"]
+        .into_iter()
+        .filter(|tool| {
+            !std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(true);
+    }
+    ensure!(
+        std::env::var_os("TILLUP_SKIP_GUI_TESTS").is_some_and(|v| v == "1"),
+        "{} missing (apt-get install xvfb xauth dbus-daemon; scripts/setup installs them), or set TILLUP_SKIP_GUI_TESTS=1 to skip this test",
+        missing.join(", ")
+    );
+    eprintln!("SKIPPED (TILLUP_SKIP_GUI_TESTS=1)");
+    Ok(false)
+}
+
+/// A process group (a session bus, a display and the tray) killed when dropped.
+struct KilledGroup(Child);
+
+impl Drop for KilledGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_tray_updates_the_hosts_programs_together_and_restarts_on_its_new_build() -> Result<()> {
+    if !display_ready()? {
+        return Ok(());
+    }
+    let mut store = Store::one_till()?;
+    let (listener, _) = private_listener(&mut store)?;
+    let dir = listener.parent().context("a folder")?.to_owned();
+    let (tray, window) = (dir.join("tillup-tray"), dir.join("tillup-window"));
+    private_copy("tillup-tray", &tray)?;
+    private_copy("tillup-window", &window)?;
+
+    // B of every host program; the tray, resident on this desktop host,
+    // takes it at its first check and restarts on it in place.
+    let b: Vec<(&str, Vec<u8>)> = ["tillup", "tillup-tray", "tillup-window"]
+        .into_iter()
+        .map(|name| Ok((name, rebuilt(name, "B")?)))
+        .collect::<Result<_>>()?;
+    publish_tillup(&store, "0.2.0", &b)?;
+    let log = store.root.join("tray.log");
+    let mut session = KilledGroup(
+        Command::new("dbus-run-session")
+            .args(["--", "xvfb-run", "-a"])
+            .arg(&tray)
+            .arg("--config")
+            .arg(&store.listener_config)
+            .env("TILLUP_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log)?)
+            .process_group(0)
+            .spawn()?,
+    );
+    let said = || fs::read_to_string(&log).unwrap_or_default();
+    let release = store.listener_data.join("self-release.json");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let kept_b = || {
+        fs::read_to_string(&release).is_ok_and(|s| s.contains("0.2.0"))
+            && [&listener, &tray, &window]
+                .iter()
+                .all(|exe| !with_suffix(exe, ".previous").exists())
+    };
+    while !kept_b() {
+        ensure!(
+            session.0.try_wait()?.is_none(),
+            "the tray's session ended: {}",
+            said()
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "the tray did not keep B: {}",
+            said()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for ((name, bytes), exe) in b.iter().zip([&listener, &tray, &window]) {
+        ensure!(fs::read(exe)? == *bytes, "{name} is B");
+    }
+    // The same tray process, now running B's file (not a deleted one).
+    let pid = fs::read_to_string(store.listener_data.join("tray.lock"))?;
+    let running = fs::read_link(format!("/proc/{}/exe", pid.trim()))?;
+    ensure!(
+        running == tray.canonicalize()?,
+        "the tray runs {}: {}",
+        running.display(),
+        said()
+    );
+    ensure!(
+        said().contains("restarting on its new build"),
+        "the tray said why it restarted: {}",
+        said()
+    );
+
+    // C, whose window does not start: `tillup self-update` on this host
+    // swaps the three together, and puts the three back together.
+    let c = vec![
+        ("tillup", rebuilt("tillup", "C")?),
+        ("tillup-tray", rebuilt("tillup-tray", "C")?),
+        ("tillup-window", broken("tillup-window")),
+    ];
+    publish_tillup(&store, "0.3.0", &c)?;
+    let (code, outcome) = self_update(&store)?;
+    ensure!(code == Some(2), "{outcome}");
+    let why = outcome["listener"]["why"].as_str().unwrap_or_default();
+    ensure!(
+        why.contains("tillup-window") && why.contains("this build is broken"),
+        "{outcome}"
+    );
+    for ((name, bytes), exe) in b.iter().zip([&listener, &tray, &window]) {
+        ensure!(
+            fs::read(exe)? == *bytes,
+            "{name} is back to B, byte for byte"
+        );
+        ensure!(!with_suffix(exe, ".previous").exists());
+    }
+    ensure!(
+        session.0.try_wait()?.is_none(),
+        "the tray runs on: {}",
+        said()
+    );
     Ok(())
 }

@@ -3,8 +3,9 @@
 //! program's log is, goes to the terminals' agents first (the canary
 //! terminal, then the rest, each restarted in place, health-checked with
 //! its main program untouched, then confirmed or rolled back), then to the
-//! listener's own executable (swapped, probed, restarted on trial; see
-//! [`tillup_selfupdate`]). Never while a POS upgrade is in progress: the
+//! host's programs: the running one (`tillup`, or `tillup-tray` on a
+//! desktop host) and those installed beside it, swapped together, probed,
+//! and restarted on trial (see [`tillup_selfupdate`]). Never while a POS upgrade is in progress: the
 //! data folder's lock and the unfinished upgrade keep them apart.
 
 use std::collections::BTreeMap;
@@ -18,7 +19,7 @@ use tillup_core::api::{AgentStatus, MainState, SelfUpdateRequest};
 use tillup_core::log::{Release, SeenLog};
 use tillup_core::selfupdate::{OnStart, Program, Trial, TrialPhase, WENT_BACK, platform, wanted};
 use tillup_core::{FileEntry, Manifest, RelPath, Sha256Hex};
-use tillup_selfupdate::Replacer;
+use tillup_selfupdate::{Part, Replacer, self_check_probe};
 use tillup_transfer::Size;
 
 use crate::check::{LogSource, VerifiedLog};
@@ -88,8 +89,10 @@ impl Listener {
         crate::runner::read_json(&path)
     }
 
+    /// This process's executable (`tillup` or `tillup-tray`), replaced
+    /// together with the host's other programs beside it.
     fn replacer(&self) -> Result<Replacer, Error> {
-        Ok(Replacer::this_process(&self.data_dir)?)
+        Ok(Replacer::this_process(&self.data_dir)?.with_companions(&Program::HOST))
     }
 
     /// The release of tillup this process runs, as it was when first asked
@@ -208,7 +211,7 @@ impl Listener {
                 why: "the canary terminal's agent did not take this release, or an agent failed to: the listener stays as it is".into(),
             }
         } else {
-            self.update_listener(&release, &manifest)?
+            self.update_host(&release, &manifest)?
         };
         let failed = outcome
             .agents
@@ -235,7 +238,7 @@ impl Listener {
         let manifest = Manifest::parse(&store.read(&release.sha256)?).map_err(|e| {
             Error::Untrusted(format!("the manifest of tillup {}: {e}", release.version))
         })?;
-        let wanted: BTreeMap<Sha256Hex, Size> = [Program::Agent, Program::Listener]
+        let wanted: BTreeMap<Sha256Hex, Size> = Program::ALL
             .into_iter()
             .filter_map(|p| entry(&manifest, p))
             .filter(|e| !store.has(&e.sha256))
@@ -421,34 +424,53 @@ impl Listener {
         Ok(())
     }
 
-    /// Swaps this listener's executable for the release's and probes it.
-    fn update_listener(&self, release: &Release, manifest: &Manifest) -> Result<Step, Error> {
+    /// Swaps the host's programs installed beside this process's
+    /// executable (`tillup`, `tillup-tray`, `tillup-window`) for the
+    /// release's, together, and probes them: `tillup` with its self-check,
+    /// the others with `--version`.
+    fn update_host(&self, release: &Release, manifest: &Manifest) -> Result<Step, Error> {
         let running = self.self_version();
         if !wanted(&running, &release.version) {
             return Ok(Step::Current {
                 version: running.to_string(),
             });
         }
-        let Some(file) = entry(manifest, Program::Listener) else {
-            return Ok(Step::Skipped {
-                why: format!(
-                    "tillup {} has no `tillup` for {}",
-                    release.version,
-                    platform()
-                ),
-            });
-        };
         let Some(config) = self.config.source.clone() else {
             return Ok(Step::Skipped {
                 why: "this listener was not started from a configuration file".into(),
             });
         };
         let replacer = self.replacer()?;
-        if replacer.exe().file_name() != Some(std::ffi::OsStr::new(file.path.as_str())) {
+        let host: Vec<String> = Program::HOST.map(Program::file_name).into();
+        let own = replacer
+            .exe()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        if !own.as_ref().is_some_and(|n| host.contains(n)) {
             return Ok(Step::Skipped {
                 why: format!(
-                    "this process is {}, not `tillup`: run `tillup self-update` or `tillup daemon`",
-                    replacer.exe().display()
+                    "this process is {}, not one of {}: run `tillup self-update`, `tillup daemon` or `tillup-tray`",
+                    replacer.exe().display(),
+                    host.join(", ")
+                ),
+            });
+        }
+        let folder = replacer.exe().parent().unwrap_or(std::path::Path::new("."));
+        let parts: Vec<(Program, std::path::PathBuf, FileEntry)> = Program::HOST
+            .into_iter()
+            .map(|p| (p, folder.join(p.file_name())))
+            .filter(|(_, exe)| exe.is_file())
+            .filter_map(|(p, exe)| entry(manifest, p).map(|e| (p, exe, e)))
+            .collect();
+        // The program this process runs must be in the release: it is the
+        // one restarted on trial.
+        if !parts.iter().any(|(_, exe, _)| exe == replacer.exe()) {
+            return Ok(Step::Skipped {
+                why: format!(
+                    "tillup {} has no `{}` for {}",
+                    release.version,
+                    own.unwrap_or_default(),
+                    platform()
                 ),
             });
         }
@@ -459,9 +481,27 @@ impl Listener {
             to: release.version.clone(),
             phase: TrialPhase::Swapped,
         };
-        let installed = replacer
-            .stage(&store.path(&file.sha256), &file)
-            .and_then(|()| replacer.install(&trial, &[OsString::from("--config"), config.into()]));
+        let installed = parts
+            .iter()
+            .try_for_each(|(_, exe, file)| replacer.stage(exe, &store.path(&file.sha256), file))
+            .and_then(|()| {
+                let parts: Vec<Part> = parts
+                    .iter()
+                    .map(|(program, exe, _)| Part {
+                        exe: exe.clone(),
+                        probe: match program {
+                            Program::Listener => self_check_probe([
+                                OsString::from("--config"),
+                                config.clone().into_os_string(),
+                            ]),
+                            Program::Tray | Program::Window | Program::Agent => {
+                                vec![OsString::from("--version")]
+                            }
+                        },
+                    })
+                    .collect();
+                replacer.install(&trial, &parts)
+            });
         Ok(match installed {
             Ok(()) => Step::Updated {
                 from: running.to_string(),

@@ -12,7 +12,14 @@
 //! the trial at start-up ([`Replacer::at_start`]) and confirms it once
 //! healthy ([`Replacer::confirm`]); a program that starts again without a
 //! confirmation goes back to the kept executable.
+//!
+//! Programs that must change together (the host's listener, tray and
+//! window: [`Program::HOST`]) are
+//! one replacer: its executable is the one the process restarts on, its
+//! companions the others in the same folder, and every step (keep, swap,
+//! probe, go back, confirm) covers all of them under one trial record.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,7 +29,7 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use tillup_core::FileEntry;
-use tillup_core::selfupdate::{OnStart, SELF_CHECK, Trial, TrialPhase, on_start};
+use tillup_core::selfupdate::{OnStart, Program, SELF_CHECK, Trial, TrialPhase, on_start};
 use tillup_fs::{IoContext, fsync_dir, remove_file_if_exists, write_json_atomic};
 
 /// How long a probe of a new executable may take before it counts as failed.
@@ -45,21 +52,41 @@ pub enum SelfUpdateError {
     },
 }
 
-/// A release of tillup kept on this executable: its version, and the
-/// file's size and modification time when it was kept, so that a file
-/// replaced by other means (a package, a hand) is not taken for it.
+/// A release of tillup kept on a replacer's executables: its version,
+/// and each file's size and modification time when it was kept, so that a
+/// file replaced by other means (a package, a hand) is not taken for it.
+/// (A record from before companions existed holds no files: the
+/// executable then counts as its build, and the next update swaps again.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kept {
     pub version: Version,
+    /// By file name.
+    #[serde(default)]
+    files: BTreeMap<String, Stamp>,
+}
+
+/// A file's size and modification time (seconds, nanoseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Stamp {
     size: u64,
     modified: (u64, u32),
 }
 
-/// One program's executable and its trial record.
+/// One program's executable (with the companions replaced along with it)
+/// and its trial record.
 #[derive(Clone, Debug)]
 pub struct Replacer {
     exe: PathBuf,
+    companions: Vec<PathBuf>,
     record: PathBuf,
+}
+
+/// An executable to swap in, and the arguments its probe runs it with
+/// (it must exit 0).
+#[derive(Clone, Debug)]
+pub struct Part {
+    pub exe: PathBuf,
+    pub probe: Vec<OsString>,
 }
 
 impl Replacer {
@@ -67,8 +94,21 @@ impl Replacer {
     pub fn new(exe: PathBuf, state_dir: &Path) -> Self {
         Self {
             exe,
+            companions: Vec::new(),
             record: state_dir.join("self-update.json"),
         }
+    }
+
+    /// The same, replaced together with `programs` installed in the
+    /// executable's folder (its own name among them is skipped).
+    pub fn with_companions(mut self, programs: &[Program]) -> Self {
+        let own = self.exe.file_name().map(|n| n.to_owned());
+        self.companions = programs
+            .iter()
+            .map(|p| self.folder().join(p.file_name()))
+            .filter(|p| p.file_name().map(|n| n.to_owned()) != own)
+            .collect();
+        self
     }
 
     /// The running executable ([`this_exe`]).
@@ -80,14 +120,19 @@ impl Replacer {
         &self.exe
     }
 
-    /// The executable as it is now, as release `version`.
+    /// The executable and its companions.
+    fn group(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.exe.as_path()).chain(self.companions.iter().map(PathBuf::as_path))
+    }
+
+    /// The executable and its installed companions as they are now, as
+    /// release `version`.
     pub fn kept_as(&self, version: Version) -> Result<Kept, SelfUpdateError> {
-        let (size, modified) = self.stat()?;
-        Ok(Kept {
-            version,
-            size,
-            modified,
-        })
+        let mut files = BTreeMap::new();
+        for exe in self.group().filter(|p| p.is_file()) {
+            files.insert(file_name(exe), stamp(exe)?);
+        }
+        Ok(Kept { version, files })
     }
 
     /// The release this executable is: the trial's when it runs on trial,
@@ -100,28 +145,20 @@ impl Replacer {
             return t.to;
         }
         match kept {
-            Some(k) if self.stat().is_ok_and(|s| s == (k.size, k.modified)) => k.version.clone(),
+            Some(k)
+                if k.files
+                    .get(&file_name(&self.exe))
+                    .is_some_and(|was| stamp(&self.exe).is_ok_and(|now| now == *was)) =>
+            {
+                k.version.clone()
+            }
             _ => build.clone(),
         }
     }
 
-    fn stat(&self) -> Result<(u64, (u64, u32)), SelfUpdateError> {
-        let meta = std::fs::metadata(&self.exe).at(&self.exe)?;
-        let modified = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()));
-        Ok((meta.len(), modified))
-    }
-
     /// Where the executable it replaced is kept while the new one is on trial.
     pub fn kept(&self) -> PathBuf {
-        suffixed(&self.exe, ".previous")
-    }
-
-    fn incoming(&self) -> PathBuf {
-        suffixed(&self.exe, ".new")
+        kept(&self.exe)
     }
 
     /// The trial in progress, if any. A damaged record (only a hand can
@@ -180,38 +217,52 @@ impl Replacer {
         Ok(decision)
     }
 
-    /// Copies the blob at `blob` to beside the executable, checking it
-    /// against `entry` (its signed size and hash) and making it executable.
-    /// It gets the running executable's permissions (not the process's
-    /// umask).
-    pub fn stage(&self, blob: &Path, entry: &FileEntry) -> Result<(), SelfUpdateError> {
-        let incoming = self.incoming();
+    /// Copies the blob at `blob` to beside `target` (the executable or a
+    /// companion), checking it against `entry` (its signed size and hash)
+    /// and giving it `target`'s permissions (not the process's umask).
+    pub fn stage(
+        &self,
+        target: &Path,
+        blob: &Path,
+        entry: &FileEntry,
+    ) -> Result<(), SelfUpdateError> {
+        let incoming = incoming(target);
         remove_file_if_exists(&incoming)?;
         let entry = FileEntry {
             exec: true,
             ..entry.clone()
         };
         tillup_fs::copy_verified(blob, &incoming, &entry)?;
-        let mode = std::fs::metadata(&self.exe).at(&self.exe)?.permissions();
+        let mode = std::fs::metadata(target).at(target)?.permissions();
         std::fs::set_permissions(&incoming, mode).at(&incoming)?;
         Ok(())
     }
 
-    /// Swaps the staged executable in (keeping the running one), probes
-    /// it, and records it probed; a failed probe puts the kept one back.
-    /// `trial` names the releases; `probe_args` follow [`SELF_CHECK`].
-    pub fn install(&self, trial: &Trial, probe_args: &[OsString]) -> Result<(), SelfUpdateError> {
+    /// Swaps the staged `parts` (the executable, companions, or both) in,
+    /// keeping the executables they replace, probes each, and records them
+    /// probed; a failed probe puts every kept one back. `trial` names the
+    /// releases.
+    pub fn install(&self, trial: &Trial, parts: &[Part]) -> Result<(), SelfUpdateError> {
+        debug_assert!(
+            parts.iter().all(|p| self.group().any(|g| g == p.exe)),
+            "only the replacer's own executables are swapped"
+        );
         // Windows refuses a rename over a running executable: the running
         // one would have to be renamed away first. Not built here.
         if cfg!(windows) {
             return Err(SelfUpdateError::Unsupported);
         }
-        let (incoming, kept) = (self.incoming(), self.kept());
-        remove_file_if_exists(&kept)?;
-        if std::fs::hard_link(&self.exe, &kept).is_err() {
-            std::fs::copy(&self.exe, &kept)
-                .and_then(|_| std::fs::File::open(&kept)?.sync_all())
-                .at(&kept)?;
+        // Every old executable is kept before the first is replaced.
+        for exe in self.group() {
+            remove_file_if_exists(&kept(exe))?;
+        }
+        for part in parts {
+            let kept = kept(&part.exe);
+            if std::fs::hard_link(&part.exe, &kept).is_err() {
+                std::fs::copy(&part.exe, &kept)
+                    .and_then(|_| std::fs::File::open(&kept)?.sync_all())
+                    .at(&kept)?;
+            }
         }
         write_json_atomic(
             &self.record,
@@ -220,24 +271,27 @@ impl Replacer {
                 ..trial.clone()
             },
         )?;
-        if let Err(e) = std::fs::rename(&incoming, &self.exe) {
-            remove_file_if_exists(&self.record)?;
-            remove_file_if_exists(&kept)?;
-            return Err(tillup_fs::Error::Io {
-                path: self.exe.clone(),
-                source: e,
+        for part in parts {
+            if let Err(e) = std::fs::rename(incoming(&part.exe), &part.exe) {
+                self.go_back()?;
+                return Err(tillup_fs::Error::Io {
+                    path: part.exe.clone(),
+                    source: e,
+                }
+                .into());
             }
-            .into());
         }
         fsync_dir(self.folder())?;
         tillup_fs::fault::crash_point("selfupdate.swapped");
-        if let Err(why) = probe(&self.exe, probe_args) {
-            self.go_back()?;
-            return Err(SelfUpdateError::Probe {
-                program: trial.program.file_name(),
-                version: trial.to.clone(),
-                why,
-            });
+        for part in parts {
+            if let Err(why) = probe(&part.exe, &part.probe) {
+                self.go_back()?;
+                return Err(SelfUpdateError::Probe {
+                    program: file_name(&part.exe),
+                    version: trial.to.clone(),
+                    why,
+                });
+            }
         }
         write_json_atomic(
             &self.record,
@@ -249,22 +303,26 @@ impl Replacer {
         Ok(())
     }
 
-    /// The new executable is healthy: forget the trial and the kept one.
+    /// The new executables are healthy: forget the trial and the kept ones.
     pub fn confirm(&self) -> Result<(), SelfUpdateError> {
         remove_file_if_exists(&self.record)?;
         fsync_dir(self.record.parent().unwrap_or(Path::new(".")))?;
-        remove_file_if_exists(&self.kept())?;
+        for exe in self.group() {
+            remove_file_if_exists(&kept(exe))?;
+        }
         Ok(())
     }
 
-    /// Puts the kept executable back (if there is one) and forgets the
+    /// Puts every kept executable back (those there are) and forgets the
     /// trial. Safe to repeat.
     pub fn go_back(&self) -> Result<(), SelfUpdateError> {
-        let kept = self.kept();
-        if kept.exists() {
-            std::fs::rename(&kept, &self.exe).at(&self.exe)?;
-            fsync_dir(self.folder())?;
+        for exe in self.group() {
+            let kept = kept(exe);
+            if kept.exists() {
+                std::fs::rename(&kept, exe).at(exe)?;
+            }
         }
+        fsync_dir(self.folder())?;
         remove_file_if_exists(&self.record)?;
         Ok(())
     }
@@ -314,11 +372,10 @@ pub fn restart(exe: &Path) -> std::io::Error {
     }
 }
 
-/// Runs `exe SELF_CHECK args…` to its end within [`PROBE_TIMEOUT`]: `Ok`
-/// if it exits 0, else what it said.
+/// Runs `exe args…` to its end within [`PROBE_TIMEOUT`]: `Ok` if it
+/// exits 0, else what it said.
 fn probe(exe: &Path, args: &[OsString]) -> Result<(), String> {
     let mut child = Command::new(exe)
-        .arg(SELF_CHECK)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -361,6 +418,42 @@ fn probe(exe: &Path, args: &[OsString]) -> Result<(), String> {
     })
 }
 
+/// The arguments of a program's self-check probe: [`SELF_CHECK`], then `args`.
+pub fn self_check_probe(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    std::iter::once(OsString::from(SELF_CHECK))
+        .chain(args)
+        .collect()
+}
+
+/// Where `exe` is kept while its replacement is on trial.
+fn kept(exe: &Path) -> PathBuf {
+    suffixed(exe, ".previous")
+}
+
+/// Where `exe`'s replacement is staged.
+fn incoming(exe: &Path) -> PathBuf {
+    suffixed(exe, ".new")
+}
+
+fn file_name(exe: &Path) -> String {
+    exe.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn stamp(exe: &Path) -> Result<Stamp, SelfUpdateError> {
+    let meta = std::fs::metadata(exe).at(exe)?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()));
+    Ok(Stamp {
+        size: meta.len(),
+        modified,
+    })
+}
+
 fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
@@ -398,6 +491,14 @@ mod tests {
         }
     }
 
+    /// The replacer's own executable, probed with its self-check.
+    fn own(r: &Replacer) -> Vec<Part> {
+        vec![Part {
+            exe: r.exe().to_owned(),
+            probe: self_check_probe([]),
+        }]
+    }
+
     fn setup(new_body: &str) -> (tempfile::TempDir, Replacer, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("tillup");
@@ -411,8 +512,8 @@ mod tests {
     #[test]
     fn a_healthy_executable_is_swapped_in_probed_and_confirmed() {
         let (_dir, r, blob) = setup("[ \"$1\" = self-check ] && exit 0; echo B");
-        r.stage(&blob, &entry(&blob)).unwrap();
-        r.install(&trial(), &[]).unwrap();
+        r.stage(r.exe(), &blob, &entry(&blob)).unwrap();
+        r.install(&trial(), &own(&r)).unwrap();
         assert_eq!(
             std::fs::read(r.exe()).unwrap(),
             std::fs::read(&blob).unwrap()
@@ -441,8 +542,8 @@ mod tests {
     fn an_executable_that_fails_its_probe_is_replaced_by_the_old_one() {
         let (_dir, r, blob) = setup("echo 'cannot open the data folder' >&2; exit 3");
         let old = std::fs::read(r.exe()).unwrap();
-        r.stage(&blob, &entry(&blob)).unwrap();
-        let err = r.install(&trial(), &[]).unwrap_err();
+        r.stage(r.exe(), &blob, &entry(&blob)).unwrap();
+        let err = r.install(&trial(), &own(&r)).unwrap_err();
         assert!(
             err.to_string().contains("cannot open the data folder"),
             "{err}"
@@ -455,8 +556,8 @@ mod tests {
     fn a_second_start_without_confirmation_goes_back() {
         let (_dir, r, blob) = setup("exit 0");
         let old = std::fs::read(r.exe()).unwrap();
-        r.stage(&blob, &entry(&blob)).unwrap();
-        r.install(&trial(), &[]).unwrap();
+        r.stage(r.exe(), &blob, &entry(&blob)).unwrap();
+        r.install(&trial(), &own(&r)).unwrap();
         assert!(matches!(r.at_start().unwrap(), OnStart::RunOnTrial(_)));
         // It died before confirming; the next start goes back.
         assert!(matches!(r.at_start().unwrap(), OnStart::GoBack(_)));
@@ -469,7 +570,54 @@ mod tests {
         let (_dir, r, blob) = setup("exit 0");
         let mut e = entry(&blob);
         e.sha256 = Sha256Hex::of(b"something else");
-        assert!(r.stage(&blob, &e).is_err());
-        assert!(!r.incoming().exists());
+        assert!(r.stage(r.exe(), &blob, &e).is_err());
+        assert!(!incoming(r.exe()).exists());
+    }
+
+    #[test]
+    fn companions_are_swapped_kept_and_put_back_together() {
+        let (dir, r, blob) = setup("exit 0");
+        let window = dir.path().join("tillup-window");
+        script(&window, "echo window A");
+        let r = r.with_companions(&Program::HOST);
+        let (old_exe, old_window) = (
+            std::fs::read(r.exe()).unwrap(),
+            std::fs::read(&window).unwrap(),
+        );
+        // The window's new build does not start: both go back.
+        let bad = dir.path().join("bad-window");
+        script(&bad, "echo 'no display library' >&2; exit 127");
+        r.stage(r.exe(), &blob, &entry(&blob)).unwrap();
+        r.stage(&window, &bad, &entry(&bad)).unwrap();
+        let mut parts = own(&r);
+        parts.push(Part {
+            exe: window.clone(),
+            probe: vec!["--version".into()],
+        });
+        let err = r.install(&trial(), &parts).unwrap_err();
+        assert!(err.to_string().contains("tillup-window"), "{err}");
+        assert!(err.to_string().contains("no display library"), "{err}");
+        assert_eq!(std::fs::read(r.exe()).unwrap(), old_exe);
+        assert_eq!(std::fs::read(&window).unwrap(), old_window);
+        assert!(r.trial().unwrap().is_none());
+
+        // A good window: both swap in; cut before the probe passed (the
+        // record says swapped), the next start puts both back.
+        let good = dir.path().join("good-window");
+        script(&good, "exit 0");
+        r.stage(r.exe(), &blob, &entry(&blob)).unwrap();
+        r.stage(&window, &good, &entry(&good)).unwrap();
+        r.install(&trial(), &parts).unwrap();
+        assert_eq!(
+            std::fs::read(&window).unwrap(),
+            std::fs::read(&good).unwrap()
+        );
+        let both = r.kept_as(semver::Version::new(0, 2, 0)).unwrap();
+        assert_eq!(both.files.len(), 2, "{both:?}");
+        write_json_atomic(&r.record, &trial()).unwrap();
+        assert!(matches!(r.at_start().unwrap(), OnStart::GoBack(_)));
+        assert_eq!(std::fs::read(r.exe()).unwrap(), old_exe);
+        assert_eq!(std::fs::read(&window).unwrap(), old_window);
+        assert!(!kept(&window).exists());
     }
 }

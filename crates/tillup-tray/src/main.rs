@@ -48,6 +48,8 @@ fn main() -> ExitCode {
     unsafe {
         std::env::set_var("GDK_GL", "disable")
     };
+    // Its path now, before a self-update renames another file over it.
+    let _ = tillup_selfupdate::this_exe();
     // No umask 077 here, unlike `tillup`: the window child inherits it,
     // and its webview then never shows the page (WebKitGTK under
     // tauri-driver). The data folder itself is 0700 (`Listener::new`), so
@@ -95,8 +97,14 @@ fn run(cli: Cli, gdk_gl: Option<std::ffi::OsString>) -> anyhow::Result<ExitCode>
             return Ok(ExitCode::SUCCESS);
         }
     };
+    // A new build on trial is kept once it got this far; one that started
+    // before without being kept goes back to the one it replaced.
+    if let Some(exe) = listener.settle_self()? {
+        drop(_instance);
+        return Err(restart(&exe, gdk_gl));
+    }
     let first = service::view_now(&listener, None, lang, None);
-    let window = window::Window::new(window::Window::beside_current_exe(), gdk_gl);
+    let window = window::Window::new(window::Window::beside_current_exe(), gdk_gl.clone());
     let (commands, received) = tokio::sync::mpsc::unbounded_channel();
     let start = service::Start {
         listener,
@@ -108,23 +116,50 @@ fn run(cli: Cli, gdk_gl: Option<std::ffi::OsString>) -> anyhow::Result<ExitCode>
     let listener_thread = std::thread::Builder::new()
         .name("listener".into())
         .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
+            let ended = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
                 Ok(rt) => rt.block_on(service::run(start)),
-                Err(e) => tracing::error!("cannot start the tokio runtime: {e}"),
-            }
+                Err(e) => {
+                    tracing::error!("cannot start the tokio runtime: {e}");
+                    service::Ended::Quit
+                }
+            };
             ui::quit();
+            ended
         })
         .context("cannot start the listener thread")?;
     let quit = commands.clone();
     let gtk = ui::run(lang, commands, first);
     // However GTK ended, the listener thread ends too.
     let _ = quit.send(ui::Cmd::Quit);
-    let _ = listener_thread.join();
+    let ended = listener_thread.join().unwrap_or(service::Ended::Quit);
     gtk?;
-    Ok(ExitCode::SUCCESS)
+    match ended {
+        service::Ended::Quit => Ok(ExitCode::SUCCESS),
+        service::Ended::Restart => {
+            drop(_instance);
+            Err(restart(&tillup_selfupdate::this_exe()?, gdk_gl))
+        }
+    }
+}
+
+/// Restarts this process on the executable now at `exe` (a new build of
+/// tillup's, or the kept one), with `GDK_GL` as it was started with.
+/// Returns only on failure.
+fn restart(exe: &std::path::Path, gdk_gl: Option<std::ffi::OsString>) -> anyhow::Error {
+    // SAFETY: called before the listener thread starts or after it ended
+    // and GTK's main loop returned: no other thread reads the environment.
+    #[allow(unsafe_code)]
+    unsafe {
+        match gdk_gl {
+            Some(v) => std::env::set_var("GDK_GL", v),
+            None => std::env::remove_var("GDK_GL"),
+        }
+    };
+    let e = tillup_selfupdate::restart(exe);
+    anyhow::anyhow!("could not restart on {}: {e}", exe.display())
 }
 
 #[cfg(test)]

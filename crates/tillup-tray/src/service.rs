@@ -33,6 +33,18 @@ const TRANSFER_REDRAW: std::time::Duration = std::time::Duration::from_millis(50
 struct Done {
     scheduled: bool,
     result: Result<TickOutcome, Error>,
+    /// tillup's own programs were updated: the tray restarts on its new build.
+    restart: bool,
+}
+
+/// How [`run`] ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The menu, a signal or the window's end said quit.
+    Quit,
+    /// This executable was replaced (by a self-update, here or by another
+    /// tillup, or by a package): the process restarts on the new file.
+    Restart,
 }
 
 /// Jobs own their listener: saving the settings replaces it between jobs.
@@ -84,12 +96,28 @@ fn who() -> String {
     std::env::var("USER").unwrap_or_else(|_| "store manager".into())
 }
 
+/// A check (and the upgrade it may start), then, when the configuration
+/// names tillup's channel, tillup's own update, as `tillup daemon` does.
 fn tick(listener: Rc<Listener>, progress: UnboundedSender<Upgrade>, scheduled: bool) -> Job {
     Box::pin(async move {
         let result = listener
             .tick(Timestamp::now(), &mut observer(progress))
             .await;
-        Done { scheduled, result }
+        let mut restart = false;
+        if listener.config.self_channel.is_some() {
+            match listener.self_update(Timestamp::now(), false).await {
+                Ok(o) => {
+                    tracing::info!("tillup's own update: {}", serde_json::json!(o));
+                    restart = o.restart;
+                }
+                Err(e) => tracing::warn!("tillup's own update: {}", tillup_core::error_chain(&e)),
+            }
+        }
+        Done {
+            scheduled,
+            result,
+            restart,
+        }
     })
 }
 
@@ -111,6 +139,7 @@ fn upgrade_now(listener: Rc<Listener>, progress: UnboundedSender<Upgrade>) -> Jo
         Done {
             scheduled: false,
             result,
+            restart: false,
         }
     })
 }
@@ -128,6 +157,17 @@ struct Resident {
     running: Option<Upgrade>,
     job: Option<Job>,
     next_tick: Instant,
+    /// This executable's file as it was at start-up.
+    started_as: Option<FileStamp>,
+}
+
+/// A file's size and modification time.
+type FileStamp = (u64, std::time::SystemTime);
+
+/// The running executable's file as it is now.
+fn exe_stamp() -> Option<FileStamp> {
+    let meta = std::fs::metadata(tillup_selfupdate::this_exe().ok()?).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
 }
 
 impl Resident {
@@ -228,6 +268,13 @@ impl Resident {
         }
     }
 
+    /// Whether this executable's file is no longer the one started: a
+    /// self-update (this tray's, or `tillup self-update`'s) or a package
+    /// replaced it, and the new code runs only after a restart.
+    fn replaced(&self) -> bool {
+        self.started_as.is_some() && exe_stamp() != self.started_as
+    }
+
     /// A job ended: the problem line, notifications, the popup, the next tick.
     async fn done(&mut self, done: Done, announced: &mut Option<Version>) {
         self.job = None;
@@ -272,10 +319,12 @@ pub struct Start {
     pub commands: UnboundedReceiver<Cmd>,
 }
 
-/// Runs until the menu (or SIGTERM/SIGINT) says quit. The menu's Quit
-/// waits for a running check or upgrade, unless given twice. SIGUSR1 opens
-/// the window (a second `tillup-tray` sends it).
-pub async fn run(start: Start) {
+/// Runs until the menu (or SIGTERM/SIGINT) says quit, or until this
+/// executable was replaced and the tray must restart on the new one (it
+/// looks after every job). The menu's Quit waits for a running check or
+/// upgrade, unless given twice. SIGUSR1 opens the window (a second
+/// `tillup-tray` sends it).
+pub async fn run(start: Start) -> Ended {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).ok();
     let mut int = signal(SignalKind::interrupt()).ok();
@@ -294,9 +343,11 @@ pub async fn run(start: Start) {
         running: None,
         job: None,
         next_tick: Instant::now(),
+        started_as: exe_stamp(),
     };
     let mut announced: Option<Version> = None;
     let mut quitting = false;
+    let mut ended = Ended::Quit;
 
     loop {
         tokio::select! {
@@ -326,8 +377,14 @@ pub async fn run(start: Start) {
                 }
             }
             done = async { me.job.as_mut().expect("guarded").await }, if me.job.is_some() => {
+                let restart = done.restart;
                 me.done(done, &mut announced).await;
                 if quitting {
+                    break;
+                }
+                if restart || me.replaced() {
+                    tracing::info!("tillup-tray was replaced: restarting on its new build");
+                    ended = Ended::Restart;
                     break;
                 }
                 me.refresh().await;
@@ -386,6 +443,7 @@ pub async fn run(start: Start) {
     // A job still running stops here; the upgrade's state is on disk and
     // the next start resumes it.
     drop(me.job.take());
+    ended
 }
 
 async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {

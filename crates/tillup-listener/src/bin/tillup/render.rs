@@ -324,8 +324,11 @@ pub fn self_update(o: &tillup_listener::selfupdate::SelfUpdateOutcome, as_json: 
     for (n, step) in &o.agents {
         println!("  terminal {n}'s agent: {}", line(step));
     }
-    println!("  this listener: {}", line(&o.listener));
+    println!(
+        "  this host (tillup, and the tray and window beside it): {}",
+        line(&o.listener)
+    );
     if o.restart {
-        println!("  the listener restarts on it, on trial, at its next start");
+        println!("  they run on trial from their next start, and are kept once it gets that far");
     }
 }
