@@ -102,6 +102,40 @@ pub mod server {
     pub const REPORT: &str = "/v1/stores/{store}/reports";
 }
 
+/// Routes of `tillup-server` for head office's people (the dashboard and
+/// the admin API): a session cookie ([`admin::SESSION_COOKIE`]), and on
+/// every unsafe request the session's CSRF token in [`admin::CSRF_HEADER`].
+pub mod admin {
+    /// `POST`: [`SignIn`] in, the session (name, role, CSRF token) out,
+    /// with its cookie; `DELETE`: signs out.
+    pub const SESSION: &str = "/v1/admin/session";
+    /// `GET`: who is signed in (name, role, CSRF token).
+    pub const ME: &str = "/v1/admin/me";
+    /// `GET ?limit=N`: the audit trail, newest first.
+    pub const AUDIT: &str = "/v1/admin/audit";
+    /// The session cookie's name.
+    pub const SESSION_COOKIE: &str = "tillup_session";
+    /// The header carrying the session's CSRF token.
+    pub const CSRF_HEADER: &str = "x-csrf-token";
+
+    /// A sign-in.
+    #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SignIn {
+        pub name: String,
+        pub password: String,
+    }
+
+    impl std::fmt::Debug for SignIn {
+        /// Never shows the password.
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SignIn")
+                .field("name", &self.name)
+                .finish_non_exhaustive()
+        }
+    }
+}
+
 /// Routes of `tillup-agent`. Every one takes `Authorization: Bearer <agent token>`.
 pub mod agent {
     pub const STATUS: &str = "/v1/status";

@@ -212,6 +212,19 @@ pub enum Error {
     /// A stored record no longer parses (the data folder was altered).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// `user add` of a name that is taken.
+    #[error("`{0}` already exists; choose another name, or disable the old one first")]
+    PersonExists(String),
+    /// A person's name that is not registered.
+    #[error("there is no person `{0}`; add them with `tillup-server user add {0} --role ROLE`")]
+    UnknownPerson(String),
+    /// A password too weak to keep.
+    #[error("the password {0}; choose a longer one (a passphrase of several words is easiest)")]
+    WeakPassword(String),
+    /// A sign-in with an unknown name, a wrong password or a disabled
+    /// person: the same answer for each, so nobody learns which names exist.
+    #[error("the name or the password is wrong, or this person is disabled")]
+    SignInRefused,
 }
 
 /// Checks an id that becomes part of a path or a key: store, channel, upgrade.

@@ -206,6 +206,10 @@ impl From<Error> for AppError {
                 AppError::NotFound(e.to_string())
             }
             Error::Fs(e) => AppError::from(e),
+            Error::UnknownPerson(_) => AppError::NotFound(e.to_string()),
+            Error::PersonExists(_) => AppError::Conflict(e.to_string()),
+            Error::WeakPassword(_) => AppError::BadRequest(e.to_string()),
+            Error::SignInRefused => AppError::Unauthorized(e.to_string()),
             // What the command line reports to IT, or the server's own
             // failure: on a request, nothing the client can act on.
             Error::Db(_)
@@ -312,6 +316,7 @@ pub fn app(state: AppState) -> Router {
             get(|| async { Json(crate::openapi::description()) }),
         )
         .merge(authed)
+        .merge(crate::admin::routes())
         // JSON both ways may be zstd-compressed (a store's backup and its
         // delivery are eight near-identical manifests); packs are
         // compressed already, and single blobs are sent as they are.

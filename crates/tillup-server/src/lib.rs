@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod access;
+pub mod admin;
 pub mod data;
 pub mod db;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod keylist;
 pub mod openapi;
 pub mod ops;
 pub mod packs;
+pub mod people;
 pub mod storage;
 
 pub use data::{DataDir, KeySource};

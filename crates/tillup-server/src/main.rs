@@ -157,6 +157,17 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Manage the people who sign in to the server's pages and admin API.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Print the audit trail (who did what, newest first) as JSON.
+    Audit {
+        /// How many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Print a store's reports as a JSON array.
     Reports {
         /// The store's id.
@@ -206,6 +217,27 @@ enum StoreCommand {
         /// Every channel it may read.
         #[arg(required = true)]
         channels: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Add a person. Their password is asked for (not shown), or read
+    /// from the first line of standard input when it is not a terminal.
+    Add {
+        /// Their sign-in name (A-Z a-z 0-9 . _ -).
+        name: String,
+        /// What they may do: viewer (look), releaser (also publish and run
+        /// rollouts), admin (also manage stores and people).
+        #[arg(long, value_parser = tillup_server::admin::parse_role)]
+        role: tillup_core::roles::Role,
+    },
+    /// List the people.
+    List,
+    /// Disable a person: they cannot sign in, and their sessions end now.
+    Disable {
+        /// Their sign-in name.
+        name: String,
     },
 }
 
@@ -286,6 +318,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Store { .. }
         | Command::Keys { .. }
         | Command::Reports { .. }
+        | Command::User { .. }
+        | Command::Audit { .. }
         | Command::Serve { .. } => {}
     }
     let root = cli
@@ -352,6 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 replace,
             };
             let p = ops::publish(&*db, &storage, &key, req)?;
+            audited(&*db, "publish", &format!("{channel}/{}", p.release.version))?;
             if p.replaced {
                 eprintln!(
                     "warning: release {} was replaced; listeners of stores that installed it will report it as republished",
@@ -400,7 +435,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store {
             command: StoreCommand::Add { store },
         } => {
-            let token = ops::add_store(&*open_db()?, &store, Timestamp::now())?;
+            let db = open_db()?;
+            let token = ops::add_store(&*db, &store, Timestamp::now())?;
+            audited(&*db, "store.add", &store)?;
             println!("{token}");
             eprintln!(
                 "store {store} added; give the token above to its listener: it is not shown again"
@@ -425,7 +462,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store {
             command: StoreCommand::Revoke { store },
         } => {
-            ops::revoke_store(&*open_db()?, &store, Timestamp::now())?;
+            let db = open_db()?;
+            ops::revoke_store(&*db, &store, Timestamp::now())?;
+            audited(&*db, "store.revoke", &store)?;
             eprintln!(
                 "store {store} revoked: its token is refused from its next request; `store rotate-token {store}` lets it in again with a new token"
             );
@@ -451,16 +490,53 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store {
             command: StoreCommand::Channels { store, channels },
         } => {
-            ops::set_store_channels(&*open_db()?, &store, &channels)?;
+            let db = open_db()?;
+            ops::set_store_channels(&*db, &store, &channels)?;
+            audited(&*db, "store.channels", &store)?;
             eprintln!("store {store} reads channels: {}", channels.join(", "));
         }
         Command::Store {
             command: StoreCommand::RotateToken { store },
         } => {
-            let token = ops::rotate_store_token(&*open_db()?, &store)?;
+            let db = open_db()?;
+            let token = ops::rotate_store_token(&*db, &store)?;
+            audited(&*db, "store.rotate-token", &store)?;
             println!("{token}");
             eprintln!(
                 "store {store} has a new token: put the token above in its listener's config (store_token); the old one is refused from now on"
+            );
+        }
+        Command::User {
+            command: UserCommand::Add { name, role },
+        } => {
+            let db = open_db()?;
+            let password = read_password(&name)?;
+            tillup_server::people::add(&*db, &name, role, &password, Timestamp::now())?;
+            audited(&*db, "user.add", &format!("{name} ({role})"))?;
+            eprintln!("{name} added as {role}; they sign in at the server's address");
+        }
+        Command::User {
+            command: UserCommand::List,
+        } => {
+            for p in open_db()?.people()? {
+                let disabled = p
+                    .disabled
+                    .map_or_else(String::new, |t| format!("\tdisabled {t}"));
+                println!("{}\t{}\tadded {}{disabled}", p.name, p.role, p.created);
+            }
+        }
+        Command::User {
+            command: UserCommand::Disable { name },
+        } => {
+            let db = open_db()?;
+            db.disable_person(&name, Timestamp::now())?;
+            audited(&*db, "user.disable", &name)?;
+            eprintln!("{name} is disabled: signed out everywhere, and cannot sign in again");
+        }
+        Command::Audit { limit } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&open_db()?.audit(limit)?)?
             );
         }
         Command::Reports { store } => {
@@ -517,6 +593,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Records in the audit trail that the person at this command line did
+/// `action` to `subject` (as `cli:USER`).
+fn audited(db: &dyn tillup_server::Db, action: &str, subject: &str) -> anyhow::Result<()> {
+    let who = format!(
+        "cli:{}",
+        std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into())
+    );
+    tillup_server::people::audit(db, &who, action, subject, Timestamp::now())
+        .context("recording the action in the audit trail")
+}
+
+/// A new person's password: asked twice without echo on a terminal, else
+/// the first line of standard input.
+fn read_password(name: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal as _;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("password for {name}: "))?;
+        let again = rpassword::prompt_password("the same again: ")?;
+        anyhow::ensure!(
+            first == again,
+            "the two passwords differ; nothing was changed"
+        );
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(
+            std::io::stdin(),
+            tillup_server::people::MAX_PASSWORD_BYTES as u64 + 2,
+        ),
+        &mut line,
+    )?;
+    let password = line.lines().next().unwrap_or_default().to_owned();
+    anyhow::ensure!(
+        !password.is_empty(),
+        "no password on standard input: type it at a terminal, or pipe it in (printf '%s\\n' \"$PASSWORD\" | tillup-server user add …)"
+    );
+    Ok(password)
 }
 
 #[cfg(test)]

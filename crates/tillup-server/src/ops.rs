@@ -429,7 +429,8 @@ pub fn revoke_store(db: &dyn Db, id: &str, now: Timestamp) -> Result<(), Error> 
 }
 
 /// 256 random bits, in hex.
-fn new_token() -> String {
+/// A new secret token: 32 random bytes, in hex.
+pub fn new_token() -> String {
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
     hex::encode(raw)

@@ -9,7 +9,10 @@ use semver::Version;
 use tillup_core::Sha256Hex;
 use tillup_core::keys::SignedKeyList;
 use tillup_core::log::{Notes, Release};
-use tillup_server::db::{Db, KEEP_REPORTS, KEEP_UPGRADES, SignedLog};
+use tillup_core::roles::Role;
+use tillup_server::db::{
+    AuditRow, Db, KEEP_REPORTS, KEEP_UPGRADES, PersonRow, SessionRow, SignedLog,
+};
 use tillup_server::{Error, Location};
 
 type Case = fn(&Location);
@@ -29,6 +32,10 @@ const CASES: &[(&str, Case)] = &[
     ("last checks", last_checks),
     ("leases", leases),
     ("generation is seen by another handle", generation_is_shared),
+    (
+        "people, sessions and the audit trail",
+        people_sessions_audit,
+    ),
 ];
 
 /// Runs every case on a fresh database from `fresh`, naming the case that
@@ -405,4 +412,91 @@ fn generation_is_shared(location: &Location) {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(a.store_access().unwrap().len(), 1);
+}
+
+fn people_sessions_audit(location: &Location) {
+    let (db, other) = (open(location), open(location));
+    let t0 = Timestamp::from_second(now().as_second()).unwrap();
+    let person = |name: &str, role| PersonRow {
+        name: name.into(),
+        role,
+        password: format!("$argon2id$not-a-real-hash-{name}"),
+        created: t0,
+        disabled: None,
+    };
+    db.add_person(&person("ana", Role::Admin)).unwrap();
+    db.add_person(&person("bo", Role::Viewer)).unwrap();
+    assert!(matches!(
+        other.add_person(&person("ana", Role::Viewer)),
+        Err(Error::PersonExists(_))
+    ));
+    assert_eq!(
+        other.person("ana").unwrap(),
+        Some(person("ana", Role::Admin))
+    );
+    assert_eq!(other.person("nobody").unwrap(), None);
+    let names: Vec<String> = db.people().unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["ana", "bo"]);
+
+    // A session is found by its token's digest, until it ends.
+    let hour = SignedDuration::from_hours(1);
+    let session = |person: &str, role| SessionRow {
+        person: person.into(),
+        role,
+        csrf: format!("csrf-{person}"),
+        expires: t0 + hour,
+    };
+    db.add_session("t-ana", &session("ana", Role::Admin), t0)
+        .unwrap();
+    db.add_session("t-bo", &session("bo", Role::Viewer), t0)
+        .unwrap();
+    assert_eq!(
+        other.session("t-ana", t0).unwrap(),
+        Some(session("ana", Role::Admin))
+    );
+    assert_eq!(other.session("t-ana", t0 + hour).unwrap(), None, "ended");
+    assert_eq!(other.session("t-unknown", t0).unwrap(), None);
+    other.end_session("t-ana").unwrap();
+    other.end_session("t-ana").unwrap();
+    assert_eq!(db.session("t-ana", t0).unwrap(), None);
+    // Disabling ends the person's sessions and keeps them out.
+    db.disable_person("bo", t0).unwrap();
+    assert_eq!(other.session("t-bo", t0).unwrap(), None);
+    assert_eq!(other.person("bo").unwrap().unwrap().disabled, Some(t0));
+    assert!(matches!(
+        db.disable_person("nobody", t0),
+        Err(Error::UnknownPerson(_))
+    ));
+    // Ended sessions are forgotten when another begins.
+    db.add_session("t-old", &session("ana", Role::Admin), t0)
+        .unwrap();
+    db.add_session(
+        "t-new",
+        &SessionRow {
+            expires: t0 + hour + hour,
+            ..session("ana", Role::Admin)
+        },
+        t0 + hour,
+    )
+    .unwrap();
+    assert_eq!(db.session("t-old", t0).unwrap(), None, "forgotten");
+
+    // The audit trail, newest first.
+    for (i, action) in ["publish", "store.revoke", "rollout.start"]
+        .iter()
+        .enumerate()
+    {
+        other
+            .record_audit(&AuditRow {
+                at: t0 + SignedDuration::from_secs(i as i64),
+                who: "ana".into(),
+                action: (*action).into(),
+                subject: format!("subject {i}"),
+            })
+            .unwrap();
+    }
+    let trail = db.audit(2).unwrap();
+    let actions: Vec<&str> = trail.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["rollout.start", "store.revoke"]);
+    assert_eq!(trail[0].at, t0 + SignedDuration::from_secs(2));
 }

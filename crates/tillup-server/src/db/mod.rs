@@ -18,6 +18,7 @@ use semver::Version;
 use tillup_core::Sha256Hex;
 use tillup_core::keys::{KeyChain, SignedKeyList};
 use tillup_core::log::Release;
+use tillup_core::roles::Role;
 
 use crate::error::Error;
 
@@ -80,6 +81,48 @@ pub struct ReportRow {
     pub received: Timestamp,
     /// The report itself.
     pub report: serde_json::Value,
+}
+
+/// A person who signs in to the server's pages and admin API.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PersonRow {
+    /// Their sign-in name.
+    pub name: String,
+    /// What they may do.
+    pub role: Role,
+    /// Their password's Argon2id hash (a PHC string); never shown.
+    #[serde(skip)]
+    pub password: String,
+    /// When they were added.
+    pub created: Timestamp,
+    /// When they were disabled, if they were: they cannot sign in.
+    pub disabled: Option<Timestamp>,
+}
+
+/// A signed-in session, found by the SHA-256 of its cookie's token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRow {
+    /// Who signed in.
+    pub person: String,
+    /// Their role now (a role changed since applies at once).
+    pub role: Role,
+    /// The token every form and unsafe request of the session must carry.
+    pub csrf: String,
+    /// When the session ends.
+    pub expires: Timestamp,
+}
+
+/// One action by a person, as the audit trail keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRow {
+    /// When.
+    pub at: Timestamp,
+    /// Who (a person's name, or `cli:USER` for the command line).
+    pub who: String,
+    /// What, in a word: `publish`, `rollout.start`, `store.revoke`, …
+    pub action: String,
+    /// On what: a release, a store, a person, a rollout.
+    pub subject: String,
 }
 
 /// The log signer handed to [`Db::append_log`]: gets the next sequence and
@@ -216,6 +259,43 @@ pub trait Db: Send + Sync + std::fmt::Debug {
 
     /// The store's reports, oldest first.
     fn reports(&self, store: &str) -> Result<Vec<ReportRow>, Error>;
+
+    // ---- people, sessions and the audit trail -------------------------------
+
+    /// Adds a person; refused if the name is taken.
+    fn add_person(&self, person: &PersonRow) -> Result<(), Error>;
+
+    /// The person named `name`.
+    fn person(&self, name: &str) -> Result<Option<PersonRow>, Error>;
+
+    /// Every person, by name.
+    fn people(&self) -> Result<Vec<PersonRow>, Error>;
+
+    /// Disables a person (they cannot sign in again) and ends their
+    /// sessions.
+    fn disable_person(&self, name: &str, now: Timestamp) -> Result<(), Error>;
+
+    /// Records a session under the SHA-256 (hex) of its token, and forgets
+    /// sessions that ended before `now`.
+    fn add_session(
+        &self,
+        token_sha256: &str,
+        session: &SessionRow,
+        now: Timestamp,
+    ) -> Result<(), Error>;
+
+    /// The session whose token hashes to `token_sha256`, if it has not
+    /// ended by `now` and its person is not disabled.
+    fn session(&self, token_sha256: &str, now: Timestamp) -> Result<Option<SessionRow>, Error>;
+
+    /// Ends a session (signing out). Safe to repeat.
+    fn end_session(&self, token_sha256: &str) -> Result<(), Error>;
+
+    /// Adds an entry to the audit trail.
+    fn record_audit(&self, entry: &AuditRow) -> Result<(), Error>;
+
+    /// The newest `limit` entries of the audit trail, newest first.
+    fn audit(&self, limit: usize) -> Result<Vec<AuditRow>, Error>;
 
     // ---- leases --------------------------------------------------------------------
 

@@ -20,8 +20,12 @@ use tillup_core::Sha256Hex;
 use tillup_core::keys::{KeyChain, SignedKeyList};
 use tillup_core::log::Release;
 
-use super::{Db, KEEP_REPORTS, KEEP_UPGRADES, ReportRow, SignedLog, Signer, StoreAccess, StoreRow};
+use super::{
+    AuditRow, Db, KEEP_REPORTS, KEEP_UPGRADES, PersonRow, ReportRow, SessionRow, SignedLog, Signer,
+    StoreAccess, StoreRow,
+};
 use crate::error::Error;
+use tillup_core::roles::Role;
 
 /// The connections each server keeps: the blocking pool runs at most this
 /// many database calls at once; more wait for a free connection.
@@ -109,6 +113,26 @@ CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
     until TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS people (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password TEXT NOT NULL,
+    created TIMESTAMPTZ NOT NULL,
+    disabled TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    person TEXT NOT NULL REFERENCES people (name),
+    csrf TEXT NOT NULL,
+    expires TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id BIGSERIAL PRIMARY KEY,
+    at TIMESTAMPTZ NOT NULL,
+    who TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL
 );
 ";
 
@@ -705,6 +729,127 @@ impl Db for PgDb {
             .collect()
     }
 
+    fn add_person(&self, p: &PersonRow) -> Result<(), Error> {
+        let added = self.conn()?.execute(
+            "INSERT INTO people (name, role, password, created, disabled)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+            &[
+                &p.name,
+                &p.role.as_str(),
+                &p.password,
+                &p.created,
+                &p.disabled,
+            ],
+        )?;
+        if added == 0 {
+            return Err(Error::PersonExists(p.name.clone()));
+        }
+        Ok(())
+    }
+
+    fn person(&self, name: &str) -> Result<Option<PersonRow>, Error> {
+        let rows = self.conn()?.query(
+            "SELECT name, role, password, created, disabled FROM people WHERE name = $1",
+            &[&name],
+        )?;
+        rows.iter().map(person_row).next().transpose()
+    }
+
+    fn people(&self) -> Result<Vec<PersonRow>, Error> {
+        let rows = self.conn()?.query(
+            "SELECT name, role, password, created, disabled FROM people ORDER BY name",
+            &[],
+        )?;
+        rows.iter().map(person_row).collect()
+    }
+
+    fn disable_person(&self, name: &str, now: Timestamp) -> Result<(), Error> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        let found = tx.execute(
+            "UPDATE people SET disabled = COALESCE(disabled, $2) WHERE name = $1",
+            &[&name, &now],
+        )?;
+        if found == 0 {
+            return Err(Error::UnknownPerson(name.to_owned()));
+        }
+        tx.execute("DELETE FROM sessions WHERE person = $1", &[&name])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn add_session(
+        &self,
+        token_sha256: &str,
+        session: &SessionRow,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        tx.execute("DELETE FROM sessions WHERE expires <= $1", &[&now])?;
+        tx.execute(
+            "INSERT INTO sessions (token_sha256, person, csrf, expires) VALUES ($1, $2, $3, $4)",
+            &[
+                &token_sha256,
+                &session.person,
+                &session.csrf,
+                &session.expires,
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn session(&self, token_sha256: &str, now: Timestamp) -> Result<Option<SessionRow>, Error> {
+        let row = self.conn()?.query_opt(
+            "SELECT s.person, p.role, s.csrf, s.expires FROM sessions s
+             JOIN people p ON p.name = s.person
+             WHERE s.token_sha256 = $1 AND p.disabled IS NULL AND s.expires > $2",
+            &[&token_sha256, &now],
+        )?;
+        row.map(|r| {
+            Ok(SessionRow {
+                person: r.get(0),
+                role: r.get::<_, &str>(1).parse::<Role>().map_err(corrupt)?,
+                csrf: r.get(2),
+                expires: r.get(3),
+            })
+        })
+        .transpose()
+    }
+
+    fn end_session(&self, token_sha256: &str) -> Result<(), Error> {
+        self.conn()?.execute(
+            "DELETE FROM sessions WHERE token_sha256 = $1",
+            &[&token_sha256],
+        )?;
+        Ok(())
+    }
+
+    fn record_audit(&self, e: &AuditRow) -> Result<(), Error> {
+        self.conn()?.execute(
+            "INSERT INTO audit (at, who, action, subject) VALUES ($1, $2, $3, $4)",
+            &[&e.at, &e.who, &e.action, &e.subject],
+        )?;
+        Ok(())
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<AuditRow>, Error> {
+        let rows = self.conn()?.query(
+            "SELECT at, who, action, subject FROM audit ORDER BY id DESC LIMIT $1",
+            &[&(limit as i64)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditRow {
+                at: r.get(0),
+                who: r.get(1),
+                action: r.get(2),
+                subject: r.get(3),
+            })
+            .collect())
+    }
+
     fn take_lease(
         &self,
         name: &str,
@@ -736,4 +881,14 @@ fn releases_of(
         .collect::<Result<_, _>>()?;
     out.sort_by(|a, b| a.version.cmp(&b.version));
     Ok(out)
+}
+
+fn person_row(r: &postgres::Row) -> Result<PersonRow, Error> {
+    Ok(PersonRow {
+        name: r.get(0),
+        role: r.get::<_, &str>(1).parse::<Role>().map_err(corrupt)?,
+        password: r.get(2),
+        created: r.get(3),
+        disabled: r.get(4),
+    })
 }

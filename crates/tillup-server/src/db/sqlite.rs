@@ -11,8 +11,12 @@ use tillup_core::Sha256Hex;
 use tillup_core::keys::{KeyChain, SignedKeyList};
 use tillup_core::log::Release;
 
-use super::{Db, KEEP_REPORTS, KEEP_UPGRADES, ReportRow, SignedLog, Signer, StoreAccess, StoreRow};
+use super::{
+    AuditRow, Db, KEEP_REPORTS, KEEP_UPGRADES, PersonRow, ReportRow, SessionRow, SignedLog, Signer,
+    StoreAccess, StoreRow,
+};
 use crate::error::Error;
+use tillup_core::roles::Role;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS releases (
@@ -85,6 +89,26 @@ CREATE TABLE IF NOT EXISTS reports (
     received TEXT NOT NULL,
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS people (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password TEXT NOT NULL,
+    created TEXT NOT NULL,
+    disabled TEXT
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    person TEXT NOT NULL REFERENCES people (name),
+    csrf TEXT NOT NULL,
+    expires INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    who TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL
+);
 ";
 
 /// The database: one connection, serialised by a mutex.
@@ -133,6 +157,36 @@ impl SqliteDb {
         // A panic while holding the lock leaves SQLite consistent (every
         // write is a transaction), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl SqliteDb {
+    fn people_where(
+        &self,
+        clause: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<PersonRow>, Error> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT name, role, password, created, disabled FROM people {clause}"
+        ))?;
+        type Row = (String, String, String, String, Option<String>);
+        let rows: Vec<Row> = st
+            .query_map(args, |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(name, role, password, created, disabled)| {
+                Ok(PersonRow {
+                    name,
+                    role: role.parse::<Role>().map_err(corrupt)?,
+                    password,
+                    created: ts(created)?,
+                    disabled: disabled.map(ts).transpose()?,
+                })
+            })
+            .collect()
     }
 }
 
@@ -665,6 +719,133 @@ impl Db for SqliteDb {
                     store: store.to_owned(),
                     received: ts(received)?,
                     report: serde_json::from_str(&body).map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    fn add_person(&self, p: &PersonRow) -> Result<(), Error> {
+        let added = self.conn().execute(
+            "INSERT INTO people (name, role, password, created, disabled)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO NOTHING",
+            params![
+                p.name,
+                p.role.as_str(),
+                p.password,
+                p.created.to_string(),
+                p.disabled.map(|t| t.to_string())
+            ],
+        )?;
+        if added == 0 {
+            return Err(Error::PersonExists(p.name.clone()));
+        }
+        Ok(())
+    }
+
+    fn person(&self, name: &str) -> Result<Option<PersonRow>, Error> {
+        self.people_where("WHERE name = ?1", params![name])
+            .map(|mut v| v.pop())
+    }
+
+    fn people(&self) -> Result<Vec<PersonRow>, Error> {
+        self.people_where("ORDER BY name", params![])
+    }
+
+    fn disable_person(&self, name: &str, now: Timestamp) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found = tx.execute(
+            "UPDATE people SET disabled = COALESCE(disabled, ?2) WHERE name = ?1",
+            params![name, now.to_string()],
+        )?;
+        if found == 0 {
+            return Err(Error::UnknownPerson(name.to_owned()));
+        }
+        tx.execute("DELETE FROM sessions WHERE person = ?1", [name])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn add_session(
+        &self,
+        token_sha256: &str,
+        session: &SessionRow,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "DELETE FROM sessions WHERE expires <= ?1",
+            [now.as_second()],
+        )?;
+        tx.execute(
+            "INSERT INTO sessions (token_sha256, person, csrf, expires) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                token_sha256,
+                session.person,
+                session.csrf,
+                session.expires.as_second()
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn session(&self, token_sha256: &str, now: Timestamp) -> Result<Option<SessionRow>, Error> {
+        let row: Option<(String, String, String, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT s.person, p.role, s.csrf, s.expires FROM sessions s
+                 JOIN people p ON p.name = s.person
+                 WHERE s.token_sha256 = ?1 AND p.disabled IS NULL AND s.expires > ?2",
+                params![token_sha256, now.as_second()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        row.map(|(person, role, csrf, expires)| {
+            Ok(SessionRow {
+                person,
+                role: role.parse().map_err(corrupt)?,
+                csrf,
+                expires: Timestamp::from_second(expires).map_err(corrupt)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn end_session(&self, token_sha256: &str) -> Result<(), Error> {
+        self.conn().execute(
+            "DELETE FROM sessions WHERE token_sha256 = ?1",
+            [token_sha256],
+        )?;
+        Ok(())
+    }
+
+    fn record_audit(&self, e: &AuditRow) -> Result<(), Error> {
+        self.conn().execute(
+            "INSERT INTO audit (at, who, action, subject) VALUES (?1, ?2, ?3, ?4)",
+            params![e.at.to_string(), e.who, e.action, e.subject],
+        )?;
+        Ok(())
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<AuditRow>, Error> {
+        let conn = self.conn();
+        let mut st =
+            conn.prepare("SELECT at, who, action, subject FROM audit ORDER BY id DESC LIMIT ?1")?;
+        type Row = (String, String, String, String);
+        let rows: Vec<Row> = st
+            .query_map([limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(at, who, action, subject)| {
+                Ok(AuditRow {
+                    at: ts(at)?,
+                    who,
+                    action,
+                    subject,
                 })
             })
             .collect()

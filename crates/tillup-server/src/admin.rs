@@ -1,0 +1,232 @@
+//! The HTTP side of head office's people ([`crate::people`]): signing in
+//! and out, who is signed in, and the audit trail. Every handler that acts
+//! for a person takes a [`Person`], which finds the session from its
+//! cookie and, on an unsafe method, checks its CSRF token; what the person
+//! may do is then checked with [`Person::may`] against the role, here on
+//! the server, whatever a page shows.
+
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use jiff::Timestamp;
+use tillup_core::api::admin::{self as r, CSRF_HEADER, SESSION_COOKIE, SignIn};
+use tillup_core::roles::{Action, Role};
+use tokio::sync::Semaphore;
+
+use crate::db::AuditRow;
+use crate::http::{AppError, AppState};
+use crate::people::{self, SESSION_LENGTH, SignedIn};
+
+/// Sign-ins hashing a password at once: Argon2 is made to be costly, and
+/// a flood of sign-ins must not take every core from the stores.
+static SIGN_INS: Semaphore = Semaphore::const_new(2);
+
+/// The most audit entries one request returns.
+pub const MAX_AUDIT: usize = 1000;
+
+/// The routes (merged into [`crate::http::app`]'s router).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(r::SESSION, axum::routing::post(sign_in).delete(sign_out))
+        .route(r::ME, get(me))
+        .route(r::AUDIT, get(audit))
+}
+
+/// The signed-in person a request comes from.
+#[derive(Clone, Debug)]
+pub struct Person {
+    /// Who, and the session.
+    pub signed_in: SignedIn,
+    /// The session cookie's token.
+    token: String,
+}
+
+impl Person {
+    /// `Ok` if this person's role allows `action`, else a 403 that says so.
+    pub fn may(&self, action: Action) -> Result<(), AppError> {
+        if self.signed_in.role.may(action) {
+            return Ok(());
+        }
+        Err(AppError::Forbidden(format!(
+            "{} is a {}, who may not {}; ask an admin",
+            self.signed_in.name,
+            self.signed_in.role,
+            match action {
+                Action::View => "view this",
+                Action::Publish => "publish releases",
+                Action::Rollout => "run rollouts",
+                Action::Approve => "approve rollouts",
+                Action::ManageStores => "manage stores",
+                Action::ManagePeople => "manage people",
+            }
+        )))
+    }
+
+    /// Records in the audit trail that this person did `action` to `subject`.
+    pub async fn audited(
+        &self,
+        st: &AppState,
+        action: &str,
+        subject: &str,
+    ) -> Result<(), AppError> {
+        let entry = AuditRow {
+            at: Timestamp::now(),
+            who: self.signed_in.name.clone(),
+            action: action.to_owned(),
+            subject: subject.to_owned(),
+        };
+        st.blocking(move |st| st.db().record_audit(&entry)).await
+    }
+}
+
+impl FromRequestParts<AppState> for Person {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, AppError> {
+        let token = cookie(&parts.headers, SESSION_COOKIE)
+            .ok_or_else(|| AppError::Unauthorized("sign in first".into()))?;
+        let lookup = token.clone();
+        let signed_in = st
+            .blocking(move |st| people::session(st.db(), &lookup, Timestamp::now()))
+            .await?
+            .ok_or_else(|| {
+                AppError::Unauthorized("your session has ended: sign in again".into())
+            })?;
+        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        if !safe {
+            let sent = parts
+                .headers
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if !people::csrf_matches(&signed_in, sent) {
+                return Err(AppError::Forbidden(
+                    "this request does not carry the page's security token: reload the page and try again".into(),
+                ));
+            }
+        }
+        Ok(Person { signed_in, token })
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// The session cookie: for the whole server, never readable by scripts,
+/// only over HTTPS (browsers count loopback as secure), never sent by
+/// another site's page.
+fn session_cookie(token: &str, max_age: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={max_age}"
+    ))
+    .expect("a hex token makes a valid header")
+}
+
+async fn sign_in(
+    State(st): State<AppState>,
+    Json(body): Json<SignIn>,
+) -> Result<Response, AppError> {
+    let _turn = SIGN_INS
+        .acquire()
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let (token, signed_in) = st
+        .blocking(move |st| people::sign_in(st.db(), &body.name, &body.password, Timestamp::now()))
+        .await?;
+    tracing::info!(person = %signed_in.name, role = %signed_in.role, "signed in");
+    let mut resp = (StatusCode::OK, Json(&signed_in)).into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie(&token, SESSION_LENGTH.as_secs()),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+async fn sign_out(State(st): State<AppState>, person: Person) -> Result<Response, AppError> {
+    let token = person.token.clone();
+    st.blocking(move |st| people::sign_out(st.db(), &token))
+        .await?;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, session_cookie("", 0));
+    Ok(resp)
+}
+
+async fn me(person: Person) -> Result<Response, AppError> {
+    person.may(Action::View)?;
+    let mut resp = Json(&person.signed_in).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(st): State<AppState>,
+    person: Person,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditRow>>, AppError> {
+    person.may(Action::View)?;
+    let limit = q.limit.unwrap_or(100).min(MAX_AUDIT);
+    Ok(Json(st.blocking(move |st| st.db().audit(limit)).await?))
+}
+
+/// A role as a person names it on the command line or in a form.
+pub fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+        .map_err(|e: tillup_core::roles::BadRole| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; tillup_session=abc"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie(&h, "c"), None);
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("tillup_session="));
+        assert_eq!(cookie(&h, SESSION_COOKIE), None);
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_secure_and_same_site() {
+        let c = session_cookie("abc", 60);
+        let c = c.to_str().unwrap();
+        for part in [
+            "HttpOnly",
+            "Secure",
+            "SameSite=Strict",
+            "Path=/",
+            "Max-Age=60",
+        ] {
+            assert!(c.contains(part), "{c}");
+        }
+    }
+}
