@@ -113,6 +113,11 @@ pub mod admin {
     pub const ME: &str = "/v1/admin/me";
     /// `GET ?limit=N`: the audit trail, newest first.
     pub const AUDIT: &str = "/v1/admin/audit";
+    /// `GET`: every channel's releases; `POST ?channel=C&version=V[&notes_en=…]
+    /// [&notes_zh=…][&critical=true][&min_from=V][&model=M…][&preserve=GLOB…]
+    /// [&replace=true]` with a release folder's `.zip` as the body:
+    /// publishes it, as `tillup-server publish` does (releasers).
+    pub const RELEASES: &str = "/v1/admin/releases";
     /// The session cookie's name.
     pub const SESSION_COOKIE: &str = "tillup_session";
     /// The header carrying the session's CSRF token.

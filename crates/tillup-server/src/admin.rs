@@ -5,7 +5,8 @@
 //! may do is then checked with [`Person::may`] against the role, here on
 //! the server, whatever a page shows.
 
-use axum::extract::{FromRequestParts, Query, State};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Query, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::db::AuditRow;
 use crate::http::{AppError, AppState};
+use crate::ops::PublishRequest;
 use crate::people::{self, SESSION_LENGTH, SignedIn};
 
 /// Sign-ins hashing a password at once: Argon2 is made to be costly, and
@@ -33,6 +35,7 @@ pub fn routes() -> Router<AppState> {
         .route(r::SESSION, axum::routing::post(sign_in).delete(sign_out))
         .route(r::ME, get(me))
         .route(r::AUDIT, get(audit))
+        .route(r::RELEASES, get(releases).post(publish))
 }
 
 /// The signed-in person a request comes from.
@@ -188,6 +191,159 @@ async fn audit(
     person.may(Action::View)?;
     let limit = q.limit.unwrap_or(100).min(MAX_AUDIT);
     Ok(Json(st.blocking(move |st| st.db().audit(limit)).await?))
+}
+
+/// A channel's releases, as `GET` [`r::RELEASES`] lists them.
+#[derive(serde::Serialize)]
+struct ChannelReleases {
+    channel: String,
+    releases: Vec<tillup_core::log::Release>,
+}
+
+async fn releases(
+    State(st): State<AppState>,
+    person: Person,
+) -> Result<Json<Vec<ChannelReleases>>, AppError> {
+    person.may(Action::View)?;
+    let all = st
+        .blocking(|st| {
+            st.db()
+                .log_channels()?
+                .into_iter()
+                .map(|channel| {
+                    let releases = st.db().releases(&channel)?;
+                    Ok(ChannelReleases { channel, releases })
+                })
+                .collect::<Result<Vec<_>, crate::Error>>()
+        })
+        .await?;
+    Ok(Json(all))
+}
+
+/// What `POST` [`r::RELEASES`] published.
+#[derive(serde::Serialize)]
+struct PublishedView {
+    channel: String,
+    release: tillup_core::log::Release,
+    files: usize,
+    sequence: u64,
+    replaced: bool,
+}
+
+/// The publish form's fields (the query string; the body is the `.zip`).
+fn release_form(query: &str, folder: std::path::PathBuf) -> Result<PublishRequest, AppError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| AppError::BadRequest(format!("{what}: {e}"));
+    let (mut channel, mut version, mut date) = (None, None, None);
+    let mut req = PublishRequest {
+        folder,
+        version: semver::Version::new(0, 0, 0),
+        channel: String::new(),
+        date: Timestamp::now(),
+        notes: tillup_core::log::Notes::default(),
+        critical: false,
+        min_from: None,
+        models: Vec::new(),
+        preserve: Vec::new(),
+        replace: false,
+    };
+    let flag = |v: &str, what: &str| match v {
+        "true" | "on" | "1" => Ok(true),
+        "false" | "off" | "0" => Ok(false),
+        _ => Err(AppError::BadRequest(format!(
+            "{what}: say true or false, not `{v}`"
+        ))),
+    };
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "channel" => channel = Some(v.into_owned()),
+            "version" => version = Some(v.parse().map_err(|e| bad("version", &e))?),
+            "date" if !v.is_empty() => date = Some(v.parse().map_err(|e| bad("date", &e))?),
+            "notes_en" => req.notes.en = v.into_owned(),
+            "notes_zh" => req.notes.zh_cn = v.into_owned(),
+            "critical" => req.critical = flag(&v, "critical")?,
+            "replace" => req.replace = flag(&v, "replace")?,
+            "min_from" if !v.is_empty() => {
+                req.min_from = Some(v.parse().map_err(|e| bad("min_from", &e))?)
+            }
+            "model" if !v.is_empty() => req.models.push(v.into_owned()),
+            "preserve" if !v.is_empty() => req.preserve.push(v.into_owned()),
+            "date" | "min_from" | "model" | "preserve" => {}
+            other => {
+                return Err(AppError::BadRequest(format!(
+                    "`{}` is not a field of a release",
+                    other.chars().take(40).collect::<String>()
+                )));
+            }
+        }
+    }
+    req.channel = channel.ok_or_else(|| AppError::BadRequest("channel is missing".into()))?;
+    crate::error::check_id("channel", &req.channel)?;
+    req.version = version.ok_or_else(|| AppError::BadRequest("version is missing".into()))?;
+    if let Some(date) = date {
+        req.date = date;
+    }
+    Ok(req)
+}
+
+async fn publish(
+    State(st): State<AppState>,
+    person: Person,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Json<PublishedView>, AppError> {
+    person.may(Action::Publish)?;
+    let key = st.signing_key().cloned().ok_or_else(|| {
+        AppError::Conflict(
+            "this server holds no signing key, so it cannot sign a new log: publish with `tillup-server publish`, or serve with the key".into(),
+        )
+    })?;
+    let tmp = tempfile::Builder::new()
+        .prefix("release-")
+        .suffix(".zip")
+        .tempfile_in(st.blobs().root().join("tmp"))
+        .map_err(|e| AppError::Internal(format!("a temporary file for a release: {e}")))?;
+    let req = release_form(query.as_deref().unwrap_or(""), tmp.path().to_owned())?;
+    receive(body, tmp.path(), st.limits().max_blob).await?;
+    let channel = req.channel.clone();
+    let subject = format!("{channel}/{}", req.version);
+    let published = st
+        .blocking(move |st| {
+            let p = crate::ops::publish(st.db(), st.storage(), &key, req);
+            drop(tmp);
+            p
+        })
+        .await?;
+    person.audited(&st, "publish", &subject).await?;
+    Ok(Json(PublishedView {
+        channel,
+        release: published.release,
+        files: published.files,
+        sequence: published.sequence,
+        replaced: published.replaced,
+    }))
+}
+
+/// Writes a request's body to `path`, refusing more than `limit` bytes.
+async fn receive(body: Body, path: &std::path::Path, limit: u64) -> Result<(), AppError> {
+    use futures_util::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let internal = |e: std::io::Error| AppError::Internal(format!("{}: {e}", path.display()));
+    let mut file = tokio::fs::File::create(path).await.map_err(internal)?;
+    let mut stream = body.into_data_stream();
+    let mut written = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| AppError::BadRequest(format!("the release could not be read: {e}")))?;
+        written += chunk.len() as u64;
+        if written > limit {
+            return Err(AppError::TooLarge(format!(
+                "the release is larger than the {limit} bytes allowed"
+            )));
+        }
+        file.write_all(&chunk).await.map_err(internal)?;
+    }
+    file.sync_all().await.map_err(internal)?;
+    Ok(())
 }
 
 /// A role as a person names it on the command line or in a form.

@@ -76,6 +76,9 @@ struct Inner {
     packs: PackCache,
     limits: Limits,
     access: Access,
+    /// The key that signs logs, when the server holds one (`serve --key`):
+    /// publishing from the dashboard or the admin API needs it.
+    key: std::sync::OnceLock<crate::data::KeySource>,
 }
 
 /// What every handler shares: the data folder, the database, the blobs.
@@ -91,7 +94,23 @@ impl AppState {
             packs,
             limits,
             access: Access::default(),
+            key: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Gives the server the key that signs logs (once; later calls are ignored).
+    pub fn set_signing_key(&self, key: crate::data::KeySource) {
+        let _ = self.0.key.set(key);
+    }
+
+    /// The key that signs logs, if the server holds one.
+    pub fn signing_key(&self) -> Option<&crate::data::KeySource> {
+        self.0.key.get()
+    }
+
+    /// The bounds on what a request may carry.
+    pub fn limits(&self) -> &Limits {
+        &self.0.limits
     }
 
     /// Opens the database at `db` and the files at `blobs` (S3 needs the
@@ -209,6 +228,29 @@ impl From<Error> for AppError {
             Error::UnknownPerson(_) => AppError::NotFound(e.to_string()),
             Error::PersonExists(_) => AppError::Conflict(e.to_string()),
             Error::WeakPassword(_) => AppError::BadRequest(e.to_string()),
+            // A release sent to the admin API that cannot be published: its
+            // own faults, said without the server's paths.
+            Error::VersionExists { .. } => AppError::Conflict(e.to_string()),
+            Error::BadPreserve(_) | Error::MinFromNotOlder { .. } => {
+                AppError::Unprocessable(e.to_string())
+            }
+            Error::Archive { reason, .. } => {
+                AppError::Unprocessable(format!("the release archive: {reason}"))
+            }
+            Error::CaseCollision { collision, .. } => AppError::Unprocessable(format!(
+                "the release: {collision}; terminals may run Windows, so rename one of them"
+            )),
+            Error::EmptyFolder(_) => {
+                AppError::Unprocessable("the release archive holds no file".into())
+            }
+            Error::NotTillup {
+                file,
+                expected,
+                channel,
+                ..
+            } => AppError::Unprocessable(format!(
+                "`{file}` is not one of tillup's programs ({expected}); the channel `{channel}` is for tillup's own releases"
+            )),
             Error::SignInRefused => AppError::Unauthorized(e.to_string()),
             // What the command line reports to IT, or the server's own
             // failure: on a request, nothing the client can act on.
@@ -223,14 +265,7 @@ impl From<Error> for AppError {
             | Error::Key { .. }
             | Error::KeyFile { .. }
             | Error::KeysExist(_)
-            | Error::VersionExists { .. }
-            | Error::BadPreserve(_)
-            | Error::MinFromNotOlder { .. }
-            | Error::Archive { .. }
-            | Error::CaseCollision { .. }
             | Error::NotAFolderOrZip(_)
-            | Error::EmptyFolder(_)
-            | Error::NotTillup { .. }
             | Error::StoreExists(_)
             | Error::KeyListNotNewer { .. }
             | Error::BadKeyList { .. }
@@ -1157,6 +1192,9 @@ pub async fn serve(
     state: AppState,
     key: Option<crate::data::KeySource>,
 ) -> io::Result<()> {
+    if let Some(key) = &key {
+        state.set_signing_key(key.clone());
+    }
     let jobs = crate::jobs::spawn(state.clone(), key);
     let served = tillup_serve::serve(
         listener,

@@ -8,7 +8,7 @@ use axum::response::Response;
 use http_body_util::BodyExt;
 use tillup_core::api::admin::{self as r, CSRF_HEADER, SESSION_COOKIE};
 use tillup_core::roles::Role;
-use tillup_server::{AppState, BlobsLocation, DataDir, Limits, Location, ops, people};
+use tillup_server::{AppState, BlobsLocation, DataDir, KeySource, Limits, Location, ops, people};
 use tower::ServiceExt;
 
 const PASSWORD: &str = "a long enough passphrase";
@@ -22,6 +22,7 @@ struct Env {
 fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let data = DataDir::new(dir.path().join("data"));
+    ops::keygen(&data, false).unwrap();
     let state = AppState::open(
         &data,
         &Location::Sqlite(data.db()),
@@ -31,6 +32,11 @@ fn env() -> Env {
     .unwrap();
     let now = jiff::Timestamp::now();
     people::add(state.db(), "ana", Role::Viewer, PASSWORD, now).unwrap();
+    people::add(state.db(), "rui", Role::Releaser, PASSWORD, now).unwrap();
+    state.set_signing_key(KeySource {
+        path: data.secret_key(),
+        password: None,
+    });
     let store_token = ops::add_store(state.db(), "store-a", now).unwrap();
     Env {
         _dir: dir,
@@ -44,14 +50,14 @@ async fn call(
     method: Method,
     uri: &str,
     headers: &[(&str, &str)],
-    body: &str,
+    body: impl Into<Body>,
 ) -> Response {
     let mut b = Request::builder().method(method).uri(uri);
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
     tillup_server::app(env.state.clone())
-        .oneshot(b.body(Body::from(body.to_owned())).unwrap())
+        .oneshot(b.body::<Body>(body.into()).unwrap())
         .await
         .unwrap()
 }
@@ -68,7 +74,7 @@ async fn sign_in(env: &Env, name: &str, password: &str) -> Response {
         Method::POST,
         r::SESSION,
         &[("content-type", "application/json")],
-        &body,
+        body,
     )
     .await
 }
@@ -110,7 +116,14 @@ async fn a_person_signs_in_sees_who_they_are_and_signs_out_with_the_csrf_token()
     );
     let csrf = me["csrf"].as_str().unwrap().to_owned();
 
-    let resp = call(&env, Method::GET, r::ME, &[("cookie", &cookie)], "").await;
+    let resp = call(
+        &env,
+        Method::GET,
+        r::ME,
+        &[("cookie", &cookie)],
+        Body::empty(),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(json(resp).await["name"], "ana");
 
@@ -129,7 +142,14 @@ async fn a_person_signs_in_sees_who_they_are_and_signs_out_with_the_csrf_token()
                 .contains("reload the page")
         );
     }
-    let resp = call(&env, Method::GET, r::ME, &[("cookie", &cookie)], "").await;
+    let resp = call(
+        &env,
+        Method::GET,
+        r::ME,
+        &[("cookie", &cookie)],
+        Body::empty(),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::OK);
 
     let resp = call(
@@ -143,7 +163,14 @@ async fn a_person_signs_in_sees_who_they_are_and_signs_out_with_the_csrf_token()
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let cleared = resp.headers()[header::SET_COOKIE].to_str().unwrap();
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
-    let resp = call(&env, Method::GET, r::ME, &[("cookie", &cookie)], "").await;
+    let resp = call(
+        &env,
+        Method::GET,
+        r::ME,
+        &[("cookie", &cookie)],
+        Body::empty(),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -182,4 +209,140 @@ async fn the_audit_trail_shows_what_people_did() {
     assert_eq!(trail[0]["who"], "cli:root");
     assert_eq!(trail[0]["action"], "store.revoke");
     assert_eq!(trail[0]["subject"], "store-a");
+}
+
+/// A release folder's `.zip`: `pos.exe` and a template with a Chinese name.
+fn release_zip(exe: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default();
+    w.start_file("pos.exe", opts).unwrap();
+    w.write_all(exe.as_bytes()).unwrap();
+    w.start_file("templates/收据.txt", opts).unwrap();
+    w.write_all("收据".as_bytes()).unwrap();
+    w.finish().unwrap().into_inner()
+}
+
+/// Signs `name` in: their cookie and CSRF token.
+async fn session(env: &Env, name: &str) -> (String, String) {
+    let resp = sign_in(env, name, PASSWORD).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cookie = cookie_of(&resp);
+    let csrf = json(resp).await["csrf"].as_str().unwrap().to_owned();
+    (cookie, csrf)
+}
+
+const PUBLISH: &str = "/v1/admin/releases?channel=stable&version=1.1.0&notes_en=Faster%20receipts&notes_zh=%E6%9B%B4%E5%BF%AB&preserve=config%2F**";
+
+#[tokio::test]
+async fn a_releaser_publishes_a_zip_and_a_viewer_is_refused() {
+    let env = env();
+    // A viewer, with a good session and token: refused by role, nothing published.
+    let (cookie, csrf) = session(&env, "ana").await;
+    let resp = call(
+        &env,
+        Method::POST,
+        PUBLISH,
+        &[("cookie", &cookie), (CSRF_HEADER, &csrf)],
+        release_zip("v1.1"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let said = json(resp).await["error"].as_str().unwrap().to_owned();
+    assert!(
+        said.contains("ana is a viewer, who may not publish releases"),
+        "{said}"
+    );
+    assert!(env.state.db().releases("stable").unwrap().is_empty());
+
+    // A releaser without the page's token: refused.
+    let (cookie, csrf) = session(&env, "rui").await;
+    let resp = call(
+        &env,
+        Method::POST,
+        PUBLISH,
+        &[("cookie", &cookie)],
+        release_zip("v1.1"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(env.state.db().releases("stable").unwrap().is_empty());
+
+    // With it: published and signed, as the command line would.
+    let resp = call(
+        &env,
+        Method::POST,
+        PUBLISH,
+        &[("cookie", &cookie), (CSRF_HEADER, &csrf)],
+        release_zip("v1.1"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let published = json(resp).await;
+    assert_eq!(published["release"]["version"], "1.1.0");
+    assert_eq!(published["files"], 2);
+    let releases = env.state.db().releases("stable").unwrap();
+    assert_eq!(releases.len(), 1);
+    assert_eq!(releases[0].notes.zh_cn, "更快");
+    assert!(
+        env.state.db().latest_log("stable").unwrap().is_some(),
+        "the log is signed"
+    );
+
+    // The same version again: a conflict that says what to do.
+    let resp = call(
+        &env,
+        Method::POST,
+        PUBLISH,
+        &[("cookie", &cookie), (CSRF_HEADER, &csrf)],
+        release_zip("other"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert!(
+        json(resp).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("--replace")
+    );
+
+    // Not a zip: refused without the server's paths in the answer.
+    let bad = PUBLISH.replace("1.1.0", "1.2.0");
+    let resp = call(
+        &env,
+        Method::POST,
+        &bad,
+        &[("cookie", &cookie), (CSRF_HEADER, &csrf)],
+        "not a zip",
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let said = json(resp).await["error"].as_str().unwrap().to_owned();
+    assert!(
+        said.starts_with("the release archive:") && !said.contains('/'),
+        "{said}"
+    );
+
+    // Everyone may list releases; the audit trail says who published.
+    let resp = call(
+        &env,
+        Method::GET,
+        "/v1/admin/releases",
+        &[("cookie", &session(&env, "ana").await.0)],
+        "",
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let listed = json(resp).await;
+    assert_eq!(listed[0]["channel"], "stable");
+    assert_eq!(listed[0]["releases"][0]["version"], "1.1.0");
+    let trail = env.state.db().audit(10).unwrap();
+    assert_eq!(
+        (
+            trail[0].who.as_str(),
+            trail[0].action.as_str(),
+            trail[0].subject.as_str()
+        ),
+        ("rui", "publish", "stable/1.1.0")
+    );
 }
