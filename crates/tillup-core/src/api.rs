@@ -115,7 +115,7 @@ pub mod admin {
     pub const AUDIT: &str = "/v1/admin/audit";
     /// `GET`: every channel's releases; `POST ?channel=C&version=V[&notes_en=…]
     /// [&notes_zh=…][&critical=true][&min_from=V][&model=M…][&preserve=GLOB…]
-    /// [&replace=true]` with a release folder's `.zip` as the body:
+    /// [&store=S…][&replace=true]` with a release folder's `.zip` as the body:
     /// publishes it, as `tillup-server publish` does (releasers).
     pub const RELEASES: &str = "/v1/admin/releases";
     /// The session cookie's name.

@@ -48,6 +48,12 @@ pub struct Release {
     /// Globs of terminal-local files an upgrade keeps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub preserve: Vec<String>,
+    /// The stores that may install it, by id, while a staged rollout
+    /// admits it store by store; none (absent): every store of the channel.
+    /// Signed with the rest of the log, so no mirror or proxy can admit a
+    /// store early (see [`Release::admits`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stores: Option<Vec<String>>,
 }
 
 /// Release notes in the two languages the listener shows.
@@ -116,6 +122,21 @@ impl VersionLog {
         self.releases.iter().find(|r| &r.version == v)
     }
 
+    /// The log as store `store` acts on it: the releases it admits. A
+    /// release a staged rollout has not admitted the store to yet is, for
+    /// that store, not there.
+    pub fn for_store(&self, store: &str) -> VersionLog {
+        VersionLog {
+            releases: self
+                .releases
+                .iter()
+                .filter(|r| r.admits(store))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     pub fn newest(&self) -> Option<&Release> {
         self.releases
             .iter()
@@ -133,6 +154,13 @@ impl Release {
 
     pub fn supports(&self, model: &str) -> bool {
         self.models.is_empty() || self.models.iter().any(|m| m == model)
+    }
+
+    /// Whether store `store` may install it now.
+    pub fn admits(&self, store: &str) -> bool {
+        self.stores
+            .as_ref()
+            .is_none_or(|stores| stores.iter().any(|s| s == store))
     }
 }
 
@@ -419,7 +447,36 @@ mod tests {
             min_from: None,
             models: vec![],
             preserve: vec![],
+            stores: None,
         }
+    }
+
+    #[test]
+    fn a_release_admits_every_store_or_the_ones_it_names() {
+        let open = rel("1.1.0");
+        assert!(open.admits("any-store"));
+        let wave = Release {
+            stores: Some(vec!["s-1".into(), "s-2".into()]),
+            ..rel("1.2.0")
+        };
+        assert!(wave.admits("s-2") && !wave.admits("s-3"));
+        let stopped = Release {
+            stores: Some(vec![]),
+            ..rel("1.3.0")
+        };
+        assert!(!stopped.admits("s-1"));
+        // For a store outside the wave, the newer releases are not there.
+        let l = log(vec![open, wave, stopped]);
+        let versions = |l: &VersionLog| -> Vec<String> {
+            l.releases.iter().map(|r| r.version.to_string()).collect()
+        };
+        assert_eq!(versions(&l.for_store("s-3")), ["1.1.0"]);
+        assert_eq!(versions(&l.for_store("s-1")), ["1.1.0", "1.2.0"]);
+        assert_eq!(l.for_store("s-1").sequence, l.sequence);
+        // The admission is part of the signed bytes; absent, it stays absent.
+        let bytes = String::from_utf8(log(vec![rel("1.1.0")]).to_bytes()).unwrap();
+        assert!(!bytes.contains("stores"), "{bytes}");
+        assert!(String::from_utf8(l.to_bytes()).unwrap().contains("\"s-2\""));
     }
 
     fn log(releases: Vec<Release>) -> VersionLog {

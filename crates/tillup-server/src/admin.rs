@@ -245,6 +245,7 @@ fn release_form(query: &str, folder: std::path::PathBuf) -> Result<PublishReques
         models: Vec::new(),
         preserve: Vec::new(),
         replace: false,
+        stores: None,
     };
     let flag = |v: &str, what: &str| match v {
         "true" | "on" | "1" => Ok(true),
@@ -267,7 +268,8 @@ fn release_form(query: &str, folder: std::path::PathBuf) -> Result<PublishReques
             }
             "model" if !v.is_empty() => req.models.push(v.into_owned()),
             "preserve" if !v.is_empty() => req.preserve.push(v.into_owned()),
-            "date" | "min_from" | "model" | "preserve" => {}
+            "store" if !v.is_empty() => req.stores.get_or_insert_default().push(v.into_owned()),
+            "date" | "min_from" | "model" | "preserve" | "store" => {}
             other => {
                 return Err(AppError::BadRequest(format!(
                     "`{}` is not a field of a release",

@@ -212,6 +212,16 @@ pub enum Error {
     /// A stored record no longer parses (the data folder was altered).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A release that is not published on the channel.
+    #[error(
+        "release {version} is not published on channel `{channel}`; `tillup-server publish` it first"
+    )]
+    UnknownRelease {
+        /// The channel.
+        channel: String,
+        /// The version.
+        version: Version,
+    },
     /// `user add` of a name that is taken.
     #[error("`{0}` already exists; choose another name, or disable the old one first")]
     PersonExists(String),

@@ -225,7 +225,9 @@ impl From<Error> for AppError {
                 AppError::NotFound(e.to_string())
             }
             Error::Fs(e) => AppError::from(e),
-            Error::UnknownPerson(_) => AppError::NotFound(e.to_string()),
+            Error::UnknownPerson(_) | Error::UnknownRelease { .. } => {
+                AppError::NotFound(e.to_string())
+            }
             Error::PersonExists(_) => AppError::Conflict(e.to_string()),
             Error::WeakPassword(_) => AppError::BadRequest(e.to_string()),
             // A release sent to the admin API that cannot be published: its

@@ -88,6 +88,33 @@ enum Command {
         /// Republish a version that exists (listeners will report it as republished).
         #[arg(long)]
         replace: bool,
+        /// Admit only this store to install it (repeat: a staged rollout's
+        /// first wave); `admit` widens it later [default: every store].
+        #[arg(long = "store")]
+        stores: Vec<String>,
+    },
+    /// Set which stores may install a published release (a staged rollout
+    /// by hand) and sign the channel's next log: stores act on it at their
+    /// next check. A store not admitted does not see the release.
+    #[command(group(clap::ArgGroup::new("who").required(true).args(["stores", "all", "none"])))]
+    Admit {
+        /// The release's version.
+        #[arg(long)]
+        version: Version,
+        /// The channel.
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// The stores admitted (exactly these, from now on).
+        stores: Vec<String>,
+        /// Admit every store of the channel (the rollout is complete).
+        #[arg(long)]
+        all: bool,
+        /// Admit no store (the rollout stops: no new installs).
+        #[arg(long)]
+        none: bool,
+        /// How long the new log stays valid (at most 14 days).
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u16).range(1..=14))]
+        expires_in_days: u16,
     },
     /// Write a release, with its channel's signed log, into one bundle
     /// file for a store without a network (`tillup import FILE` there).
@@ -315,6 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Publish { .. }
         | Command::Export { .. }
         | Command::SignLog { .. }
+        | Command::Admit { .. }
         | Command::Store { .. }
         | Command::Keys { .. }
         | Command::Reports { .. }
@@ -367,6 +395,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             channel,
             date,
             replace,
+            stores,
         } => {
             let db = open_db()?;
             let storage = tillup_server::Storage::open(&data, &blobs)?;
@@ -384,6 +413,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 models,
                 preserve,
                 replace,
+                stores: (!stores.is_empty()).then_some(stores),
             };
             let p = ops::publish(&*db, &storage, &key, req)?;
             audited(&*db, "publish", &format!("{channel}/{}", p.release.version))?;
@@ -396,6 +426,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "published {} on channel {}: {} files, {} bytes, manifest {}; log sequence {}",
                 p.release.version, channel, p.files, p.release.size, p.release.sha256, p.sequence
+            );
+        }
+        Command::Admit {
+            version,
+            channel,
+            stores,
+            all,
+            none,
+            expires_in_days,
+        } => {
+            let admitted = match (all, none) {
+                (true, _) => None,
+                (_, true) => Some(Vec::new()),
+                (false, false) => Some(stores),
+            };
+            let db = open_db()?;
+            let log = ops::admit(
+                &*db,
+                &key,
+                &channel,
+                &version,
+                admitted.clone(),
+                ops::days(i64::from(expires_in_days)),
+                Timestamp::now(),
+            )?;
+            let who = match &admitted {
+                None => "every store".to_owned(),
+                Some(s) if s.is_empty() => "no store".to_owned(),
+                Some(s) => s.join(", "),
+            };
+            audited(&*db, "admit", &format!("{channel}/{version}: {who}"))?;
+            eprintln!(
+                "{channel} {version} admits {who}; log sequence {} signed: stores act on it at their next check",
+                log.sequence
             );
         }
         Command::Export {

@@ -111,6 +111,9 @@ pub struct PublishRequest {
     pub preserve: Vec<String>,
     /// Replace a release of the same version.
     pub replace: bool,
+    /// The only stores admitted to install it (a staged rollout's first
+    /// wave); none: every store of the channel. See [`admit`].
+    pub stores: Option<Vec<String>>,
 }
 
 /// What `publish` did.
@@ -203,6 +206,7 @@ pub fn publish(
         min_from: req.min_from,
         models: req.models,
         preserve: req.preserve,
+        stores: req.stores.map(admitted).transpose()?,
     };
     let mut refs: Vec<Sha256Hex> = manifest.hashes().into_iter().collect();
     refs.push(digest);
@@ -275,6 +279,37 @@ impl<'a> ReleaseSource<'a> {
             Self::Zip(tmp) => std::borrow::Cow::Owned(tmp.path().join("release")),
         }
     }
+}
+
+/// Sets which stores release `version` of `channel` admits (none: every
+/// store) and signs the channel's next log, valid for `validity`: stores
+/// act on it at their next check. Admitting more stores is how a staged
+/// rollout advances; admitting none is how it stops.
+pub fn admit(
+    db: &dyn Db,
+    key: &KeySource,
+    channel: &str,
+    version: &Version,
+    stores: Option<Vec<String>>,
+    validity: SignedDuration,
+    now: Timestamp,
+) -> Result<SignedLog, Error> {
+    check_id("channel", channel)?;
+    // Fail on a bad key before changing anything.
+    key.load()?;
+    let stores = stores.map(admitted).transpose()?;
+    db.set_release_stores(channel, version, stores.as_deref())?;
+    sign_log(db, key, channel, validity, now)
+}
+
+/// A list of admitted stores: valid ids, sorted, each once.
+fn admitted(mut stores: Vec<String>) -> Result<Vec<String>, Error> {
+    for s in &stores {
+        check_id("store", s)?;
+    }
+    stores.sort();
+    stores.dedup();
+    Ok(stores)
 }
 
 /// The name prefix of `publish`'s temporary extraction folders.
@@ -466,6 +501,7 @@ mod tests {
             models: vec![],
             preserve: vec!["config/**".into()],
             replace: false,
+            stores: None,
         }
     }
 

@@ -91,6 +91,7 @@ fn release(version: &str) -> Release {
         min_from: None,
         models: Vec::new(),
         preserve: vec!["*.db".into()],
+        stores: None,
     }
 }
 
@@ -499,4 +500,33 @@ fn people_sessions_audit(location: &Location) {
     let actions: Vec<&str> = trail.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["rollout.start", "store.revoke"]);
     assert_eq!(trail[0].at, t0 + SignedDuration::from_secs(2));
+}
+
+fn admitted_stores(location: &Location) {
+    let (db, other) = (open(location), open(location));
+    let r = release("1.1.0");
+    db.put_release("stable", &r, &[hash(1)]).unwrap();
+    let wave = ["s-1".to_owned(), "s-2".to_owned()];
+    other
+        .set_release_stores("stable", &r.version, Some(&wave))
+        .unwrap();
+    let got = db.release("stable", &r.version).unwrap().unwrap();
+    assert_eq!(got.stores.as_deref(), Some(&wave[..]));
+    assert_eq!(
+        Release {
+            stores: None,
+            ..got
+        },
+        r,
+        "nothing else changed"
+    );
+    db.set_release_stores("stable", &r.version, None).unwrap();
+    assert_eq!(other.releases("stable").unwrap(), [r.clone()]);
+    assert!(matches!(
+        db.set_release_stores("stable", &"9.9.9".parse().unwrap(), None),
+        Err(Error::UnknownRelease { .. })
+    ));
+    // The release's blobs stay readable throughout.
+    db.add_store("s-1", "t", now()).unwrap();
+    assert!(db.unreadable("s-1", &[hash(1)]).unwrap().is_empty());
 }

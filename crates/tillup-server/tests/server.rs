@@ -90,6 +90,7 @@ fn publish(
         models: vec![],
         preserve: preserve.iter().map(|s| s.to_string()).collect(),
         replace: false,
+        stores: None,
     };
     ops::publish(env.state.db(), env.state.storage(), &env.key, req).unwrap()
 }

@@ -155,6 +155,14 @@ pub trait Db: Send + Sync + std::fmt::Debug {
         blobs: &[Sha256Hex],
     ) -> Result<(), Error>;
 
+    /// Sets which stores the release admits (`None`: every store).
+    fn set_release_stores(
+        &self,
+        channel: &str,
+        version: &Version,
+        stores: Option<&[String]>,
+    ) -> Result<(), Error>;
+
     // ---- signed logs -----------------------------------------------------------
 
     /// Appends the next log of `channel`, signed by `sign`. The whole step

@@ -328,6 +328,35 @@ impl Db for PgDb {
         releases_of(&mut *self.conn()?, channel)
     }
 
+    fn set_release_stores(
+        &self,
+        channel: &str,
+        version: &Version,
+        stores: Option<&[String]>,
+    ) -> Result<(), Error> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        let row = tx.query_opt(
+            "SELECT json FROM releases WHERE channel = $1 AND version = $2 FOR UPDATE",
+            &[&channel, &version.to_string()],
+        )?;
+        let Some(row) = row else {
+            return Err(Error::UnknownRelease {
+                channel: channel.to_owned(),
+                version: version.clone(),
+            });
+        };
+        let mut release: Release = serde_json::from_str(row.get::<_, &str>(0)).map_err(corrupt)?;
+        release.stores = stores.map(<[String]>::to_vec);
+        let json = serde_json::to_string(&release).map_err(corrupt)?;
+        tx.execute(
+            "UPDATE releases SET json = $3 WHERE channel = $1 AND version = $2",
+            &[&channel, &version.to_string(), &json],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     fn put_release(
         &self,
         channel: &str,

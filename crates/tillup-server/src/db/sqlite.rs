@@ -220,6 +220,39 @@ impl Db for SqliteDb {
             .transpose()
     }
 
+    fn set_release_stores(
+        &self,
+        channel: &str,
+        version: &Version,
+        stores: Option<&[String]>,
+    ) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let key = params![channel, version.to_string()];
+        let json: Option<String> = tx
+            .query_row(
+                "SELECT json FROM releases WHERE channel = ?1 AND version = ?2",
+                key,
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(json) = json else {
+            return Err(Error::UnknownRelease {
+                channel: channel.to_owned(),
+                version: version.clone(),
+            });
+        };
+        let mut release: Release = serde_json::from_str(&json).map_err(corrupt)?;
+        release.stores = stores.map(<[String]>::to_vec);
+        let json = serde_json::to_string(&release).map_err(corrupt)?;
+        tx.execute(
+            "UPDATE releases SET json = ?3 WHERE channel = ?1 AND version = ?2",
+            params![channel, version.to_string(), json],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Every release of `channel`, sorted by version.
     fn releases(&self, channel: &str) -> Result<Vec<Release>, Error> {
         releases_of(&self.conn(), channel)
