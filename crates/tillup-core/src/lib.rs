@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod openapi;
 pub mod pairing;
 pub mod path;
+pub mod report;
 pub mod roles;
 pub mod rollout;
 pub mod selfupdate;

@@ -8,7 +8,6 @@ use jiff::Timestamp;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 use tillup_core::log::{Installed, SeenLog, Warning};
-use tillup_core::upgrade::{Step, Trigger, Upgrade};
 
 use crate::Error;
 
@@ -22,100 +21,7 @@ pub struct TerminalRecord {
     pub last_report: Option<String>,
 }
 
-/// How a terminal's part of an upgrade ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// On the new release, healthy.
-    Upgraded,
-    /// Back on the old release, running.
-    Restored,
-    /// Could not be put back and restarted: someone must look at it.
-    Abandoned,
-    InProgress,
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(match self {
-            Outcome::Upgraded => "upgraded",
-            Outcome::Restored => "restored",
-            Outcome::Abandoned => "abandoned",
-            Outcome::InProgress => "in progress",
-        })
-    }
-}
-
-/// One terminal's line in the history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HistoryTerminal {
-    pub number: u32,
-    pub from: Version,
-    pub to: Version,
-    pub result: Outcome,
-    pub stopped_ms: Option<i64>,
-    pub failure: Option<String>,
-    /// When it failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failed_at: Option<Timestamp>,
-}
-
-/// One upgrade in the history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    pub id: String,
-    pub started: Timestamp,
-    pub finished: Option<Timestamp>,
-    pub trigger: Trigger,
-    pub terminals: Vec<HistoryTerminal>,
-    /// Terminals that could not be reached and were left out.
-    #[serde(default)]
-    pub left_out: Vec<(u32, String)>,
-    /// Why the upgrade halted before every terminal was installed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub halted: Option<String>,
-    pub reported: bool,
-}
-
-impl HistoryEntry {
-    /// The history line (and the store report) of an upgrade.
-    pub fn of(u: &Upgrade, left_out: Vec<(u32, String)>) -> Self {
-        let terminals = u
-            .terminals
-            .values()
-            .map(|t| HistoryTerminal {
-                number: t.number,
-                from: t.from.clone(),
-                to: t.to.clone(),
-                result: match &t.step {
-                    Step::Upgraded => Outcome::Upgraded,
-                    Step::Restored => Outcome::Restored,
-                    Step::Abandoned { .. } => Outcome::Abandoned,
-                    _ => Outcome::InProgress,
-                },
-                stopped_ms: t.stopped_for().map(|d| d.as_millis() as i64),
-                failure: t.failure.as_ref().map(|f| match &t.step {
-                    Step::Abandoned { restart_error } => format!(
-                        "{}: {}; restart failed: {restart_error}",
-                        f.during, f.message
-                    ),
-                    _ => format!("{}: {}", f.during, f.message),
-                }),
-                failed_at: t.failure.as_ref().map(|f| f.at),
-            })
-            .collect();
-        HistoryEntry {
-            id: u.id.clone(),
-            started: u.started,
-            finished: u.finished,
-            trigger: u.trigger.clone(),
-            terminals,
-            left_out,
-            halted: u.halted.as_ref().map(|h| h.message.clone()),
-            reported: u.reported,
-        }
-    }
-}
+pub use tillup_core::report::{HistoryEntry, HistoryTerminal, Outcome};
 
 /// An update waiting for the store manager's answer (prompt mode).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

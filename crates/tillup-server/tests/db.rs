@@ -36,6 +36,7 @@ const CASES: &[(&str, Case)] = &[
         "people, sessions and the audit trail",
         people_sessions_audit,
     ),
+    ("a release's admitted stores", admitted_stores),
 ];
 
 /// Runs every case on a fresh database from `fresh`, naming the case that
