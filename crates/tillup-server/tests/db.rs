@@ -522,7 +522,7 @@ fn admitted_stores(location: &Location) {
         "nothing else changed"
     );
     db.set_release_stores("stable", &r.version, None).unwrap();
-    assert_eq!(other.releases("stable").unwrap(), [r.clone()]);
+    assert_eq!(other.releases("stable").unwrap(), [r]);
     assert!(matches!(
         db.set_release_stores("stable", &"9.9.9".parse().unwrap(), None),
         Err(Error::UnknownRelease { .. })
