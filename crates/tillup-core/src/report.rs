@@ -117,7 +117,8 @@ pub enum StoreOutcome {
 
 impl HistoryEntry {
     /// The store's outcome for `version`, if this upgrade took any
-    /// terminal to it.
+    /// terminal to it. (A report is made as the upgrade ends, before it is
+    /// marked finished: every terminal's result says whether it is over.)
     pub fn result_for(&self, version: &Version) -> Option<StoreOutcome> {
         let mine: Vec<&HistoryTerminal> =
             self.terminals.iter().filter(|t| &t.to == version).collect();
@@ -140,7 +141,7 @@ impl HistoryEntry {
             StoreOutcome::Failed(failed.join("; "))
         } else if let Some(why) = &self.halted {
             StoreOutcome::Failed(why.clone())
-        } else if mine.iter().all(|t| t.result == Outcome::Upgraded) && self.finished.is_some() {
+        } else if mine.iter().all(|t| t.result == Outcome::Upgraded) {
             StoreOutcome::Succeeded
         } else {
             StoreOutcome::Running
@@ -189,7 +190,13 @@ mod tests {
         );
         assert_eq!(ok.result_for(&v), Some(StoreOutcome::Succeeded));
         assert_eq!(ok.result_for(&"1.2.0".parse().unwrap()), None);
-        let running = entry(vec![terminal(1, "1.1.0", Outcome::Upgraded, None)], false);
+        let running = entry(
+            vec![
+                terminal(1, "1.1.0", Outcome::Upgraded, None),
+                terminal(2, "1.1.0", Outcome::InProgress, None),
+            ],
+            false,
+        );
         assert_eq!(running.result_for(&v), Some(StoreOutcome::Running));
         let canary = entry(
             vec![

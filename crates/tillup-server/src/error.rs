@@ -222,6 +222,9 @@ pub enum Error {
         /// The version.
         version: Version,
     },
+    /// A rollout refused what was asked (its rules, or its state).
+    #[error("{0}")]
+    Rollout(String),
     /// `user add` of a name that is taken.
     #[error("`{0}` already exists; choose another name, or disable the old one first")]
     PersonExists(String),

@@ -79,6 +79,8 @@ struct Inner {
     /// The key that signs logs, when the server holds one (`serve --key`):
     /// publishing from the dashboard or the admin API needs it.
     key: std::sync::OnceLock<crate::data::KeySource>,
+    /// Wakes the rollout job (a store reported).
+    rollouts: tokio::sync::Notify,
 }
 
 /// What every handler shares: the data folder, the database, the blobs.
@@ -95,6 +97,7 @@ impl AppState {
             limits,
             access: Access::default(),
             key: std::sync::OnceLock::new(),
+            rollouts: tokio::sync::Notify::new(),
         }))
     }
 
@@ -106,6 +109,16 @@ impl AppState {
     /// The key that signs logs, if the server holds one.
     pub fn signing_key(&self) -> Option<&crate::data::KeySource> {
         self.0.key.get()
+    }
+
+    /// Asks the rollout job to look at the running rollouts now.
+    pub fn nudge_rollouts(&self) {
+        self.0.rollouts.notify_one();
+    }
+
+    /// Waits for [`AppState::nudge_rollouts`].
+    pub async fn rollouts_nudged(&self) {
+        self.0.rollouts.notified().await;
     }
 
     /// The bounds on what a request may carry.
@@ -232,7 +245,7 @@ impl From<Error> for AppError {
             Error::WeakPassword(_) => AppError::BadRequest(e.to_string()),
             // A release sent to the admin API that cannot be published: its
             // own faults, said without the server's paths.
-            Error::VersionExists { .. } => AppError::Conflict(e.to_string()),
+            Error::VersionExists { .. } | Error::Rollout(_) => AppError::Conflict(e.to_string()),
             Error::BadPreserve(_) | Error::MinFromNotOlder { .. } => {
                 AppError::Unprocessable(e.to_string())
             }
@@ -1183,6 +1196,8 @@ pub(crate) async fn report(
     }
     st.blocking(move |st| st.db().add_report(&store, Timestamp::now(), &value))
         .await?;
+    // A report may decide a rollout's wave.
+    st.nudge_rollouts();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -21,6 +21,12 @@ pub const RESIGN_LEASE: Duration = Duration::from_secs(30 * 60);
 /// The name of the re-signing job's lease.
 pub const RESIGN_LEASE_NAME: &str = "resign-logs";
 
+/// How long the server that looks at rollouts keeps the job (it renews
+/// at every look): one server at a time moves them and signs the logs.
+pub const ROLLOUT_LEASE: Duration = Duration::from_secs(120);
+/// Its name.
+pub const ROLLOUT_LEASE_NAME: &str = "rollouts";
+
 /// The running jobs; dropping or aborting it stops them.
 #[derive(Debug)]
 pub struct Jobs(JoinSet<()>);
@@ -59,6 +65,37 @@ pub fn spawn(state: AppState, key: Option<KeySource>) -> Jobs {
             }
         }
     });
+    if let Some(key) = key.clone() {
+        let (st, holder) = (state.clone(), holder_name());
+        set.spawn(async move {
+            let mut every = tokio::time::interval(crate::rollouts::LOOK_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    () = st.rollouts_nudged() => {}
+                }
+                let (key, holder) = (key.clone(), holder.clone());
+                let done = st
+                    .blocking(move |st| {
+                        let now = Timestamp::now();
+                        if !st.db().take_lease(ROLLOUT_LEASE_NAME, &holder, now, ROLLOUT_LEASE)? {
+                            return Ok(Vec::new());
+                        }
+                        crate::rollouts::look_all(st.db(), &key, now)
+                    })
+                    .await;
+                match done {
+                    Ok(moved) => {
+                        for r in moved {
+                            tracing::info!(rollout = %r.id, phase = ?r.state.phase, "rollout moved");
+                        }
+                    }
+                    Err(e) => log_failure("looking at the rollouts", e),
+                }
+            }
+        });
+    }
     if let Some(key) = key {
         let holder = holder_name();
         set.spawn(async move {

@@ -24,6 +24,7 @@ pub mod openapi;
 pub mod ops;
 pub mod packs;
 pub mod people;
+pub mod rollouts;
 pub mod storage;
 
 pub use data::{DataDir, KeySource};

@@ -184,6 +184,13 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Staged rollouts of a release across the channel's stores: waves
+    /// that advance by themselves on the stores' reports (while `serve`
+    /// runs with the key) and halt on failures.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Manage the people who sign in to the server's pages and admin API.
     User {
         #[command(subcommand)]
@@ -245,6 +252,55 @@ enum StoreCommand {
         #[arg(required = true)]
         channels: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum RolloutCommand {
+    /// Start a rollout: named pilot stores first, then shares of the
+    /// other stores reading the channel (cumulative, ending at 100).
+    Start {
+        /// The release's version.
+        #[arg(long)]
+        version: Version,
+        /// The channel.
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// A pilot store (repeat): the first wave.
+        #[arg(long = "pilot")]
+        pilots: Vec<String>,
+        /// A wave's share of the other stores, in percent (repeat, growing, the last 100).
+        #[arg(long = "wave", default_values_t = [100u8])]
+        waves: Vec<u8>,
+        /// The share of a wave's stores that must succeed before the next starts.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
+        success_percent: u8,
+        /// The share of a wave's stores whose failure halts the rollout (more than this many).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+        error_percent: u8,
+        /// How long each wave runs at least, in minutes.
+        #[arg(long, default_value_t = 60)]
+        soak_minutes: u64,
+        /// A second person must approve it before its first wave starts.
+        #[arg(long)]
+        approval: bool,
+    },
+    /// List the rollouts, newest first (JSON).
+    List,
+    /// Show a rollout and what its stores reported (JSON).
+    Show {
+        /// The rollout's id.
+        id: String,
+    },
+    /// Approve a rollout another person started.
+    Approve { id: String },
+    /// Hold a rollout at its wave.
+    Pause { id: String },
+    /// Let a paused rollout go on.
+    Resume { id: String },
+    /// Start the next wave now.
+    Advance { id: String },
+    /// Stop a rollout: no store not yet upgraded installs it.
+    Abort { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -347,6 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Keys { .. }
         | Command::Reports { .. }
         | Command::User { .. }
+        | Command::Rollout { .. }
         | Command::Audit { .. }
         | Command::Serve { .. } => {}
     }
@@ -570,6 +627,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "store {store} has a new token: put the token above in its listener's config (store_token); the old one is refused from now on"
             );
         }
+        Command::Rollout { command } => rollout(&*open_db()?, &key, command)?,
         Command::User {
             command: UserCommand::Add { name, role },
         } => {
@@ -659,17 +717,106 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Records in the audit trail that the person at this command line did
-/// `action` to `subject` (as `cli:USER`).
-fn audited(db: &dyn tillup_server::Db, action: &str, subject: &str) -> anyhow::Result<()> {
-    let who = format!(
+/// `tillup-server rollout …`.
+fn rollout(
+    db: &dyn tillup_server::Db,
+    key: &KeySource,
+    command: RolloutCommand,
+) -> anyhow::Result<()> {
+    use tillup_core::rollout::{Event, Plan, WaveSpec, WaveStores};
+    use tillup_server::rollouts;
+    let now = Timestamp::now();
+    let (id, event, action) = match command {
+        RolloutCommand::Start {
+            version,
+            channel,
+            pilots,
+            waves,
+            success_percent,
+            error_percent,
+            soak_minutes,
+            approval,
+        } => {
+            let wave = |name: String, stores| WaveSpec {
+                name,
+                stores,
+                success_percent,
+                error_percent,
+                soak_secs: soak_minutes.saturating_mul(60),
+            };
+            let mut plan = Plan {
+                waves: Vec::new(),
+                requires_approval: approval,
+            };
+            if !pilots.is_empty() {
+                plan.waves.push(wave(
+                    "pilot".into(),
+                    WaveStores::Named(pilots.into_iter().collect()),
+                ));
+            }
+            for p in waves {
+                plan.waves
+                    .push(wave(format!("{p} %"), WaveStores::Share(p)));
+            }
+            let row = rollouts::start(db, key, &channel, &version, plan, &cli_user(), now)?;
+            audited(
+                db,
+                "rollout.start",
+                &format!("{} ({channel} {version})", row.id),
+            )?;
+            println!("{}", serde_json::to_string_pretty(&row)?);
+            eprintln!(
+                "rollout {} started: {} wave(s) over {} store(s)",
+                row.id,
+                row.waves.len(),
+                row.waves.iter().map(|w| w.len()).sum::<usize>()
+            );
+            return Ok(());
+        }
+        RolloutCommand::List => {
+            println!("{}", serde_json::to_string_pretty(&db.rollouts()?)?);
+            return Ok(());
+        }
+        RolloutCommand::Show { id } => {
+            let row = db
+                .rollout(&id)?
+                .with_context(|| format!("there is no rollout `{id}`"))?;
+            let results = rollouts::results(db, &row)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"rollout": row, "results": results})
+                )?
+            );
+            return Ok(());
+        }
+        RolloutCommand::Approve { id } => (id, Event::Approve { by: cli_user() }, "approve"),
+        RolloutCommand::Pause { id } => (id, Event::Pause { by: cli_user() }, "pause"),
+        RolloutCommand::Resume { id } => (id, Event::Resume { by: cli_user() }, "resume"),
+        RolloutCommand::Advance { id } => (id, Event::Advance { by: cli_user() }, "advance"),
+        RolloutCommand::Abort { id } => (id, Event::Abort { by: cli_user() }, "abort"),
+    };
+    let row = rollouts::act(db, key, &id, &event, now)?;
+    audited(db, &format!("rollout.{action}"), &id)?;
+    println!("{}", serde_json::to_string_pretty(&row.state)?);
+    Ok(())
+}
+
+/// Who runs this command line, as the audit trail and a rollout name them.
+fn cli_user() -> String {
+    format!(
         "cli:{}",
         std::env::var("SUDO_USER")
             .or_else(|_| std::env::var("USER"))
             .or_else(|_| std::env::var("LOGNAME"))
             .unwrap_or_else(|_| "unknown".into())
-    );
-    tillup_server::people::audit(db, &who, action, subject, Timestamp::now())
+    )
+}
+
+/// Records in the audit trail that the person at this command line did
+/// `action` to `subject` (as `cli:USER`).
+fn audited(db: &dyn tillup_server::Db, action: &str, subject: &str) -> anyhow::Result<()> {
+    tillup_server::people::audit(db, &cli_user(), action, subject, Timestamp::now())
         .context("recording the action in the audit trail")
 }
 

@@ -37,6 +37,7 @@ const CASES: &[(&str, Case)] = &[
         people_sessions_audit,
     ),
     ("a release's admitted stores", admitted_stores),
+    ("rollouts", rollouts),
 ];
 
 /// Runs every case on a fresh database from `fresh`, naming the case that
@@ -530,4 +531,59 @@ fn admitted_stores(location: &Location) {
     // The release's blobs stay readable throughout.
     db.add_store("s-1", "t", now()).unwrap();
     assert!(db.unreadable("s-1", &[hash(1)]).unwrap().is_empty());
+}
+
+fn rollouts(location: &Location) {
+    use tillup_core::rollout::{Event, Plan, Rollout, WaveSpec, WaveStores};
+    use tillup_server::db::RolloutRow;
+    let (db, other) = (open(location), open(location));
+    let t0 = Timestamp::from_second(now().as_second()).unwrap();
+    let plan = Plan {
+        waves: vec![WaveSpec {
+            name: "all".into(),
+            stores: WaveStores::Share(100),
+            success_percent: 100,
+            error_percent: 0,
+            soak_secs: 60,
+        }],
+        requires_approval: false,
+    };
+    let row = |id: &str, created| RolloutRow {
+        id: id.into(),
+        channel: "stable".into(),
+        version: "1.1.0".parse().unwrap(),
+        plan: plan.clone(),
+        waves: vec![["s-1".to_owned()].into()],
+        state: Rollout::new(&plan, "ana", created),
+        created,
+    };
+    db.add_rollout(&row("r-1", t0)).unwrap();
+    db.add_rollout(&row("r-2", t0 + SignedDuration::from_secs(1)))
+        .unwrap();
+    assert_eq!(other.rollout("r-1").unwrap(), Some(row("r-1", t0)));
+    assert_eq!(other.rollout("r-9").unwrap(), None);
+    let ids: Vec<String> = other
+        .rollouts()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["r-2", "r-1"], "newest first");
+    // A state is saved only over the one it was computed from.
+    let was = row("r-1", t0).state;
+    let paused = was
+        .step(
+            &plan,
+            &[],
+            &Default::default(),
+            &Event::Pause { by: "bo".into() },
+            t0,
+        )
+        .unwrap();
+    assert!(db.save_rollout("r-1", &was, &paused).unwrap());
+    assert!(
+        !other.save_rollout("r-1", &was, &paused).unwrap(),
+        "moved meanwhile"
+    );
+    assert_eq!(other.rollout("r-1").unwrap().unwrap().state, paused);
 }

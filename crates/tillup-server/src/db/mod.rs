@@ -15,10 +15,12 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use semver::Version;
+use std::collections::BTreeSet;
 use tillup_core::Sha256Hex;
 use tillup_core::keys::{KeyChain, SignedKeyList};
 use tillup_core::log::Release;
 use tillup_core::roles::Role;
+use tillup_core::rollout::{Plan, Rollout};
 
 use crate::error::Error;
 
@@ -123,6 +125,25 @@ pub struct AuditRow {
     pub action: String,
     /// On what: a release, a store, a person, a rollout.
     pub subject: String,
+}
+
+/// A staged rollout of a release, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RolloutRow {
+    /// Its id.
+    pub id: String,
+    /// The release's channel.
+    pub channel: String,
+    /// The release.
+    pub version: Version,
+    /// Its waves.
+    pub plan: Plan,
+    /// Each wave's stores, fixed at the start.
+    pub waves: Vec<BTreeSet<String>>,
+    /// Where it is.
+    pub state: Rollout,
+    /// When it was created.
+    pub created: Timestamp,
 }
 
 /// The log signer handed to [`Db::append_log`]: gets the next sequence and
@@ -305,6 +326,21 @@ pub trait Db: Send + Sync + std::fmt::Debug {
     /// The newest `limit` entries of the audit trail, newest first.
     fn audit(&self, limit: usize) -> Result<Vec<AuditRow>, Error>;
 
+    // ---- rollouts ------------------------------------------------------------
+
+    /// Adds a rollout.
+    fn add_rollout(&self, rollout: &RolloutRow) -> Result<(), Error>;
+
+    /// The rollout `id`.
+    fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, Error>;
+
+    /// Every rollout, newest first.
+    fn rollouts(&self) -> Result<Vec<RolloutRow>, Error>;
+
+    /// Replaces rollout `id`'s state, if it is still `was` (another
+    /// server may have moved it since it was read): returns whether it did.
+    fn save_rollout(&self, id: &str, was: &Rollout, now: &Rollout) -> Result<bool, Error>;
+
     // ---- leases --------------------------------------------------------------------
 
     /// Takes (or renews) the lease `name` for `holder` until `now + ttl`,
@@ -317,6 +353,12 @@ pub trait Db: Send + Sync + std::fmt::Debug {
         now: Timestamp,
         ttl: Duration,
     ) -> Result<bool, Error>;
+}
+
+/// A stored value as JSON text (one form, so a stored state compares
+/// equal to the same state serialised again).
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Error> {
+    serde_json::to_string(value).map_err(|e| Error::Corrupt(format!("serialising: {e}")))
 }
 
 /// Where the state lives: the `--database` option.

@@ -21,11 +21,12 @@ use tillup_core::keys::{KeyChain, SignedKeyList};
 use tillup_core::log::Release;
 
 use super::{
-    AuditRow, Db, KEEP_REPORTS, KEEP_UPGRADES, PersonRow, ReportRow, SessionRow, SignedLog, Signer,
-    StoreAccess, StoreRow,
+    AuditRow, Db, KEEP_REPORTS, KEEP_UPGRADES, PersonRow, ReportRow, RolloutRow, SessionRow,
+    SignedLog, Signer, StoreAccess, StoreRow, to_json,
 };
 use crate::error::Error;
 use tillup_core::roles::Role;
+use tillup_core::rollout::Rollout;
 
 /// The connections each server keeps: the blocking pool runs at most this
 /// many database calls at once; more wait for a free connection.
@@ -133,6 +134,15 @@ CREATE TABLE IF NOT EXISTS audit (
     who TEXT NOT NULL,
     action TEXT NOT NULL,
     subject TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rollouts (
+    id TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    version TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    waves TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created TIMESTAMPTZ NOT NULL
 );
 ";
 
@@ -879,6 +889,48 @@ impl Db for PgDb {
             .collect())
     }
 
+    fn add_rollout(&self, r: &RolloutRow) -> Result<(), Error> {
+        self.conn()?.execute(
+            "INSERT INTO rollouts (id, channel, version, plan, waves, state, created)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &r.id,
+                &r.channel,
+                &r.version.to_string(),
+                &to_json(&r.plan)?,
+                &to_json(&r.waves)?,
+                &to_json(&r.state)?,
+                &r.created,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, Error> {
+        let rows = self.conn()?.query(
+            "SELECT id, channel, version, plan, waves, state, created FROM rollouts WHERE id = $1",
+            &[&id],
+        )?;
+        rows.iter().map(rollout_row).next().transpose()
+    }
+
+    fn rollouts(&self) -> Result<Vec<RolloutRow>, Error> {
+        let rows = self.conn()?.query(
+            "SELECT id, channel, version, plan, waves, state, created FROM rollouts
+             ORDER BY created DESC, id",
+            &[],
+        )?;
+        rows.iter().map(rollout_row).collect()
+    }
+
+    fn save_rollout(&self, id: &str, was: &Rollout, now: &Rollout) -> Result<bool, Error> {
+        let changed = self.conn()?.execute(
+            "UPDATE rollouts SET state = $3 WHERE id = $1 AND state = $2",
+            &[&id, &to_json(was)?, &to_json(now)?],
+        )?;
+        Ok(changed == 1)
+    }
+
     fn take_lease(
         &self,
         name: &str,
@@ -919,5 +971,17 @@ fn person_row(r: &postgres::Row) -> Result<PersonRow, Error> {
         password: r.get(2),
         created: r.get(3),
         disabled: r.get(4),
+    })
+}
+
+fn rollout_row(r: &postgres::Row) -> Result<RolloutRow, Error> {
+    Ok(RolloutRow {
+        id: r.get(0),
+        channel: r.get(1),
+        version: r.get::<_, &str>(2).parse().map_err(corrupt)?,
+        plan: serde_json::from_str(r.get(3)).map_err(corrupt)?,
+        waves: serde_json::from_str(r.get(4)).map_err(corrupt)?,
+        state: serde_json::from_str(r.get(5)).map_err(corrupt)?,
+        created: r.get(6),
     })
 }

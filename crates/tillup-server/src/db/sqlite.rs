@@ -12,11 +12,12 @@ use tillup_core::keys::{KeyChain, SignedKeyList};
 use tillup_core::log::Release;
 
 use super::{
-    AuditRow, Db, KEEP_REPORTS, KEEP_UPGRADES, PersonRow, ReportRow, SessionRow, SignedLog, Signer,
-    StoreAccess, StoreRow,
+    AuditRow, Db, KEEP_REPORTS, KEEP_UPGRADES, PersonRow, ReportRow, RolloutRow, SessionRow,
+    SignedLog, Signer, StoreAccess, StoreRow,
 };
 use crate::error::Error;
 use tillup_core::roles::Role;
+use tillup_core::rollout::Rollout;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS releases (
@@ -109,6 +110,15 @@ CREATE TABLE IF NOT EXISTS audit (
     action TEXT NOT NULL,
     subject TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rollouts (
+    id TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    version TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    waves TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created TEXT NOT NULL
+);
 ";
 
 /// The database: one connection, serialised by a mutex.
@@ -161,6 +171,44 @@ impl SqliteDb {
 }
 
 impl SqliteDb {
+    fn rollouts_where(
+        &self,
+        clause: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<RolloutRow>, Error> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT id, channel, version, plan, waves, state, created FROM rollouts {clause}"
+        ))?;
+        type Row = (String, String, String, String, String, String, String);
+        let rows: Vec<Row> = st
+            .query_map(args, |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(id, channel, version, plan, waves, state, created)| {
+                Ok(RolloutRow {
+                    id,
+                    channel,
+                    version: version.parse().map_err(corrupt)?,
+                    plan: serde_json::from_str(&plan).map_err(corrupt)?,
+                    waves: serde_json::from_str(&waves).map_err(corrupt)?,
+                    state: serde_json::from_str(&state).map_err(corrupt)?,
+                    created: ts(created)?,
+                })
+            })
+            .collect()
+    }
+
     fn people_where(
         &self,
         clause: &str,
@@ -882,6 +930,40 @@ impl Db for SqliteDb {
                 })
             })
             .collect()
+    }
+
+    fn add_rollout(&self, r: &RolloutRow) -> Result<(), Error> {
+        self.conn().execute(
+            "INSERT INTO rollouts (id, channel, version, plan, waves, state, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                r.id,
+                r.channel,
+                r.version.to_string(),
+                super::to_json(&r.plan)?,
+                super::to_json(&r.waves)?,
+                super::to_json(&r.state)?,
+                r.created.to_string()
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, Error> {
+        self.rollouts_where("WHERE id = ?1", params![id])
+            .map(|mut v| v.pop())
+    }
+
+    fn rollouts(&self) -> Result<Vec<RolloutRow>, Error> {
+        self.rollouts_where("ORDER BY created DESC, id", params![])
+    }
+
+    fn save_rollout(&self, id: &str, was: &Rollout, now: &Rollout) -> Result<bool, Error> {
+        let changed = self.conn().execute(
+            "UPDATE rollouts SET state = ?3 WHERE id = ?1 AND state = ?2",
+            params![id, super::to_json(was)?, super::to_json(now)?],
+        )?;
+        Ok(changed == 1)
     }
 
     fn take_lease(
