@@ -118,6 +118,22 @@ pub mod admin {
     /// [&store=S…][&replace=true]` with a release folder's `.zip` as the body:
     /// publishes it, as `tillup-server publish` does (releasers).
     pub const RELEASES: &str = "/v1/admin/releases";
+    /// `GET`: every rollout, newest first; `POST` [`StartRollout`]:
+    /// starts one (releasers).
+    pub const ROLLOUTS: &str = "/v1/admin/rollouts";
+    /// `GET`: one rollout and what its stores reported.
+    pub const ROLLOUT: &str = "/v1/admin/rollouts/{id}";
+    /// `POST`: `approve`, `pause`, `resume`, `advance` or `abort` it (releasers).
+    pub const ROLLOUT_ACTION: &str = "/v1/admin/rollouts/{id}/{action}";
+
+    /// A rollout to start.
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct StartRollout {
+        pub channel: String,
+        pub version: semver::Version,
+        pub plan: crate::rollout::Plan,
+    }
     /// The session cookie's name.
     pub const SESSION_COOKIE: &str = "tillup_session";
     /// The header carrying the session's CSRF token.

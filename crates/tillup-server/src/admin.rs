@@ -6,7 +6,7 @@
 //! the server, whatever a page shows.
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Query, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, Query, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -36,6 +36,9 @@ pub fn routes() -> Router<AppState> {
         .route(r::ME, get(me))
         .route(r::AUDIT, get(audit))
         .route(r::RELEASES, get(releases).post(publish))
+        .route(r::ROLLOUTS, get(rollouts).post(start_rollout))
+        .route(r::ROLLOUT, get(rollout))
+        .route(r::ROLLOUT_ACTION, axum::routing::post(rollout_action))
 }
 
 /// The signed-in person a request comes from.
@@ -294,11 +297,7 @@ async fn publish(
     body: Body,
 ) -> Result<Json<PublishedView>, AppError> {
     person.may(Action::Publish)?;
-    let key = st.signing_key().cloned().ok_or_else(|| {
-        AppError::Conflict(
-            "this server holds no signing key, so it cannot sign a new log: publish with `tillup-server publish`, or serve with the key".into(),
-        )
-    })?;
+    let key = signing_key(&st)?;
     let tmp = tempfile::Builder::new()
         .prefix("release-")
         .suffix(".zip")
@@ -346,6 +345,105 @@ async fn receive(body: Body, path: &std::path::Path, limit: u64) -> Result<(), A
     }
     file.sync_all().await.map_err(internal)?;
     Ok(())
+}
+
+fn signing_key(st: &AppState) -> Result<crate::data::KeySource, AppError> {
+    st.signing_key().cloned().ok_or_else(|| {
+        AppError::Conflict(
+            "this server holds no signing key, so it cannot sign a new log: serve with the key, or use the command line".into(),
+        )
+    })
+}
+
+async fn rollouts(
+    State(st): State<AppState>,
+    person: Person,
+) -> Result<Json<Vec<crate::db::RolloutRow>>, AppError> {
+    person.may(Action::View)?;
+    Ok(Json(st.blocking(|st| st.db().rollouts()).await?))
+}
+
+async fn rollout(
+    State(st): State<AppState>,
+    person: Person,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    person.may(Action::View)?;
+    st.blocking(move |st| {
+        let row = st
+            .db()
+            .rollout(&id)?
+            .ok_or_else(|| crate::Error::UnknownRollout(id.clone()))?;
+        let results = crate::rollouts::results(st.db(), &row)?;
+        Ok::<_, AppError>(Json(
+            serde_json::json!({"rollout": row, "results": results}),
+        ))
+    })
+    .await
+}
+
+async fn start_rollout(
+    State(st): State<AppState>,
+    person: Person,
+    Json(body): Json<tillup_core::api::admin::StartRollout>,
+) -> Result<Json<crate::db::RolloutRow>, AppError> {
+    person.may(Action::Rollout)?;
+    let key = signing_key(&st)?;
+    let by = person.signed_in.name.clone();
+    let row = st
+        .blocking(move |st| {
+            crate::rollouts::start(
+                st.db(),
+                &key,
+                &body.channel,
+                &body.version,
+                body.plan,
+                &by,
+                Timestamp::now(),
+            )
+        })
+        .await?;
+    person
+        .audited(
+            &st,
+            "rollout.start",
+            &format!("{} ({} {})", row.id, row.channel, row.version),
+        )
+        .await?;
+    Ok(Json(row))
+}
+
+async fn rollout_action(
+    State(st): State<AppState>,
+    person: Person,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<tillup_core::rollout::Rollout>, AppError> {
+    use tillup_core::rollout::Event;
+    let by = person.signed_in.name.clone();
+    let (event, needs) = match action.as_str() {
+        "approve" => (Event::Approve { by }, Action::Approve),
+        "pause" => (Event::Pause { by }, Action::Rollout),
+        "resume" => (Event::Resume { by }, Action::Rollout),
+        "advance" => (Event::Advance { by }, Action::Rollout),
+        "abort" => (Event::Abort { by }, Action::Rollout),
+        _ => {
+            return Err(AppError::NotFound(
+                "say approve, pause, resume, advance or abort".into(),
+            ));
+        }
+    };
+    person.may(needs)?;
+    let key = signing_key(&st)?;
+    let rollout_id = id.clone();
+    let row = st
+        .blocking(move |st| {
+            crate::rollouts::act(st.db(), &key, &rollout_id, &event, Timestamp::now())
+        })
+        .await?;
+    person
+        .audited(&st, &format!("rollout.{action}"), &id)
+        .await?;
+    Ok(Json(row.state))
 }
 
 /// A role as a person names it on the command line or in a form.

@@ -222,6 +222,9 @@ pub enum Error {
         /// The version.
         version: Version,
     },
+    /// A rollout id that is not one.
+    #[error("there is no rollout `{0}`; `tillup-server rollout list` shows them")]
+    UnknownRollout(String),
     /// A rollout refused what was asked (its rules, or its state).
     #[error("{0}")]
     Rollout(String),

@@ -238,7 +238,7 @@ impl From<Error> for AppError {
                 AppError::NotFound(e.to_string())
             }
             Error::Fs(e) => AppError::from(e),
-            Error::UnknownPerson(_) | Error::UnknownRelease { .. } => {
+            Error::UnknownPerson(_) | Error::UnknownRelease { .. } | Error::UnknownRollout(_) => {
                 AppError::NotFound(e.to_string())
             }
             Error::PersonExists(_) => AppError::Conflict(e.to_string()),

@@ -86,7 +86,7 @@ pub fn act(
 ) -> Result<RolloutRow, Error> {
     let mut row = db
         .rollout(id)?
-        .ok_or_else(|| Error::Rollout(format!("there is no rollout `{id}`")))?;
+        .ok_or_else(|| Error::UnknownRollout(id.to_owned()))?;
     let results = results(db, &row)?;
     let next = row
         .state

@@ -346,3 +346,127 @@ async fn a_releaser_publishes_a_zip_and_a_viewer_is_refused() {
         ("rui", "publish", "stable/1.1.0")
     );
 }
+
+#[tokio::test]
+async fn a_rollout_needing_approval_starts_only_when_a_second_releaser_approves() {
+    let env = env();
+    let now = jiff::Timestamp::now();
+    people::add(env.state.db(), "mei", Role::Releaser, PASSWORD, now).unwrap();
+    let (rui, rui_csrf) = session(&env, "rui").await;
+    let resp = call(
+        &env,
+        Method::POST,
+        PUBLISH,
+        &[("cookie", &rui), (CSRF_HEADER, &rui_csrf)],
+        release_zip("v1.1"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let plan = serde_json::json!({
+        "channel": "stable",
+        "version": "1.1.0",
+        "plan": {
+            "requires_approval": true,
+            "waves": [
+                {"name": "pilot", "stores": {"named": ["store-a"]}, "success_percent": 100, "error_percent": 0, "soak_secs": 0},
+                {"name": "rest", "stores": {"share": 100}, "success_percent": 90, "error_percent": 10, "soak_secs": 3600}
+            ]
+        }
+    })
+    .to_string();
+    let json_headers = |cookie: &str, csrf: &str| {
+        vec![
+            ("cookie".to_owned(), cookie.to_owned()),
+            (CSRF_HEADER.to_owned(), csrf.to_owned()),
+            ("content-type".to_owned(), "application/json".to_owned()),
+        ]
+    };
+    async fn post(env: &Env, uri: &str, headers: Vec<(String, String)>, body: String) -> Response {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        call(env, Method::POST, uri, &h, body).await
+    }
+
+    // A viewer may look but not start one.
+    let (ana, ana_csrf) = session(&env, "ana").await;
+    let resp = post(
+        &env,
+        "/v1/admin/rollouts",
+        json_headers(&ana, &ana_csrf),
+        plan.clone(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    let resp = post(
+        &env,
+        "/v1/admin/rollouts",
+        json_headers(&rui, &rui_csrf),
+        plan,
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let row = json(resp).await;
+    let id = row["id"].as_str().unwrap().to_owned();
+    assert_eq!(row["state"]["phase"]["phase"], "awaiting_approval");
+    // Awaiting approval: no store is admitted.
+    let stores = env
+        .state
+        .db()
+        .release("stable", &"1.1.0".parse().unwrap())
+        .unwrap()
+        .unwrap()
+        .stores;
+    assert_eq!(stores, Some(vec![]));
+
+    // Its creator cannot approve it; another releaser can, and the pilot is admitted.
+    let approve = format!("/v1/admin/rollouts/{id}/approve");
+    let resp = post(&env, &approve, json_headers(&rui, &rui_csrf), String::new()).await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert!(
+        json(resp).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("another person")
+    );
+    let (mei, mei_csrf) = session(&env, "mei").await;
+    let resp = post(&env, &approve, json_headers(&mei, &mei_csrf), String::new()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(json(resp).await["phase"]["phase"], "running");
+    let stores = env
+        .state
+        .db()
+        .release("stable", &"1.1.0".parse().unwrap())
+        .unwrap()
+        .unwrap()
+        .stores;
+    assert_eq!(stores, Some(vec!["store-a".to_owned()]));
+
+    // Anyone signed in may look; an unknown rollout is 404.
+    let resp = call(
+        &env,
+        Method::GET,
+        &format!("/v1/admin/rollouts/{id}"),
+        &[("cookie", &ana)],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(json(resp).await["rollout"]["waves"][0][0], "store-a");
+    let resp = call(
+        &env,
+        Method::GET,
+        "/v1/admin/rollouts/r-nope",
+        &[("cookie", &ana)],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let trail = env.state.db().audit(10).unwrap();
+    assert_eq!(
+        (trail[0].who.as_str(), trail[0].action.as_str()),
+        ("mei", "rollout.approve")
+    );
+}
