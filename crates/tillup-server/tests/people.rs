@@ -223,6 +223,23 @@ fn release_zip(exe: &str) -> Vec<u8> {
     w.finish().unwrap().into_inner()
 }
 
+/// A `POST` in the session `(cookie, csrf)`.
+async fn post_as(
+    env: &Env,
+    (cookie, csrf): (&str, &str),
+    uri: &str,
+    body: impl Into<Body>,
+) -> Response {
+    call(
+        env,
+        Method::POST,
+        uri,
+        &[("cookie", cookie), (CSRF_HEADER, csrf)],
+        body,
+    )
+    .await
+}
+
 /// Signs `name` in: their cookie and CSRF token.
 async fn session(env: &Env, name: &str) -> (String, String) {
     let resp = sign_in(env, name, PASSWORD).await;
@@ -239,14 +256,7 @@ async fn a_releaser_publishes_a_zip_and_a_viewer_is_refused() {
     let env = env();
     // A viewer, with a good session and token: refused by role, nothing published.
     let (cookie, csrf) = session(&env, "ana").await;
-    let resp = call(
-        &env,
-        Method::POST,
-        PUBLISH,
-        &[("cookie", &cookie), (CSRF_HEADER, &csrf)],
-        release_zip("v1.1"),
-    )
-    .await;
+    let resp = post_as(&env, (&cookie, &csrf), PUBLISH, release_zip("v1.1")).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     let said = json(resp).await["error"].as_str().unwrap().to_owned();
     assert!(
@@ -269,14 +279,7 @@ async fn a_releaser_publishes_a_zip_and_a_viewer_is_refused() {
     assert!(env.state.db().releases("stable").unwrap().is_empty());
 
     // With it: published and signed, as the command line would.
-    let resp = call(
-        &env,
-        Method::POST,
-        PUBLISH,
-        &[("cookie", &cookie), (CSRF_HEADER, &csrf)],
-        release_zip("v1.1"),
-    )
-    .await;
+    let resp = post_as(&env, (&cookie, &csrf), PUBLISH, release_zip("v1.1")).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let published = json(resp).await;
     assert_eq!(published["release"]["version"], "1.1.0");
@@ -290,14 +293,7 @@ async fn a_releaser_publishes_a_zip_and_a_viewer_is_refused() {
     );
 
     // The same version again: a conflict that says what to do.
-    let resp = call(
-        &env,
-        Method::POST,
-        PUBLISH,
-        &[("cookie", &cookie), (CSRF_HEADER, &csrf)],
-        release_zip("other"),
-    )
-    .await;
+    let resp = post_as(&env, (&cookie, &csrf), PUBLISH, release_zip("other")).await;
     assert_eq!(resp.status(), StatusCode::CONFLICT);
     assert!(
         json(resp).await["error"]
@@ -308,14 +304,7 @@ async fn a_releaser_publishes_a_zip_and_a_viewer_is_refused() {
 
     // Not a zip: refused without the server's paths in the answer.
     let bad = PUBLISH.replace("1.1.0", "1.2.0");
-    let resp = call(
-        &env,
-        Method::POST,
-        &bad,
-        &[("cookie", &cookie), (CSRF_HEADER, &csrf)],
-        "not a zip",
-    )
-    .await;
+    let resp = post_as(&env, (&cookie, &csrf), &bad, "not a zip").await;
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let said = json(resp).await["error"].as_str().unwrap().to_owned();
     assert!(
@@ -353,14 +342,7 @@ async fn a_rollout_needing_approval_starts_only_when_a_second_releaser_approves(
     let now = jiff::Timestamp::now();
     people::add(env.state.db(), "mei", Role::Releaser, PASSWORD, now).unwrap();
     let (rui, rui_csrf) = session(&env, "rui").await;
-    let resp = call(
-        &env,
-        Method::POST,
-        PUBLISH,
-        &[("cookie", &rui), (CSRF_HEADER, &rui_csrf)],
-        release_zip("v1.1"),
-    )
-    .await;
+    let resp = post_as(&env, (&rui, &rui_csrf), PUBLISH, release_zip("v1.1")).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let plan = serde_json::json!({
         "channel": "stable",
