@@ -111,6 +111,9 @@ pub mod admin {
     pub const SESSION: &str = "/v1/admin/session";
     /// `GET`: who is signed in (name, role, CSRF token).
     pub const ME: &str = "/v1/admin/me";
+    /// `GET [?silent_hours=N]`: the fleet overview (versions, stores, their
+    /// terminals, failures, stores silent for more than N hours, 24 by default).
+    pub const FLEET: &str = "/v1/admin/fleet";
     /// `GET ?limit=N`: the audit trail, newest first.
     pub const AUDIT: &str = "/v1/admin/audit";
     /// `GET`: every channel's releases; `POST ?channel=C&version=V[&notes_en=…]

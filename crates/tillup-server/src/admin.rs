@@ -35,6 +35,7 @@ pub fn routes() -> Router<AppState> {
         .route(r::SESSION, axum::routing::post(sign_in).delete(sign_out))
         .route(r::ME, get(me))
         .route(r::AUDIT, get(audit))
+        .route(r::FLEET, get(fleet))
         .route(r::RELEASES, get(releases).post(publish))
         .route(r::ROLLOUTS, get(rollouts).post(start_rollout))
         .route(r::ROLLOUT, get(rollout))
@@ -179,6 +180,24 @@ async fn me(person: Person) -> Result<Response, AppError> {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
+}
+
+#[derive(serde::Deserialize)]
+struct FleetQuery {
+    silent_hours: Option<u32>,
+}
+
+async fn fleet(
+    State(st): State<AppState>,
+    person: Person,
+    Query(q): Query<FleetQuery>,
+) -> Result<Json<crate::fleet::Fleet>, AppError> {
+    person.may(Action::View)?;
+    let silent = jiff::SignedDuration::from_hours(i64::from(q.silent_hours.unwrap_or(24)));
+    Ok(Json(
+        st.blocking(move |st| crate::fleet::overview(st.db(), Timestamp::now(), silent))
+            .await?,
+    ))
 }
 
 #[derive(serde::Deserialize)]

@@ -17,6 +17,7 @@ pub mod data;
 pub mod db;
 pub mod error;
 pub mod export;
+pub mod fleet;
 pub mod http;
 pub mod jobs;
 pub mod keylist;

@@ -452,3 +452,101 @@ async fn a_rollout_needing_approval_starts_only_when_a_second_releaser_approves(
         ("mei", "rollout.approve")
     );
 }
+
+/// A store's upgrade report, as a host sends it: each terminal `(number,
+/// to, result, failure)`, from 1.0.0.
+fn report(terminals: &[(u32, &str, &str, Option<&str>)]) -> serde_json::Value {
+    let terminals: Vec<serde_json::Value> = terminals
+        .iter()
+        .map(|(n, to, result, failure)| {
+            serde_json::json!({"number": n, "from": "1.0.0", "to": to, "result": result,
+                "stopped_ms": 120, "failure": failure})
+        })
+        .collect();
+    serde_json::json!({"id": "u", "kind": "upgrade", "upgrade": {
+        "id": "u", "started": "2026-12-02T03:00:00Z", "finished": null,
+        "trigger": {"by": "schedule"}, "terminals": terminals, "left_out": [], "reported": false}})
+}
+
+#[tokio::test]
+async fn the_fleet_overview_counts_versions_failures_and_silent_stores() {
+    let env = env();
+    let now = jiff::Timestamp::now();
+    ops::add_store(env.state.db(), "store-b", now).unwrap();
+    ops::add_store(env.state.db(), "store-c", now).unwrap();
+    let db = env.state.db();
+    db.add_report(
+        "store-a",
+        now,
+        &report(&[
+            (1, "1.1.0", "upgraded", None),
+            (2, "1.1.0", "upgraded", None),
+        ]),
+    )
+    .unwrap();
+    db.add_report(
+        "store-b",
+        now,
+        &report(&[
+            (
+                1,
+                "1.1.0",
+                "restored",
+                Some("health: the tax table is missing"),
+            ),
+            (2, "1.1.0", "in_progress", None),
+        ]),
+    )
+    .unwrap();
+    db.record_checks(&[("store-a".into(), now), ("store-b".into(), now)])
+        .unwrap();
+
+    let (cookie, _) = session(&env, "ana").await;
+    let resp = call(
+        &env,
+        Method::GET,
+        "/v1/admin/fleet",
+        &[("cookie", &cookie)],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let fleet = json(resp).await;
+    assert_eq!(
+        fleet["versions"]["1.1.0"],
+        serde_json::json!({"stores": 1, "tills": 2})
+    );
+    assert_eq!(
+        fleet["versions"]["1.0.0"],
+        serde_json::json!({"stores": 1, "tills": 2})
+    );
+    assert_eq!(
+        (
+            fleet["failures_day"].as_u64(),
+            fleet["failures_week"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let stores = fleet["stores"].as_array().unwrap();
+    let by_id = |id: &str| stores.iter().find(|s| s["id"] == id).unwrap().clone();
+    assert_eq!(
+        by_id("store-a")["terminals"],
+        serde_json::json!({"1": "1.1.0", "2": "1.1.0"})
+    );
+    assert!(
+        by_id("store-b")["last_failure"]
+            .as_str()
+            .unwrap()
+            .contains("terminal 1: health: the tax table is missing")
+    );
+    assert_eq!(
+        (
+            by_id("store-a")["silent"].as_bool(),
+            by_id("store-c")["silent"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+    // Without a session, nothing.
+    let resp = call(&env, Method::GET, "/v1/admin/fleet", &[], Body::empty()).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}

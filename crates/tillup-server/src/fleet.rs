@@ -1,0 +1,132 @@
+//! The fleet at a glance, for head office: each store's terminals and the
+//! version they run (from its newest upgrade report), how many stores and
+//! tills run each version, recent failures, and stores that have not
+//! checked in for a while.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::Serialize;
+use tillup_core::report::{HistoryEntry, Outcome};
+
+use crate::db::Db;
+use crate::error::Error;
+
+/// The fleet overview.
+#[derive(Clone, Debug, Serialize)]
+pub struct Fleet {
+    /// Each version, with how many stores and tills run it (a store
+    /// counts once per version its tills run).
+    pub versions: BTreeMap<String, Count>,
+    /// Each store.
+    pub stores: Vec<StoreView>,
+    /// Upgrades that failed at some terminal in the last day and week.
+    pub failures_day: usize,
+    /// See `failures_day`.
+    pub failures_week: usize,
+}
+
+/// Stores and tills.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Count {
+    /// Stores with at least one till on it.
+    pub stores: usize,
+    /// Tills on it.
+    pub tills: usize,
+}
+
+/// One store.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreView {
+    /// Its id.
+    pub id: String,
+    /// When it last fetched its log.
+    pub last_check: Option<Timestamp>,
+    /// When its token was revoked, if it was.
+    pub revoked: Option<Timestamp>,
+    /// It has not checked in for longer than asked (or never did).
+    pub silent: bool,
+    /// Each terminal's number and the version it runs, as its newest
+    /// upgrade report says (none: no report yet).
+    pub terminals: BTreeMap<u32, String>,
+    /// When its newest upgrade report arrived.
+    pub last_report: Option<Timestamp>,
+    /// Why its newest upgrade failed at a terminal, if it did.
+    pub last_failure: Option<String>,
+}
+
+/// The overview at `now`; a store is silent after `silent_after` without a check.
+pub fn overview(db: &dyn Db, now: Timestamp, silent_after: SignedDuration) -> Result<Fleet, Error> {
+    let (day, week) = (
+        SignedDuration::from_hours(24),
+        SignedDuration::from_hours(24 * 7),
+    );
+    let mut fleet = Fleet {
+        versions: BTreeMap::new(),
+        stores: Vec::new(),
+        failures_day: 0,
+        failures_week: 0,
+    };
+    for store in db.stores()? {
+        let mut view = StoreView {
+            silent: store.revoked.is_none()
+                && store
+                    .last_check
+                    .is_none_or(|t| now.duration_since(t) > silent_after),
+            id: store.id,
+            last_check: store.last_check,
+            revoked: store.revoked,
+            terminals: BTreeMap::new(),
+            last_report: None,
+            last_failure: None,
+        };
+        let upgrades: Vec<(Timestamp, HistoryEntry)> = db
+            .reports(&view.id)?
+            .into_iter()
+            .filter_map(|r| {
+                let entry = serde_json::from_value(r.report.get("upgrade")?.clone()).ok()?;
+                Some((r.received, entry))
+            })
+            .collect();
+        for (received, entry) in &upgrades {
+            let failed = entry.halted.is_some()
+                || entry
+                    .terminals
+                    .iter()
+                    .any(|t| matches!(t.result, Outcome::Restored | Outcome::Abandoned));
+            let age = now.duration_since(*received);
+            fleet.failures_day += usize::from(failed && age <= day);
+            fleet.failures_week += usize::from(failed && age <= week);
+        }
+        if let Some((received, newest)) = upgrades.last() {
+            view.last_report = Some(*received);
+            for t in &newest.terminals {
+                let runs = match t.result {
+                    Outcome::Upgraded => &t.to,
+                    Outcome::Restored | Outcome::Abandoned | Outcome::InProgress => &t.from,
+                };
+                view.terminals.insert(t.number, runs.to_string());
+            }
+            view.last_failure = newest
+                .terminals
+                .iter()
+                .filter_map(|t| {
+                    t.failure
+                        .as_ref()
+                        .map(|f| format!("terminal {}: {f}", t.number))
+                })
+                .chain(newest.halted.clone())
+                .reduce(|a, b| format!("{a}; {b}"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for version in view.terminals.values() {
+            let count = fleet.versions.entry(version.clone()).or_default();
+            count.tills += 1;
+            if seen.insert(version.clone()) {
+                count.stores += 1;
+            }
+        }
+        fleet.stores.push(view);
+    }
+    Ok(fleet)
+}
