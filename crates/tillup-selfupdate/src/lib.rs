@@ -65,9 +65,10 @@ pub struct Kept {
     files: BTreeMap<String, Stamp>,
 }
 
-/// A file's size and modification time (seconds, nanoseconds).
+/// A file's size and modification time (seconds, nanoseconds): what
+/// tells a replaced executable from the one that was there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Stamp {
+pub struct Stamp {
     size: u64,
     modified: (u64, u32),
 }
@@ -441,7 +442,8 @@ fn file_name(exe: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn stamp(exe: &Path) -> Result<Stamp, SelfUpdateError> {
+/// The stamp of the file at `exe` now.
+pub fn stamp(exe: &Path) -> Result<Stamp, SelfUpdateError> {
     let meta = std::fs::metadata(exe).at(exe)?;
     let modified = meta
         .modified()

@@ -83,10 +83,7 @@ pub fn overview(db: &dyn Db, now: Timestamp, silent_after: SignedDuration) -> Re
         let upgrades: Vec<(Timestamp, HistoryEntry)> = db
             .reports(&view.id)?
             .into_iter()
-            .filter_map(|r| {
-                let entry = serde_json::from_value(r.report.get("upgrade")?.clone()).ok()?;
-                Some((r.received, entry))
-            })
+            .filter_map(|r| Some((r.received, r.upgrade()?)))
             .collect();
         for (received, entry) in &upgrades {
             let failed = entry.halted.is_some()

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
 use semver::Version;
-use tillup_core::report::{HistoryEntry, StoreOutcome};
+use tillup_core::report::StoreOutcome;
 use tillup_core::rollout::{Event, Phase, Plan, Rollout, RolloutError, StoreResult, assign};
 
 use crate::data::KeySource;
@@ -130,11 +130,7 @@ pub fn results(db: &dyn Db, row: &RolloutRow) -> Result<BTreeMap<String, StoreRe
             .into_iter()
             .rev()
             .filter(|r| r.received >= row.created)
-            .find_map(|r| {
-                let entry: HistoryEntry =
-                    serde_json::from_value(r.report.get("upgrade")?.clone()).ok()?;
-                entry.result_for(&row.version)
-            });
+            .find_map(|r| r.upgrade()?.result_for(&row.version));
         match newest {
             Some(StoreOutcome::Succeeded) => {
                 out.insert(store.clone(), StoreResult::Succeeded);

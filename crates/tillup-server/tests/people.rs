@@ -116,14 +116,7 @@ async fn a_person_signs_in_sees_who_they_are_and_signs_out_with_the_csrf_token()
     );
     let csrf = me["csrf"].as_str().unwrap().to_owned();
 
-    let resp = call(
-        &env,
-        Method::GET,
-        r::ME,
-        &[("cookie", &cookie)],
-        Body::empty(),
-    )
-    .await;
+    let resp = get_as(&env, &cookie, r::ME).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(json(resp).await["name"], "ana");
 
@@ -142,14 +135,7 @@ async fn a_person_signs_in_sees_who_they_are_and_signs_out_with_the_csrf_token()
                 .contains("reload the page")
         );
     }
-    let resp = call(
-        &env,
-        Method::GET,
-        r::ME,
-        &[("cookie", &cookie)],
-        Body::empty(),
-    )
-    .await;
+    let resp = get_as(&env, &cookie, r::ME).await;
     assert_eq!(resp.status(), StatusCode::OK);
 
     let resp = call(
@@ -163,14 +149,7 @@ async fn a_person_signs_in_sees_who_they_are_and_signs_out_with_the_csrf_token()
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let cleared = resp.headers()[header::SET_COOKIE].to_str().unwrap();
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
-    let resp = call(
-        &env,
-        Method::GET,
-        r::ME,
-        &[("cookie", &cookie)],
-        Body::empty(),
-    )
-    .await;
+    let resp = get_as(&env, &cookie, r::ME).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -221,6 +200,11 @@ fn release_zip(exe: &str) -> Vec<u8> {
     w.start_file("templates/收据.txt", opts).unwrap();
     w.write_all("收据".as_bytes()).unwrap();
     w.finish().unwrap().into_inner()
+}
+
+/// A `GET` in the session whose cookie is `cookie`.
+async fn get_as(env: &Env, cookie: &str, uri: &str) -> Response {
+    call(env, Method::GET, uri, &[("cookie", cookie)], Body::empty()).await
 }
 
 /// A `POST` in the session `(cookie, csrf)`.
@@ -427,24 +411,10 @@ async fn a_rollout_needing_approval_starts_only_when_a_second_releaser_approves(
     assert_eq!(stores, Some(vec!["store-a".to_owned()]));
 
     // Anyone signed in may look; an unknown rollout is 404.
-    let resp = call(
-        &env,
-        Method::GET,
-        &format!("/v1/admin/rollouts/{id}"),
-        &[("cookie", &ana)],
-        Body::empty(),
-    )
-    .await;
+    let resp = get_as(&env, &ana, &format!("/v1/admin/rollouts/{id}")).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(json(resp).await["rollout"]["waves"][0][0], "store-a");
-    let resp = call(
-        &env,
-        Method::GET,
-        "/v1/admin/rollouts/r-nope",
-        &[("cookie", &ana)],
-        Body::empty(),
-    )
-    .await;
+    let resp = get_as(&env, &ana, "/v1/admin/rollouts/r-nope").await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let trail = env.state.db().audit(10).unwrap();
     assert_eq!(
@@ -502,14 +472,7 @@ async fn the_fleet_overview_counts_versions_failures_and_silent_stores() {
         .unwrap();
 
     let (cookie, _) = session(&env, "ana").await;
-    let resp = call(
-        &env,
-        Method::GET,
-        "/v1/admin/fleet",
-        &[("cookie", &cookie)],
-        Body::empty(),
-    )
-    .await;
+    let resp = get_as(&env, &cookie, "/v1/admin/fleet").await;
     assert_eq!(resp.status(), StatusCode::OK);
     let fleet = json(resp).await;
     assert_eq!(

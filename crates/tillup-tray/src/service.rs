@@ -158,16 +158,12 @@ struct Resident {
     job: Option<Job>,
     next_tick: Instant,
     /// This executable's file as it was at start-up.
-    started_as: Option<FileStamp>,
+    started_as: Option<tillup_selfupdate::Stamp>,
 }
 
-/// A file's size and modification time.
-type FileStamp = (u64, std::time::SystemTime);
-
 /// The running executable's file as it is now.
-fn exe_stamp() -> Option<FileStamp> {
-    let meta = std::fs::metadata(tillup_selfupdate::this_exe().ok()?).ok()?;
-    Some((meta.len(), meta.modified().ok()?))
+fn exe_stamp() -> Option<tillup_selfupdate::Stamp> {
+    tillup_selfupdate::stamp(&tillup_selfupdate::this_exe().ok()?).ok()
 }
 
 impl Resident {

@@ -146,6 +146,14 @@ pub struct RolloutRow {
     pub created: Timestamp,
 }
 
+impl ReportRow {
+    /// The upgrade the report tells of (`"upgrade"`), if it is an upgrade
+    /// report this server can read.
+    pub fn upgrade(&self) -> Option<tillup_core::report::HistoryEntry> {
+        serde_json::from_value(self.report.get("upgrade")?.clone()).ok()
+    }
+}
+
 /// The log signer handed to [`Db::append_log`]: gets the next sequence and
 /// the channel's releases (sorted by version), returns the log to store.
 pub type Signer<'a> = Box<dyn FnOnce(u64, Vec<Release>) -> Result<SignedLog, Error> + 'a>;
