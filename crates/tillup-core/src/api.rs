@@ -118,9 +118,17 @@ pub mod admin {
     pub const AUDIT: &str = "/v1/admin/audit";
     /// `GET`: every channel's releases; `POST ?channel=C&version=V[&notes_en=…]
     /// [&notes_zh=…][&critical=true][&min_from=V][&model=M…][&preserve=GLOB…]
-    /// [&store=S…][&replace=true]` with a release folder's `.zip` as the body:
+    /// [&store=S…][&held=true][&replace=true]` with a release folder's `.zip` as the body:
     /// publishes it, as `tillup-server publish` does (releasers).
     pub const RELEASES: &str = "/v1/admin/releases";
+    /// `GET`: one release: its files changed against the one before it,
+    /// the stores running it, its rollouts.
+    pub const RELEASE: &str = "/v1/admin/releases/{channel}/{version}";
+    /// `GET`: one store: its channels, terminals and upgrade history.
+    pub const STORE: &str = "/v1/admin/stores/{id}";
+    /// `POST`: `rotate` its token (the new one is in the answer, once) or
+    /// `revoke` it (admins).
+    pub const STORE_ACTION: &str = "/v1/admin/stores/{id}/{action}";
     /// `GET`: every rollout, newest first; `POST` [`StartRollout`]:
     /// starts one (releasers).
     pub const ROLLOUTS: &str = "/v1/admin/rollouts";

@@ -18,7 +18,8 @@ pub enum Role {
 }
 
 /// Something a person may be allowed to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Read any page or list.
     View,
@@ -34,7 +35,24 @@ pub enum Action {
     ManagePeople,
 }
 
+impl Action {
+    /// Every action.
+    pub const ALL: [Action; 6] = [
+        Action::View,
+        Action::Publish,
+        Action::Rollout,
+        Action::Approve,
+        Action::ManageStores,
+        Action::ManagePeople,
+    ];
+}
+
 impl Role {
+    /// What this role may do, as the pages ask.
+    pub fn allowed(self) -> Vec<Action> {
+        Action::ALL.into_iter().filter(|a| self.may(*a)).collect()
+    }
+
     /// Every role, least trusted first.
     pub const ALL: [Role; 3] = [Role::Viewer, Role::Releaser, Role::Admin];
 

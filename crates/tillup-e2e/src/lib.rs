@@ -14,13 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use tillup_core::manifest::{Manifest, Preserve, merge_for_terminal};
 use tillup_fs::{HashCache, scan_folder};
 
 pub mod balancer;
 pub mod proxy;
 pub mod realistic;
+pub mod sim_store;
 pub mod wan;
 pub mod webdriver;
 
@@ -441,6 +442,34 @@ impl Server {
     /// Runs a `tillup-server` subcommand, returning its raw output.
     pub fn cli_output(&self, args: &[&str]) -> Result<Output> {
         run(self.command(args)?, Duration::from_secs(120))
+    }
+
+    /// Adds a person with `tillup-server user add`, the password given on
+    /// standard input as a script would.
+    pub fn add_person(&self, name: &str, role: &str, password: &str) -> Result<()> {
+        use std::io::Write as _;
+        let mut child = self
+            .command(&["user", "add", name, "--role", role])?
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(format!("{password}\n").as_bytes())?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("user add {name} took longer than 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output()?;
+        ensure!(out.status.success(), "user add {name}: {}", text(&out));
+        Ok(())
     }
 
     /// Registers a store; returns its token.

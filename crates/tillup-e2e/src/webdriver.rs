@@ -1,11 +1,13 @@
-//! Just enough W3C WebDriver to drive the real tillup window: `tauri-driver`
-//! (which starts Debian's `WebKitWebDriver`) on a virtual display with its
-//! own session bus, sessions, elements, clicks, typing and screenshots.
+//! Just enough W3C WebDriver for our two pages: the real tillup window
+//! through `tauri-driver` (which starts Debian's `WebKitWebDriver`) on a
+//! virtual display with its own session bus, and head office's dashboard
+//! in Debian's headless Chromium through `chromedriver`. Sessions,
+//! elements, clicks, typing, dialogs and screenshots.
 //!
-//! The session's application is `tillup-tray`, the resident: the window is
-//! its child process, and inherits the automation settings WebKitWebDriver
-//! gives the resident, so creating a session waits until the tray has
-//! opened a window (the popup, or the window after SIGUSR1).
+//! The window's session application is `tillup-tray`, the resident: the
+//! window is its child process, and inherits the automation settings
+//! WebKitWebDriver gives the resident, so creating a session waits until
+//! the tray has opened a window (the popup, or the window after SIGUSR1).
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;
@@ -20,7 +22,7 @@ use serde_json::{Value, json};
 /// The W3C key of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-/// The programs these tests need, and the Debian packages they come in.
+/// The programs the window's tests need, and how to install them.
 pub const TOOLS: &[(&str, &str)] = &[
     (
         "tauri-driver",
@@ -31,9 +33,20 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("dbus-run-session", "apt-get install dbus-daemon"),
 ];
 
-/// The first missing tool, with how to install it.
+/// The programs the dashboard's tests need, and how to install them.
+pub const BROWSER_TOOLS: &[(&str, &str)] = &[
+    ("chromium", "apt-get install chromium"),
+    ("chromedriver", "apt-get install chromium-driver"),
+];
+
+/// The first of the window's tools that is missing, with how to install it.
 pub fn missing_tool() -> Option<String> {
-    TOOLS.iter().find_map(|(tool, install)| {
+    missing(TOOLS)
+}
+
+/// The first of `tools` that is missing, with how to install it.
+pub fn missing(tools: &[(&str, &str)]) -> Option<String> {
+    tools.iter().find_map(|(tool, install)| {
         let found = std::env::var_os("PATH")
             .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()));
         (!found).then(|| format!("{tool} is not installed ({install})"))
@@ -77,6 +90,30 @@ impl Driver {
             cmd.env(k, v);
         }
         let child = cmd.spawn().context("cannot start tauri-driver")?;
+        Self::listening(child, port, log)
+    }
+
+    /// Starts `chromedriver` for headless Chromium sessions
+    /// ([`Driver::browser`]).
+    pub fn chromium(log: &Path) -> Result<Self> {
+        if let Some(missing) = missing(BROWSER_TOOLS) {
+            bail!("{missing}");
+        }
+        let port = free_port()?;
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log.with_extension("err.log"))?)
+            .process_group(0)
+            .spawn()
+            .context("cannot start chromedriver")?;
+        Self::listening(child, port, log)
+    }
+
+    /// The driver `child`, once it answers on `port`.
+    fn listening(child: Child, port: u16, log: &Path) -> Result<Self> {
         let driver = Driver {
             child,
             base: format!("http://127.0.0.1:{port}"),
@@ -94,7 +131,7 @@ impl Driver {
         {
             if Instant::now() > deadline {
                 bail!(
-                    "tauri-driver did not listen within 30 s; see {}",
+                    "the WebDriver server did not listen within 30 s; see {}",
                     log.display()
                 );
             }
@@ -103,16 +140,39 @@ impl Driver {
         Ok(driver)
     }
 
+    /// A headless Chromium session whose preferred language is `lang`, with
+    /// its own profile folder under `profile`.
+    pub fn browser(&self, lang: &str, profile: &Path) -> Result<Session> {
+        let args = [
+            "--headless=new".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            "--no-first-run".to_owned(),
+            "--window-size=1280,1000".to_owned(),
+            format!("--lang={lang}"),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        self.open(json!({"browserName": "chrome", "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": args,
+            "prefs": {"intl.accept_languages": lang},
+        }}))
+    }
+
     /// A session whose application is `app`; returns once it has a window.
     pub fn session(&self, app: &Path, args: &[&str]) -> Result<Session> {
-        let body = json!({"capabilities": {"alwaysMatch": {"tauri:options": {
-            "application": app, "args": args}}}});
+        self.open(json!({"tauri:options": {"application": app, "args": args}}))
+            .context("no window appeared for the WebDriver session")
+    }
+
+    fn open(&self, capabilities: Value) -> Result<Session> {
+        let body = json!({"capabilities": {"alwaysMatch": capabilities}});
         let v: Value = self
             .http
             .post(format!("{}/session", self.base))
             .json(&body)
-            .send()
-            .context("no window appeared for the WebDriver session")?
+            .send()?
             .json()?;
         let id = v["value"]["sessionId"]
             .as_str()
@@ -126,7 +186,8 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // The whole group: dbus, Xvfb, the drivers and the app.
+        // The whole group: dbus, Xvfb, the drivers and the app (or the
+        // browser).
         let _ = Command::new("kill")
             .args(["-TERM", "--", &format!("-{}", self.child.id())])
             .status();
@@ -230,6 +291,17 @@ impl Session {
         Ok(())
     }
 
+    /// Gives a file input the file at `path`.
+    pub fn choose_file(&self, css: &str, path: &Path) -> Result<()> {
+        let id = self.find(css)?;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({"text": path.display().to_string()})),
+        )?;
+        Ok(())
+    }
+
     /// Polls `check` until it holds, for at most `within`.
     pub fn wait(
         &self,
@@ -277,6 +349,37 @@ impl Session {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(to, png)?;
+        Ok(())
+    }
+
+    /// Opens `url` in the browser.
+    pub fn navigate(&self, url: &str) -> Result<()> {
+        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))?;
+        Ok(())
+    }
+
+    /// Runs `script` (a function body) in the page; returns what it returns.
+    pub fn execute(&self, script: &str, args: Value) -> Result<Value> {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": args})),
+        )
+    }
+
+    /// Accepts the `confirm()` dialog the page shows.
+    pub fn accept_dialog(&self) -> Result<()> {
+        self.call(reqwest::Method::POST, "/alert/accept", Some(json!({})))?;
+        Ok(())
+    }
+
+    /// Sizes the window (and so the screenshots).
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )?;
         Ok(())
     }
 

@@ -37,6 +37,9 @@ pub fn routes() -> Router<AppState> {
         .route(r::AUDIT, get(audit))
         .route(r::FLEET, get(fleet))
         .route(r::RELEASES, get(releases).post(publish))
+        .route(r::RELEASE, get(release))
+        .route(r::STORE, get(store))
+        .route(r::STORE_ACTION, axum::routing::post(store_action))
         .route(r::ROLLOUTS, get(rollouts).post(start_rollout))
         .route(r::ROLLOUT, get(rollout))
         .route(r::ROLLOUT_ACTION, axum::routing::post(rollout_action))
@@ -93,7 +96,17 @@ impl FromRequestParts<AppState> for Person {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, AppError> {
-        let token = cookie(&parts.headers, SESSION_COOKIE)
+        // A script's admin token, or a browser's session cookie; only the
+        // cookie, which a browser attaches by itself, needs a CSRF token.
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_owned());
+        let token = bearer
+            .clone()
+            .or_else(|| cookie(&parts.headers, SESSION_COOKIE))
             .ok_or_else(|| AppError::Unauthorized("sign in first".into()))?;
         let lookup = token.clone();
         let signed_in = st
@@ -103,7 +116,7 @@ impl FromRequestParts<AppState> for Person {
                 AppError::Unauthorized("your session has ended: sign in again".into())
             })?;
         let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-        if !safe {
+        if !safe && bearer.is_none() {
             let sent = parts
                 .headers
                 .get(CSRF_HEADER)
@@ -174,9 +187,21 @@ async fn sign_out(State(st): State<AppState>, person: Person) -> Result<Response
     Ok(resp)
 }
 
+/// Who is signed in, and what their role lets the pages offer them.
+#[derive(serde::Serialize)]
+struct Me<'a> {
+    #[serde(flatten)]
+    signed_in: &'a SignedIn,
+    may: Vec<Action>,
+}
+
 async fn me(person: Person) -> Result<Response, AppError> {
     person.may(Action::View)?;
-    let mut resp = Json(&person.signed_in).into_response();
+    let mut resp = Json(Me {
+        may: person.signed_in.role.allowed(),
+        signed_in: &person.signed_in,
+    })
+    .into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
@@ -242,6 +267,81 @@ async fn releases(
     Ok(Json(all))
 }
 
+async fn release(
+    State(st): State<AppState>,
+    person: Person,
+    Path((channel, version)): Path<(String, String)>,
+) -> Result<Json<crate::catalog::ReleasePage>, AppError> {
+    person.may(Action::View)?;
+    let version: semver::Version = version
+        .parse()
+        .map_err(|e| AppError::BadRequest(format!("version `{version}`: {e}")))?;
+    crate::error::check_id("channel", &channel)?;
+    st.blocking(move |st| {
+        crate::catalog::release_page(st.db(), st.storage(), &channel, &version)?.ok_or_else(
+            || {
+                AppError::NotFound(format!(
+                    "release {version} is not published on channel `{channel}`"
+                ))
+            },
+        )
+    })
+    .await
+    .map(Json)
+}
+
+async fn store(
+    State(st): State<AppState>,
+    person: Person,
+    Path(id): Path<String>,
+) -> Result<Json<crate::fleet::StorePage>, AppError> {
+    person.may(Action::View)?;
+    crate::error::check_id("store", &id)?;
+    st.blocking(move |st| {
+        crate::fleet::store_page(st.db(), &id)?
+            .ok_or_else(|| AppError::from(crate::Error::UnknownStore(id.clone())))
+    })
+    .await
+    .map(Json)
+}
+
+/// What `POST` [`r::STORE_ACTION`] did: a rotated token is shown once.
+#[derive(serde::Serialize)]
+struct StoreActed {
+    store: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+async fn store_action(
+    State(st): State<AppState>,
+    person: Person,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    person.may(Action::ManageStores)?;
+    crate::error::check_id("store", &id)?;
+    let store = id.clone();
+    let token = match action.as_str() {
+        "rotate" => Some(
+            st.blocking(move |st| crate::ops::rotate_store_token(st.db(), &store))
+                .await?,
+        ),
+        "revoke" => {
+            st.blocking(move |st| crate::ops::revoke_store(st.db(), &store, Timestamp::now()))
+                .await?;
+            None
+        }
+        _ => return Err(AppError::NotFound("say rotate or revoke".into())),
+    };
+    person
+        .audited(&st, &format!("store.{action}"), &id)
+        .await?;
+    let mut resp = Json(StoreActed { store: id, token }).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
 /// What `POST` [`r::RELEASES`] published.
 #[derive(serde::Serialize)]
 struct PublishedView {
@@ -285,6 +385,12 @@ fn release_form(query: &str, folder: std::path::PathBuf) -> Result<PublishReques
             "notes_zh" => req.notes.zh_cn = v.into_owned(),
             "critical" => req.critical = flag(&v, "critical")?,
             "replace" => req.replace = flag(&v, "replace")?,
+            // Held back: published with no store admitted, for a rollout to admit.
+            "held" => {
+                if flag(&v, "held")? {
+                    req.stores.get_or_insert_default();
+                }
+            }
             "min_from" if !v.is_empty() => {
                 req.min_from = Some(v.parse().map_err(|e| bad("min_from", &e))?)
             }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
-use tillup_core::report::{HistoryEntry, Outcome};
+use tillup_core::report::{HistoryEntry, HistoryTerminal, Outcome};
 
 use crate::db::Db;
 use crate::error::Error;
@@ -98,11 +98,7 @@ pub fn overview(db: &dyn Db, now: Timestamp, silent_after: SignedDuration) -> Re
         if let Some((received, newest)) = upgrades.last() {
             view.last_report = Some(*received);
             for t in &newest.terminals {
-                let runs = match t.result {
-                    Outcome::Upgraded => &t.to,
-                    Outcome::Restored | Outcome::Abandoned | Outcome::InProgress => &t.from,
-                };
-                view.terminals.insert(t.number, runs.to_string());
+                view.terminals.insert(t.number, runs(t).to_string());
             }
             view.last_failure = newest
                 .terminals
@@ -126,4 +122,86 @@ pub fn overview(db: &dyn Db, now: Timestamp, silent_after: SignedDuration) -> Re
         fleet.stores.push(view);
     }
     Ok(fleet)
+}
+
+/// The version a terminal runs after an upgrade it took part in.
+fn runs(t: &HistoryTerminal) -> &semver::Version {
+    match t.result {
+        Outcome::Upgraded => &t.to,
+        Outcome::Restored | Outcome::Abandoned | Outcome::InProgress => &t.from,
+    }
+}
+
+/// The most upgrades a store page lists.
+pub const STORE_HISTORY: usize = 50;
+
+/// One store, as its page shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct StorePage {
+    /// Its id, check-in and token state.
+    pub store: crate::db::StoreRow,
+    /// The channels its token reads.
+    pub channels: Vec<String>,
+    /// Each terminal as the store's reports last mention it.
+    pub terminals: Vec<TerminalView>,
+    /// Its upgrades with per-till results and timings, newest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One terminal of a store.
+#[derive(Clone, Debug, Serialize)]
+pub struct TerminalView {
+    /// Its number.
+    pub number: u32,
+    /// The version it runs.
+    pub version: semver::Version,
+    /// How its last upgrade ended for it.
+    pub state: Outcome,
+    /// Why, when it failed.
+    pub failure: Option<String>,
+    /// When the report that mentions it last arrived.
+    pub last_report: Timestamp,
+    /// What its agent did on its own during that upgrade.
+    pub notices: serde_json::Value,
+}
+
+/// Store `id`'s page; `None` if there is no such store.
+pub fn store_page(db: &dyn Db, id: &str) -> Result<Option<StorePage>, Error> {
+    let Some(store) = db.stores()?.into_iter().find(|s| s.id == id) else {
+        return Ok(None);
+    };
+    let reports = db.reports(id)?;
+    let mut terminals = BTreeMap::new();
+    let mut history = Vec::new();
+    for report in &reports {
+        let Some(entry) = report.upgrade() else {
+            continue;
+        };
+        for t in &entry.terminals {
+            let notices = report.report["agent_notices"]
+                .get(t.number.to_string())
+                .cloned()
+                .unwrap_or_default();
+            terminals.insert(
+                t.number,
+                TerminalView {
+                    number: t.number,
+                    version: runs(t).clone(),
+                    state: t.result,
+                    failure: t.failure.clone(),
+                    last_report: report.received,
+                    notices,
+                },
+            );
+        }
+        history.push(entry);
+    }
+    history.reverse();
+    history.truncate(STORE_HISTORY);
+    Ok(Some(StorePage {
+        channels: db.store_channels(id)?,
+        store,
+        terminals: terminals.into_values().collect(),
+        history,
+    }))
 }

@@ -367,6 +367,7 @@ pub fn app(state: AppState) -> Router {
         )
         .merge(authed)
         .merge(crate::admin::routes())
+        .merge(crate::dashboard::routes())
         // JSON both ways may be zstd-compressed (a store's backup and its
         // delivery are eight near-identical manifests); packs are
         // compressed already, and single blobs are sent as they are.
@@ -1118,15 +1119,7 @@ fn build_delivery(
                     t.target
                 ))
             })?;
-            let manifest = Manifest::parse(&st.storage().read(&release.sha256)?).map_err(|e| {
-                AppError::Internal(format!("manifest of release {}: {e}", release.version))
-            })?;
-            if manifest.digest() != release.sha256 {
-                return Err(AppError::Internal(format!(
-                    "manifest of release {} does not match its hash",
-                    release.version
-                )));
-            }
+            let manifest = crate::catalog::release_manifest(st.storage(), &release)?;
             releases.insert(t.target.clone(), (release, manifest));
         }
         let (release, manifest) = &releases[&t.target];

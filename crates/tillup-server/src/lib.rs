@@ -13,6 +13,8 @@
 
 pub mod access;
 pub mod admin;
+pub mod catalog;
+pub mod dashboard;
 pub mod data;
 pub mod db;
 pub mod error;

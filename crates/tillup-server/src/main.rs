@@ -322,6 +322,16 @@ enum UserCommand {
         /// Their sign-in name.
         name: String,
     },
+    /// Issue an admin token for a script acting as this person (with their
+    /// role): printed once, sent as `Authorization: Bearer TOKEN` to the
+    /// admin API. Disabling the person ends it.
+    Token {
+        /// Their sign-in name.
+        name: String,
+        /// How many days it lasts (at most 366).
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -654,6 +664,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             db.disable_person(&name, Timestamp::now())?;
             audited(&*db, "user.disable", &name)?;
             eprintln!("{name} is disabled: signed out everywhere, and cannot sign in again");
+        }
+        Command::User {
+            command: UserCommand::Token { name, days },
+        } => {
+            let db = open_db()?;
+            let token = tillup_server::people::issue_token(&*db, &name, days, Timestamp::now())?;
+            audited(&*db, "user.token", &format!("{name} ({days} days)"))?;
+            println!("{token}");
+            eprintln!(
+                "a token acting as {name}: send it as `Authorization: Bearer TOKEN` to /v1/admin/…; it is not shown again"
+            );
         }
         Command::Audit { limit } => {
             println!(

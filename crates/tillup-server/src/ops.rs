@@ -463,7 +463,6 @@ pub fn revoke_store(db: &dyn Db, id: &str, now: Timestamp) -> Result<(), Error> 
     db.revoke_store(id, now)
 }
 
-/// 256 random bits, in hex.
 /// A new secret token: 32 random bytes, in hex.
 pub fn new_token() -> String {
     let mut raw = [0u8; 32];

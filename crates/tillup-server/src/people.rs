@@ -115,18 +115,38 @@ pub fn sign_in(
         Some(p) if good && p.disabled.is_none() => p,
         _ => return Err(Error::SignInRefused),
     };
+    open_session(db, &person, SESSION_LENGTH, now)
+}
+
+/// The longest an admin token lasts.
+pub const MAX_TOKEN_DAYS: u32 = 366;
+
+/// An admin token for scripts, acting as `name` with their role for
+/// `days`: sent as `Authorization: Bearer TOKEN`, it needs no CSRF token
+/// (no browser sends it by itself). Shown once; only its hash is kept.
+pub fn issue_token(db: &dyn Db, name: &str, days: u32, now: Timestamp) -> Result<String, Error> {
+    let person = db
+        .person(name)?
+        .filter(|p| p.disabled.is_none())
+        .ok_or_else(|| Error::UnknownPerson(name.to_owned()))?;
+    let length = SignedDuration::from_hours(24 * i64::from(days.clamp(1, MAX_TOKEN_DAYS)));
+    Ok(open_session(db, &person, length, now)?.0)
+}
+
+fn open_session(
+    db: &dyn Db,
+    person: &PersonRow,
+    length: SignedDuration,
+    now: Timestamp,
+) -> Result<(String, SignedIn), Error> {
     let token = new_token();
     let session = SessionRow {
         person: person.name.clone(),
         role: person.role,
         csrf: new_token(),
         // Whole seconds: what every database keeps alike.
-        expires: Timestamp::from_second(
-            now.saturating_add(SESSION_LENGTH)
-                .unwrap_or(now)
-                .as_second(),
-        )
-        .unwrap_or(now),
+        expires: Timestamp::from_second(now.saturating_add(length).unwrap_or(now).as_second())
+            .unwrap_or(now),
     };
     db.add_session(&token_digest(&token), &session, now)?;
     Ok((token, signed_in(session)))
