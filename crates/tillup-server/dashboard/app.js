@@ -45,6 +45,11 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// Appends the children that are there (a missing one is null).
+function put(parent, ...children) {
+  parent.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 function table(headers, rows, attrs) {
   return h("table", attrs || {},
     h("thead", {}, h("tr", {}, headers.map((k) => h("th", {}, t(k))))),
@@ -147,7 +152,7 @@ function signInPage(main) {
       flash(e.status === 401 || e.status === 403 ? t("signin.refused") : e.message, "error");
     }
   });
-  main.append(form);
+  put(main, form);
 }
 
 // A bar chart of tills per version: what people would rather look at.
@@ -194,7 +199,7 @@ async function overviewPage(main) {
   const silent = fleet.stores.filter((s) => s.silent);
   const running = rollouts.filter((r) => ["running", "paused", "awaiting_approval"].includes(r.state.phase.phase));
   const stat = (key, value, kind) => h("div", { class: `stat ${kind || ""}` }, h("b", {}, value), h("span", {}, t(key)));
-  main.append(
+  put(main, 
     h("h1", {}, t("overview.title")),
     h("div", { class: "stats" },
       stat("overview.stores", fleet.stores.length),
@@ -217,7 +222,7 @@ async function overviewPage(main) {
 
 async function storesPage(main) {
   const fleet = await api("GET", "/fleet");
-  main.append(h("h1", {}, t("nav.stores")),
+  put(main, h("h1", {}, t("nav.stores")),
     table(["store.id", "store.tills", "store.versions", "store.lastcheck", "store.lastreport", "store.lastfailure"],
       fleet.stores.map((s) => h("tr", {},
         h("td", {}, link(`#/stores/${encodeURIComponent(s.id)}`, s.id), " ",
@@ -263,13 +268,13 @@ async function storePage(main, id) {
     `#${x.number} ${x.from} → ${x.to} `, outcomeBadge(x.result),
     x.stopped_ms !== null && x.stopped_ms !== undefined ? ` ${t("hist.stopped", { s: (x.stopped_ms / 1000).toFixed(1) })}` : "",
     x.failure ? h("span", { class: "why" }, ` ${x.failure}`) : null);
-  const took = (u) => u.finished ? t("seconds", { n: Math.round((new Date(u.finished) - new Date(u.started)) / 1000) }) : "…";
+  const took = (u) => u.finished ? t("seconds", { n: Math.round((new Date(u.finished) - new Date(u.started)) / 1000) }) : "—";
   const historyRow = (u) => h("tr", {},
     h("td", {}, when(u.started)),
     h("td", {}, took(u)),
     h("td", {}, u.trigger.by === "person" ? t("trigger.person", { name: u.trigger.name }) : t("trigger.schedule")),
     h("td", {}, u.terminals.map(tillResult), u.halted ? h("div", { class: "why" }, u.halted) : null));
-  main.append(
+  put(main, 
     h("h1", {}, t("store.title", { id })),
     h("section", { class: "card" },
       h("dl", {},
@@ -319,10 +324,10 @@ function publishForm(channels) {
 
 async function releasesPage(main) {
   const channels = await api("GET", "/releases");
-  main.append(h("h1", {}, t("nav.releases")));
-  if (may("publish")) main.append(publishForm(channels));
+  put(main, h("h1", {}, t("nav.releases")));
+  if (may("publish")) put(main, publishForm(channels));
   for (const c of channels) {
-    main.append(h("section", { class: "card" }, h("h2", {}, t("release.channel", { channel: c.channel })),
+    put(main, h("section", { class: "card" }, h("h2", {}, t("release.channel", { channel: c.channel })),
       table(["release.version", "release.date", "release.size", "release.admits"],
         [...c.releases].reverse().map((r) => h("tr", {},
           h("td", {}, link(`#/releases/${path(c.channel, r.version)}`, r.version), " ", r.critical ? badge("bad", t("release.critical")) : null),
@@ -337,7 +342,7 @@ async function releasePage(main, channel, version) {
   const r = p.release;
   const changeList = (key, l) => h("details", {}, h("summary", {}, t(key, { n: l.count })),
     h("ul", { class: "paths" }, l.paths.map((x) => h("li", {}, x))), l.count > l.paths.length ? h("p", {}, "…") : null);
-  main.append(
+  put(main, 
     h("h1", {}, `${channel} ${r.version}`, " ", r.critical ? badge("bad", t("release.critical")) : null),
     h("section", { class: "card" }, h("dl", {},
       h("dt", {}, t("release.date")), h("dd", {}, when(r.date)),
@@ -389,9 +394,9 @@ function rolloutForm(channels) {
 
 async function rolloutsPage(main) {
   const [rollouts, channels] = await Promise.all([api("GET", "/rollouts"), may("rollout") ? api("GET", "/releases") : []]);
-  main.append(h("h1", {}, t("nav.rollouts")));
-  if (may("rollout")) main.append(rolloutForm(channels));
-  main.append(table(["rollout.id", "rollout.release", "rollout.phase", "rollout.by", "rollout.created"],
+  put(main, h("h1", {}, t("nav.rollouts")));
+  if (may("rollout")) put(main, rolloutForm(channels));
+  put(main, table(["rollout.id", "rollout.release", "rollout.phase", "rollout.by", "rollout.created"],
     rollouts.map((r) => h("tr", {},
       h("td", {}, link(`#/rollouts/${encodeURIComponent(r.id)}`, r.id)),
       h("td", {}, `${r.channel} ${r.version}`),
@@ -419,7 +424,7 @@ async function rolloutPage(main, id) {
   button("advance", "rollout", phase.phase === "running" || phase.phase === "paused");
   button("abort", "rollout", open, "danger");
   const resultOf = (store) => results[store];
-  main.append(
+  put(main,
     h("h1", {}, t("rollout.title", { channel: r.channel, version: r.version }), " ", h("span", { id: "phase" }, phaseBadge(phase))),
     phase.phase === "halted" ? h("p", { class: "alert", id: "halted-why" }, t("rollout.halted", { wave: phase.wave + 1 }), " ", phase.why) : null,
     phase.phase === "aborted" ? h("p", { class: "alert" }, t("rollout.abortedby", { by: phase.by })) : null,
@@ -447,7 +452,7 @@ async function rolloutPage(main, id) {
 
 async function auditPage(main) {
   const rows = await api("GET", "/audit?limit=200");
-  main.append(h("h1", {}, t("nav.audit")),
+  put(main, h("h1", {}, t("nav.audit")),
     table(["audit.at", "audit.who", "audit.action", "audit.subject"], rows.map((a) => h("tr", {},
       h("td", {}, when(a.at)), h("td", {}, a.who), h("td", {}, a.action), h("td", {}, a.subject)))));
 }
@@ -481,7 +486,7 @@ async function render() {
     const hash = location.hash || "#/";
     const found = ROUTES.find(([re]) => re.test(hash));
     if (!found) {
-      main.append(h("p", {}, t("notfound")));
+      put(main, h("p", {}, t("notfound")));
     } else {
       const [re, page, show] = found;
       for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("here", a.dataset.page === page);
