@@ -25,6 +25,32 @@ pub struct Plan {
     pub waves: Vec<WaveSpec>,
     /// A second person must approve before the first wave starts.
     pub requires_approval: bool,
+    /// Which of the channel's stores the rollout is for (all by default).
+    #[serde(default)]
+    pub filter: StoreFilter,
+}
+
+/// Which stores a rollout is for, beyond reading its channel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFilter {
+    /// Labels a store must all carry (`region=north`, `model=CP-500`,
+    /// `mall`: whatever IT labelled its stores with).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub labels: BTreeSet<String>,
+    /// Versions a store's tills must all run now, by its newest report
+    /// (none: any); a store that never reported is then left out.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub running: BTreeSet<semver::Version>,
+}
+
+impl StoreFilter {
+    /// Whether a store with `labels`, whose tills run `running`, is chosen.
+    pub fn admits(&self, labels: &BTreeSet<String>, running: &BTreeSet<semver::Version>) -> bool {
+        self.labels.is_subset(labels)
+            && (self.running.is_empty()
+                || (!running.is_empty() && running.is_subset(&self.running)))
+    }
 }
 
 /// One wave.
@@ -361,6 +387,31 @@ mod tests {
     }
 
     /// Pilots 000 and 001, then 50 %, then 100 %.
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn versions(items: &[&str]) -> BTreeSet<semver::Version> {
+        items.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_filter_chooses_stores_by_every_label_and_by_what_all_their_tills_run() {
+        let f = StoreFilter {
+            labels: set(&["region=north", "mall"]),
+            running: versions(&["1.0.0", "1.0.1"]),
+        };
+        let north_mall = set(&["region=north", "mall", "model=CP-500"]);
+        assert!(f.admits(&north_mall, &versions(&["1.0.0"])));
+        assert!(f.admits(&north_mall, &versions(&["1.0.0", "1.0.1"])));
+        // One till on another version, a label missing, or no report yet.
+        assert!(!f.admits(&north_mall, &versions(&["1.0.0", "0.9.0"])));
+        assert!(!f.admits(&set(&["region=north"]), &versions(&["1.0.0"])));
+        assert!(!f.admits(&north_mall, &BTreeSet::new()));
+        // No filter: every store, reported or not.
+        assert!(StoreFilter::default().admits(&BTreeSet::new(), &BTreeSet::new()));
+    }
+
     fn plan(approval: bool) -> Plan {
         Plan {
             waves: vec![
@@ -372,6 +423,7 @@ mod tests {
                 wave("all", WaveStores::Share(100)),
             ],
             requires_approval: approval,
+            filter: StoreFilter::default(),
         }
     }
 

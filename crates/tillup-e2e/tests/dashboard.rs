@@ -82,7 +82,12 @@ impl Page<'_> {
 
     /// Waits until the text of `css` satisfies `want`; on a timeout, says
     /// what the page's message line said.
-    fn wait_text(&self, css: &str, within: Duration, want: impl Fn(&str) -> bool) -> Result<String> {
+    fn wait_text(
+        &self,
+        css: &str,
+        within: Duration,
+        want: impl Fn(&str) -> bool,
+    ) -> Result<String> {
         self.session.wait_text(css, within, want).with_context(|| {
             let flash = self.session.execute(
                 "return `${location.hash}: ${document.getElementById('flash').textContent} | ${document.querySelector('main').innerText.slice(0, 400)}`",
@@ -104,7 +109,8 @@ impl Page<'_> {
             self.session
                 .wait("the sign-in form", WAIT, |s| s.exists("form#signin"))?;
         }
-        self.session.type_into("form#signin input[name=name]", name)?;
+        self.session
+            .type_into("form#signin input[name=name]", name)?;
         self.session
             .type_into("form#signin input[name=password]", PASSWORD)?;
         self.session.click("form#signin button")?;
@@ -157,7 +163,8 @@ fn zip_folder(folder: &Path, to: &Path) -> Result<()> {
                 continue;
             }
             let name = path.strip_prefix(folder)?.to_string_lossy().into_owned();
-            let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path)?.permissions());
+            let mode =
+                std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path)?.permissions());
             zip.start_file(
                 name,
                 zip::write::SimpleFileOptions::default().unix_permissions(mode),
@@ -221,10 +228,8 @@ fn it_runs_a_release_night_from_the_page() -> Result<()> {
         .choose_file("form#publish input[name=zip]", &zip)?;
     page.session
         .type_into("form#publish input[name=version]", "1.1.0")?;
-    page.session.type_into(
-        "form#publish textarea[name=notes_en]",
-        "Faster checkout.",
-    )?;
+    page.session
+        .type_into("form#publish textarea[name=notes_en]", "Faster checkout.")?;
     page.session
         .type_into("form#publish textarea[name=notes_zh]", "结账更快。")?;
     page.session.click("form#publish input[name=held]")?;
@@ -240,7 +245,11 @@ fn it_runs_a_release_night_from_the_page() -> Result<()> {
 
     // Nobody may install it yet: not the simulated stores, not the real one.
     for sim in &sims {
-        ensure!(sim.offered()?.is_none(), "{} is offered 1.1.0 early", sim.id);
+        ensure!(
+            sim.offered()?.is_none(),
+            "{} is offered 1.1.0 early",
+            sim.id
+        );
     }
     let check = store.tillup_json(&["check"])?;
     ensure!(check["status"] == "up_to_date", "{check}");
@@ -260,7 +269,9 @@ fn it_runs_a_release_night_from_the_page() -> Result<()> {
     page.session
         .type_into("form#start-rollout input[name=soak]", "0")?;
     page.session.click("form#start-rollout button")?;
-    page.wait_text("#phase", WAIT, |t| t.contains("running") && t.contains("wave 1"))?;
+    page.wait_text("#phase", WAIT, |t| {
+        t.contains("running") && t.contains("wave 1")
+    })?;
     let waves = |page: &Page, wave: usize| -> Result<Vec<String>> {
         let v = page.session.execute(
             "return [...document.querySelectorAll(`section[data-wave='${arguments[0]}'] tr[data-store]`)].map(r => r.dataset.store);",
@@ -271,14 +282,25 @@ fn it_runs_a_release_night_from_the_page() -> Result<()> {
     let pilots = waves(&page, 0)?;
     ensure!(pilots.len() == 2 && pilots.contains(&real), "{pilots:?}");
     let second = waves(&page, 1)?;
-    ensure!(!second.is_empty() && !second.iter().any(|s| pilots.contains(s)), "{second:?}");
+    ensure!(
+        !second.is_empty() && !second.iter().any(|s| pilots.contains(s)),
+        "{second:?}"
+    );
 
     // The pilots install and report; everyone else is still not offered it.
     for sim in sims.iter_mut() {
         if pilots.contains(&sim.id) {
-            ensure!(sim.check_and_upgrade(4, &Upgrade::Healthy)?.is_some(), "{}", sim.id);
+            ensure!(
+                sim.check_and_upgrade(4, &Upgrade::Healthy)?.is_some(),
+                "{}",
+                sim.id
+            );
         } else {
-            ensure!(sim.offered()?.is_none(), "{} is offered 1.1.0 outside its wave", sim.id);
+            ensure!(
+                sim.offered()?.is_none(),
+                "{} is offered 1.1.0 outside its wave",
+                sim.id
+            );
         }
     }
     let out = store.tillup(&["update"])?;
@@ -310,15 +332,20 @@ fn it_runs_a_release_night_from_the_page() -> Result<()> {
     );
     for sim in &sims {
         if !pilots.contains(&sim.id) {
-            ensure!(sim.offered()?.is_none(), "{} is offered 1.1.0 after the halt", sim.id);
+            ensure!(
+                sim.offered()?.is_none(),
+                "{} is offered 1.1.0 after the halt",
+                sim.id
+            );
         }
     }
 
     // The overview and the real store's page show what happened.
     page.go("#/")?;
-    let chart = page
-        .session
-        .execute("return document.querySelector('svg.chart').textContent", json!([]))?;
+    let chart = page.session.execute(
+        "return document.querySelector('svg.chart').textContent",
+        json!([]),
+    )?;
     let chart = chart.as_str().unwrap_or_default();
     ensure!(
         chart.contains("1.1.0") && chart.contains("1.0.0"),

@@ -226,7 +226,8 @@ async function storesPage(main) {
     table(["store.id", "store.tills", "store.versions", "store.lastcheck", "store.lastreport", "store.lastfailure"],
       fleet.stores.map((s) => h("tr", {},
         h("td", {}, link(`#/stores/${encodeURIComponent(s.id)}`, s.id), " ",
-          s.revoked ? badge("bad", t("store.revoked")) : s.silent ? badge("warn", t("store.silent")) : null),
+          s.revoked ? badge("bad", t("store.revoked")) : s.silent ? badge("warn", t("store.silent")) : null,
+          s.labels.map((l) => [" ", badge("label", l)])),
         h("td", {}, Object.keys(s.terminals).length),
         h("td", {}, [...new Set(Object.values(s.terminals))].join(", ")),
         h("td", {}, when(s.last_check)),
@@ -279,6 +280,7 @@ async function storePage(main, id) {
     h("section", { class: "card" },
       h("dl", {},
         h("dt", {}, t("store.channels")), h("dd", {}, page.channels.join(", ")),
+        h("dt", {}, t("store.labels")), h("dd", {}, page.labels.length ? page.labels.map((l) => [badge("label", l), " "]) : "—"),
         h("dt", {}, t("store.added")), h("dd", {}, when(s.created)),
         h("dt", {}, t("store.lastcheck")), h("dd", {}, when(s.last_check)),
         h("dt", {}, t("store.token")), h("dd", {}, s.revoked ? badge("bad", `${t("store.revoked")} ${when(s.revoked)}`) : badge("ok", t("store.active")))),
@@ -374,6 +376,8 @@ function rolloutForm(channels) {
       h("label", {}, t("start.success"), h("input", { name: "success", type: "number", min: 0, max: 100, value: 95 })),
       h("label", {}, t("start.error"), h("input", { name: "error", type: "number", min: 0, max: 100, value: 0 })),
       h("label", {}, t("start.soak"), h("input", { name: "soak", type: "number", min: 0, value: 60 })),
+      h("label", {}, t("start.labels"), h("input", { name: "labels", placeholder: "region=north mall" })),
+      h("label", {}, t("start.running"), h("input", { name: "running", placeholder: "1.0.0" })),
       h("label", { class: "check" }, h("input", { type: "checkbox", name: "approval" }), t("start.approval"))),
     h("button", { type: "submit" }, t("start.submit")));
   form.addEventListener("submit", async (ev) => {
@@ -386,7 +390,9 @@ function rolloutForm(channels) {
     const waves = [];
     if (pilots.length) waves.push(wave("pilot", { named: pilots }));
     for (const s of String(d.get("shares")).split(/[\s,%]+/).filter(Boolean)) waves.push(wave(`${s}%`, { share: Number(s) }));
-    const out = await act(t("start.title"), () => api("POST", "/rollouts", { channel, version, plan: { waves, requires_approval: !!d.get("approval") } }));
+    const words = (k) => String(d.get(k)).split(/[\s,]+/).filter(Boolean);
+    const filter = { labels: words("labels"), running: words("running") };
+    const out = await act(t("start.title"), () => api("POST", "/rollouts", { channel, version, plan: { waves, requires_approval: !!d.get("approval"), filter } }));
     if (out) location.hash = `#/rollouts/${encodeURIComponent(out.id)}`;
   });
   return form;
@@ -403,6 +409,14 @@ async function rolloutsPage(main) {
       h("td", {}, phaseBadge(r.state.phase)),
       h("td", {}, r.state.created_by),
       h("td", {}, when(r.created))))));
+}
+
+function filterText(f) {
+  const labels = (f && f.labels) || [], running = (f && f.running) || [];
+  const parts = [];
+  if (labels.length) parts.push(t("filter.labels", { labels: labels.join(" ") }));
+  if (running.length) parts.push(t("filter.running", { versions: running.join(", ") }));
+  return parts.length ? parts.join(" · ") : t("filter.all");
 }
 
 async function rolloutPage(main, id) {
@@ -433,6 +447,7 @@ async function rolloutPage(main, id) {
         h("dt", {}, t("rollout.id")), h("dd", {}, r.id),
         h("dt", {}, t("rollout.by")), h("dd", {}, r.state.created_by),
         h("dt", {}, t("rollout.created")), h("dd", {}, when(r.created)),
+        h("dt", {}, t("rollout.filter")), h("dd", {}, filterText(r.plan.filter)),
         phase.since ? [h("dt", {}, t("rollout.since")), h("dd", {}, when(phase.since))] : null),
       h("div", { class: "actions" }, buttons)),
     ...r.plan.waves.map((w, i) => {

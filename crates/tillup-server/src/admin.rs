@@ -278,13 +278,11 @@ async fn release(
         .map_err(|e| AppError::BadRequest(format!("version `{version}`: {e}")))?;
     crate::error::check_id("channel", &channel)?;
     st.blocking(move |st| {
-        crate::catalog::release_page(st.db(), st.storage(), &channel, &version)?.ok_or_else(
-            || {
-                AppError::NotFound(format!(
-                    "release {version} is not published on channel `{channel}`"
-                ))
-            },
-        )
+        crate::catalog::release_page(st.db(), st.storage(), &channel, &version)?.ok_or_else(|| {
+            AppError::NotFound(format!(
+                "release {version} is not published on channel `{channel}`"
+            ))
+        })
     })
     .await
     .map(Json)
@@ -333,9 +331,13 @@ async fn store_action(
         }
         _ => return Err(AppError::NotFound("say rotate or revoke".into())),
     };
-    person
-        .audited(&st, &format!("store.{action}"), &id)
-        .await?;
+    // Named as the command line names them.
+    let audited = if token.is_some() {
+        "store.rotate-token"
+    } else {
+        "store.revoke"
+    };
+    person.audited(&st, audited, &id).await?;
     let mut resp = Json(StoreActed { store: id, token }).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -81,7 +81,11 @@ pub fn release_page(
         .filter(|r| r.version < *version)
         .max_by(|a, b| a.version.cmp(&b.version));
     let changes = match previous {
-        Some(p) => Some(changes(&release_manifest(storage, p)?, &manifest, &p.version)),
+        Some(p) => Some(changes(
+            &release_manifest(storage, p)?,
+            &manifest,
+            &p.version,
+        )),
         None => None,
     };
     let fleet = crate::fleet::overview(db, Timestamp::now(), SignedDuration::MAX)?;
@@ -109,9 +113,8 @@ pub fn release_page(
 
 /// A release's manifest from storage, checked against the hash its log signs.
 pub fn release_manifest(storage: &Storage, release: &Release) -> Result<Manifest, Error> {
-    let manifest = Manifest::parse(&storage.read(&release.sha256)?).map_err(|e| {
-        Error::Corrupt(format!("the manifest of release {}: {e}", release.version))
-    })?;
+    let manifest = Manifest::parse(&storage.read(&release.sha256)?)
+        .map_err(|e| Error::Corrupt(format!("the manifest of release {}: {e}", release.version)))?;
     if manifest.digest() != release.sha256 {
         return Err(Error::Corrupt(format!(
             "the manifest of release {} does not match its hash",

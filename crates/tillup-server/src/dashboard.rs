@@ -15,10 +15,26 @@ pub const ROOT: &str = "/admin/";
 
 /// Each file of the page: its path under [`ROOT`], media type and bytes.
 const FILES: &[(&str, &str, &str)] = &[
-    ("", "text/html; charset=utf-8", include_str!("../dashboard/index.html")),
-    ("app.js", "text/javascript; charset=utf-8", include_str!("../dashboard/app.js")),
-    ("i18n.js", "text/javascript; charset=utf-8", include_str!("../dashboard/i18n.js")),
-    ("style.css", "text/css; charset=utf-8", include_str!("../dashboard/style.css")),
+    (
+        "",
+        "text/html; charset=utf-8",
+        include_str!("../dashboard/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../dashboard/app.js"),
+    ),
+    (
+        "i18n.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../dashboard/i18n.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../dashboard/style.css"),
+    ),
 ];
 
 /// Only the page's own files run, nothing frames it, and nothing it shows
@@ -49,7 +65,10 @@ fn page_file(media: &'static str, body: &'static str) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     // A new server's page is used at once, never a cached old one.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
@@ -88,10 +107,26 @@ mod tests {
         let mut keys = quoted_after(file("app.js"), "t(\"", '"');
         keys.extend(quoted_after(file(""), "data-t=\"", '"'));
         let built = [
-            ("phase", &["awaiting_approval", "running", "paused", "halted", "aborted", "done"][..]),
-            ("outcome", &["upgraded", "restored", "abandoned", "in_progress"]),
+            (
+                "phase",
+                &[
+                    "awaiting_approval",
+                    "running",
+                    "paused",
+                    "halted",
+                    "aborted",
+                    "done",
+                ][..],
+            ),
+            (
+                "outcome",
+                &["upgraded", "restored", "abandoned", "in_progress"],
+            ),
             ("role", &["viewer", "releaser", "admin"]),
-            ("action", &["approve", "pause", "resume", "advance", "abort"]),
+            (
+                "action",
+                &["approve", "pause", "resume", "advance", "abort"],
+            ),
             ("wave", &["passed", "current", "waiting"]),
         ];
         for (prefix, values) in built {

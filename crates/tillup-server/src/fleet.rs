@@ -3,7 +3,7 @@
 //! tills run each version, recent failures, and stores that have not
 //! checked in for a while.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
@@ -44,6 +44,8 @@ pub struct StoreView {
     pub last_check: Option<Timestamp>,
     /// When its token was revoked, if it was.
     pub revoked: Option<Timestamp>,
+    /// Its labels (region, tags, models), which rollouts choose stores by.
+    pub labels: BTreeSet<String>,
     /// It has not checked in for longer than asked (or never did).
     pub silent: bool,
     /// Each terminal's number and the version it runs, as its newest
@@ -67,8 +69,10 @@ pub fn overview(db: &dyn Db, now: Timestamp, silent_after: SignedDuration) -> Re
         failures_day: 0,
         failures_week: 0,
     };
+    let mut labels = db.store_labels()?;
     for store in db.stores()? {
         let mut view = StoreView {
+            labels: labels.remove(&store.id).unwrap_or_default(),
             silent: store.revoked.is_none()
                 && store
                     .last_check
@@ -97,9 +101,10 @@ pub fn overview(db: &dyn Db, now: Timestamp, silent_after: SignedDuration) -> Re
         }
         if let Some((received, newest)) = upgrades.last() {
             view.last_report = Some(*received);
-            for t in &newest.terminals {
-                view.terminals.insert(t.number, runs(t).to_string());
-            }
+            view.terminals = tills(newest)
+                .into_iter()
+                .map(|(n, v)| (n, v.to_string()))
+                .collect();
             view.last_failure = newest
                 .terminals
                 .iter()
@@ -124,6 +129,27 @@ pub fn overview(db: &dyn Db, now: Timestamp, silent_after: SignedDuration) -> Re
     Ok(fleet)
 }
 
+/// The versions store `store`'s tills run, by its newest upgrade report
+/// (none: it never reported one).
+pub fn running(db: &dyn Db, store: &str) -> Result<BTreeSet<semver::Version>, Error> {
+    Ok(db
+        .reports(store)?
+        .iter()
+        .rev()
+        .find_map(|r| r.upgrade())
+        .map(|newest| tills(&newest).into_values().collect())
+        .unwrap_or_default())
+}
+
+/// Each terminal of an upgrade and the version it runs after it.
+fn tills(entry: &HistoryEntry) -> BTreeMap<u32, semver::Version> {
+    entry
+        .terminals
+        .iter()
+        .map(|t| (t.number, runs(t).clone()))
+        .collect()
+}
+
 /// The version a terminal runs after an upgrade it took part in.
 fn runs(t: &HistoryTerminal) -> &semver::Version {
     match t.result {
@@ -142,6 +168,8 @@ pub struct StorePage {
     pub store: crate::db::StoreRow,
     /// The channels its token reads.
     pub channels: Vec<String>,
+    /// Its labels.
+    pub labels: BTreeSet<String>,
     /// Each terminal as the store's reports last mention it.
     pub terminals: Vec<TerminalView>,
     /// Its upgrades with per-till results and timings, newest first.
@@ -200,6 +228,7 @@ pub fn store_page(db: &dyn Db, id: &str) -> Result<Option<StorePage>, Error> {
     history.truncate(STORE_HISTORY);
     Ok(Some(StorePage {
         channels: db.store_channels(id)?,
+        labels: db.store_labels()?.remove(id).unwrap_or_default(),
         store,
         terminals: terminals.into_values().collect(),
         history,

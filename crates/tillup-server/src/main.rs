@@ -252,6 +252,15 @@ enum StoreCommand {
         #[arg(required = true)]
         channels: Vec<String>,
     },
+    /// Set a store's labels, which rollouts choose stores by (`rollout
+    /// start --label`): `region=north`, `model=CP-500`, `mall`, … (none:
+    /// clears them).
+    Label {
+        /// The store's id.
+        store: String,
+        /// Every label it carries (A-Z a-z 0-9 . _ - =).
+        labels: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -283,6 +292,14 @@ enum RolloutCommand {
         /// A second person must approve it before its first wave starts.
         #[arg(long)]
         approval: bool,
+        /// Only stores carrying this label (repeat: all of them), as
+        /// `store label` set them.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Only stores whose tills all run this version now (repeat: any
+        /// of them).
+        #[arg(long = "running")]
+        running: Vec<Version>,
     },
     /// List the rollouts, newest first (JSON).
     List,
@@ -627,6 +644,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("store {store} reads channels: {}", channels.join(", "));
         }
         Command::Store {
+            command: StoreCommand::Label { store, labels },
+        } => {
+            let db = open_db()?;
+            ops::set_store_labels(&*db, &store, &labels)?;
+            audited(
+                &*db,
+                "store.label",
+                &format!("{store}: {}", labels.join(" ")),
+            )?;
+            eprintln!("store {store} is labelled: {}", labels.join(", "));
+        }
+        Command::Store {
             command: StoreCommand::RotateToken { store },
         } => {
             let db = open_db()?;
@@ -744,7 +773,7 @@ fn rollout(
     key: &KeySource,
     command: RolloutCommand,
 ) -> anyhow::Result<()> {
-    use tillup_core::rollout::{Event, Plan, WaveSpec, WaveStores};
+    use tillup_core::rollout::{Event, Plan, StoreFilter, WaveSpec, WaveStores};
     use tillup_server::rollouts;
     let now = Timestamp::now();
     let (id, event, action) = match command {
@@ -757,6 +786,8 @@ fn rollout(
             error_percent,
             soak_minutes,
             approval,
+            labels,
+            running,
         } => {
             let wave = |name: String, stores| WaveSpec {
                 name,
@@ -768,6 +799,10 @@ fn rollout(
             let mut plan = Plan {
                 waves: Vec::new(),
                 requires_approval: approval,
+                filter: StoreFilter {
+                    labels: labels.into_iter().collect(),
+                    running: running.into_iter().collect(),
+                },
             };
             if !pilots.is_empty() {
                 plan.waves.push(wave(

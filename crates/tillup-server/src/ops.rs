@@ -456,6 +456,26 @@ pub fn set_store_channels(db: &dyn Db, id: &str, channels: &[String]) -> Result<
     db.set_store_channels(id, channels)
 }
 
+/// Gives a store exactly `labels` (each a word of `A-Z a-z 0-9 . _ - =`).
+pub fn set_store_labels(db: &dyn Db, id: &str, labels: &[String]) -> Result<(), Error> {
+    check_id("store", id)?;
+    for l in labels {
+        check_label(l)?;
+    }
+    db.set_store_labels(id, &labels.iter().cloned().collect())
+}
+
+/// A label: like an id, and `=` between a name and its value.
+fn check_label(label: &str) -> Result<(), Error> {
+    match label.split_once('=') {
+        Some((name, value)) => {
+            check_id("label", name)?;
+            check_id("label", value)
+        }
+        None => check_id("label", label),
+    }
+}
+
 /// Refuses a store's token from now on (its next request gets 401); its
 /// backups and reports stay. [`rotate_store_token`] lets it in again.
 pub fn revoke_store(db: &dyn Db, id: &str, now: Timestamp) -> Result<(), Error> {

@@ -54,12 +54,23 @@ pub fn start(
             open.id
         )));
     }
-    let eligible: BTreeSet<String> = db
-        .store_access()?
-        .into_iter()
-        .filter(|s| s.channels.iter().any(|c| c == channel))
-        .map(|s| s.store)
-        .collect();
+    let labels = db.store_labels()?;
+    let mut eligible = BTreeSet::new();
+    for store in db.store_access()? {
+        if !store.channels.iter().any(|c| c == channel) {
+            continue;
+        }
+        let running = if plan.filter.running.is_empty() {
+            BTreeSet::new()
+        } else {
+            crate::fleet::running(db, &store.store)?
+        };
+        let none = BTreeSet::new();
+        let labelled = labels.get(&store.store).unwrap_or(&none);
+        if plan.filter.admits(labelled, &running) {
+            eligible.insert(store.store);
+        }
+    }
     let id = format!("r-{}", &crate::ops::new_token()[..12]);
     let row = RolloutRow {
         waves: assign(&plan, &eligible, &id),

@@ -20,6 +20,7 @@ type Case = fn(&Location);
 const CASES: &[(&str, Case)] = &[
     ("stores and tokens", stores_and_tokens),
     ("channels", channels),
+    ("labels", labels),
     ("releases and logs", releases_and_logs),
     (
         "a failed signer leaves nothing",
@@ -185,6 +186,29 @@ fn channels(location: &Location) {
     assert_eq!(db.store_access().unwrap()[0].channels, ["beta", "pilot"]);
     assert!(matches!(
         db.set_store_channels("nope", &["stable".into()]),
+        Err(Error::UnknownStore(_))
+    ));
+}
+
+fn labels(location: &Location) {
+    let db = open(location);
+    db.add_store("north-1", "t1", now()).unwrap();
+    db.add_store("south-1", "t2", now()).unwrap();
+    assert!(db.store_labels().unwrap().is_empty());
+    let set = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect();
+    db.set_store_labels("north-1", &set(&["region=north", "mall"]))
+        .unwrap();
+    db.set_store_labels("south-1", &set(&["region=south"]))
+        .unwrap();
+    db.set_store_labels("south-1", &set(&["region=south", "mall"]))
+        .unwrap();
+    let labels = db.store_labels().unwrap();
+    assert_eq!(labels["north-1"], set(&["mall", "region=north"]));
+    assert_eq!(labels["south-1"], set(&["mall", "region=south"]));
+    db.set_store_labels("north-1", &set(&[])).unwrap();
+    assert!(!db.store_labels().unwrap().contains_key("north-1"));
+    assert!(matches!(
+        db.set_store_labels("nope", &set(&["x"])),
         Err(Error::UnknownStore(_))
     ));
 }
@@ -547,6 +571,7 @@ fn rollouts(location: &Location) {
             soak_secs: 60,
         }],
         requires_approval: false,
+        filter: Default::default(),
     };
     let row = |id: &str, created| RolloutRow {
         id: id.into(),

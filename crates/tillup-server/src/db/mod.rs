@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use semver::Version;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use tillup_core::Sha256Hex;
 use tillup_core::keys::{KeyChain, SignedKeyList};
 use tillup_core::log::Release;
@@ -229,6 +229,13 @@ pub trait Db: Send + Sync + std::fmt::Debug {
 
     /// Assigns the store exactly `channels` (at least one).
     fn set_store_channels(&self, id: &str, channels: &[String]) -> Result<(), Error>;
+
+    /// Every store's labels (region, tags, models: whatever IT names them
+    /// by), which rollouts filter on; a store without any is absent.
+    fn store_labels(&self) -> Result<BTreeMap<String, BTreeSet<String>>, Error>;
+
+    /// Gives the store exactly `labels`.
+    fn set_store_labels(&self, id: &str, labels: &BTreeSet<String>) -> Result<(), Error>;
 
     /// The store whose (unrevoked) token hashes to `token_sha256`.
     fn store_by_token(&self, token_sha256: &str) -> Result<Option<String>, Error>;

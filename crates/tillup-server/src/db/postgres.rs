@@ -6,6 +6,7 @@
 //! database see a new store, a revoked token or a new log within
 //! milliseconds without a query per request.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -84,6 +85,11 @@ CREATE TABLE IF NOT EXISTS store_channels (
     store TEXT NOT NULL,
     channel TEXT NOT NULL,
     PRIMARY KEY (store, channel)
+);
+CREATE TABLE IF NOT EXISTS store_labels (
+    store TEXT NOT NULL,
+    label TEXT NOT NULL,
+    PRIMARY KEY (store, label)
 );
 CREATE TABLE IF NOT EXISTS store_blobs (
     store TEXT NOT NULL,
@@ -527,6 +533,36 @@ impl Db for PgDb {
             &[&id],
         )?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn store_labels(&self) -> Result<BTreeMap<String, BTreeSet<String>>, Error> {
+        let rows = self
+            .conn()?
+            .query("SELECT store, label FROM store_labels", &[])?;
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for r in &rows {
+            out.entry(r.get(0)).or_default().insert(r.get(1));
+        }
+        Ok(out)
+    }
+
+    fn set_store_labels(&self, id: &str, labels: &BTreeSet<String>) -> Result<(), Error> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        let exists = tx
+            .query_opt("SELECT 1 FROM stores WHERE id = $1 FOR UPDATE", &[&id])?
+            .is_some();
+        if !exists {
+            return Err(Error::UnknownStore(id.to_owned()));
+        }
+        tx.execute("DELETE FROM store_labels WHERE store = $1", &[&id])?;
+        let labels: Vec<&String> = labels.iter().collect();
+        tx.execute(
+            "INSERT INTO store_labels (store, label) SELECT $1, l FROM unnest($2::text[]) AS l",
+            &[&id, &labels],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn set_store_channels(&self, id: &str, channels: &[String]) -> Result<(), Error> {

@@ -1,5 +1,6 @@
 //! [`Db`] in one SQLite file (WAL): the embedded default.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -60,6 +61,11 @@ CREATE TABLE IF NOT EXISTS store_channels (
     store TEXT NOT NULL,
     channel TEXT NOT NULL,
     PRIMARY KEY (store, channel)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS store_labels (
+    store TEXT NOT NULL,
+    label TEXT NOT NULL,
+    PRIMARY KEY (store, label)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS store_blobs (
     store TEXT NOT NULL,
@@ -500,6 +506,39 @@ impl Db for SqliteDb {
             .query_map([id], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         Ok(channels)
+    }
+
+    fn store_labels(&self) -> Result<BTreeMap<String, BTreeSet<String>>, Error> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT store, label FROM store_labels")?;
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
+            let (store, label) = row?;
+            out.entry(store).or_default().insert(label);
+        }
+        Ok(out)
+    }
+
+    fn set_store_labels(&self, id: &str, labels: &BTreeSet<String>) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM stores WHERE id = ?1)",
+            [id],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Err(Error::UnknownStore(id.to_owned()));
+        }
+        tx.execute("DELETE FROM store_labels WHERE store = ?1", [id])?;
+        for l in labels {
+            tx.execute(
+                "INSERT INTO store_labels (store, label) VALUES (?1, ?2)",
+                params![id, l],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Assigns the store exactly `channels` (at least one).
