@@ -1,6 +1,7 @@
 //! Staged rollouts by hand, end to end: a release admits stores by id in
 //! the signed log; a store not admitted does not see it, one admitted
-//! installs it at its next check, and admitting none stops new installs.
+//! installs it at its next check, and admitting none stops new installs;
+//! a critical release on its way makes the daemon check sooner.
 //! Real server, listener and agent on loopback.
 
 use std::time::{Duration, Instant};
@@ -41,6 +42,27 @@ fn a_store_outside_the_wave_does_not_install_until_it_is_admitted() -> Result<()
     ensure!(check["status"] == "up_to_date", "{check}");
     let out = store.tillup(&["update"])?;
     ensure!(out.status.success(), "{}", text(&out));
+    store.terminals[&1].wait_running("1.1.0")?;
+
+    // A critical release rolling out elsewhere: ours installs nothing yet,
+    // but its daemon knows to check again within minutes, not hours.
+    store.publish(
+        &ReleaseSpec::new("1.3.0"),
+        &["--critical", "--store", "pilot-1"],
+    )?;
+    let check = store.tillup_json(&["check"])?;
+    ensure!(
+        check["status"] == "up_to_date" && check["critical_on_the_way"] == "1.3.0",
+        "{check}"
+    );
+    let out = store.tillup(&["daemon", "--once"])?;
+    ensure!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .contains(r#"{"outcome":"awaiting_wave","version":"1.3.0"}"#),
+        "{}",
+        text(&out)
+    );
     store.terminals[&1].wait_running("1.1.0")?;
 
     // Every admission is in the audit trail.

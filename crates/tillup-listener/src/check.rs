@@ -66,6 +66,11 @@ pub struct CheckReport {
     /// The newest version some terminal will reach.
     pub target: Option<semver::Version>,
     pub critical: bool,
+    /// A critical release some terminal here would install, which a staged
+    /// rollout has not admitted this store to yet: the daemon checks more
+    /// often until its wave comes (see [`crate::schedule::CRITICAL_CHECK`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub critical_on_the_way: Option<semver::Version>,
     pub comparison: Comparison,
     /// Terminals whose agent did not answer, with why.
     pub unreachable: Vec<(u32, String)>,
@@ -347,6 +352,11 @@ impl Listener {
         // A release a staged rollout has not admitted this store to yet
         // is, for this store, not there (the admission is signed).
         let comparison = compare(&verified.log.for_store(&self.config.store_id), &views);
+        let whole = compare(&verified.log, &views);
+        let critical_on_the_way = whole
+            .update_target()
+            .filter(|_| whole.is_critical() && comparison.update_target().is_none())
+            .cloned();
         let report = CheckReport {
             checked_at: now,
             sequence: verified.log.sequence,
@@ -357,6 +367,7 @@ impl Listener {
             },
             target: comparison.update_target().cloned(),
             critical: comparison.is_critical(),
+            critical_on_the_way,
             comparison,
             unreachable,
             free_bytes: statuses

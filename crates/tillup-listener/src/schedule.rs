@@ -21,6 +21,11 @@ use crate::{Error, Listener};
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum TickOutcome {
     UpToDate,
+    /// Nothing to install yet, but a critical release is rolling out and
+    /// this store's wave has not come: the daemon checks again sooner.
+    AwaitingWave {
+        version: Version,
+    },
     /// Prompt mode: the store manager is asked (the tray app shows it).
     Prompted {
         version: Version,
@@ -73,10 +78,17 @@ pub fn next_check_delay(
     Duration::from_secs(interval_minutes * 60 + jitter)
 }
 
-/// When the daemon checks next: after the usual interval, or, when an
-/// update waits for the maintenance window, as the window opens (plus a
-/// jitter within its first half, so the stores of a chain do not all ask at
-/// the same second), whichever is sooner.
+/// How often a store checks while a critical release rolls out and its
+/// wave has not come (the usual interval, if that is shorter): a critical
+/// release reaches each store within this long of its wave opening.
+pub const CRITICAL_CHECK: Duration = Duration::from_secs(5 * 60);
+
+/// When the daemon checks next: after the usual interval; when an update
+/// waits for the maintenance window, as the window opens (plus a jitter
+/// within its first half, so the stores of a chain do not all ask at the
+/// same second); while a critical release waits for this store's wave,
+/// within [`CRITICAL_CHECK`] (plus a jitter within it); whichever is
+/// sooner.
 pub fn next_wake(
     outcome: Option<&TickOutcome>,
     window: &crate::config::ParsedWindow,
@@ -84,16 +96,42 @@ pub fn next_wake(
     now: Timestamp,
     rng: &mut impl Rng,
 ) -> Duration {
-    if !matches!(outcome, Some(TickOutcome::WaitingForWindow { .. })) {
-        return regular;
+    match outcome {
+        Some(TickOutcome::WaitingForWindow { .. }) => {
+            let half = window.length().as_secs().max(2) as u64 / 2;
+            let opens = window.next_start(now).duration_since(now).as_secs().max(0) as u64;
+            let at_window = Duration::from_secs(opens + rng.random_range(0..half));
+            regular.min(at_window)
+        }
+        Some(TickOutcome::AwaitingWave { .. }) => {
+            let half = CRITICAL_CHECK.as_secs() / 2;
+            regular.min(Duration::from_secs(half + rng.random_range(0..half)))
+        }
+        Some(
+            TickOutcome::UpToDate
+            | TickOutcome::Prompted { .. }
+            | TickOutcome::Snoozed { .. }
+            | TickOutcome::Skipped { .. }
+            | TickOutcome::Upgraded(_),
+        )
+        | None => regular,
     }
-    let half = window.length().as_secs().max(2) as u64 / 2;
-    let opens = window.next_start(now).duration_since(now).as_secs().max(0) as u64;
-    let at_window = Duration::from_secs(opens + rng.random_range(0..half));
-    regular.min(at_window)
 }
 
 impl Listener {
+    /// The delay before the daemon's next tick, after `outcome`: the
+    /// configured interval and jitter, shortened by [`next_wake`].
+    pub fn next_delay(&self, outcome: Option<&TickOutcome>, now: Timestamp) -> Duration {
+        let mut rng = rand::rng();
+        let check = &self.config.check;
+        let regular = next_check_delay(check.interval_minutes, check.jitter_minutes, &mut rng);
+        match self.config.parsed_window() {
+            Ok(window) => next_wake(outcome, &window, regular, now, &mut rng),
+            // Refused when the configuration was loaded; never here.
+            Err(_) => regular,
+        }
+    }
+
     /// One scheduled check, and whatever it leads to.
     pub async fn tick(
         &self,
@@ -118,7 +156,10 @@ impl Listener {
             if local.pending.take().is_some() {
                 local.save(&self.data_dir)?;
             }
-            return Ok(TickOutcome::UpToDate);
+            return Ok(match report.critical_on_the_way {
+                Some(version) => TickOutcome::AwaitingWave { version },
+                None => TickOutcome::UpToDate,
+            });
         };
         let in_window = self
             .config
@@ -347,6 +388,32 @@ mod tests {
         assert_eq!(
             next_wake(Some(&TickOutcome::UpToDate), &window, hour, now, &mut rng),
             hour
+        );
+    }
+
+    #[test]
+    fn a_critical_release_on_the_way_shortens_the_wait_for_its_wave() {
+        let key = tillup_core::sign::generate_keys().unwrap().public_line;
+        let cfg: crate::Config = toml::from_str(&format!(
+            "server = \"http://x\"\npublic_key = \"{key}\"\nstore_id = \"s\"\nstore_token = \"t\"\n"
+        ))
+        .unwrap();
+        let window = cfg.parsed_window().unwrap();
+        let now = Timestamp::UNIX_EPOCH;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let awaiting = TickOutcome::AwaitingWave {
+            version: "1.1.1".parse().unwrap(),
+        };
+        let hour = Duration::from_secs(3600);
+        for _ in 0..100 {
+            let d = next_wake(Some(&awaiting), &window, hour, now, &mut rng);
+            assert!(d >= CRITICAL_CHECK / 2 && d < CRITICAL_CHECK, "{d:?}");
+        }
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            next_wake(Some(&awaiting), &window, minute, now, &mut rng),
+            minute,
+            "a shorter usual interval stays"
         );
     }
 

@@ -15,7 +15,7 @@ use semver::Version;
 use tillup_core::upgrade::{Event as UpgradeEvent, Trigger, Upgrade};
 use tillup_listener::bridge::{self, FromWindow, Page, Request, ToWindow};
 use tillup_listener::local_log::LocalLog;
-use tillup_listener::schedule::{Answer, TickOutcome, next_check_delay, next_wake};
+use tillup_listener::schedule::{Answer, TickOutcome};
 use tillup_listener::view::{Lang, tray_view};
 use tillup_listener::{Error, Listener};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
@@ -258,7 +258,7 @@ impl Resident {
                 self.listener = Rc::new(Listener::new(config).map_err(chain)?);
                 tracing::info!("settings saved to {}", self.config_path.display());
                 // The interval may have changed.
-                self.next_tick = Instant::now() + next_delay(&self.listener, None);
+                self.next_tick = Instant::now() + self.listener.next_delay(None, Timestamp::now());
                 Ok(())
             }
         }
@@ -302,7 +302,8 @@ impl Resident {
             }
         }
         if done.scheduled {
-            self.next_tick = Instant::now() + next_delay(&self.listener, outcome.as_ref());
+            self.next_tick =
+                Instant::now() + self.listener.next_delay(outcome.as_ref(), Timestamp::now());
         }
     }
 }
@@ -446,25 +447,6 @@ async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> 
     match s {
         Some(s) => s.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// The delay before the next scheduled tick, as `tillup daemon` computes it.
-fn next_delay(listener: &Listener, outcome: Option<&TickOutcome>) -> Duration {
-    let regular = next_check_delay(
-        listener.config.check.interval_minutes,
-        listener.config.check.jitter_minutes,
-        &mut rand::rng(),
-    );
-    match listener.config.parsed_window() {
-        Ok(window) => next_wake(
-            outcome,
-            &window,
-            regular,
-            Timestamp::now(),
-            &mut rand::rng(),
-        ),
-        Err(_) => regular,
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jiff::Timestamp;
 use tillup_core::upgrade::Trigger;
-use tillup_listener::schedule::{Answer, TickOutcome, next_check_delay, next_wake};
+use tillup_listener::schedule::{Answer, TickOutcome};
 use tillup_listener::{Config, Listener};
 
 mod render;
@@ -223,54 +223,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => println!("answer recorded: {answer:?}"),
             }
         }
-        Command::Daemon { once } => {
-            let window = listener
-                .config
-                .parsed_window()
-                .map_err(anyhow::Error::msg)?;
-            loop {
-                let mut progress = render::Progress::new(false, listener.transfers.clone());
-                let outcome = match listener.tick(now(), &mut |u, e| progress.on(u, e)).await {
-                    Ok(TickOutcome::Upgraded(outcome)) => {
-                        progress.finish();
-                        render::update(&outcome, false);
-                        None
-                    }
-                    Ok(other) => {
-                        println!("{}", serde_json::to_string(&other)?);
-                        Some(other)
-                    }
-                    Err(e) if !once => {
-                        eprintln!("tillup: {}", tillup_core::error_chain(&e));
-                        None
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                if listener.config.self_channel.is_some() {
-                    match listener.self_update(now(), false).await {
-                        Ok(o) if o.restart => {
-                            render::self_update(&o, false);
-                            let exe = tillup_selfupdate::this_exe()?;
-                            drop(listener);
-                            let e = tillup_selfupdate::restart(&exe);
-                            anyhow::bail!("could not restart on {}: {e}", exe.display());
-                        }
-                        Ok(o) => render::self_update(&o, false),
-                        Err(e) => eprintln!("tillup: {}", tillup_core::error_chain(&e)),
-                    }
+        Command::Daemon { once } => loop {
+            let mut progress = render::Progress::new(false, listener.transfers.clone());
+            let outcome = match listener.tick(now(), &mut |u, e| progress.on(u, e)).await {
+                Ok(TickOutcome::Upgraded(outcome)) => {
+                    progress.finish();
+                    render::update(&outcome, false);
+                    None
                 }
-                if once {
-                    break;
+                Ok(other) => {
+                    println!("{}", serde_json::to_string(&other)?);
+                    Some(other)
                 }
-                let regular = next_check_delay(
-                    listener.config.check.interval_minutes,
-                    listener.config.check.jitter_minutes,
-                    &mut rand::rng(),
-                );
-                let delay = next_wake(outcome.as_ref(), &window, regular, now(), &mut rand::rng());
-                tokio::time::sleep(delay).await;
+                Err(e) if !once => {
+                    eprintln!("tillup: {}", tillup_core::error_chain(&e));
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if listener.config.self_channel.is_some() {
+                match listener.self_update(now(), false).await {
+                    Ok(o) if o.restart => {
+                        render::self_update(&o, false);
+                        let exe = tillup_selfupdate::this_exe()?;
+                        drop(listener);
+                        let e = tillup_selfupdate::restart(&exe);
+                        anyhow::bail!("could not restart on {}: {e}", exe.display());
+                    }
+                    Ok(o) => render::self_update(&o, false),
+                    Err(e) => eprintln!("tillup: {}", tillup_core::error_chain(&e)),
+                }
             }
-        }
+            if once {
+                break;
+            }
+            tokio::time::sleep(listener.next_delay(outcome.as_ref(), now())).await;
+        },
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -21,7 +21,13 @@ pub fn check(r: &CheckReport, as_json: bool) {
         return json(r);
     }
     match &r.target {
-        None => println!("Up to date (version log #{}).", r.sequence),
+        None => match &r.critical_on_the_way {
+            None => println!("Up to date (version log #{}).", r.sequence),
+            Some(v) => println!(
+                "Up to date for now (version log #{}): critical release {v} is rolling out and this store's wave has not come; the daemon checks every few minutes until it does.",
+                r.sequence
+            ),
+        },
         Some(v) => println!(
             "Update available: {v}{} (version log #{}).",
             if r.critical { " — critical" } else { "" },
