@@ -187,3 +187,56 @@ fn a_pilot_that_succeeds_advances_the_rollout_and_one_whose_canary_fails_halts_i
     );
     Ok(())
 }
+
+#[test]
+fn a_rollout_takes_only_the_stores_its_labels_choose() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = tillup_e2e::Server::start(&dir.path().join("server"))?;
+    for (store, labels) in [
+        ("north-1", &["region=north", "mall"][..]),
+        ("north-2", &["region=north"]),
+        ("north-3", &["region=north", "mall"]),
+        ("south-1", &["region=south", "mall"]),
+    ] {
+        server.add_store(store)?;
+        let mut args = vec!["store", "label", store];
+        args.extend(labels);
+        server.cli(&args)?;
+    }
+    // A label nobody can type in a filter is refused with the rule.
+    let bad = server.cli(&["store", "label", "north-1", "region north"]);
+    ensure!(
+        bad.as_ref().is_err_and(|e| e.to_string().contains("A-Z")),
+        "{bad:?}"
+    );
+    let release = dir.path().join("1.1.0");
+    tillup_e2e::build_release(&release, &ReleaseSpec::new("1.1.0"))?;
+    server.publish(&release, "1.1.0", &["--store", "nobody-yet"])?;
+
+    // Pilots outside the filter are dropped too; the shares split the rest.
+    let started: serde_json::Value = serde_json::from_str(&server.cli(&[
+        "rollout",
+        "start",
+        "--version",
+        "1.1.0",
+        "--pilot",
+        "north-1",
+        "--pilot",
+        "south-1",
+        "--wave",
+        "100",
+        "--label",
+        "region=north",
+        "--label",
+        "mall",
+    ])?)?;
+    ensure!(
+        started["waves"] == serde_json::json!([["north-1"], ["north-3"]]),
+        "{started}"
+    );
+    ensure!(
+        server.cli(&["audit"])?.contains("store.label"),
+        "labelling is audited"
+    );
+    Ok(())
+}
