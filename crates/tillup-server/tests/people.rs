@@ -513,3 +513,59 @@ async fn the_fleet_overview_counts_versions_failures_and_silent_stores() {
     let resp = call(&env, Method::GET, "/v1/admin/fleet", &[], Body::empty()).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn an_admin_token_acts_as_its_person_without_csrf_until_the_person_is_disabled() {
+    let env = env();
+    let now = jiff::Timestamp::now();
+    let viewer = format!(
+        "Bearer {}",
+        people::issue_token(env.state.db(), "ana", 30, now).unwrap()
+    );
+    let releaser = format!(
+        "Bearer {}",
+        people::issue_token(env.state.db(), "rui", 30, now).unwrap()
+    );
+
+    let me = call(&env, Method::GET, r::ME, &[("authorization", &viewer)], "").await;
+    assert_eq!(me.status(), StatusCode::OK);
+    let me = json(me).await;
+    assert_eq!(me["name"], "ana");
+    assert!(
+        !me["may"].as_array().unwrap().iter().any(|a| a == "publish"),
+        "{me}"
+    );
+
+    // No CSRF token: a bearer token is never sent by a browser on its own.
+    let as_viewer = call(
+        &env,
+        Method::POST,
+        PUBLISH,
+        &[("authorization", &viewer)],
+        release_zip("v1"),
+    )
+    .await;
+    assert_eq!(as_viewer.status(), StatusCode::FORBIDDEN);
+    let as_releaser = call(
+        &env,
+        Method::POST,
+        PUBLISH,
+        &[("authorization", &releaser)],
+        release_zip("v1"),
+    )
+    .await;
+    assert_eq!(as_releaser.status(), StatusCode::OK);
+
+    // Disabled: the token is refused like a lost session; no token for them.
+    env.state.db().disable_person("rui", now).unwrap();
+    let after = call(
+        &env,
+        Method::GET,
+        r::ME,
+        &[("authorization", &releaser)],
+        "",
+    )
+    .await;
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+    assert!(people::issue_token(env.state.db(), "rui", 30, now).is_err());
+}
