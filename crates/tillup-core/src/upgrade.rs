@@ -217,6 +217,7 @@ pub struct Upgrade {
     pub id: String,
     pub channel: String,
     pub started: Timestamp,
+    /// When every terminal had finished (before the report is sent).
     pub finished: Option<Timestamp>,
     pub trigger: Trigger,
     pub phase: Phase,
@@ -745,7 +746,9 @@ impl Upgrade {
                 Phase::Reporting if self.reported => Phase::Done,
                 p => p,
             };
-            if self.phase == Phase::Done {
+            // Finished once every terminal is: the report that follows
+            // carries when, so head office sees how long the store took.
+            if matches!(self.phase, Phase::Reporting | Phase::Done) {
                 self.finished.get_or_insert(now);
             }
             if self.phase == before {
@@ -1034,6 +1037,23 @@ mod tests {
         let u = done(new(&[1]), Effect::Stop(1));
         let again = done(u.clone(), Effect::Stop(1));
         assert_eq!(u, again);
+    }
+
+    #[test]
+    fn the_report_says_when_the_upgrade_finished() {
+        let mut u = new(&[1]);
+        while !u.wanted().contains(&Effect::SendReport) {
+            let e = u
+                .wanted()
+                .into_iter()
+                .next()
+                .expect("settles at the report");
+            u = done(u, e);
+        }
+        let finished = u.finished.expect("finished before its report is sent");
+        assert!(finished >= u.started);
+        let report = crate::report::HistoryEntry::of(&u, vec![]);
+        assert_eq!(report.finished, Some(finished));
     }
 
     #[test]

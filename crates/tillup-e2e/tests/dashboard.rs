@@ -188,6 +188,7 @@ fn it_runs_a_release_night_from_the_page() -> Result<()> {
     let mut sims = (1..=6)
         .map(|i| SimStore::add(server, &format!("shop-{i:02}"), "1.0.0"))
         .collect::<Result<Vec<_>>>()?;
+    server.cli(&["store", "label", &real, "region=north", "mall"])?;
     for (name, role) in [("vic", "viewer"), ("rui", "releaser"), ("ada", "admin")] {
         server.add_person(name, role, PASSWORD)?;
     }
@@ -355,7 +356,9 @@ fn it_runs_a_release_night_from_the_page() -> Result<()> {
     page.go(&format!("#/stores/{real}"))?;
     let store_page = page.text("main")?;
     ensure!(
-        store_page.contains("1.0.0 → 1.1.0") && store_page.contains("upgraded"),
+        store_page.contains("1.0.0 → 1.1.0")
+            && store_page.contains("upgraded")
+            && store_page.contains("region=north"),
         "the store page: {store_page}"
     );
     page.shot("store")?;

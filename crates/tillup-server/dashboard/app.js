@@ -38,7 +38,7 @@ function h(tag, attrs, ...children) {
     if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -47,7 +47,7 @@ function h(tag, attrs, ...children) {
 
 // Appends the children that are there (a missing one is null).
 function put(parent, ...children) {
-  parent.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  parent.append(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
 }
 
 function table(headers, rows, attrs) {
