@@ -45,6 +45,9 @@ pub struct HistoryTerminal {
     /// When it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_at: Option<Timestamp>,
+    /// Its model, as its agent reports it (the listener fills it in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// One upgrade in the history.
@@ -89,6 +92,7 @@ impl HistoryEntry {
                     _ => format!("{}: {}", f.during, f.message),
                 }),
                 failed_at: t.failure.as_ref().map(|f| f.at),
+                model: None,
             })
             .collect();
         HistoryEntry {
@@ -162,6 +166,7 @@ mod tests {
             stopped_ms: None,
             failure: failure.map(str::to_owned),
             failed_at: None,
+            model: None,
         }
     }
 

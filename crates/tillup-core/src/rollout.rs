@@ -34,22 +34,43 @@ pub struct Plan {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFilter {
-    /// Labels a store must all carry (`region=north`, `model=CP-500`,
-    /// `mall`: whatever IT labelled its stores with).
+    /// Labels a store must all carry (`region=north`, `mall`: whatever IT
+    /// labelled its stores with).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub labels: BTreeSet<String>,
     /// Versions a store's tills must all run now, by its newest report
     /// (none: any); a store that never reported is then left out.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub running: BTreeSet<semver::Version>,
+    /// Terminal models a store must have at least one till of, by its
+    /// newest report (none: any); a store that never reported is then left
+    /// out.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub models: BTreeSet<String>,
+}
+
+/// What head office knows of a store, for a [`StoreFilter`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreFacts {
+    pub labels: BTreeSet<String>,
+    /// The versions its tills run, by its newest upgrade report.
+    pub running: BTreeSet<semver::Version>,
+    /// Its tills' models, by the same report.
+    pub models: BTreeSet<String>,
 }
 
 impl StoreFilter {
-    /// Whether a store with `labels`, whose tills run `running`, is chosen.
-    pub fn admits(&self, labels: &BTreeSet<String>, running: &BTreeSet<semver::Version>) -> bool {
-        self.labels.is_subset(labels)
+    /// Whether the store `facts` describe is chosen.
+    pub fn admits(&self, facts: &StoreFacts) -> bool {
+        self.labels.is_subset(&facts.labels)
             && (self.running.is_empty()
-                || (!running.is_empty() && running.is_subset(&self.running)))
+                || (!facts.running.is_empty() && facts.running.is_subset(&self.running)))
+            && (self.models.is_empty() || !self.models.is_disjoint(&facts.models))
+    }
+
+    /// Whether choosing a store needs its reports (versions or models).
+    pub fn needs_reports(&self) -> bool {
+        !self.running.is_empty() || !self.models.is_empty()
     }
 }
 
@@ -395,21 +416,38 @@ mod tests {
         items.iter().map(|s| s.parse().unwrap()).collect()
     }
 
+    fn facts(labels: &[&str], running: &[&str], models: &[&str]) -> StoreFacts {
+        StoreFacts {
+            labels: set(labels),
+            running: versions(running),
+            models: set(models),
+        }
+    }
+
     #[test]
-    fn a_filter_chooses_stores_by_every_label_and_by_what_all_their_tills_run() {
+    fn a_filter_chooses_stores_by_every_label_what_all_their_tills_run_and_a_model() {
         let f = StoreFilter {
             labels: set(&["region=north", "mall"]),
             running: versions(&["1.0.0", "1.0.1"]),
+            models: set(&["CP-500", "CP-700"]),
         };
-        let north_mall = set(&["region=north", "mall", "model=CP-500"]);
-        assert!(f.admits(&north_mall, &versions(&["1.0.0"])));
-        assert!(f.admits(&north_mall, &versions(&["1.0.0", "1.0.1"])));
-        // One till on another version, a label missing, or no report yet.
-        assert!(!f.admits(&north_mall, &versions(&["1.0.0", "0.9.0"])));
-        assert!(!f.admits(&set(&["region=north"]), &versions(&["1.0.0"])));
-        assert!(!f.admits(&north_mall, &BTreeSet::new()));
+        let north_mall = &["region=north", "mall", "flagship"][..];
+        assert!(f.admits(&facts(north_mall, &["1.0.0"], &["CP-500"])));
+        assert!(f.admits(&facts(
+            north_mall,
+            &["1.0.0", "1.0.1"],
+            &["CP-700", "OLD-1"]
+        )));
+        // One till on another version, a label missing, no till of the
+        // models, or no report yet.
+        assert!(!f.admits(&facts(north_mall, &["1.0.0", "0.9.0"], &["CP-500"])));
+        assert!(!f.admits(&facts(&["region=north"], &["1.0.0"], &["CP-500"])));
+        assert!(!f.admits(&facts(north_mall, &["1.0.0"], &["OLD-1"])));
+        assert!(!f.admits(&facts(north_mall, &[], &[])));
+        assert!(f.needs_reports());
         // No filter: every store, reported or not.
-        assert!(StoreFilter::default().admits(&BTreeSet::new(), &BTreeSet::new()));
+        assert!(StoreFilter::default().admits(&StoreFacts::default()));
+        assert!(!StoreFilter::default().needs_reports());
     }
 
     fn plan(approval: bool) -> Plan {

@@ -103,6 +103,7 @@ impl SimStore {
             stopped_ms: Some(4_000 + i64::from(number) * 150),
             failure,
             failed_at: None,
+            model: Some("CP-500".to_owned()),
         };
         let (terminals, halted) = match how {
             Upgrade::Healthy => (

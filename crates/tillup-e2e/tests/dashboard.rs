@@ -358,7 +358,8 @@ fn it_runs_a_release_night_from_the_page() -> Result<()> {
     ensure!(
         store_page.contains("1.0.0 → 1.1.0")
             && store_page.contains("upgraded")
-            && store_page.contains("region=north"),
+            && store_page.contains("region=north")
+            && store_page.contains(&store.terminals[&1].model),
         "the store page: {store_page}"
     );
     page.shot("store")?;

@@ -156,6 +156,40 @@ fn a_pilot_that_succeeds_advances_the_rollout_and_one_whose_canary_fails_halts_i
     store.server.cli(&["rollout", "advance", &id])?;
     wait_phase(&store, &id, "done", None)?;
 
+    // Our store reported its till's model and version: a filter on them
+    // takes it (and not the stores that never reported), or leaves it out.
+    let model = store.terminals[&1].model.clone();
+    for (filter_model, running, waves) in [
+        (
+            model.as_str(),
+            "1.1.0",
+            serde_json::json!([[&store.store_id], []]),
+        ),
+        ("NO-SUCH-MODEL", "1.1.0", serde_json::json!([[], []])),
+        (model.as_str(), "1.0.0", serde_json::json!([[], []])),
+    ] {
+        let started: serde_json::Value = serde_json::from_str(&store.server.cli(&[
+            "rollout",
+            "start",
+            "--version",
+            "1.1.0",
+            "--pilot",
+            &store.store_id,
+            "--wave",
+            "100",
+            "--model",
+            filter_model,
+            "--running",
+            running,
+        ])?)?;
+        ensure!(
+            started["waves"] == waves,
+            "{filter_model} {running}: {started}"
+        );
+        let id = started["id"].as_str().unwrap_or_default();
+        store.server.cli(&["rollout", "abort", id])?;
+    }
+
     // 1.2.0 fails its health check on our canary: the rollout halts, says
     // where and why, and the next wave is never admitted.
     let mut broken = ReleaseSpec::new("1.2.0");

@@ -521,6 +521,7 @@ token = "c"
                 stopped_ms: Some(300),
                 failure: Some("health: no answer".into()),
                 failed_at: None,
+                model: None,
             }],
             left_out: vec![],
             halted: None,

@@ -269,6 +269,7 @@ mod tests {
                     stopped_ms: None,
                     failure: None,
                     failed_at: None,
+                    model: None,
                 })
                 .collect(),
             left_out: vec![],

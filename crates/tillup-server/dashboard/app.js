@@ -261,6 +261,7 @@ async function storePage(main, id) {
   }
   const terminalRow = (x) => h("tr", {},
     h("td", {}, x.number),
+    h("td", {}, x.model || "—"),
     h("td", {}, x.version),
     h("td", {}, outcomeBadge(x.state), x.failure ? h("div", { class: "why" }, x.failure) : null),
     h("td", {}, when(x.last_report)),
@@ -286,7 +287,7 @@ async function storePage(main, id) {
         h("dt", {}, t("store.token")), h("dd", {}, s.revoked ? badge("bad", `${t("store.revoked")} ${when(s.revoked)}`) : badge("ok", t("store.active")))),
       actions),
     h("section", { class: "card" }, h("h2", {}, t("store.terminals")),
-      table(["term.number", "term.version", "term.state", "term.lastreport", "term.notices"], page.terminals.map(terminalRow))),
+      table(["term.number", "term.model", "term.version", "term.state", "term.lastreport", "term.notices"], page.terminals.map(terminalRow))),
     h("section", { class: "card" }, h("h2", {}, t("store.history")),
       table(["hist.started", "hist.took", "hist.trigger", "hist.tills"], page.history.map(historyRow))));
 }
@@ -378,6 +379,7 @@ function rolloutForm(channels) {
       h("label", {}, t("start.soak"), h("input", { name: "soak", type: "number", min: 0, value: 60 })),
       h("label", {}, t("start.labels"), h("input", { name: "labels", placeholder: "region=north mall" })),
       h("label", {}, t("start.running"), h("input", { name: "running", placeholder: "1.0.0" })),
+      h("label", {}, t("start.models"), h("input", { name: "models", placeholder: "CP-500" })),
       h("label", { class: "check" }, h("input", { type: "checkbox", name: "approval" }), t("start.approval"))),
     h("button", { type: "submit" }, t("start.submit")));
   form.addEventListener("submit", async (ev) => {
@@ -391,7 +393,7 @@ function rolloutForm(channels) {
     if (pilots.length) waves.push(wave("pilot", { named: pilots }));
     for (const s of String(d.get("shares")).split(/[\s,%]+/).filter(Boolean)) waves.push(wave(`${s}%`, { share: Number(s) }));
     const words = (k) => String(d.get(k)).split(/[\s,]+/).filter(Boolean);
-    const filter = { labels: words("labels"), running: words("running") };
+    const filter = { labels: words("labels"), running: words("running"), models: words("models") };
     const out = await act(t("start.title"), () => api("POST", "/rollouts", { channel, version, plan: { waves, requires_approval: !!d.get("approval"), filter } }));
     if (out) location.hash = `#/rollouts/${encodeURIComponent(out.id)}`;
   });
@@ -412,10 +414,11 @@ async function rolloutsPage(main) {
 }
 
 function filterText(f) {
-  const labels = (f && f.labels) || [], running = (f && f.running) || [];
+  const labels = (f && f.labels) || [], running = (f && f.running) || [], models = (f && f.models) || [];
   const parts = [];
   if (labels.length) parts.push(t("filter.labels", { labels: labels.join(" ") }));
   if (running.length) parts.push(t("filter.running", { versions: running.join(", ") }));
+  if (models.length) parts.push(t("filter.models", { models: models.join(", ") }));
   return parts.length ? parts.join(" · ") : t("filter.all");
 }
 

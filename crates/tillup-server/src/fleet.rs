@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use tillup_core::report::{HistoryEntry, HistoryTerminal, Outcome};
+use tillup_core::rollout::StoreFacts;
 
 use crate::db::Db;
 use crate::error::Error;
@@ -129,16 +130,17 @@ pub fn overview(db: &dyn Db, now: Timestamp, silent_after: SignedDuration) -> Re
     Ok(fleet)
 }
 
-/// The versions store `store`'s tills run, by its newest upgrade report
-/// (none: it never reported one).
-pub fn running(db: &dyn Db, store: &str) -> Result<BTreeSet<semver::Version>, Error> {
-    Ok(db
-        .reports(store)?
-        .iter()
-        .rev()
-        .find_map(|r| r.upgrade())
-        .map(|newest| tills(&newest).into_values().collect())
-        .unwrap_or_default())
+/// What a rollout's filter asks of store `store`: its `labels`, and the
+/// versions and models of its tills by its newest upgrade report (none: it
+/// never reported one).
+pub fn facts(db: &dyn Db, store: &str, labels: BTreeSet<String>) -> Result<StoreFacts, Error> {
+    let newest = db.reports(store)?.iter().rev().find_map(|r| r.upgrade());
+    let terminals = newest.map(|n| n.terminals).unwrap_or_default();
+    Ok(StoreFacts {
+        labels,
+        running: terminals.iter().map(|t| runs(t).clone()).collect(),
+        models: terminals.iter().filter_map(|t| t.model.clone()).collect(),
+    })
 }
 
 /// Each terminal of an upgrade and the version it runs after it.
@@ -181,6 +183,8 @@ pub struct StorePage {
 pub struct TerminalView {
     /// Its number.
     pub number: u32,
+    /// Its model, if its store's listener reported it.
+    pub model: Option<String>,
     /// The version it runs.
     pub version: semver::Version,
     /// How its last upgrade ended for it.
@@ -214,6 +218,7 @@ pub fn store_page(db: &dyn Db, id: &str) -> Result<Option<StorePage>, Error> {
                 t.number,
                 TerminalView {
                     number: t.number,
+                    model: t.model.clone(),
                     version: runs(t).clone(),
                     state: t.result,
                     failure: t.failure.clone(),

@@ -300,6 +300,10 @@ enum RolloutCommand {
         /// of them).
         #[arg(long = "running")]
         running: Vec<Version>,
+        /// Only stores with a till of this model (repeat: any of them), by
+        /// their newest report.
+        #[arg(long = "model")]
+        models: Vec<String>,
     },
     /// List the rollouts, newest first (JSON).
     List,
@@ -788,6 +792,7 @@ fn rollout(
             approval,
             labels,
             running,
+            models,
         } => {
             let wave = |name: String, stores| WaveSpec {
                 name,
@@ -802,6 +807,7 @@ fn rollout(
                 filter: StoreFilter {
                     labels: labels.into_iter().collect(),
                     running: running.into_iter().collect(),
+                    models: models.into_iter().collect(),
                 },
             };
             if !pilots.is_empty() {

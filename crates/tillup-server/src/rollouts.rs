@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::{SignedDuration, Timestamp};
 use semver::Version;
 use tillup_core::report::StoreOutcome;
-use tillup_core::rollout::{Event, Phase, Plan, Rollout, RolloutError, StoreResult, assign};
+use tillup_core::rollout::{
+    Event, Phase, Plan, Rollout, RolloutError, StoreFacts, StoreResult, assign,
+};
 
 use crate::data::KeySource;
 use crate::db::{Db, RolloutRow};
@@ -60,14 +62,16 @@ pub fn start(
         if !store.channels.iter().any(|c| c == channel) {
             continue;
         }
-        let running = if plan.filter.running.is_empty() {
-            BTreeSet::new()
+        let labelled = labels.get(&store.store).cloned().unwrap_or_default();
+        let facts = if plan.filter.needs_reports() {
+            crate::fleet::facts(db, &store.store, labelled)?
         } else {
-            crate::fleet::running(db, &store.store)?
+            StoreFacts {
+                labels: labelled,
+                ..StoreFacts::default()
+            }
         };
-        let none = BTreeSet::new();
-        let labelled = labels.get(&store.store).unwrap_or(&none);
-        if plan.filter.admits(labelled, &running) {
+        if plan.filter.admits(&facts) {
             eligible.insert(store.store);
         }
     }

@@ -245,11 +245,11 @@ impl Listener {
                 self.agent(*n)?.rollback(&run.from).await?;
             }
             Effect::SendReport => {
-                let mut report = self.report_json(u, &ctx.left_out);
+                let mut local = LocalLog::load(&self.data_dir)?;
+                let mut report = self.report_json(u, &ctx.left_out, &local);
                 report["agent_notices"] = self.agent_notices(u).await;
                 if ctx.offline {
                     // Sent by the first check that reaches the server.
-                    let mut local = LocalLog::load(&self.data_dir)?;
                     local.queue_report(report);
                     local.save(&self.data_dir)?;
                     tracing::info!("upgraded from a bundle: the report waits for the server");

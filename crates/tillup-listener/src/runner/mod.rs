@@ -432,10 +432,10 @@ impl Listener {
             })
             .collect();
         let mut local = LocalLog::load(&self.data_dir)?;
-        local.record_upgrade(entry.clone(), &installed);
         if !u.reported {
-            local.queue_report(self.report_json(u, &ctx.left_out));
+            local.queue_report(self.report_json(u, &ctx.left_out, &local));
         }
+        local.record_upgrade(entry.clone(), &installed);
         local.save(&self.data_dir)?;
         if let Err(e) = self.prune(u, ctx) {
             tracing::warn!("could not free disk space after the upgrade: {e}");
@@ -556,12 +556,23 @@ impl Listener {
         out.into()
     }
 
-    fn report_json(&self, u: &Upgrade, left_out: &[(u32, String)]) -> serde_json::Value {
+    /// The upgrade's report for head office, with each till's model as
+    /// the local log knows it.
+    fn report_json(
+        &self,
+        u: &Upgrade,
+        left_out: &[(u32, String)],
+        local: &LocalLog,
+    ) -> serde_json::Value {
+        let mut entry = HistoryEntry::of(u, left_out.to_vec());
+        for t in &mut entry.terminals {
+            t.model = local.terminals.get(&t.number).map(|r| r.model.clone());
+        }
         serde_json::json!({
             "id": u.id,
             "kind": "upgrade",
             "store": self.config.store_id,
-            "upgrade": HistoryEntry::of(u, left_out.to_vec()),
+            "upgrade": entry,
             "failure": u.failure,
         })
     }
