@@ -129,6 +129,9 @@ pub mod admin {
     /// `POST`: `rotate` its token (the new one is in the answer, once) or
     /// `revoke` it (admins).
     pub const STORE_ACTION: &str = "/v1/admin/stores/{id}/{action}";
+    /// `PUT` [`StoreLabels`]: replaces a store's labels, which rollouts
+    /// choose stores by (admins).
+    pub const STORE_LABELS: &str = "/v1/admin/stores/{id}/labels";
     /// `GET`: every rollout, newest first; `POST` [`StartRollout`]:
     /// starts one (releasers).
     pub const ROLLOUTS: &str = "/v1/admin/rollouts";
@@ -144,6 +147,12 @@ pub mod admin {
         pub channel: String,
         pub version: semver::Version,
         pub plan: crate::rollout::Plan,
+    }
+    /// A store's labels, all of them.
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct StoreLabels {
+        pub labels: Vec<String>,
     }
     /// The session cookie's name.
     pub const SESSION_COOKIE: &str = "tillup_session";

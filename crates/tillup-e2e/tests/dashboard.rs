@@ -371,12 +371,26 @@ fn it_runs_a_release_night_from_the_page() -> Result<()> {
     page.session.click("#rotate")?;
     page.session.accept_dialog()?;
     page.wait_text("#newtoken", WAIT, |t| t.len() == 64)?;
+    // …and labels it, which the next rollouts can choose it by.
+    page.session
+        .type_into("#labels input", "region=south  mall")?;
+    page.session.click("#labels button")?;
+    page.wait_text("#flash", WAIT, |t| t.contains("Save labels"))?;
+    let labelled = page.session.execute(
+        "return document.querySelector('#labels input').value",
+        json!([]),
+    )?;
+    ensure!(
+        labelled == "mall region=south",
+        "the labels after saving: {labelled}"
+    );
     page.go("#/audit")?;
     let audit = page.text("main")?;
     for (who, what) in [
         ("rui", "publish"),
         ("rui", "rollout.start"),
         ("ada", "store.rotate"),
+        ("ada", "store.label"),
     ] {
         ensure!(
             audit.lines().any(|l| l.contains(who) && l.contains(what)),

@@ -281,7 +281,8 @@ async function storePage(main, id) {
     h("section", { class: "card" },
       h("dl", {},
         h("dt", {}, t("store.channels")), h("dd", {}, page.channels.join(", ")),
-        h("dt", {}, t("store.labels")), h("dd", {}, page.labels.length ? page.labels.map((l) => [badge("label", l), " "]) : "—"),
+        h("dt", {}, t("store.labels")), h("dd", {}, may("manage_stores") ? labelsForm(id, page.labels)
+          : page.labels.length ? page.labels.map((l) => [badge("label", l), " "]) : "—"),
         h("dt", {}, t("store.added")), h("dd", {}, when(s.created)),
         h("dt", {}, t("store.lastcheck")), h("dd", {}, when(s.last_check)),
         h("dt", {}, t("store.token")), h("dd", {}, s.revoked ? badge("bad", `${t("store.revoked")} ${when(s.revoked)}`) : badge("ok", t("store.active")))),
@@ -290,6 +291,19 @@ async function storePage(main, id) {
       table(["term.number", "term.model", "term.version", "term.state", "term.lastreport", "term.notices"], page.terminals.map(terminalRow))),
     h("section", { class: "card" }, h("h2", {}, t("store.history")),
       table(["hist.started", "hist.took", "hist.trigger", "hist.tills"], page.history.map(historyRow))));
+}
+
+// An admin's form for a store's labels: every label, space-separated.
+function labelsForm(id, labels) {
+  const form = h("form", { id: "labels", class: "inline" },
+    h("input", { name: "labels", value: labels.join(" "), placeholder: "region=north mall", "aria-label": t("store.labels") }),
+    h("button", { type: "submit" }, t("store.savelabels")));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const words = String(new FormData(form).get("labels")).split(/[\s,]+/).filter(Boolean);
+    if (await act(t("store.savelabels"), () => api("PUT", `/stores/${path(id)}/labels`, { labels: words })) !== undefined) render();
+  });
+  return form;
 }
 
 function publishForm(channels) {

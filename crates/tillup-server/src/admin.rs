@@ -40,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         .route(r::RELEASE, get(release))
         .route(r::STORE, get(store))
         .route(r::STORE_ACTION, axum::routing::post(store_action))
+        .route(r::STORE_LABELS, axum::routing::put(store_labels))
         .route(r::ROLLOUTS, get(rollouts).post(start_rollout))
         .route(r::ROLLOUT, get(rollout))
         .route(r::ROLLOUT_ACTION, axum::routing::post(rollout_action))
@@ -342,6 +343,23 @@ async fn store_action(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
+}
+
+/// `PUT` [`r::STORE_LABELS`]: the store's labels become `body`'s.
+async fn store_labels(
+    State(st): State<AppState>,
+    person: Person,
+    Path(id): Path<String>,
+    Json(body): Json<tillup_core::api::admin::StoreLabels>,
+) -> Result<Json<tillup_core::api::admin::StoreLabels>, AppError> {
+    person.may(Action::ManageStores)?;
+    let (store, labels) = (id.clone(), body.labels.clone());
+    st.blocking(move |st| crate::ops::set_store_labels(st.db(), &store, &labels))
+        .await?;
+    // Named as the command line names it.
+    let subject = format!("{id}: {}", body.labels.join(" "));
+    person.audited(&st, "store.label", &subject).await?;
+    Ok(Json(body))
 }
 
 /// What `POST` [`r::RELEASES`] published.

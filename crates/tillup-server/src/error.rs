@@ -193,6 +193,17 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// More labels than a store carries.
+    #[error(
+        "{count} labels for store `{store}`: at most {max}; one label can carry a value (region=north)",
+        max = crate::ops::MAX_LABELS
+    )]
+    TooManyLabels {
+        /// The store.
+        store: String,
+        /// How many labels were given.
+        count: usize,
+    },
     /// A store was left without a channel to read.
     #[error("store `{0}` must read at least one channel (e.g. stable)")]
     NoChannel(String),

@@ -233,7 +233,9 @@ pub enum AppError {
 impl From<Error> for AppError {
     fn from(e: Error) -> Self {
         match e {
-            Error::BadId { .. } => AppError::BadRequest(e.to_string()),
+            Error::BadId { .. } | Error::TooManyLabels { .. } => {
+                AppError::BadRequest(e.to_string())
+            }
             Error::NothingPublished(_) | Error::UnknownStore(_) | Error::NotInLog { .. } => {
                 AppError::NotFound(e.to_string())
             }

@@ -459,11 +459,20 @@ pub fn set_store_channels(db: &dyn Db, id: &str, channels: &[String]) -> Result<
 /// Gives a store exactly `labels` (each a word of `A-Z a-z 0-9 . _ - =`).
 pub fn set_store_labels(db: &dyn Db, id: &str, labels: &[String]) -> Result<(), Error> {
     check_id("store", id)?;
+    if labels.len() > MAX_LABELS {
+        return Err(Error::TooManyLabels {
+            store: id.to_owned(),
+            count: labels.len(),
+        });
+    }
     for l in labels {
         check_label(l)?;
     }
     db.set_store_labels(id, &labels.iter().cloned().collect())
 }
+
+/// The most labels a store carries.
+pub const MAX_LABELS: usize = 32;
 
 /// A label: like an id, and `=` between a name and its value.
 fn check_label(label: &str) -> Result<(), Error> {

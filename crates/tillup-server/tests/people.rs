@@ -569,3 +569,56 @@ async fn an_admin_token_acts_as_its_person_without_csrf_until_the_person_is_disa
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
     assert!(people::issue_token(env.state.db(), "rui", 30, now).is_err());
 }
+
+#[tokio::test]
+async fn only_an_admin_labels_a_store_and_a_bad_label_is_refused_with_the_rule() {
+    let env = env();
+    let now = jiff::Timestamp::now();
+    people::add(env.state.db(), "ada", Role::Admin, PASSWORD, now).unwrap();
+    let uri = r::STORE_LABELS.replace("{id}", "store-a");
+    let put = |name: &'static str, labels: serde_json::Value| {
+        let env = &env;
+        let uri = uri.clone();
+        async move {
+            let (cookie, csrf) = session(env, name).await;
+            let body = serde_json::json!({ "labels": labels }).to_string();
+            call(
+                env,
+                Method::PUT,
+                &uri,
+                &[
+                    ("cookie", &cookie),
+                    (CSRF_HEADER, &csrf),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await
+        }
+    };
+    let labels = serde_json::json!(["region=north", "mall"]);
+    assert_eq!(
+        put("rui", labels.clone()).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(put("ada", labels).await.status(), StatusCode::OK);
+    let held = env.state.db().store_labels().unwrap();
+    assert_eq!(
+        held["store-a"].iter().collect::<Vec<_>>(),
+        ["mall", "region=north"]
+    );
+
+    let bad = put("ada", serde_json::json!(["region north"])).await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert!(json(bad).await.to_string().contains("A-Z a-z 0-9"));
+    let many: Vec<String> = (0..40).map(|i| format!("l{i}")).collect();
+    let bad = put("ada", serde_json::json!(many)).await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    // Nothing of a refused change is kept.
+    assert_eq!(env.state.db().store_labels().unwrap()["store-a"].len(), 2);
+    let trail = env.state.db().audit(10).unwrap();
+    assert!(
+        format!("{trail:?}").contains("store-a: region=north mall"),
+        "{trail:?}"
+    );
+}
