@@ -80,6 +80,15 @@ impl Page<'_> {
         })
     }
 
+    /// Types `value` into each field of `form` named by its `name`.
+    fn fill(&self, form: &str, fields: &[(&str, &str)]) -> Result<()> {
+        for (name, value) in fields {
+            self.session
+                .type_into(&format!("{form} [name={name}]"), value)?;
+        }
+        Ok(())
+    }
+
     /// Waits until the text of `css` satisfies `want`; on a timeout, says
     /// what the page's message line said.
     fn wait_text(
@@ -109,10 +118,7 @@ impl Page<'_> {
             self.session
                 .wait("the sign-in form", WAIT, |s| s.exists("form#signin"))?;
         }
-        self.session
-            .type_into("form#signin input[name=name]", name)?;
-        self.session
-            .type_into("form#signin input[name=password]", PASSWORD)?;
+        self.fill("form#signin", &[("name", name), ("password", PASSWORD)])?;
         self.session.click("form#signin button")?;
         self.session
             .wait_text("#who", WAIT, |t| t.starts_with(name))?;
@@ -227,12 +233,14 @@ fn it_runs_a_release_night_from_the_page() -> Result<()> {
     page.go("#/releases")?;
     page.session
         .choose_file("form#publish input[name=zip]", &zip)?;
-    page.session
-        .type_into("form#publish input[name=version]", "1.1.0")?;
-    page.session
-        .type_into("form#publish textarea[name=notes_en]", "Faster checkout.")?;
-    page.session
-        .type_into("form#publish textarea[name=notes_zh]", "结账更快。")?;
+    page.fill(
+        "form#publish",
+        &[
+            ("version", "1.1.0"),
+            ("notes_en", "Faster checkout."),
+            ("notes_zh", "结账更快。"),
+        ],
+    )?;
     page.session.click("form#publish input[name=held]")?;
     page.session.click("form#publish button")?;
     page.wait_text("main[data-ready] h1", WAIT, |t| t.contains("stable 1.1.0"))?;
@@ -257,18 +265,16 @@ fn it_runs_a_release_night_from_the_page() -> Result<()> {
 
     // A rollout: pilots (the real store and shop-01), then 50 %, then all.
     page.go("#/rollouts")?;
-    page.session.type_into(
-        "form#start-rollout input[name=pilots]",
-        &format!("{real}, shop-01"),
+    page.fill(
+        "form#start-rollout",
+        &[
+            ("pilots", &format!("{real}, shop-01")),
+            ("shares", "50, 100"),
+            ("success", "100"),
+            ("error", "0"),
+            ("soak", "0"),
+        ],
     )?;
-    page.session
-        .type_into("form#start-rollout input[name=shares]", "50, 100")?;
-    page.session
-        .type_into("form#start-rollout input[name=success]", "100")?;
-    page.session
-        .type_into("form#start-rollout input[name=error]", "0")?;
-    page.session
-        .type_into("form#start-rollout input[name=soak]", "0")?;
     page.session.click("form#start-rollout button")?;
     page.wait_text("#phase", WAIT, |t| {
         t.contains("running") && t.contains("wave 1")

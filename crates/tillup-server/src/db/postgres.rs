@@ -263,6 +263,33 @@ impl PgDb {
 /// Marks a change [`Db::generation`] reports, inside the change's
 /// transaction: the notification goes out at commit. Returns the new
 /// generation, for [`PgDb::committed`].
+/// Replaces store `id`'s rows in `table` (`name (store, column)`, a set of
+/// values per store) with `values`, in `tx`, the store's row locked; an
+/// unknown store is refused.
+fn replace_store_set<'a>(
+    tx: &mut Transaction<'_>,
+    id: &str,
+    table: &str,
+    values: impl IntoIterator<Item = &'a String>,
+) -> Result<(), Error> {
+    let exists = tx
+        .query_opt("SELECT 1 FROM stores WHERE id = $1 FOR UPDATE", &[&id])?
+        .is_some();
+    if !exists {
+        return Err(Error::UnknownStore(id.to_owned()));
+    }
+    let name = table.split(' ').next().unwrap_or(table);
+    tx.execute(&format!("DELETE FROM {name} WHERE store = $1"), &[&id])?;
+    let values: Vec<&String> = values.into_iter().collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO {table} SELECT $1, v FROM unnest($2::text[]) AS v ON CONFLICT DO NOTHING"
+        ),
+        &[&id, &values],
+    )?;
+    Ok(())
+}
+
 fn bump(tx: &mut Transaction<'_>) -> Result<u64, Error> {
     let value: i64 = tx
         .query_one(
@@ -549,18 +576,7 @@ impl Db for PgDb {
     fn set_store_labels(&self, id: &str, labels: &BTreeSet<String>) -> Result<(), Error> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
-        let exists = tx
-            .query_opt("SELECT 1 FROM stores WHERE id = $1 FOR UPDATE", &[&id])?
-            .is_some();
-        if !exists {
-            return Err(Error::UnknownStore(id.to_owned()));
-        }
-        tx.execute("DELETE FROM store_labels WHERE store = $1", &[&id])?;
-        let labels: Vec<&String> = labels.iter().collect();
-        tx.execute(
-            "INSERT INTO store_labels (store, label) SELECT $1, l FROM unnest($2::text[]) AS l",
-            &[&id, &labels],
-        )?;
+        replace_store_set(&mut tx, id, "store_labels (store, label)", labels)?;
         tx.commit()?;
         Ok(())
     }
@@ -568,18 +584,7 @@ impl Db for PgDb {
     fn set_store_channels(&self, id: &str, channels: &[String]) -> Result<(), Error> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
-        let exists = tx
-            .query_opt("SELECT 1 FROM stores WHERE id = $1 FOR UPDATE", &[&id])?
-            .is_some();
-        if !exists {
-            return Err(Error::UnknownStore(id.to_owned()));
-        }
-        tx.execute("DELETE FROM store_channels WHERE store = $1", &[&id])?;
-        tx.execute(
-            "INSERT INTO store_channels (store, channel)
-             SELECT $1, c FROM unnest($2::text[]) AS c ON CONFLICT DO NOTHING",
-            &[&id, &channels],
-        )?;
+        replace_store_set(&mut tx, id, "store_channels (store, channel)", channels)?;
         let generation = bump(&mut tx)?;
         self.committed(tx, generation)?;
         Ok(())

@@ -245,6 +245,35 @@ impl SqliteDb {
 }
 
 /// Marks a change [`Db::generation`] reports, inside the change's transaction.
+/// Replaces store `id`'s rows in `table` (`name (store, column)`, a set of
+/// values per store) with `values`, in `tx`; an unknown store is refused.
+/// Whether store `id` exists.
+fn has_store(conn: &Connection, id: &str) -> Result<bool, Error> {
+    Ok(conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM stores WHERE id = ?1)",
+        [id],
+        |r| r.get(0),
+    )?)
+}
+
+fn replace_store_set<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    table: &str,
+    values: impl IntoIterator<Item = &'a String>,
+) -> Result<(), Error> {
+    if !has_store(tx, id)? {
+        return Err(Error::UnknownStore(id.to_owned()));
+    }
+    let name = table.split(' ').next().unwrap_or(table);
+    tx.execute(&format!("DELETE FROM {name} WHERE store = ?1"), [id])?;
+    let mut insert = tx.prepare(&format!("INSERT OR IGNORE INTO {table} VALUES (?1, ?2)"))?;
+    for v in values {
+        insert.execute(params![id, v])?;
+    }
+    Ok(())
+}
+
 fn bump(conn: &Connection) -> Result<(), Error> {
     conn.execute("UPDATE generation SET value = value + 1 WHERE id = 1", [])?;
     Ok(())
@@ -476,12 +505,7 @@ impl Db for SqliteDb {
     fn add_store(&self, id: &str, token_sha256: &str, now: Timestamp) -> Result<(), Error> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM stores WHERE id = ?1)",
-            [id],
-            |r| r.get(0),
-        )?;
-        if exists {
+        if has_store(&tx, id)? {
             return Err(Error::StoreExists(id.to_owned()));
         }
         tx.execute(
@@ -522,21 +546,7 @@ impl Db for SqliteDb {
     fn set_store_labels(&self, id: &str, labels: &BTreeSet<String>) -> Result<(), Error> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let exists: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM stores WHERE id = ?1)",
-            [id],
-            |r| r.get(0),
-        )?;
-        if !exists {
-            return Err(Error::UnknownStore(id.to_owned()));
-        }
-        tx.execute("DELETE FROM store_labels WHERE store = ?1", [id])?;
-        for l in labels {
-            tx.execute(
-                "INSERT INTO store_labels (store, label) VALUES (?1, ?2)",
-                params![id, l],
-            )?;
-        }
+        replace_store_set(&tx, id, "store_labels (store, label)", labels)?;
         tx.commit()?;
         Ok(())
     }
@@ -545,21 +555,7 @@ impl Db for SqliteDb {
     fn set_store_channels(&self, id: &str, channels: &[String]) -> Result<(), Error> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let exists: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM stores WHERE id = ?1)",
-            [id],
-            |r| r.get(0),
-        )?;
-        if !exists {
-            return Err(Error::UnknownStore(id.to_owned()));
-        }
-        tx.execute("DELETE FROM store_channels WHERE store = ?1", [id])?;
-        for c in channels {
-            tx.execute(
-                "INSERT OR IGNORE INTO store_channels (store, channel) VALUES (?1, ?2)",
-                params![id, c],
-            )?;
-        }
+        replace_store_set(&tx, id, "store_channels (store, channel)", channels)?;
         bump(&tx)?;
         tx.commit()?;
         Ok(())
@@ -608,11 +604,7 @@ impl Db for SqliteDb {
 
     /// Whether the store exists.
     fn store_exists(&self, id: &str) -> Result<bool, Error> {
-        Ok(self.conn().query_row(
-            "SELECT EXISTS(SELECT 1 FROM stores WHERE id = ?1)",
-            [id],
-            |r| r.get(0),
-        )?)
+        has_store(&self.conn(), id)
     }
 
     /// Every store, by id.
@@ -640,12 +632,7 @@ impl Db for SqliteDb {
     fn revoke_store(&self, id: &str, now: Timestamp) -> Result<(), Error> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM stores WHERE id = ?1)",
-            [id],
-            |r| r.get(0),
-        )?;
-        if !exists {
+        if !has_store(&tx, id)? {
             return Err(Error::UnknownStore(id.to_owned()));
         }
         tx.execute(
