@@ -353,14 +353,20 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    #[test]
-    fn an_update_waiting_for_the_window_wakes_the_daemon_inside_it() {
+    /// The maintenance window of a config ending in `tail`.
+    fn window(tail: &str) -> crate::config::ParsedWindow {
         let key = tillup_core::sign::generate_keys().unwrap().public_line;
         let cfg: crate::Config = toml::from_str(&format!(
-            "server = \"http://x\"\npublic_key = \"{key}\"\nstore_id = \"s\"\nstore_token = \"t\"\n[window]\nstart = \"03:00\"\nend = \"03:30\"\ntime_zone = \"Asia/Shanghai\"\n"
+            "server = \"http://x\"\npublic_key = \"{key}\"\nstore_id = \"s\"\nstore_token = \"t\"\n{tail}"
         ))
         .unwrap();
-        let window = cfg.parsed_window().unwrap();
+        cfg.parsed_window().unwrap()
+    }
+
+    #[test]
+    fn an_update_waiting_for_the_window_wakes_the_daemon_inside_it() {
+        let window =
+            window("[window]\nstart = \"03:00\"\nend = \"03:30\"\ntime_zone = \"Asia/Shanghai\"\n");
         let now: Timestamp = "2026-11-21T02:10:00+08:00[Asia/Shanghai]"
             .parse::<jiff::Zoned>()
             .unwrap()
@@ -393,12 +399,7 @@ mod tests {
 
     #[test]
     fn a_critical_release_on_the_way_shortens_the_wait_for_its_wave() {
-        let key = tillup_core::sign::generate_keys().unwrap().public_line;
-        let cfg: crate::Config = toml::from_str(&format!(
-            "server = \"http://x\"\npublic_key = \"{key}\"\nstore_id = \"s\"\nstore_token = \"t\"\n"
-        ))
-        .unwrap();
-        let window = cfg.parsed_window().unwrap();
+        let window = window("");
         let now = Timestamp::UNIX_EPOCH;
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let awaiting = TickOutcome::AwaitingWave {
