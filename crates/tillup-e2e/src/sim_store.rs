@@ -87,6 +87,46 @@ impl SimStore {
             .filter(|v| *v > self.running))
     }
 
+    /// Checks, and if a newer release is admitted, starts upgrading to it
+    /// and stops there: its backup (of empty folders on `tills` tills)
+    /// reaches the server, its report never does. Returns the version.
+    pub fn begin_upgrade(&self, tills: u32) -> Result<Option<Version>> {
+        let Some(target) = self.offered()? else {
+            return Ok(None);
+        };
+        let backup = api::Backup {
+            terminals: (1..=tills)
+                .map(|number| api::TerminalBackup {
+                    number,
+                    model: "CP-500".into(),
+                    version: self.running.clone(),
+                    manifest: tillup_core::manifest::Manifest::default(),
+                })
+                .collect(),
+        };
+        let id = format!("sim-{}-{target}", Timestamp::now().as_second());
+        let resp = self
+            .http
+            .put(format!(
+                "{}{}",
+                self.url,
+                route(
+                    api::server::BACKUP,
+                    &[("store", &self.id), ("upgrade", &id)]
+                )
+            ))
+            .bearer_auth(&self.token)
+            .json(&backup)
+            .send()?;
+        ensure!(
+            resp.status().is_success(),
+            "the server refused {}'s backup: {}",
+            self.id,
+            resp.text().unwrap_or_default()
+        );
+        Ok(Some(target))
+    }
+
     /// Checks, and if a newer release is admitted "installs" it on its
     /// `tills` as `how` says and reports the upgrade. Returns the version
     /// it upgraded to (or tried).

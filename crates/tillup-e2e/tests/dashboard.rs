@@ -322,8 +322,16 @@ fn it_runs_a_release_night_from_the_page() -> Result<()> {
     );
     page.shot("rollout")?;
 
-    // In the second wave, one store's canary fails: the rollout halts and
-    // says where and why; the third wave is never admitted.
+    // In the second wave, one store starts its upgrade (its backup is on
+    // the server) and another's canary fails: the rollout halts and says
+    // where and why; the third wave is never admitted.
+    let upgrading = second.get(1).context("a second store in wave 2")?.clone();
+    for sim in sims.iter().filter(|s| s.id == upgrading) {
+        ensure!(
+            sim.begin_upgrade(4)?.is_some(),
+            "{upgrading} is not offered 1.1.0"
+        );
+    }
     let failing = second[0].clone();
     for sim in sims.iter_mut().filter(|s| s.id == failing) {
         sim.check_and_upgrade(
@@ -357,6 +365,11 @@ fn it_runs_a_release_night_from_the_page() -> Result<()> {
     ensure!(
         chart.contains("1.1.0") && chart.contains("1.0.0"),
         "the overview's chart: {chart}"
+    );
+    ensure!(
+        page.session
+            .exists(&format!("#upgrading tr[data-store='{upgrading}']"))?,
+        "the overview does not show {upgrading} upgrading now"
     );
     page.shot("overview")?;
     page.go(&format!("#/stores/{real}"))?;

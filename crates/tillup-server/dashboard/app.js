@@ -16,9 +16,13 @@ function pickLang() {
   return wanted.some((l) => l.toLowerCase().startsWith("zh")) ? "zh-CN" : "en";
 }
 
+// `{name}` is a value; `{name|one|other}` says `one` when it is 1, else `other`.
 function t(key, vars) {
   const text = (I18N[state.lang] && I18N[state.lang][key]) || I18N.en[key] || key;
-  return text.replace(/\{(\w+)\}/g, (_, k) => (vars && k in vars ? String(vars[k]) : ""));
+  return text.replace(/\{(\w+)(?:\|([^|}]*)\|([^}]*))?\}/g, (_, k, one, other) => {
+    const v = vars && k in vars ? vars[k] : "";
+    return one === undefined ? String(v) : v === 1 ? one : other;
+  });
 }
 
 function applyLang() {
@@ -197,18 +201,25 @@ async function overviewPage(main) {
   const [fleet, rollouts] = await Promise.all([api("GET", "/fleet"), api("GET", "/rollouts")]);
   const tills = fleet.stores.reduce((n, s) => n + Object.keys(s.terminals).length, 0);
   const silent = fleet.stores.filter((s) => s.silent);
-  const running = rollouts.filter((r) => ["running", "paused", "awaiting_approval"].includes(r.state.phase.phase));
+  // Not finished: running, waiting, or halted until someone aborts or resumes it.
+  const running = rollouts.filter((r) => ["running", "paused", "awaiting_approval", "halted"].includes(r.state.phase.phase));
   const stat = (key, value, kind) => h("div", { class: `stat ${kind || ""}` }, h("b", {}, value), h("span", {}, t(key)));
   put(main, 
     h("h1", {}, t("overview.title")),
     h("div", { class: "stats" },
       stat("overview.stores", fleet.stores.length),
       stat("overview.tills", tills),
+      stat("overview.upgrading", fleet.upgrading.length),
       stat("overview.running", running.length),
       stat("overview.failday", fleet.failures_day, fleet.failures_day ? "bad" : ""),
       stat("overview.failweek", fleet.failures_week, fleet.failures_week ? "bad" : ""),
       stat("overview.silent", silent.length, silent.length ? "warn" : "")),
     h("section", { class: "card" }, h("h2", {}, t("overview.chart")), versionChart(fleet.versions)),
+    h("section", { class: "card", id: "upgrading" }, h("h2", {}, t("overview.upgrades")),
+      table(["store.id", "upgrade.since", "upgrade.stage"], fleet.upgrading.map((u) => h("tr", { "data-store": u.store },
+        h("td", {}, link(`#/stores/${encodeURIComponent(u.store)}`, u.store)),
+        h("td", {}, when(u.backup_at)),
+        h("td", {}, u.processed_at ? t("upgrade.built") : t("upgrade.backedup")))))),
     h("section", { class: "card" }, h("h2", {}, t("overview.rollouts")),
       table(["rollout.release", "rollout.phase", "rollout.by"], running.map((r) => h("tr", {},
         h("td", {}, link(`#/rollouts/${encodeURIComponent(r.id)}`, `${r.channel} ${r.version}`)),

@@ -1,7 +1,7 @@
 //! The fleet at a glance, for head office: each store's terminals and the
 //! version they run (from its newest upgrade report), how many stores and
-//! tills run each version, recent failures, and stores that have not
-//! checked in for a while.
+//! tills run each version, upgrades running now, recent failures, and
+//! stores that have not checked in for a while.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,7 +25,15 @@ pub struct Fleet {
     pub failures_day: usize,
     /// See `failures_day`.
     pub failures_week: usize,
+    /// Store upgrades whose backup arrived within [`RUNNING_WITHIN`] and
+    /// whose report has not: running now. Newest first.
+    pub upgrading: Vec<crate::db::UpgradeRow>,
 }
+
+/// How long after its backup an upgrade without a report counts as
+/// running; one older was cut off, and its store's next check resumes and
+/// reports it.
+pub const RUNNING_WITHIN: SignedDuration = SignedDuration::from_hours(2);
 
 /// Stores and tills.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -69,6 +77,7 @@ pub fn overview(db: &dyn Db, now: Timestamp, silent_after: SignedDuration) -> Re
         stores: Vec::new(),
         failures_day: 0,
         failures_week: 0,
+        upgrading: db.unreported_upgrades(now - RUNNING_WITHIN)?,
     };
     let mut labels = db.store_labels()?;
     for store in db.stores()? {

@@ -21,6 +21,7 @@ const CASES: &[(&str, Case)] = &[
     ("stores and tokens", stores_and_tokens),
     ("channels", channels),
     ("labels", labels),
+    ("upgrades running now", upgrades_running_now),
     ("releases and logs", releases_and_logs),
     (
         "a failed signer leaves nothing",
@@ -382,6 +383,38 @@ fn upgrades_and_reports(location: &Location) {
     );
     assert_eq!(reports.last().unwrap().report["free"], 1);
     assert!(db.reports("other").unwrap().is_empty());
+}
+
+fn upgrades_running_now(location: &Location) {
+    let db = open(location);
+    db.add_store("a", "ta", now()).unwrap();
+    db.add_store("b", "tb", now()).unwrap();
+    let t0 = now();
+    let at = |secs: i64| t0 + SignedDuration::from_secs(secs);
+    db.record_backup("a", "long-ago", at(-3 * 3600)).unwrap();
+    db.record_backup("a", "ua", at(60)).unwrap();
+    db.record_backup("b", "ub", at(120)).unwrap();
+    db.record_processed("b", "ub", at(121)).unwrap();
+    db.record_backup("a", "done", at(30)).unwrap();
+    let report = |id: &str| serde_json::json!({"upgrade": {"id": id}});
+    db.add_report("a", at(90), &report("done")).unwrap();
+
+    let running = db.unreported_upgrades(t0).unwrap();
+    let ids: Vec<(&str, &str)> = running
+        .iter()
+        .map(|u| (u.store.as_str(), u.upgrade.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        [("b", "ub"), ("a", "ua")],
+        "newest first, reported and old ones left out"
+    );
+    assert_eq!(running[0].backup_at, at(120));
+    assert_eq!(running[0].processed_at, Some(at(121)));
+    assert_eq!(running[1].processed_at, None);
+
+    db.add_report("b", at(200), &report("ub")).unwrap();
+    assert_eq!(db.unreported_upgrades(t0).unwrap().len(), 1);
 }
 
 fn last_checks(location: &Location) {

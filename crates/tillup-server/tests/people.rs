@@ -439,7 +439,7 @@ fn report(terminals: &[(u32, &str, &str, Option<&str>)]) -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn the_fleet_overview_counts_versions_failures_and_silent_stores() {
+async fn the_fleet_overview_counts_versions_failures_upgrades_running_and_silent_stores() {
     let env = env();
     let now = jiff::Timestamp::now();
     ops::add_store(env.state.db(), "store-b", now).unwrap();
@@ -470,6 +470,15 @@ async fn the_fleet_overview_counts_versions_failures_and_silent_stores() {
     .unwrap();
     db.record_checks(&[("store-a".into(), now), ("store-b".into(), now)])
         .unwrap();
+    // store-c sent its backup and no report yet: it is upgrading now; an
+    // upgrade cut off hours ago is not.
+    db.record_backup("store-c", "u-now", now).unwrap();
+    db.record_backup(
+        "store-c",
+        "u-cut",
+        now - jiff::SignedDuration::from_hours(5),
+    )
+    .unwrap();
 
     let (cookie, _) = session(&env, "ana").await;
     let resp = get_as(&env, &cookie, "/v1/admin/fleet").await;
@@ -508,6 +517,12 @@ async fn the_fleet_overview_counts_versions_failures_and_silent_stores() {
             by_id("store-c")["silent"].as_bool()
         ),
         (Some(false), Some(true))
+    );
+    let upgrading = fleet["upgrading"].as_array().unwrap();
+    assert_eq!(upgrading.len(), 1, "{upgrading:?}");
+    assert_eq!(
+        (&upgrading[0]["store"], &upgrading[0]["upgrade"]),
+        (&serde_json::json!("store-c"), &serde_json::json!("u-now"))
     );
     // Without a session, nothing.
     let resp = call(&env, Method::GET, "/v1/admin/fleet", &[], Body::empty()).await;

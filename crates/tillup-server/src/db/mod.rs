@@ -85,6 +85,19 @@ pub struct ReportRow {
     pub report: serde_json::Value,
 }
 
+/// A store upgrade the server has seen the backup of.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UpgradeRow {
+    /// The store.
+    pub store: String,
+    /// The upgrade's id, as the store named it.
+    pub upgrade: String,
+    /// When its backup last arrived.
+    pub backup_at: Timestamp,
+    /// When the server built its terminals' folders, if it did.
+    pub processed_at: Option<Timestamp>,
+}
+
 /// A person who signs in to the server's pages and admin API.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct PersonRow {
@@ -303,6 +316,10 @@ pub trait Db: Send + Sync + std::fmt::Debug {
 
     /// The store's reports, oldest first.
     fn reports(&self, store: &str) -> Result<Vec<ReportRow>, Error>;
+
+    /// Every store's upgrades whose backup arrived at `since` or later and
+    /// whose report has not: running now, or cut off. Newest first.
+    fn unreported_upgrades(&self, since: Timestamp) -> Result<Vec<UpgradeRow>, Error>;
 
     // ---- people, sessions and the audit trail -------------------------------
 

@@ -23,7 +23,7 @@ use tillup_core::log::Release;
 
 use super::{
     AuditRow, Db, KEEP_REPORTS, KEEP_UPGRADES, PersonRow, ReportRow, RolloutRow, SessionRow,
-    SignedLog, Signer, StoreAccess, StoreRow, to_json,
+    SignedLog, Signer, StoreAccess, StoreRow, UpgradeRow, to_json,
 };
 use crate::error::Error;
 use tillup_core::roles::Role;
@@ -807,6 +807,26 @@ impl Db for PgDb {
                 })
             })
             .collect()
+    }
+
+    fn unreported_upgrades(&self, since: Timestamp) -> Result<Vec<UpgradeRow>, Error> {
+        let rows = self.conn()?.query(
+            "SELECT u.store, u.upgrade, u.backup_at, u.processed_at FROM upgrades u
+             WHERE u.backup_at >= $1 AND NOT EXISTS (
+                 SELECT 1 FROM reports r WHERE r.store = u.store AND r.upgrade = u.upgrade
+             )
+             ORDER BY u.backup_at DESC",
+            &[&since],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| UpgradeRow {
+                store: r.get(0),
+                upgrade: r.get(1),
+                backup_at: r.get(2),
+                processed_at: r.get(3),
+            })
+            .collect())
     }
 
     fn add_person(&self, p: &PersonRow) -> Result<(), Error> {

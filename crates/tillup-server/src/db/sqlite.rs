@@ -14,7 +14,7 @@ use tillup_core::log::Release;
 
 use super::{
     AuditRow, Db, KEEP_REPORTS, KEEP_UPGRADES, PersonRow, ReportRow, RolloutRow, SessionRow,
-    SignedLog, Signer, StoreAccess, StoreRow,
+    SignedLog, Signer, StoreAccess, StoreRow, UpgradeRow,
 };
 use crate::error::Error;
 use tillup_core::roles::Role;
@@ -829,6 +829,34 @@ impl Db for SqliteDb {
                 })
             })
             .collect()
+    }
+
+    fn unreported_upgrades(&self, since: Timestamp) -> Result<Vec<UpgradeRow>, Error> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT u.store, u.upgrade, u.backup_at, u.processed_at FROM upgrades u
+             WHERE NOT EXISTS (
+                 SELECT 1 FROM reports r WHERE r.store = u.store AND r.upgrade = u.upgrade
+             )",
+        )?;
+        let rows: Vec<(String, String, String, Option<String>)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        // Timestamps are text here: compared once parsed.
+        let mut out = Vec::new();
+        for (store, upgrade, backup_at, processed_at) in rows {
+            let backup_at = ts(backup_at)?;
+            if backup_at >= since {
+                out.push(UpgradeRow {
+                    store,
+                    upgrade,
+                    backup_at,
+                    processed_at: processed_at.map(ts).transpose()?,
+                });
+            }
+        }
+        out.sort_by(|a, b| b.backup_at.cmp(&a.backup_at));
+        Ok(out)
     }
 
     fn add_person(&self, p: &PersonRow) -> Result<(), Error> {
