@@ -855,7 +855,7 @@ impl Db for SqliteDb {
                 });
             }
         }
-        out.sort_by(|a, b| b.backup_at.cmp(&a.backup_at));
+        out.sort_by_key(|u| std::cmp::Reverse(u.backup_at));
         Ok(out)
     }
 
