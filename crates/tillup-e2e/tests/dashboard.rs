@@ -383,6 +383,16 @@ fn it_runs_a_release_night_from_the_page() -> Result<()> {
     );
     page.shot("store")?;
 
+    // Hundreds of stores: the list narrows to what is typed.
+    page.go("#/stores")?;
+    page.session.type_into("#store-filter", "region=NORTH")?;
+    let count = page.wait_text("#store-count", WAIT, |t| t.starts_with("1 of"))?;
+    let shown = page.session.execute(
+        "return [...document.querySelectorAll('tr[data-store]:not([hidden])')].map((r) => r.dataset.store)",
+        json!([]),
+    )?;
+    ensure!(shown == json!([real]), "{count}: {shown}");
+
     // An admin rotates a store's token from its page; the audit trail
     // shows every person's action.
     page.sign_in("ada")?;

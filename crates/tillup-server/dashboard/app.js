@@ -233,17 +233,37 @@ async function overviewPage(main) {
 
 async function storesPage(main) {
   const fleet = await api("GET", "/fleet");
+  const versions = (s) => [...new Set(Object.values(s.terminals))];
+  const rows = fleet.stores.map((s) => h("tr", {
+      "data-store": s.id,
+      // What the filter matches: the id, labels, versions, and silent or revoked.
+      "data-search": [s.id, ...s.labels, ...versions(s), s.revoked ? t("store.revoked") : s.silent ? t("store.silent") : ""].join(" ").toLowerCase(),
+    },
+    h("td", {}, link(`#/stores/${encodeURIComponent(s.id)}`, s.id), " ",
+      s.revoked ? badge("bad", t("store.revoked")) : s.silent ? badge("warn", t("store.silent")) : null,
+      s.labels.map((l) => [" ", badge("label", l)])),
+    h("td", {}, Object.keys(s.terminals).length),
+    h("td", {}, versions(s).join(", ")),
+    h("td", {}, when(s.last_check)),
+    h("td", {}, when(s.last_report)),
+    h("td", { class: "why" }, s.last_failure || "")));
+  // A chain has hundreds of stores: every word typed must match.
+  const count = h("span", { class: "muted", id: "store-count" });
+  const filter = h("input", { id: "store-filter", type: "search", placeholder: t("stores.filter"), "aria-label": t("stores.filter") });
+  const apply = () => {
+    const words = filter.value.toLowerCase().split(/\s+/).filter(Boolean);
+    let shown = 0;
+    for (const r of rows) {
+      r.hidden = !words.every((w) => r.dataset.search.includes(w));
+      shown += r.hidden ? 0 : 1;
+    }
+    count.textContent = t("stores.count", { shown, all: rows.length });
+  };
+  filter.addEventListener("input", apply);
+  apply();
   put(main, h("h1", {}, t("nav.stores")),
-    table(["store.id", "store.tills", "store.versions", "store.lastcheck", "store.lastreport", "store.lastfailure"],
-      fleet.stores.map((s) => h("tr", {},
-        h("td", {}, link(`#/stores/${encodeURIComponent(s.id)}`, s.id), " ",
-          s.revoked ? badge("bad", t("store.revoked")) : s.silent ? badge("warn", t("store.silent")) : null,
-          s.labels.map((l) => [" ", badge("label", l)])),
-        h("td", {}, Object.keys(s.terminals).length),
-        h("td", {}, [...new Set(Object.values(s.terminals))].join(", ")),
-        h("td", {}, when(s.last_check)),
-        h("td", {}, when(s.last_report)),
-        h("td", { class: "why" }, s.last_failure || "")))));
+    h("div", { class: "actions" }, filter, count),
+    table(["store.id", "store.tills", "store.versions", "store.lastcheck", "store.lastreport", "store.lastfailure"], rows));
 }
 
 function outcomeBadge(result) {
