@@ -105,25 +105,11 @@ impl SimStore {
                 .collect(),
         };
         let id = format!("sim-{}-{target}", Timestamp::now().as_second());
-        let resp = self
-            .http
-            .put(format!(
-                "{}{}",
-                self.url,
-                route(
-                    api::server::BACKUP,
-                    &[("store", &self.id), ("upgrade", &id)]
-                )
-            ))
-            .bearer_auth(&self.token)
-            .json(&backup)
-            .send()?;
-        ensure!(
-            resp.status().is_success(),
-            "the server refused {}'s backup: {}",
-            self.id,
-            resp.text().unwrap_or_default()
+        let path = route(
+            api::server::BACKUP,
+            &[("store", &self.id), ("upgrade", &id)],
         );
+        self.send(reqwest::Method::PUT, &path, &backup, "backup")?;
         Ok(Some(target))
     }
 
@@ -175,25 +161,35 @@ impl SimStore {
             "upgrade": entry,
             "failure": halted,
         });
-        let resp = self
-            .http
-            .post(format!(
-                "{}{}",
-                self.url,
-                route(api::server::REPORT, &[("store", &self.id)])
-            ))
-            .bearer_auth(&self.token)
-            .json(&report)
-            .send()?;
-        ensure!(
-            resp.status().is_success(),
-            "the server refused {}'s report: {}",
-            self.id,
-            resp.text()?
-        );
+        let path = route(api::server::REPORT, &[("store", &self.id)]);
+        self.send(reqwest::Method::POST, &path, &report, "report")?;
         if matches!(how, Upgrade::Healthy) {
             self.running = target.clone();
         }
         Ok(Some(target))
+    }
+
+    /// Sends `body` as JSON to `path` with this store's token; a refusal
+    /// is an error naming `what`.
+    fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &impl serde::Serialize,
+        what: &str,
+    ) -> Result<()> {
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()?;
+        ensure!(
+            resp.status().is_success(),
+            "the server refused {}'s {what}: {}",
+            self.id,
+            resp.text().unwrap_or_default()
+        );
+        Ok(())
     }
 }

@@ -352,11 +352,17 @@ impl Listener {
         // A release a staged rollout has not admitted this store to yet
         // is, for this store, not there (the admission is signed).
         let comparison = compare(&verified.log.for_store(&self.config.store_id), &views);
-        let whole = compare(&verified.log, &views);
-        let critical_on_the_way = whole
-            .update_target()
-            .filter(|_| whole.is_critical() && comparison.update_target().is_none())
-            .cloned();
+        // Only with nothing to install here: is a critical release on its
+        // way to this store through a rollout?
+        let critical_on_the_way = if comparison.update_target().is_none() {
+            let whole = compare(&verified.log, &views);
+            whole
+                .update_target()
+                .filter(|_| whole.is_critical())
+                .cloned()
+        } else {
+            None
+        };
         let report = CheckReport {
             checked_at: now,
             sequence: verified.log.sequence,

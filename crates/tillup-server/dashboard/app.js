@@ -136,6 +136,9 @@ async function act(what, run) {
 
 const path = (...parts) => parts.map(encodeURIComponent).join("/");
 
+// The words of a form field, split at spaces and commas.
+const words = (text) => String(text).split(/[\s,]+/).filter(Boolean);
+
 // ---- pages -----------------------------------------------------------------
 
 function signInPage(main) {
@@ -251,10 +254,10 @@ async function storesPage(main) {
   const count = h("span", { class: "muted", id: "store-count" });
   const filter = h("input", { id: "store-filter", type: "search", placeholder: t("stores.filter"), "aria-label": t("stores.filter") });
   const apply = () => {
-    const words = filter.value.toLowerCase().split(/\s+/).filter(Boolean);
+    const typed = filter.value.toLowerCase().split(/\s+/).filter(Boolean);
     let shown = 0;
     for (const r of rows) {
-      r.hidden = !words.every((w) => r.dataset.search.includes(w));
+      r.hidden = !typed.every((w) => r.dataset.search.includes(w));
       shown += r.hidden ? 0 : 1;
     }
     count.textContent = t("stores.count", { shown, all: rows.length });
@@ -331,8 +334,8 @@ function labelsForm(id, labels) {
     h("button", { type: "submit" }, t("store.savelabels")));
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const words = String(new FormData(form).get("labels")).split(/[\s,]+/).filter(Boolean);
-    if (await act(t("store.savelabels"), () => api("PUT", `/stores/${path(id)}/labels`, { labels: words })) !== undefined) render();
+    const labels = words(new FormData(form).get("labels"));
+    if (await act(t("store.savelabels"), () => api("PUT", `/stores/${path(id)}/labels`, { labels })) !== undefined) render();
   });
   return form;
 }
@@ -361,7 +364,7 @@ function publishForm(channels) {
     for (const k of ["channel", "version", "min_from", "notes_en", "notes_zh"]) q.set(k, data.get(k) || "");
     q.set("critical", data.get("critical") ? "true" : "false");
     for (const glob of String(data.get("preserve")).split("\n").map((x) => x.trim()).filter(Boolean)) q.append("preserve", glob);
-    for (const model of String(data.get("models")).split(/[\s,]+/).filter(Boolean)) q.append("model", model);
+    for (const model of words(data.get("models"))) q.append("model", model);
     // Held back: no store is admitted until a rollout admits them.
     q.set("held", data.get("held") ? "true" : "false");
     const out = await act(t("publish.title"), () => api("POST", `/releases?${q}`, data.get("zip")));
@@ -433,12 +436,11 @@ function rolloutForm(channels) {
     const [channel, version] = String(d.get("release")).split(" ");
     const num = (k) => Number(d.get(k));
     const wave = (name, stores) => ({ name, stores, success_percent: num("success"), error_percent: num("error"), soak_secs: num("soak") * 60 });
-    const pilots = String(d.get("pilots")).split(/[\s,]+/).filter(Boolean);
+    const pilots = words(d.get("pilots"));
     const waves = [];
     if (pilots.length) waves.push(wave("pilot", { named: pilots }));
     for (const s of String(d.get("shares")).split(/[\s,%]+/).filter(Boolean)) waves.push(wave(`${s}%`, { share: Number(s) }));
-    const words = (k) => String(d.get(k)).split(/[\s,]+/).filter(Boolean);
-    const filter = { labels: words("labels"), running: words("running"), models: words("models") };
+    const filter = { labels: words(d.get("labels")), running: words(d.get("running")), models: words(d.get("models")) };
     const out = await act(t("start.title"), () => api("POST", "/rollouts", { channel, version, plan: { waves, requires_approval: !!d.get("approval"), filter } }));
     if (out) location.hash = `#/rollouts/${encodeURIComponent(out.id)}`;
   });

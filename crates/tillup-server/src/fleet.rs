@@ -53,7 +53,7 @@ pub struct StoreView {
     pub last_check: Option<Timestamp>,
     /// When its token was revoked, if it was.
     pub revoked: Option<Timestamp>,
-    /// Its labels (region, tags, models), which rollouts choose stores by.
+    /// Its labels (region, tags), which rollouts choose stores by.
     pub labels: BTreeSet<String>,
     /// It has not checked in for longer than asked (or never did).
     pub silent: bool,
@@ -111,10 +111,9 @@ pub fn overview(db: &dyn Db, now: Timestamp, silent_after: SignedDuration) -> Re
         }
         if let Some((received, newest)) = upgrades.last() {
             view.last_report = Some(*received);
-            view.terminals = tills(newest)
-                .into_iter()
-                .map(|(n, v)| (n, v.to_string()))
-                .collect();
+            for t in &newest.terminals {
+                view.terminals.insert(t.number, runs(t).to_string());
+            }
             view.last_failure = newest
                 .terminals
                 .iter()
@@ -150,15 +149,6 @@ pub fn facts(db: &dyn Db, store: &str, labels: BTreeSet<String>) -> Result<Store
         running: terminals.iter().map(|t| runs(t).clone()).collect(),
         models: terminals.iter().filter_map(|t| t.model.clone()).collect(),
     })
-}
-
-/// Each terminal of an upgrade and the version it runs after it.
-fn tills(entry: &HistoryEntry) -> BTreeMap<u32, semver::Version> {
-    entry
-        .terminals
-        .iter()
-        .map(|t| (t.number, runs(t).clone()))
-        .collect()
 }
 
 /// The version a terminal runs after an upgrade it took part in.

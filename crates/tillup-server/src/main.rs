@@ -253,8 +253,7 @@ enum StoreCommand {
         channels: Vec<String>,
     },
     /// Set a store's labels, which rollouts choose stores by (`rollout
-    /// start --label`): `region=north`, `model=CP-500`, `mall`, … (none:
-    /// clears them).
+    /// start --label`): `region=north`, `mall`, … (none: clears them).
     Label {
         /// The store's id.
         store: String,

@@ -243,7 +243,7 @@ pub trait Db: Send + Sync + std::fmt::Debug {
     /// Assigns the store exactly `channels` (at least one).
     fn set_store_channels(&self, id: &str, channels: &[String]) -> Result<(), Error>;
 
-    /// Every store's labels (region, tags, models: whatever IT names them
+    /// Every store's labels (region, tags: whatever IT names them
     /// by), which rollouts filter on; a store without any is absent.
     fn store_labels(&self) -> Result<BTreeMap<String, BTreeSet<String>>, Error>;
 

@@ -263,13 +263,13 @@ impl PgDb {
 /// Marks a change [`Db::generation`] reports, inside the change's
 /// transaction: the notification goes out at commit. Returns the new
 /// generation, for [`PgDb::committed`].
-/// Replaces store `id`'s rows in `table` (`name (store, column)`, a set of
-/// values per store) with `values`, in `tx`, the store's row locked; an
-/// unknown store is refused.
+/// Replaces store `id`'s rows in `table` (a set of `column` values per
+/// store) with `values`, in `tx`, the store's row locked; an unknown store
+/// is refused.
 fn replace_store_set<'a>(
     tx: &mut Transaction<'_>,
     id: &str,
-    table: &str,
+    (table, column): (&str, &str),
     values: impl IntoIterator<Item = &'a String>,
 ) -> Result<(), Error> {
     let exists = tx
@@ -278,12 +278,11 @@ fn replace_store_set<'a>(
     if !exists {
         return Err(Error::UnknownStore(id.to_owned()));
     }
-    let name = table.split(' ').next().unwrap_or(table);
-    tx.execute(&format!("DELETE FROM {name} WHERE store = $1"), &[&id])?;
+    tx.execute(&format!("DELETE FROM {table} WHERE store = $1"), &[&id])?;
     let values: Vec<&String> = values.into_iter().collect();
     tx.execute(
         &format!(
-            "INSERT INTO {table} SELECT $1, v FROM unnest($2::text[]) AS v ON CONFLICT DO NOTHING"
+            "INSERT INTO {table} (store, {column}) SELECT $1, v FROM unnest($2::text[]) AS v ON CONFLICT DO NOTHING"
         ),
         &[&id, &values],
     )?;
@@ -576,7 +575,7 @@ impl Db for PgDb {
     fn set_store_labels(&self, id: &str, labels: &BTreeSet<String>) -> Result<(), Error> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
-        replace_store_set(&mut tx, id, "store_labels (store, label)", labels)?;
+        replace_store_set(&mut tx, id, ("store_labels", "label"), labels)?;
         tx.commit()?;
         Ok(())
     }
@@ -584,7 +583,7 @@ impl Db for PgDb {
     fn set_store_channels(&self, id: &str, channels: &[String]) -> Result<(), Error> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
-        replace_store_set(&mut tx, id, "store_channels (store, channel)", channels)?;
+        replace_store_set(&mut tx, id, ("store_channels", "channel"), channels)?;
         let generation = bump(&mut tx)?;
         self.committed(tx, generation)?;
         Ok(())

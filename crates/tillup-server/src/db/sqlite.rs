@@ -245,8 +245,6 @@ impl SqliteDb {
 }
 
 /// Marks a change [`Db::generation`] reports, inside the change's transaction.
-/// Replaces store `id`'s rows in `table` (`name (store, column)`, a set of
-/// values per store) with `values`, in `tx`; an unknown store is refused.
 /// Whether store `id` exists.
 fn has_store(conn: &Connection, id: &str) -> Result<bool, Error> {
     Ok(conn.query_row(
@@ -256,18 +254,21 @@ fn has_store(conn: &Connection, id: &str) -> Result<bool, Error> {
     )?)
 }
 
+/// Replaces store `id`'s rows in `table` (a set of `column` values per
+/// store) with `values`, in `tx`; an unknown store is refused.
 fn replace_store_set<'a>(
     tx: &rusqlite::Transaction<'_>,
     id: &str,
-    table: &str,
+    (table, column): (&str, &str),
     values: impl IntoIterator<Item = &'a String>,
 ) -> Result<(), Error> {
     if !has_store(tx, id)? {
         return Err(Error::UnknownStore(id.to_owned()));
     }
-    let name = table.split(' ').next().unwrap_or(table);
-    tx.execute(&format!("DELETE FROM {name} WHERE store = ?1"), [id])?;
-    let mut insert = tx.prepare(&format!("INSERT OR IGNORE INTO {table} VALUES (?1, ?2)"))?;
+    tx.execute(&format!("DELETE FROM {table} WHERE store = ?1"), [id])?;
+    let mut insert = tx.prepare(&format!(
+        "INSERT OR IGNORE INTO {table} (store, {column}) VALUES (?1, ?2)"
+    ))?;
     for v in values {
         insert.execute(params![id, v])?;
     }
@@ -546,7 +547,7 @@ impl Db for SqliteDb {
     fn set_store_labels(&self, id: &str, labels: &BTreeSet<String>) -> Result<(), Error> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        replace_store_set(&tx, id, "store_labels (store, label)", labels)?;
+        replace_store_set(&tx, id, ("store_labels", "label"), labels)?;
         tx.commit()?;
         Ok(())
     }
@@ -555,7 +556,7 @@ impl Db for SqliteDb {
     fn set_store_channels(&self, id: &str, channels: &[String]) -> Result<(), Error> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        replace_store_set(&tx, id, "store_channels (store, channel)", channels)?;
+        replace_store_set(&tx, id, ("store_channels", "channel"), channels)?;
         bump(&tx)?;
         tx.commit()?;
         Ok(())
