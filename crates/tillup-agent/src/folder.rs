@@ -11,9 +11,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use semver::Version;
 use tillup_core::api::{StageReport, StageRequest};
+use tillup_core::manifest::ManifestChanges;
 use tillup_core::{Manifest, RelPath, Sha256Hex};
 use tillup_fs::{BlobStore, IoContext};
 
@@ -115,6 +117,31 @@ pub struct Layout {
     /// Use the atomic exchange where the system has it.
     exchange: bool,
     version_file: RelPath,
+    /// The staging record as last read or written, by which file it was:
+    /// a record of ten thousand files is parsed once, not at every look.
+    record: Arc<Mutex<Option<(RecordId, Manifest, Sha256Hex)>>>,
+}
+
+/// Which file a path names, and as which write: an atomic write is a new
+/// file, so a record read before is recognised without reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RecordId {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    ino: u64,
+}
+
+impl RecordId {
+    fn of(path: &Path) -> Option<Self> {
+        let md = std::fs::metadata(path).ok()?;
+        Some(Self {
+            len: md.len(),
+            modified: md.modified().ok(),
+            #[cfg(unix)]
+            ino: std::os::unix::fs::MetadataExt::ino(&md),
+        })
+    }
 }
 
 impl Layout {
@@ -129,6 +156,7 @@ impl Layout {
             swap_tmp: sibling(folder, "tillup-swap"),
             exchange: true,
             version_file: RelPath::new(version_file).expect("checked when the config was loaded"),
+            record: Arc::default(),
         }
     }
 
@@ -183,12 +211,11 @@ impl Layout {
             .check_case_collisions()
             .map_err(|e| FolderError::CaseCollision(e.to_string()))?;
         // Only what the staging folder does not hold already is needed.
-        let to_write: Vec<&tillup_core::FileEntry> = req
-            .manifest
-            .files()
-            .iter()
-            .filter(|f| staged.as_ref().and_then(|s| s.get(&f.path)) != Some(f))
-            .collect();
+        let changes = staged.as_ref().map(|s| s.changes_to(&req.manifest));
+        let to_write: Vec<&tillup_core::FileEntry> = match &changes {
+            Some(c) => c.upsert.iter().collect(),
+            None => req.manifest.files().iter().collect(),
+        };
         let missing = store.missing(
             to_write
                 .iter()
@@ -230,9 +257,9 @@ impl Layout {
             })
         };
         tillup_fs::fault::crash_point("agent.stage.building");
-        let built = match &staged {
-            Some(old) => self.update_staging(old, &req.manifest, &source),
-            None => remove_dir_if_exists(&self.staging)
+        let built = match (&staged, &changes) {
+            (Some(old), Some(changes)) => self.update_staging(old, changes, &source),
+            _ => remove_dir_if_exists(&self.staging)
                 .and_then(|()| tillup_fs::materialize(&self.staging, &req.manifest, &source))
                 .map_err(FolderError::from),
         }
@@ -251,7 +278,7 @@ impl Layout {
             let _ = std::fs::remove_dir_all(&self.staging);
             return Err(e);
         }
-        tillup_fs::write_atomic(&self.staged_record, &req.manifest.to_bytes())?;
+        self.write_record(&req.manifest)?;
         Ok(report)
     }
 
@@ -283,29 +310,57 @@ impl Layout {
                 return Ok(None);
             }
         };
-        tillup_fs::write_atomic(&self.staged_record, &holds.to_bytes())?;
+        self.write_record(&holds)?;
         Ok(Some(holds))
     }
 
     /// What the staging folder holds, if it is complete (as its record
     /// says); `None` while none is, or one is being built.
     pub fn staged(&self) -> Option<Manifest> {
+        self.staged_with_digest().map(|(m, _)| m)
+    }
+
+    /// [`Layout::staged`] with its digest ([`Manifest::digest`]).
+    pub fn staged_with_digest(&self) -> Option<(Manifest, Sha256Hex)> {
         if !self.staging.is_dir() {
             return None;
         }
-        Manifest::parse(&std::fs::read(&self.staged_record).ok()?).ok()
+        let id = RecordId::of(&self.staged_record)?;
+        let mut kept = self.record.lock().expect("not poisoned");
+        if let Some((_, m, d)) = kept.as_ref().filter(|(k, _, _)| *k == id) {
+            return Some((m.clone(), *d));
+        }
+        let m = Manifest::parse(&std::fs::read(&self.staged_record).ok()?).ok()?;
+        let digest = m.digest();
+        *kept = Some((id, m.clone(), digest));
+        Some((m, digest))
     }
 
-    /// Turns a complete staging folder holding `old` into one holding `new`.
+    /// Writes the staging record: the staging folder is complete and holds `m`.
+    fn write_record(&self, m: &Manifest) -> Result<(), FolderError> {
+        let bytes = m.to_bytes();
+        tillup_fs::write_atomic(&self.staged_record, &bytes)?;
+        *self.record.lock().expect("not poisoned") =
+            RecordId::of(&self.staged_record).map(|id| (id, m.clone(), Sha256Hex::of(&bytes)));
+        Ok(())
+    }
+
+    /// Turns a complete staging folder holding `old` into one holding
+    /// `old` with `changes`.
     fn update_staging(
         &self,
         old: &Manifest,
-        new: &Manifest,
+        changes: &ManifestChanges,
         source: &dyn Fn(&tillup_core::FileEntry) -> Result<PathBuf, tillup_fs::Error>,
     ) -> Result<(), FolderError> {
         let mut touched = std::collections::BTreeSet::new();
-        for f in old.files().iter().filter(|f| new.get(&f.path) != Some(*f)) {
-            let path = tillup_fs::join(&self.staging, &f.path);
+        let replaced = changes.upsert.iter().map(|f| &f.path);
+        for p in changes
+            .remove
+            .iter()
+            .chain(replaced.filter(|p| old.get(p).is_some()))
+        {
+            let path = tillup_fs::join(&self.staging, p);
             tillup_fs::remove_file_if_exists(&path)?;
             // Prune folders the removal left empty (a file may replace one).
             let mut dir = path.parent();
@@ -317,7 +372,7 @@ impl Layout {
             }
             touched.insert(dir.unwrap_or(&self.staging).to_owned());
         }
-        for f in new.files().iter().filter(|f| old.get(&f.path) != Some(*f)) {
+        for f in &changes.upsert {
             let path = tillup_fs::join(&self.staging, &f.path);
             let dir = path.parent().expect("joined paths have a parent");
             std::fs::create_dir_all(dir).at(dir)?;

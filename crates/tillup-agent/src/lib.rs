@@ -44,6 +44,14 @@ pub use http::{AgentError, app};
 /// The hash cache of the folder that became previous at the last commit.
 const PREVIOUS_CACHE: &str = "previous-hash-cache.json";
 
+/// A scan of the folder while the main program was stopped.
+#[derive(Clone)]
+struct AtRest {
+    /// [`supervisor::Supervisor::starts`] when it was taken.
+    starts: u64,
+    manifest: Manifest,
+}
+
 /// The agent's state, shared by every request.
 pub struct Agent {
     config: Config,
@@ -55,6 +63,12 @@ pub struct Agent {
     folder_ops: Arc<tokio::sync::Mutex<()>>,
     /// Hash → path in the folder, from the last scan.
     index: Mutex<Option<HashMap<Sha256Hex, RelPath>>>,
+    /// The folder as a snapshot scanned it while the main program was
+    /// stopped (see [`Agent::folder_now`]).
+    at_rest: Mutex<Option<AtRest>>,
+    /// The manifest of the release last staged, checked (see
+    /// [`Agent::release_files`]).
+    release_files: Mutex<Option<Arc<tillup_core::install::ReleaseFiles>>>,
     /// The folder's hash cache, loaded at the first scan and kept: a scan
     /// of a folder of ten thousand files then reads no cache file.
     hash_cache: Arc<Mutex<Option<HashCache>>>,
@@ -109,6 +123,8 @@ impl Agent {
             state_dir,
             folder_ops: Arc::default(),
             index: Mutex::new(None),
+            at_rest: Mutex::new(None),
+            release_files: Mutex::new(None),
             hash_cache: Arc::default(),
             memory: Mutex::new(memory),
             last_contact: Mutex::new(Instant::now()),
@@ -216,13 +232,38 @@ impl Agent {
         Ok(manifest)
     }
 
-    /// `GET /v1/snapshot`.
+    /// `GET /v1/snapshot`. Taken while the main program is stopped (the
+    /// host's `Collect`), it is also what the commit checks against.
     pub async fn snapshot(&self) -> Result<Snapshot, AgentError> {
+        let starts = self.supervisor.starts();
+        let stopped = !self.supervisor.is_running();
         let manifest = self.scan().await?;
+        *self.at_rest.lock().expect("not poisoned") = (stopped
+            && !self.supervisor.is_running()
+            && self.supervisor.starts() == starts)
+            .then(|| AtRest {
+                starts,
+                manifest: manifest.clone(),
+            });
         Ok(Snapshot {
             version: self.layout.version_of(&self.layout.folder),
             manifest,
         })
+    }
+
+    /// The folder as it is now. The main program is the only writer of
+    /// the folder besides the agent, so a scan taken while it was stopped
+    /// stays true until it starts again or the agent swaps the folder:
+    /// then no file is looked at twice while a till is stopped. Otherwise,
+    /// a scan.
+    async fn folder_now(&self) -> Result<Manifest, AgentError> {
+        let kept = self.at_rest.lock().expect("not poisoned").clone();
+        match kept {
+            Some(r) if !self.supervisor.is_running() && self.supervisor.starts() == r.starts => {
+                Ok(r.manifest)
+            }
+            _ => self.scan().await,
+        }
     }
 
     async fn ensure_index(&self) -> Result<(), AgentError> {
@@ -297,6 +338,8 @@ impl Agent {
         let (version, signed) = (version.clone(), signed.clone());
         // Nothing is written for a release the chain did not sign.
         let accepted = self.accept_release(&version, &signed)?;
+        // Its manifest, checked now rather than while the till is stopped.
+        self.release_files(&accepted.release).await?;
         match target {
             // The whole folder: the folder as it is now.
             Target::Whole(_) => {
@@ -323,19 +366,25 @@ impl Agent {
             .then(|| self.state_dir.join(PREVIOUS_CACHE));
         let report = tokio::task::spawn_blocking(move || {
             // The staging folder's record is read once, whatever follows.
-            let mut staged = layout.staged();
+            let mut staged = layout.staged_with_digest();
             if staged.is_none()
                 && let Some(cache_path) = recycle
             {
-                staged = layout.recycle_previous(&mut HashCache::load(&cache_path))?;
-                if let Some(m) = &staged {
+                staged = layout
+                    .recycle_previous(&mut HashCache::load(&cache_path))?
+                    .map(|m| {
+                        let digest = m.digest();
+                        (m, digest)
+                    });
+                if let Some((m, _)) = &staged {
                     tracing::info!(
                         files = m.len(),
                         "the previous folder is the new staging folder"
                     );
                 }
             }
-            let req = target.resolve(staged.as_ref())?;
+            let req = target.resolve(staged.as_ref().map(|(m, d)| (m, *d)))?;
+            let staged = staged.map(|(m, _)| m);
             let report = layout.stage_from(&local, &store, &req, staged)?;
             // Received files the staged folder does not use are not needed
             // again: the incoming store stays within one release's changes
@@ -386,18 +435,19 @@ impl Agent {
         })?;
         // The folder about to become previous, as its hash cache knows it
         // (the stage that built the staging folder scanned it just before):
-        // what makes reusing it for the next staging cheap.
+        // what makes reusing it for the next staging cheap. Moved, not
+        // copied: the swap forgets the folder's cache anyway, and a cache
+        // lost to a crash costs a rescan, never a wrong hash.
         let (from, to) = (
             self.state_dir.join("hash-cache.json"),
             self.state_dir.join(PREVIOUS_CACHE),
         );
-        tokio::task::spawn_blocking(move || match std::fs::read(&from) {
-            Ok(bytes) => tillup_fs::write_atomic(&to, &bytes),
-            Err(_) => Ok(()),
-        })
-        .await
-        .map_err(AgentError::internal)?
-        .map_err(AgentError::internal)?;
+        match std::fs::rename(&from, &to) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(AgentError::internal(e));
+            }
+            _ => {}
+        }
         // On trial from before the swap: a crash right after it still
         // leaves the agent knowing what to put back if it is unhealthy.
         let previous = self.layout.version_of(&self.layout.folder);
@@ -458,6 +508,8 @@ impl Agent {
         version: Version,
         op: fn(&folder::Layout, &Version) -> Result<bool, folder::FolderError>,
     ) -> Result<SwapReport, AgentError> {
+        // Whatever becomes of the swap, the folder may change under it.
+        *self.at_rest.lock().expect("not poisoned") = None;
         let layout = self.layout.clone();
         let v = version.clone();
         let swapped = tokio::task::spawn_blocking(move || op(&layout, &v))
@@ -720,12 +772,12 @@ impl Target {
     }
 
     /// The whole folder, given what is staged now.
-    fn resolve(self, staged: Option<&Manifest>) -> Result<StageRequest, AgentError> {
+    fn resolve(self, staged: Option<(&Manifest, Sha256Hex)>) -> Result<StageRequest, AgentError> {
         let req = match self {
             Target::Whole(req) => return Ok(req),
             Target::Changes(req) => req,
         };
-        let manifest = match staged.map(|m| (m.digest(), m)) {
+        let manifest = match staged.map(|(m, digest)| (digest, m)) {
             // Asked again after a lost answer: staged already.
             Some((digest, m)) if digest == req.result => m.clone(),
             Some((digest, m)) if digest == req.base => {

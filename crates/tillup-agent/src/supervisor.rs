@@ -73,6 +73,10 @@ pub struct Supervisor {
     cfg: MainConfig,
     state_dir: PathBuf,
     current: Mutex<Option<Proc>>,
+    /// How many times this supervisor started the main program: while it
+    /// stays the same and the program is stopped, nothing but the agent
+    /// has written to the folder since.
+    starts: std::sync::atomic::AtomicU64,
     /// Serialises start and stop.
     ops: tokio::sync::Mutex<()>,
 }
@@ -86,6 +90,7 @@ impl Supervisor {
             cfg,
             state_dir: state_dir.to_owned(),
             current: Mutex::new(None),
+            starts: 0.into(),
             ops: tokio::sync::Mutex::new(()),
         };
         let left = std::fs::read_to_string(s.pid_file())
@@ -131,6 +136,11 @@ impl Supervisor {
     /// Whether the main program is running now.
     pub fn is_running(&self) -> bool {
         matches!(self.state(), MainState::Running { .. })
+    }
+
+    /// How many times the main program was started by this supervisor.
+    pub fn starts(&self) -> u64 {
+        self.starts.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether a sale is in progress, by the configured busy check.
@@ -197,6 +207,9 @@ impl Supervisor {
             .kill_on_drop(false);
         #[cfg(unix)]
         cmd.process_group(0);
+        // Counted before it can write anything.
+        self.starts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut child = cmd
             .spawn()
             .map_err(|source| SupervisorError::Spawn { program, source })?;

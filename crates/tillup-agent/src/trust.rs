@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 
 use semver::Version;
 use serde::{Deserialize, Serialize};
-use tillup_core::install::{Accepted, SignedLog, check_folder, check_release};
+use std::sync::Arc;
+
+use tillup_core::install::{Accepted, ReleaseFiles, SignedLog, check_folder, check_release};
 use tillup_core::keys::Trust;
+use tillup_core::log::Release;
 use tillup_core::log::SeenLog;
 
 use crate::memory::Memory;
@@ -119,10 +122,11 @@ impl Agent {
             )));
         }
         let accepted = self.accept_release(version, &staged_release.release)?;
+        let files = self.release_files(&accepted.release).await?;
         // The folder as it is now (the program is stopped): its own files
         // are the ones to keep.
-        let current = self.scan().await?;
-        let (layout, store) = (self.layout.clone(), self.store.clone());
+        let current = self.folder_now().await?;
+        let layout = self.layout.clone();
         let release = accepted.release.clone();
         tokio::task::spawn_blocking(move || {
             let staged = layout.staged().ok_or_else(|| {
@@ -130,12 +134,33 @@ impl Agent {
                     "the staging folder is incomplete: stage the release again".into(),
                 )
             })?;
-            let manifest_bytes = store.read(&release.sha256)?;
-            check_folder(&release, &manifest_bytes, &current, &staged)?;
+            check_folder(&release, &files, &current, &staged)?;
             Ok::<_, AgentError>(())
         })
         .await
         .map_err(AgentError::internal)??;
         Ok((accepted.seen, accepted.trust))
+    }
+
+    /// The manifest of `release`, received, checked against its signed
+    /// digest and parsed: once per release, at its first stage (before
+    /// the stop), not again at the commit.
+    pub(crate) async fn release_files(
+        &self,
+        release: &Release,
+    ) -> Result<Arc<ReleaseFiles>, AgentError> {
+        let kept = self.release_files.lock().expect("not poisoned").clone();
+        if let Some(f) = kept.filter(|f| f.sha256() == release.sha256) {
+            return Ok(f);
+        }
+        let (store, release) = (self.store.clone(), release.clone());
+        let files = tokio::task::spawn_blocking(move || {
+            let bytes = store.read(&release.sha256)?;
+            Ok::<_, AgentError>(Arc::new(ReleaseFiles::check(&release, &bytes)?))
+        })
+        .await
+        .map_err(AgentError::internal)??;
+        *self.release_files.lock().expect("not poisoned") = Some(Arc::clone(&files));
+        Ok(files)
     }
 }

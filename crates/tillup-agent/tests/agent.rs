@@ -40,6 +40,17 @@ impl ChainKey {
     /// A fresh log of channel `stable` naming release `version` with the
     /// manifest `manifest_bytes`, for every model, preserving nothing.
     fn sign(&self, version: &str, manifest_bytes: &[u8]) -> SignedLog {
+        self.sign_preserving(version, manifest_bytes, &[])
+    }
+
+    /// [`ChainKey::sign`], the release keeping the terminal's files that
+    /// match `preserve`.
+    fn sign_preserving(
+        &self,
+        version: &str,
+        manifest_bytes: &[u8],
+        preserve: &[&str],
+    ) -> SignedLog {
         let sequence = self
             .sequence
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -55,6 +66,7 @@ impl ChainKey {
                 "size": 0,
                 "sha256": Sha256Hex::of(manifest_bytes).to_string(),
                 "notes": {"en": "", "zh_cn": ""},
+                "preserve": preserve,
             }],
         })
         .to_string();
@@ -342,10 +354,19 @@ health_timeout_secs = 10
     /// Signs a log naming `manifest` as release `version` and sends the
     /// agent the manifest's bytes; returns the log.
     async fn sign_and_send(&self, version: &str, manifest: &Manifest) -> SignedLog {
+        self.sign_and_send_preserving(version, manifest, &[]).await
+    }
+
+    async fn sign_and_send_preserving(
+        &self,
+        version: &str,
+        manifest: &Manifest,
+        preserve: &[&str],
+    ) -> SignedLog {
         let bytes = manifest.to_bytes();
         let res = self.put_pack(&[&bytes]).await;
         assert!(res.status().is_success(), "{}", res.text().await.unwrap());
-        self.key.sign(version, &bytes)
+        self.key.sign_preserving(version, &bytes, preserve)
     }
 
     /// Sends the blobs of `release` the agent lacks, then stages it.
@@ -353,6 +374,16 @@ health_timeout_secs = 10
         &self,
         release: &Path,
         version: &str,
+    ) -> (Manifest, Vec<Sha256Hex>, StageReport) {
+        self.send_and_stage_preserving(release, version, &[]).await
+    }
+
+    /// [`Harness::send_and_stage`] of a release keeping `preserve`.
+    async fn send_and_stage_preserving(
+        &self,
+        release: &Path,
+        version: &str,
+        preserve: &[&str],
     ) -> (Manifest, Vec<Sha256Hex>, StageReport) {
         let manifest = scan(release);
         let wanted = HashList::new(manifest.hashes().into_iter().collect());
@@ -373,7 +404,9 @@ health_timeout_secs = 10
         let req = StageRequest {
             version: version.parse().unwrap(),
             manifest: manifest.clone(),
-            release: self.sign_and_send(version, &manifest).await,
+            release: self
+                .sign_and_send_preserving(version, &manifest, preserve)
+                .await,
         };
         let report: StageReport = self.post(routes::STAGE, &req).await;
         (manifest, missing.hashes, report)
@@ -636,6 +669,46 @@ async fn staging_by_changes_applies_only_to_the_folder_named() {
     // Asked again: already there.
     let _: StageReport = h.post(routes::STAGE_CHANGES, &req).await;
     assert_eq!(scan(&staging), target);
+}
+
+/// The commit checks the staging folder against the terminal's own files
+/// as a snapshot saw them while the program was stopped, without looking
+/// at every file again; once the program has run since, it looks again.
+#[tokio::test]
+async fn a_commit_checks_the_own_files_again_once_the_program_ran_since_the_snapshot() {
+    let h = Harness::start(60);
+    h.healthy("1.0.0").await;
+    let swap = SwapRequest {
+        version: "2.0.0".parse().unwrap(),
+    };
+    let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
+    let _: Snapshot = h.get(routes::SNAPSHOT).await;
+    let new = release(&h, "2.0.0", None);
+    h.send_and_stage_preserving(&new, "2.0.0", &["data/**"])
+        .await;
+    // It sold meanwhile: the staged folder holds an old sales log.
+    let _: StartReport = h.post(routes::START, &()).await;
+    let _: StopReport = h.post(routes::STOP, &StopRequest::default()).await;
+    write(&h.folder(), "data/sales.log", b"sold after the snapshot");
+    let msg = error_of(
+        h.post_raw(routes::COMMIT, &swap).await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert!(msg.contains("data/sales.log"), "{msg}");
+    assert_eq!(h.status().await.version, Some("1.0.0".parse().unwrap()));
+
+    // Staged again from a snapshot of the stopped program: it swaps.
+    let _: Snapshot = h.get(routes::SNAPSHOT).await;
+    let new = release(&h, "2.0.0", None);
+    h.send_and_stage_preserving(&new, "2.0.0", &["data/**"])
+        .await;
+    let done: SwapReport = h.post(routes::COMMIT, &swap).await;
+    assert!(done.swapped);
+    assert_eq!(
+        std::fs::read(h.folder().join("data/sales.log")).unwrap(),
+        b"sold after the snapshot"
+    );
 }
 
 #[tokio::test]

@@ -142,26 +142,54 @@ pub fn check_release(
     })
 }
 
-/// Checks that `staged` is exactly `release` (whose manifest is
-/// `manifest_bytes`) merged with `current`, the terminal's folder now.
+/// A release's manifest whose bytes hashed to the digest it was checked
+/// against: what [`check_folder`] compares a staging folder with. Parsed
+/// once, it can be checked before a stop and used at the commit.
+#[derive(Clone, Debug)]
+pub struct ReleaseFiles {
+    sha256: Sha256Hex,
+    files: Manifest,
+}
+
+impl ReleaseFiles {
+    /// Parses `manifest_bytes` if they hash to `release`'s manifest digest.
+    pub fn check(release: &Release, manifest_bytes: &[u8]) -> Result<Self, InstallRefusal> {
+        let got = Sha256Hex::of(manifest_bytes);
+        if got != release.sha256 {
+            return Err(InstallRefusal::WrongManifest {
+                signed: release.sha256,
+                got,
+            });
+        }
+        let files = Manifest::parse(manifest_bytes)
+            .map_err(|e: ManifestError| InstallRefusal::BadLog(e.to_string()))?;
+        Ok(Self { sha256: got, files })
+    }
+
+    /// The digest its bytes hashed to.
+    pub fn sha256(&self) -> Sha256Hex {
+        self.sha256
+    }
+}
+
+/// Checks that `staged` is exactly `release` (whose manifest is `files`)
+/// merged with `current`, the terminal's folder now.
 pub fn check_folder(
     release: &Release,
-    manifest_bytes: &[u8],
+    files: &ReleaseFiles,
     current: &Manifest,
     staged: &Manifest,
 ) -> Result<(), InstallRefusal> {
-    let got = Sha256Hex::of(manifest_bytes);
-    if got != release.sha256 {
+    if files.sha256 != release.sha256 {
         return Err(InstallRefusal::WrongManifest {
             signed: release.sha256,
-            got,
+            got: files.sha256,
         });
     }
     let bad = |e: &dyn std::fmt::Display| InstallRefusal::BadLog(e.to_string());
-    let files = Manifest::parse(manifest_bytes).map_err(|e: ManifestError| bad(&e))?;
     let preserve = crate::manifest::Preserve::new(&release.preserve).map_err(|e| bad(&e))?;
-    let expected = merge_for_terminal(&files, current, &preserve).map_err(|e| bad(&e))?;
-    if expected.digest() == staged.digest() {
+    let expected = merge_for_terminal(&files.files, current, &preserve).map_err(|e| bad(&e))?;
+    if expected == *staged {
         return Ok(());
     }
     Err(InstallRefusal::Tampered {
@@ -389,7 +417,8 @@ mod tests {
             file("config/local/terminal.ini", "number = 1"),
         ])
         .unwrap();
-        check_folder(&accepted.release, &f.manifest_bytes, &current, &good).unwrap();
+        let files = ReleaseFiles::check(&accepted.release, &f.manifest_bytes).unwrap();
+        check_folder(&accepted.release, &files, &current, &good).unwrap();
 
         let changed = good
             .with_changes(
@@ -422,7 +451,7 @@ mod tests {
             ("added", added),
             ("forged local", forged_local),
         ] {
-            let got = check_folder(&accepted.release, &f.manifest_bytes, &current, &staged);
+            let got = check_folder(&accepted.release, &files, &current, &staged);
             assert!(
                 matches!(got, Err(InstallRefusal::Tampered { .. })),
                 "{name}: {got:?}"
@@ -430,7 +459,7 @@ mod tests {
         }
         // A manifest other than the signed one.
         let other = Manifest::new(vec![file("bin/pos", "evil program")]).unwrap();
-        let got = check_folder(&accepted.release, &other.to_bytes(), &current, &good);
+        let got = ReleaseFiles::check(&accepted.release, &other.to_bytes());
         assert!(
             matches!(got, Err(InstallRefusal::WrongManifest { .. })),
             "{got:?}"
