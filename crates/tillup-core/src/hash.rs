@@ -41,14 +41,21 @@ impl Sha256Hex {
 #[error("`{0}` is not a SHA-256 digest (expected 64 lowercase hex digits)")]
 pub struct BadDigest(String);
 
-/// The value of one lowercase hex digit.
-fn nibble(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
+/// The value of each lowercase hex digit; 0xff for every other byte.
+const NIBBLE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 impl FromStr for Sha256Hex {
     type Err = BadDigest;
@@ -58,9 +65,14 @@ impl FromStr for Sha256Hex {
         if bytes.len() != 64 {
             return Err(bad());
         }
+        // Every manifest entry has one: a table, and one test per pair.
         let mut out = [0u8; 32];
         for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            *o = (nibble(pair[0]).ok_or_else(bad)? << 4) | nibble(pair[1]).ok_or_else(bad)?;
+            let (hi, lo) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+            if (hi | lo) & 0xf0 != 0 {
+                return Err(bad());
+            }
+            *o = (hi << 4) | lo;
         }
         Ok(Self(out))
     }

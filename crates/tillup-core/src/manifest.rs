@@ -86,15 +86,19 @@ impl Manifest {
     /// Sorts `files` and checks that no path is listed twice and no file is
     /// also a folder of another.
     pub fn new(mut files: Vec<FileEntry>) -> Result<Self, ManifestError> {
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        for pair in files.windows(2) {
-            if pair[0].path == pair[1].path {
-                return Err(ManifestError::Duplicate(pair[0].path.clone()));
+        // Nearly always sorted already (a scan, a parse): then one pass.
+        if !files.is_sorted_by(|a, b| a.path < b.path) {
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            for pair in files.windows(2) {
+                if pair[0].path == pair[1].path {
+                    return Err(ManifestError::Duplicate(pair[0].path.clone()));
+                }
             }
         }
         // "a" sorts right before "a/…" entries only if nothing sorts between
         // them, which is not true ("a.txt" < "a/b"), so check every folder.
-        let paths: BTreeSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        let paths: std::collections::HashSet<&str> =
+            files.iter().map(|f| f.path.as_str()).collect();
         for f in &files {
             let s = f.path.as_str();
             for (i, _) in s.match_indices('/') {

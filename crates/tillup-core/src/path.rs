@@ -73,37 +73,7 @@ fn unportable(part: &str) -> Option<String> {
 impl RelPath {
     /// Checks and wraps `s`.
     pub fn new(s: &str) -> Result<Self, PathError> {
-        let shown = || s.chars().take(200).collect::<String>();
-        if s.is_empty() {
-            return Err(PathError::Empty);
-        }
-        if s.len() > MAX_PATH_LEN {
-            return Err(PathError::TooLong(shown()));
-        }
-        if s.starts_with('/') {
-            return Err(PathError::Absolute(shown()));
-        }
-        let b = s.as_bytes();
-        if b.len() >= 2 && b[1] == b':' && b[0].is_ascii_alphabetic() {
-            return Err(PathError::DriveLetter(shown()));
-        }
-        if s.chars().any(|c| c == '\\' || c.is_control()) {
-            return Err(PathError::BadCharacter(shown()));
-        }
-        for part in s.split('/') {
-            match part {
-                ".." => return Err(PathError::ParentDir(shown())),
-                "" | "." => return Err(PathError::EmptyComponent(shown())),
-                _ => {
-                    if let Some(reason) = unportable(part) {
-                        return Err(PathError::NotPortable {
-                            path: shown(),
-                            reason,
-                        });
-                    }
-                }
-            }
-        }
+        check(s)?;
         Ok(Self(s.to_owned()))
     }
 
@@ -134,8 +104,45 @@ pub(crate) fn collision_key(s: &str) -> String {
 impl TryFrom<String> for RelPath {
     type Error = PathError;
     fn try_from(s: String) -> Result<Self, PathError> {
-        RelPath::new(&s)
+        check(&s)?;
+        Ok(Self(s))
     }
+}
+
+/// Whether `s` is a [`RelPath`].
+fn check(s: &str) -> Result<(), PathError> {
+    let shown = || s.chars().take(200).collect::<String>();
+    if s.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if s.len() > MAX_PATH_LEN {
+        return Err(PathError::TooLong(shown()));
+    }
+    if s.starts_with('/') {
+        return Err(PathError::Absolute(shown()));
+    }
+    let b = s.as_bytes();
+    if b.len() >= 2 && b[1] == b':' && b[0].is_ascii_alphabetic() {
+        return Err(PathError::DriveLetter(shown()));
+    }
+    if s.chars().any(|c| c == '\\' || c.is_control()) {
+        return Err(PathError::BadCharacter(shown()));
+    }
+    for part in s.split('/') {
+        match part {
+            ".." => return Err(PathError::ParentDir(shown())),
+            "" | "." => return Err(PathError::EmptyComponent(shown())),
+            _ => {
+                if let Some(reason) = unportable(part) {
+                    return Err(PathError::NotPortable {
+                        path: shown(),
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl From<RelPath> for String {

@@ -97,78 +97,96 @@ pub fn scan_folder(root: &Path, cache: &mut HashCache) -> Result<Manifest, Error
             .map_or(0, |d| d.as_nanos() as i128),
     );
     let mut files = Vec::new();
-    let mut fresh = BTreeMap::new();
-    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(root).to_owned();
-            Error::Io {
-                path,
-                source: e
-                    .into_io_error()
-                    .unwrap_or_else(|| io::Error::other("walk failed")),
+    let mut changed = false;
+    walk(root, "", &mut |path, rel, md| {
+        let (size, mtime) = (md.len(), mtime_ns(md));
+        let fresh = |c: &CachedHash| {
+            c.size == size && c.mtime_ns == mtime && now_ns - mtime > 2_000_000_000
+        };
+        let sha256 = match cache.entries.get(rel.as_str()).filter(|c| fresh(c)) {
+            Some(c) => c.sha256,
+            None => {
+                let sha256 = hash_file(path)?.0;
+                let entry = CachedHash {
+                    size,
+                    mtime_ns: mtime,
+                    sha256,
+                };
+                if cache.entries.get(rel.as_str()) != Some(&entry) {
+                    cache.entries.insert(rel.as_str().to_owned(), entry);
+                    changed = true;
+                }
+                sha256
             }
-        })?;
+        };
+        files.push(FileEntry {
+            path: rel,
+            size,
+            sha256,
+            exec: is_exec(md),
+        });
+        Ok(())
+    })?;
+    let manifest = Manifest::new(files).map_err(|e| Error::BadName {
+        path: root.to_owned(),
+        reason: e.to_string(),
+    })?;
+    // Files gone since: their entries go too.
+    if cache.entries.len() != manifest.len() {
+        cache
+            .entries
+            .retain(|p, _| RelPath::new(p).is_ok_and(|p| manifest.get(&p).is_some()));
+        changed = true;
+    }
+    cache.dirty |= changed;
+    Ok(manifest)
+}
+
+/// Calls `file` for every file under `dir` (whose path relative to the
+/// scanned folder is `rel`, `/`-separated), with its path, relative path and metadata,
+/// in name order. Each entry's metadata is read relative to its folder
+/// (`DirEntry::metadata`), not by walking its whole path again.
+fn walk(
+    dir: &Path,
+    rel: &str,
+    file: &mut dyn FnMut(&Path, RelPath, &fs::Metadata) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut entries = fs::read_dir(dir)
+        .at(dir)?
+        .collect::<Result<Vec<_>, _>>()
+        .at(dir)?;
+    entries.sort_by_key(fs::DirEntry::file_name);
+    for entry in entries {
         let path = entry.path();
-        let ft = entry.file_type();
+        let name = entry.file_name();
+        let name = name.to_str().ok_or_else(|| Error::BadName {
+            path: path.clone(),
+            reason: "not UTF-8".into(),
+        })?;
+        let rel_str = if rel.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let ft = entry.file_type().at(&path)?;
         if ft.is_symlink() {
             return Err(Error::Symlink {
-                path: path.to_owned(),
-                target: fs::read_link(path).unwrap_or_default(),
+                target: fs::read_link(&path).unwrap_or_default(),
+                path,
             });
         }
         if ft.is_dir() {
+            walk(&path, &rel_str, file)?;
             continue;
         }
-        let rel = path
-            .strip_prefix(root)
-            .expect("walkdir stays under its root");
-        let rel_str = rel
-            .to_str()
-            .ok_or_else(|| Error::BadName {
-                path: path.to_owned(),
-                reason: "not UTF-8".into(),
-            })?
-            .replace(std::path::MAIN_SEPARATOR, "/");
-        let rel_path = RelPath::new(&rel_str).map_err(|e| Error::BadName {
-            path: path.to_owned(),
+        let rel_path = RelPath::try_from(rel_str).map_err(|e| Error::BadName {
+            path: path.clone(),
             reason: e.to_string(),
         })?;
-        let md = entry.metadata().map_err(|e| Error::Io {
-            path: path.to_owned(),
-            source: e.into(),
-        })?;
-        let (size, mtime) = (md.len(), mtime_ns(&md));
-        let cached = cache
-            .entries
-            .get(&rel_str)
-            .filter(|c| c.size == size && c.mtime_ns == mtime && now_ns - mtime > 2_000_000_000);
-        let sha256 = match cached {
-            Some(c) => c.sha256,
-            None => hash_file(path)?.0,
-        };
-        fresh.insert(
-            rel_str,
-            CachedHash {
-                size,
-                mtime_ns: mtime,
-                sha256,
-            },
-        );
-        files.push(FileEntry {
-            path: rel_path,
-            size,
-            sha256,
-            exec: is_exec(&md),
-        });
+        let md = entry.metadata().at(&path)?;
+        file(&path, rel_path, &md)?;
     }
-    if cache.entries != fresh {
-        cache.entries = fresh;
-        cache.dirty = true;
-    }
-    Manifest::new(files).map_err(|e| Error::BadName {
-        path: root.to_owned(),
-        reason: e.to_string(),
-    })
+    Ok(())
 }
 
 /// Builds `dest` (which must not exist) from `manifest`, taking each file
