@@ -57,6 +57,9 @@ pub fn retry_delay(attempt: u32) -> Duration {
 /// The largest JSON answer read: a delivery holds one manifest per terminal.
 pub const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
 
+/// JSON answers from this size on are parsed on the blocking pool.
+const PARSE_ASIDE_FROM: usize = 64 * 1024;
+
 /// The most of an error answer's body that is read.
 pub const MAX_ERROR_BODY_BYTES: usize = 8 * 1024;
 
@@ -326,13 +329,17 @@ impl Peer {
         Err(self.refusal(what, resp).await)
     }
 
-    pub async fn get_json<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<T, Error> {
+    pub async fn get_json<T: DeserializeOwned + Send + 'static>(
+        &self,
+        what: &str,
+        path: &str,
+    ) -> Result<T, Error> {
         self.get_json_query(what, path, &[]).await
     }
 
     /// `GET path?query` as JSON; the query is encoded by the client (a `+`
     /// in a version stays a `+`).
-    pub async fn get_json_query<T: DeserializeOwned>(
+    pub async fn get_json_query<T: DeserializeOwned + Send + 'static>(
         &self,
         what: &str,
         path: &str,
@@ -347,7 +354,7 @@ impl Peer {
         .await
     }
 
-    pub async fn send_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+    pub async fn send_json<B: Serialize + ?Sized, T: DeserializeOwned + Send + 'static>(
         &self,
         what: &str,
         method: Method,
@@ -413,15 +420,30 @@ impl Peer {
             .map_err(|e| self.stalled(what, e))?
     }
 
-    async fn json<T: DeserializeOwned>(&self, what: &str, resp: Response) -> Result<T, Error> {
+    async fn json<T: DeserializeOwned + Send + 'static>(
+        &self,
+        what: &str,
+        resp: Response,
+    ) -> Result<T, Error> {
         let bytes = self.read_limited(what, resp, MAX_ANSWER_BYTES).await?;
-        // An empty body (201, 204) reads as `null`.
-        let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-        serde_json::from_slice(bytes).map_err(|e| Error::BadAnswer {
+        let bad = |e: serde_json::Error| Error::BadAnswer {
             peer: self.name.clone(),
             what: what.to_owned(),
             message: e.to_string(),
-        })
+        };
+        // An empty body (201, 204) reads as `null`.
+        if bytes.is_empty() {
+            return serde_json::from_slice(b"null").map_err(bad);
+        }
+        // A whole folder's manifest takes milliseconds to parse: off the
+        // runtime, so the answers of several terminals parse side by side.
+        if bytes.len() < PARSE_ASIDE_FROM {
+            return serde_json::from_slice(&bytes).map_err(bad);
+        }
+        tokio::task::spawn_blocking(move || serde_json::from_slice(&bytes))
+            .await
+            .map_err(|e| Error::Other(format!("a worker failed: {e}")))?
+            .map_err(bad)
     }
 
     /// Asks which of `hashes` the peer lacks.

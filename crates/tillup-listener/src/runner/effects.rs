@@ -142,25 +142,35 @@ impl Listener {
                 // The changes since `Gather` took the folder (whose files
                 // the host holds, checked): the files to fetch are among
                 // them, and they are what the upload sends.
-                let changes = read_json::<TerminalBackup>(&files.gathered(*n))
-                    .ok()
-                    .filter(|g| (&g.model, &g.version) == (&backup.model, &backup.version))
-                    .map(|g| g.manifest.changes_to(&backup.manifest));
-                let candidates = match &changes {
-                    Some(c) => sizes_of(&c.upsert),
-                    None => sizes([&backup.manifest]),
-                };
-                let changed = lacking(&candidates, blobs);
+                let (backup, changes, changed) =
+                    blocking((backup, files.gathered(*n)), |(backup, gathered)| {
+                        let changes = read_json::<TerminalBackup>(&gathered)
+                            .ok()
+                            .filter(|g| (&g.model, &g.version) == (&backup.model, &backup.version))
+                            .map(|g| g.manifest.changes_to(&backup.manifest));
+                        let candidates = match &changes {
+                            Some(c) => sizes_of(&c.upsert),
+                            None => sizes([&backup.manifest]),
+                        };
+                        Ok((backup, changes, candidates))
+                    })
+                    .await?;
+                let changed = lacking(&changed, blobs);
                 let bytes = agent.fetch(&changed, blobs, &Arc::default()).await?;
                 tracing::info!(terminal = n, files = changed.len(), bytes, "collected");
                 // With its bytes in the blob store (checked), this manifest
                 // is the terminal's backup; its folder view is made once
                 // the programs run again (`finish`).
-                tillup_fs::write_json_atomic(&files.backup(*n), &backup)?;
-                match changes {
-                    Some(c) => tillup_fs::write_json_atomic(&files.changes(*n), &c)?,
-                    None => tillup_fs::remove_file_if_exists(&files.changes(*n))?,
-                }
+                let (backup_file, changes_file) = (files.backup(*n), files.changes(*n));
+                blocking((), move |()| {
+                    tillup_fs::write_json_atomic(&backup_file, &backup)?;
+                    match changes {
+                        Some(c) => tillup_fs::write_json_atomic(&changes_file, &c)?,
+                        None => tillup_fs::remove_file_if_exists(&changes_file)?,
+                    }
+                    Ok(())
+                })
+                .await?;
             }
             Effect::UploadBackup if ctx.offline => {
                 tracing::info!("upgrading from a bundle: the backup stays on the host");
@@ -169,7 +179,7 @@ impl Listener {
                 if self.upload_changes(u, files, blobs).await? {
                     return Ok(());
                 }
-                let backups = self.backups(u, files)?;
+                let backups = self.backups(u, files).await?;
                 let hashes: BTreeSet<Sha256Hex> =
                     backups.iter().flat_map(|b| b.manifest.hashes()).collect();
                 let bytes = self
@@ -182,13 +192,13 @@ impl Listener {
                     .await?;
             }
             Effect::Process if ctx.offline => {
-                let backups = self.backups(u, files)?;
+                let backups = self.backups(u, files).await?;
                 for plan in self.build_plans(u, &backups, ctx, blobs).await? {
                     tillup_fs::write_json_atomic(&files.plan(plan.0), &plan.1)?;
                 }
             }
             Effect::Process => {
-                let backups = self.backups(u, files)?;
+                let backups = self.backups(u, files).await?;
                 let terminals = backups
                     .iter()
                     .map(|b| TerminalTarget {
@@ -201,8 +211,13 @@ impl Listener {
                     terminals,
                     answer: ProcessAnswer::Digests,
                 };
-                let built = self.server.process(&u.id, &req).await?;
-                for plan in self.check_delivery(u, &built, &backups, ctx, blobs).await? {
+                // The host's own build needs nothing from the server's:
+                // both run at once.
+                let (built, plans) = tokio::join!(
+                    self.server.process(&u.id, &req),
+                    self.build_plans(u, &backups, ctx, blobs)
+                );
+                for plan in check_delivery(&built?, &backups, plans?)? {
                     tillup_fs::write_json_atomic(&files.plan(plan.0), &plan.1)?;
                 }
             }
@@ -530,12 +545,21 @@ impl Listener {
     }
 
     /// The collected backups of the terminals still on their way.
-    pub(super) fn backups(&self, u: &Upgrade, files: &Files) -> Result<Vec<TerminalBackup>, Error> {
-        u.terminals
-            .values()
-            .filter(|t| t.active())
-            .map(|t| read_json(&files.backup(t.number)))
-            .collect()
+    pub(super) async fn backups(
+        &self,
+        u: &Upgrade,
+        files: &Files,
+    ) -> Result<Vec<TerminalBackup>, Error> {
+        // Each a whole folder's manifest: read side by side.
+        join_all(
+            u.terminals
+                .values()
+                .filter(|t| t.active())
+                .map(|t| blocking(files.backup(t.number), |p| read_json(&p))),
+        )
+        .await
+        .into_iter()
+        .collect()
     }
 
     /// Uploads the store's backup as changes to the one `Gather` uploaded,
@@ -669,53 +693,6 @@ impl Listener {
         }
     }
 
-    /// Recomputes every terminal's folder from the signed release and the
-    /// terminal's own backup; the server's folders (by digest) must be
-    /// exactly those, and name exactly the terminals backed up. Returns
-    /// each terminal's stage plan.
-    async fn check_delivery(
-        &self,
-        u: &Upgrade,
-        built: &DeliveryDigests,
-        backups: &[TerminalBackup],
-        ctx: &Context,
-        blobs: &BlobStore,
-    ) -> Result<Vec<(u32, StagePlan)>, Error> {
-        let numbers: Vec<u32> = built.terminals.iter().map(|t| t.number).collect();
-        if numbers.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Error::Untrusted(format!(
-                "the delivery is not in terminal order: {numbers:?}"
-            )));
-        }
-        let backed_up: Vec<u32> = backups.iter().map(|b| b.number).collect();
-        if let Some(n) = numbers.iter().find(|n| !backed_up.contains(n)) {
-            return Err(Error::Untrusted(format!(
-                "the delivery has a folder for terminal {n}, which was not backed up"
-            )));
-        }
-        let plans = self.build_plans(u, backups, ctx, blobs).await?;
-        for (n, plan) in &plans {
-            let Some(result) = built.terminals.iter().find(|t| t.number == *n) else {
-                return Err(Error::Untrusted(format!(
-                    "the delivery has no folder for terminal {n}"
-                )));
-            };
-            if result.version != plan.version {
-                return Err(Error::Untrusted(format!(
-                    "terminal {n} was given {}, the plan is {}",
-                    result.version, plan.version
-                )));
-            }
-            if result.manifest != plan.result {
-                return Err(Error::Untrusted(format!(
-                    "the server's folder for terminal {n} differs from the signed release {} plus its preserved files",
-                    plan.version
-                )));
-            }
-        }
-        Ok(plans)
-    }
-
     /// Each backed-up terminal's new folder, built on the host from the
     /// signed release and the terminal's preserved files, as a stage plan:
     /// what the server's build must equal, and the whole build of an
@@ -727,8 +704,8 @@ impl Listener {
         ctx: &Context,
         blobs: &BlobStore,
     ) -> Result<Vec<(u32, StagePlan)>, Error> {
-        let mut releases: BTreeMap<&Version, Manifest> = BTreeMap::new();
-        let mut plans = Vec::new();
+        let mut releases: BTreeMap<&Version, (Arc<Manifest>, Sha256Hex)> = BTreeMap::new();
+        let mut work = Vec::new();
         for b in backups {
             let Some(version) = u.terminals.get(&b.number).map(|t| &t.to) else {
                 return Err(Error::Other(format!(
@@ -739,25 +716,87 @@ impl Listener {
             let signed = &ctx.releases[version];
             if !releases.contains_key(version) {
                 let m = self.release_manifest(version, ctx, blobs).await?;
-                releases.insert(version, m);
+                let digest = m.digest();
+                releases.insert(version, (Arc::new(m), digest));
             }
-            let release = &releases[version];
+            let (release, base) = releases[version].clone();
             let preserve =
                 Preserve::new(&signed.preserve).map_err(|e| Error::Untrusted(e.to_string()))?;
-            let expected = merge_for_terminal(release, &b.manifest, &preserve)
-                .map_err(|e| Error::Untrusted(e.to_string()))?;
-            plans.push((
-                b.number,
-                StagePlan {
-                    version: version.clone(),
-                    base: release.digest(),
-                    changes: release.changes_to(&expected),
-                    result: expected.digest(),
-                },
-            ));
+            let (number, version, own) = (b.number, version.clone(), b.manifest.clone());
+            // Each terminal's folder on its own worker.
+            work.push(blocking((), move |()| {
+                let expected = merge_for_terminal(&release, &own, &preserve)
+                    .map_err(|e| Error::Untrusted(e.to_string()))?;
+                Ok((
+                    number,
+                    StagePlan {
+                        version,
+                        base,
+                        changes: release.changes_to(&expected),
+                        result: expected.digest(),
+                    },
+                ))
+            }));
         }
-        Ok(plans)
+        join_all(work).await.into_iter().collect()
     }
+}
+
+/// The server's folders (by digest) must be exactly the host's `plans`
+/// (see [`Listener::build_plans`]) and name exactly the terminals backed
+/// up. Returns the plans.
+fn check_delivery(
+    built: &DeliveryDigests,
+    backups: &[TerminalBackup],
+    plans: Vec<(u32, StagePlan)>,
+) -> Result<Vec<(u32, StagePlan)>, Error> {
+    let numbers: Vec<u32> = built.terminals.iter().map(|t| t.number).collect();
+    if numbers.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(Error::Untrusted(format!(
+            "the delivery is not in terminal order: {numbers:?}"
+        )));
+    }
+    let backed_up: Vec<u32> = backups.iter().map(|b| b.number).collect();
+    if let Some(n) = numbers.iter().find(|n| !backed_up.contains(n)) {
+        return Err(Error::Untrusted(format!(
+            "the delivery has a folder for terminal {n}, which was not backed up"
+        )));
+    }
+    for (n, plan) in &plans {
+        let Some(result) = built.terminals.iter().find(|t| t.number == *n) else {
+            return Err(Error::Untrusted(format!(
+                "the delivery has no folder for terminal {n}"
+            )));
+        };
+        if result.version != plan.version {
+            return Err(Error::Untrusted(format!(
+                "terminal {n} was given {}, the plan is {}",
+                result.version, plan.version
+            )));
+        }
+        if result.manifest != plan.result {
+            return Err(Error::Untrusted(format!(
+                "the server's folder for terminal {n} differs from the signed release {} plus its preserved files",
+                plan.version
+            )));
+        }
+    }
+    Ok(plans)
+}
+
+/// Runs `f(arg)` on the blocking pool: work on whole manifests, so that
+/// several run side by side and none holds up the runtime.
+async fn blocking<A, T>(
+    arg: A,
+    f: impl FnOnce(A) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error>
+where
+    A: Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || f(arg))
+        .await
+        .map_err(|e| Error::Other(format!("a worker failed: {e}")))?
 }
 
 #[cfg(test)]
