@@ -124,6 +124,43 @@ pub fn release_manifest(storage: &Storage, release: &Release) -> Result<Manifest
     Ok(manifest)
 }
 
+/// Release manifests read and checked, kept by digest: every store's
+/// processing on a release night needs the same few, and a manifest of
+/// ten thousand files takes milliseconds to read and check each time.
+#[derive(Default)]
+pub struct Manifests(std::sync::Mutex<Vec<(tillup_core::Sha256Hex, std::sync::Arc<Manifest>)>>);
+
+impl Manifests {
+    /// The releases kept at once (a channel's current and next, a few channels).
+    const KEPT: usize = 8;
+
+    /// [`release_manifest`], once per release while it is among the last
+    /// [`Manifests::KEPT`] asked for.
+    pub fn get(
+        &self,
+        storage: &Storage,
+        release: &Release,
+    ) -> Result<std::sync::Arc<Manifest>, Error> {
+        let found = self
+            .0
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .find(|(d, _)| *d == release.sha256)
+            .map(|(_, m)| std::sync::Arc::clone(m));
+        if let Some(m) = found {
+            return Ok(m);
+        }
+        let m = std::sync::Arc::new(release_manifest(storage, release)?);
+        let mut kept = self.0.lock().expect("not poisoned");
+        if kept.len() >= Self::KEPT {
+            kept.remove(0);
+        }
+        kept.push((release.sha256, std::sync::Arc::clone(&m)));
+        Ok(m)
+    }
+}
+
 /// What changed from `old` (release `previous`) to `new`.
 fn changes(old: &Manifest, new: &Manifest, previous: &Version) -> Changes {
     let diff = old.changes_to(new);

@@ -76,6 +76,7 @@ struct Inner {
     packs: PackCache,
     limits: Limits,
     access: Access,
+    manifests: crate::catalog::Manifests,
     /// The key that signs logs, when the server holds one (`serve --key`):
     /// publishing from the dashboard or the admin API needs it.
     key: std::sync::OnceLock<crate::data::KeySource>,
@@ -96,6 +97,7 @@ impl AppState {
             packs,
             limits,
             access: Access::default(),
+            manifests: Default::default(),
             key: std::sync::OnceLock::new(),
             rollouts: tokio::sync::Notify::new(),
         }))
@@ -1099,7 +1101,7 @@ fn build_delivery(
     targets: &[api::TerminalTarget],
 ) -> Result<Delivery, AppError> {
     let backup = stored_backup(st, store, upgrade, "yet: PUT the backup first")?;
-    let mut releases: BTreeMap<Version, (Release, Manifest)> = BTreeMap::new();
+    let mut releases: BTreeMap<Version, (Release, Arc<Manifest>)> = BTreeMap::new();
     let mut out = Vec::new();
     for t in targets {
         let Some(old) = backup.terminals.iter().find(|b| b.number == t.number) else {
@@ -1121,7 +1123,7 @@ fn build_delivery(
                     t.target
                 ))
             })?;
-            let manifest = crate::catalog::release_manifest(st.storage(), &release)?;
+            let manifest = st.0.manifests.get(st.storage(), &release)?;
             releases.insert(t.target.clone(), (release, manifest));
         }
         let (release, manifest) = &releases[&t.target];
