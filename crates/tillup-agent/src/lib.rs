@@ -236,12 +236,10 @@ impl Agent {
     /// host's `Collect`), it is also what the commit checks against.
     pub async fn snapshot(&self) -> Result<Snapshot, AgentError> {
         let starts = self.supervisor.starts();
-        let stopped = !self.supervisor.is_running();
+        let stopped = self.supervisor.stopped_since(starts);
         let manifest = self.scan().await?;
-        *self.at_rest.lock().expect("not poisoned") = (stopped
-            && !self.supervisor.is_running()
-            && self.supervisor.starts() == starts)
-            .then(|| AtRest {
+        *self.at_rest.lock().expect("not poisoned") =
+            (stopped && self.supervisor.stopped_since(starts)).then(|| AtRest {
                 starts,
                 manifest: manifest.clone(),
             });
@@ -259,9 +257,7 @@ impl Agent {
     async fn folder_now(&self) -> Result<Manifest, AgentError> {
         let kept = self.at_rest.lock().expect("not poisoned").clone();
         match kept {
-            Some(r) if !self.supervisor.is_running() && self.supervisor.starts() == r.starts => {
-                Ok(r.manifest)
-            }
+            Some(r) if self.supervisor.stopped_since(r.starts) => Ok(r.manifest),
             _ => self.scan().await,
         }
     }
@@ -369,23 +365,16 @@ impl Agent {
             let mut staged = layout.staged_with_digest();
             if staged.is_none()
                 && let Some(cache_path) = recycle
+                && let Some(m) = layout.recycle_previous(&mut HashCache::load(&cache_path))?
             {
-                staged = layout
-                    .recycle_previous(&mut HashCache::load(&cache_path))?
-                    .map(|m| {
-                        let digest = m.digest();
-                        (m, digest)
-                    });
-                if let Some((m, _)) = &staged {
-                    tracing::info!(
-                        files = m.len(),
-                        "the previous folder is the new staging folder"
-                    );
-                }
+                tracing::info!(
+                    files = m.len(),
+                    "the previous folder is the new staging folder"
+                );
+                staged = layout.staged_with_digest();
             }
-            let req = target.resolve(staged.as_ref().map(|(m, d)| (m, *d)))?;
-            let staged = staged.map(|(m, _)| m);
-            let report = layout.stage_from(&local, &store, &req, staged)?;
+            let req = target.resolve(staged.as_ref())?;
+            let report = layout.stage_from(&local, &store, &req, staged.map(|(m, _)| m))?;
             // Received files the staged folder does not use are not needed
             // again: the incoming store stays within one release's changes
             // (and its manifest, which the commit checks against).
@@ -772,12 +761,12 @@ impl Target {
     }
 
     /// The whole folder, given what is staged now.
-    fn resolve(self, staged: Option<(&Manifest, Sha256Hex)>) -> Result<StageRequest, AgentError> {
+    fn resolve(self, staged: Option<&(Manifest, Sha256Hex)>) -> Result<StageRequest, AgentError> {
         let req = match self {
             Target::Whole(req) => return Ok(req),
             Target::Changes(req) => req,
         };
-        let manifest = match staged.map(|(m, digest)| (digest, m)) {
+        let manifest = match staged.map(|(m, digest)| (*digest, m)) {
             // Asked again after a lost answer: staged already.
             Some((digest, m)) if digest == req.result => m.clone(),
             Some((digest, m)) if digest == req.base => {

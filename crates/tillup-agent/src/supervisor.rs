@@ -143,6 +143,12 @@ impl Supervisor {
         self.starts.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Whether the main program is stopped and was not started since
+    /// [`Supervisor::starts`] read `starts`.
+    pub fn stopped_since(&self, starts: u64) -> bool {
+        !self.is_running() && self.starts() == starts
+    }
+
     /// Whether a sale is in progress, by the configured busy check.
     pub async fn is_busy(&self) -> bool {
         if let Some(f) = &self.cfg.busy_file {

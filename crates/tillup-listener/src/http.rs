@@ -426,24 +426,24 @@ impl Peer {
         resp: Response,
     ) -> Result<T, Error> {
         let bytes = self.read_limited(what, resp, MAX_ANSWER_BYTES).await?;
-        let bad = |e: serde_json::Error| Error::BadAnswer {
-            peer: self.name.clone(),
-            what: what.to_owned(),
-            message: e.to_string(),
+        let bytes_len = bytes.len();
+        let (peer, what) = (self.name.clone(), what.to_owned());
+        let parse = move || {
+            // An empty body (201, 204) reads as `null`.
+            let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            serde_json::from_slice(body).map_err(|e| Error::BadAnswer {
+                peer,
+                what,
+                message: e.to_string(),
+            })
         };
-        // An empty body (201, 204) reads as `null`.
-        if bytes.is_empty() {
-            return serde_json::from_slice(b"null").map_err(bad);
-        }
         // A whole folder's manifest takes milliseconds to parse: off the
         // runtime, so the answers of several terminals parse side by side.
-        if bytes.len() < PARSE_ASIDE_FROM {
-            return serde_json::from_slice(&bytes).map_err(bad);
+        if bytes_len < PARSE_ASIDE_FROM {
+            parse()
+        } else {
+            crate::blocking(parse).await
         }
-        tokio::task::spawn_blocking(move || serde_json::from_slice(&bytes))
-            .await
-            .map_err(|e| Error::Other(format!("a worker failed: {e}")))?
-            .map_err(bad)
     }
 
     /// Asks which of `hashes` the peer lacks.

@@ -198,6 +198,16 @@ impl Listener {
     }
 }
 
+/// Runs `f` on the blocking pool: work on whole manifests, so that
+/// several run side by side and none holds up the runtime.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Other(format!("a worker failed: {e}")))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,7 +36,7 @@ use tillup_transfer::Size;
 use super::{Context, Files, Gathered, StagePlan, read_json};
 use crate::local_log::LocalLog;
 use crate::progress::Moving;
-use crate::{Error, Listener};
+use crate::{Error, Listener, blocking};
 
 /// Hash → signed size of every file of `manifests`.
 fn sizes<'m>(manifests: impl IntoIterator<Item = &'m Manifest>) -> BTreeMap<Sha256Hex, Size> {
@@ -142,19 +142,19 @@ impl Listener {
                 // The changes since `Gather` took the folder (whose files
                 // the host holds, checked): the files to fetch are among
                 // them, and they are what the upload sends.
-                let (backup, changes, changed) =
-                    blocking((backup, files.gathered(*n)), |(backup, gathered)| {
-                        let changes = read_json::<TerminalBackup>(&gathered)
-                            .ok()
-                            .filter(|g| (&g.model, &g.version) == (&backup.model, &backup.version))
-                            .map(|g| g.manifest.changes_to(&backup.manifest));
-                        let candidates = match &changes {
-                            Some(c) => sizes_of(&c.upsert),
-                            None => sizes([&backup.manifest]),
-                        };
-                        Ok((backup, changes, candidates))
-                    })
-                    .await?;
+                let gathered = files.gathered(*n);
+                let (backup, changes, changed) = blocking(move || {
+                    let changes = read_json::<TerminalBackup>(&gathered)
+                        .ok()
+                        .filter(|g| (&g.model, &g.version) == (&backup.model, &backup.version))
+                        .map(|g| g.manifest.changes_to(&backup.manifest));
+                    let candidates = match &changes {
+                        Some(c) => sizes_of(&c.upsert),
+                        None => sizes([&backup.manifest]),
+                    };
+                    Ok((backup, changes, candidates))
+                })
+                .await?;
                 let changed = lacking(&changed, blobs);
                 let bytes = agent.fetch(&changed, blobs, &Arc::default()).await?;
                 tracing::info!(terminal = n, files = changed.len(), bytes, "collected");
@@ -162,7 +162,7 @@ impl Listener {
                 // is the terminal's backup; its folder view is made once
                 // the programs run again (`finish`).
                 let (backup_file, changes_file) = (files.backup(*n), files.changes(*n));
-                blocking((), move |()| {
+                blocking(move || {
                     tillup_fs::write_json_atomic(&backup_file, &backup)?;
                     match changes {
                         Some(c) => tillup_fs::write_json_atomic(&changes_file, &c)?,
@@ -551,12 +551,10 @@ impl Listener {
         files: &Files,
     ) -> Result<Vec<TerminalBackup>, Error> {
         // Each a whole folder's manifest: read side by side.
-        join_all(
-            u.terminals
-                .values()
-                .filter(|t| t.active())
-                .map(|t| blocking(files.backup(t.number), |p| read_json(&p))),
-        )
+        join_all(u.terminals.values().filter(|t| t.active()).map(|t| {
+            let p = files.backup(t.number);
+            blocking(move || read_json(&p))
+        }))
         .await
         .into_iter()
         .collect()
@@ -724,7 +722,7 @@ impl Listener {
                 Preserve::new(&signed.preserve).map_err(|e| Error::Untrusted(e.to_string()))?;
             let (number, version, own) = (b.number, version.clone(), b.manifest.clone());
             // Each terminal's folder on its own worker.
-            work.push(blocking((), move |()| {
+            work.push(blocking(move || {
                 let expected = merge_for_terminal(&release, &own, &preserve)
                     .map_err(|e| Error::Untrusted(e.to_string()))?;
                 Ok((
@@ -782,21 +780,6 @@ fn check_delivery(
         }
     }
     Ok(plans)
-}
-
-/// Runs `f(arg)` on the blocking pool: work on whole manifests, so that
-/// several run side by side and none holds up the runtime.
-async fn blocking<A, T>(
-    arg: A,
-    f: impl FnOnce(A) -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error>
-where
-    A: Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(move || f(arg))
-        .await
-        .map_err(|e| Error::Other(format!("a worker failed: {e}")))?
 }
 
 #[cfg(test)]
