@@ -30,6 +30,7 @@ use tower_http::compression::Predicate as _;
 use tower_http::services::ServeFile;
 
 use crate::access::{Access, ReadyLog, StoreEntry};
+use crate::backups::Parsed;
 use crate::data::DataDir;
 use crate::db::{Db, Location};
 use crate::error::{Error, check_id};
@@ -77,6 +78,7 @@ struct Inner {
     limits: Limits,
     access: Access,
     manifests: crate::catalog::Manifests,
+    backups: crate::backups::Backups,
     /// The key that signs logs, when the server holds one (`serve --key`):
     /// publishing from the dashboard or the admin API needs it.
     key: std::sync::OnceLock<crate::data::KeySource>,
@@ -98,6 +100,7 @@ impl AppState {
             limits,
             access: Access::default(),
             manifests: Default::default(),
+            backups: Default::default(),
             key: std::sync::OnceLock::new(),
             rollouts: tokio::sync::Notify::new(),
         }))
@@ -892,8 +895,12 @@ pub(crate) async fn put_backup(
             .collect();
         none_missing(st, &store, &hashes)?;
         // The bytes as they came: they parsed as this backup, and writing
-        // them again would cost as much as reading them.
-        keep_backup(st, &store, &upgrade, bytes.to_vec())
+        // them again would cost as much as reading them. Its digest, which
+        // the changes after the stop name, is worked out now, before it.
+        let key = Sha256Hex::of(&bytes);
+        keep_backup(st, &store, &upgrade, bytes.to_vec())?;
+        st.0.backups.keep(key, Arc::new(Parsed::new(backup)));
+        Ok::<_, AppError>(())
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -906,7 +913,7 @@ fn stored_backup(
     store: &str,
     upgrade: &str,
     what_to_do: &str,
-) -> Result<Backup, AppError> {
+) -> Result<Arc<Parsed>, AppError> {
     let doc = Document::Backup {
         store: store.to_owned(),
         upgrade: upgrade.to_owned(),
@@ -916,7 +923,9 @@ fn stored_backup(
             "no backup was uploaded for upgrade `{upgrade}` {what_to_do}"
         )));
     };
-    serde_json::from_slice(&bytes).map_err(|e| AppError::Internal(format!("{}: {e}", doc.key())))
+    st.0.backups.get(&bytes, |b| {
+        serde_json::from_slice(b).map_err(|e| AppError::Internal(format!("{}: {e}", doc.key())))
+    })
 }
 
 /// A 409 naming the files of a backup the server does not hold for the store.
@@ -981,8 +990,9 @@ pub(crate) async fn patch_backup(
     let bytes = read_body(body, st.0.limits.max_backup, "backup changes").await?;
     let req: BackupChanges = parse_json(&bytes, "backup changes")?;
     st.blocking(move |st| {
-        let base = stored_backup(st, &store, &upgrade, "to change: PUT the whole backup")?;
-        if base.digest() != req.base {
+        let stored = stored_backup(st, &store, &upgrade, "to change: PUT the whole backup")?;
+        let base = &stored.backup;
+        if stored.digest != req.base {
             return Err(AppError::Conflict(format!(
                 "the backup of upgrade `{upgrade}` on the server is not the one these changes apply to; PUT the whole backup"
             )));
@@ -1018,7 +1028,19 @@ pub(crate) async fn patch_backup(
             .into_iter()
             .collect();
         none_missing(st, &store, &added)?;
-        keep_backup(st, &store, &upgrade, json_bytes(&Backup { terminals })?)
+        let changed = Backup { terminals };
+        let json = json_bytes(&changed)?;
+        // These bytes are the backup's JSON: their digest is its digest.
+        let digest = Sha256Hex::of(&json);
+        keep_backup(st, &store, &upgrade, json)?;
+        st.0.backups.keep(
+            digest,
+            Arc::new(Parsed {
+                backup: changed,
+                digest,
+            }),
+        );
+        Ok::<_, AppError>(())
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -1100,9 +1122,10 @@ fn build_delivery(
     channel: &str,
     targets: &[api::TerminalTarget],
 ) -> Result<Delivery, AppError> {
-    let backup = stored_backup(st, store, upgrade, "yet: PUT the backup first")?;
+    let stored = stored_backup(st, store, upgrade, "yet: PUT the backup first")?;
+    let backup = &stored.backup;
     let mut releases: BTreeMap<Version, (Release, Arc<Manifest>)> = BTreeMap::new();
-    let mut out = Vec::new();
+    let mut jobs = Vec::with_capacity(targets.len());
     for t in targets {
         let Some(old) = backup.terminals.iter().find(|b| b.number == t.number) else {
             let have: Vec<String> = backup
@@ -1126,6 +1149,11 @@ fn build_delivery(
             let manifest = st.0.manifests.get(st.storage(), &release)?;
             releases.insert(t.target.clone(), (release, manifest));
         }
+        jobs.push((t, old));
+    }
+    // Each terminal's folder on its own core: they are independent, and
+    // the store's tills wait for the last one.
+    let build = |(t, old): &(&api::TerminalTarget, &TerminalBackup)| {
         let (release, manifest) = &releases[&t.target];
         let preserve = release
             .preserve_set()
@@ -1148,8 +1176,11 @@ fn build_delivery(
         };
         st.storage().put_document(&doc, json_bytes(&result)?)?;
         tillup_fs::fault::crash_point("server.process");
-        out.push(result);
-    }
+        Ok::<_, AppError>(result)
+    };
+    let out = each_on_a_core(&jobs, build)
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
     // The release's files are every store's to read already: recording
     // them for each store would grow the table by a release per store.
     let released: BTreeSet<Sha256Hex> = releases.values().flat_map(|(_, m)| m.hashes()).collect();
@@ -1163,6 +1194,35 @@ fn build_delivery(
     st.db().add_store_blobs(store, &hashes)?;
     st.db().record_processed(store, upgrade, Timestamp::now())?;
     Ok(Delivery { terminals: out })
+}
+
+/// `f` of each of `items`, in their order, on as many threads as the
+/// machine has cores (at most one per item).
+fn each_on_a_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = cores.min(items.len());
+    if workers <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let f = &f;
+    let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
+        let running: Vec<_> = (0..workers)
+            .map(|w| {
+                s.spawn(move || {
+                    (w..items.len())
+                        .step_by(workers)
+                        .map(|i| (i, f(&items[i])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|r| r.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
 }
 
 #[utoipa::path(post, path = "/v1/stores/{store}/reports", tag = "upgrades",

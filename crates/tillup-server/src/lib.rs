@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod admin;
+mod backups;
 pub mod catalog;
 pub mod dashboard;
 pub mod data;

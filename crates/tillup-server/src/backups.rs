@@ -1,0 +1,134 @@
+//! Store backups kept parsed, by the digest of their stored bytes.
+//!
+//! One store upgrade reads its backup three times within seconds: the
+//! upload before the stop, the changes after it, and the processing, the
+//! last two while the store's tills are stopped. A backup of eight
+//! terminals of ten thousand files is megabytes of JSON; parsing it costs
+//! several times hashing its bytes. The key is the stored bytes' digest,
+//! so whichever server of several over one storage wrote the backup, a
+//! memo is only ever used for exactly the bytes it was parsed from.
+
+use std::sync::{Arc, Mutex};
+
+use tillup_core::Sha256Hex;
+use tillup_core::api::Backup;
+
+/// A backup as parsed, with its [`Backup::digest`].
+pub(crate) struct Parsed {
+    pub backup: Backup,
+    pub digest: Sha256Hex,
+}
+
+impl Parsed {
+    /// `backup` with its digest computed.
+    pub fn new(backup: Backup) -> Self {
+        let digest = backup.digest();
+        Self { backup, digest }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Backups(Mutex<Vec<(Sha256Hex, Arc<Parsed>)>>);
+
+impl Backups {
+    /// The backups kept at once: the stores upgrading at the same moment
+    /// on a release night, each kept from its upload to its processing.
+    const KEPT: usize = 16;
+
+    /// The backup stored as `bytes`: the kept one if these bytes were
+    /// parsed before, else `parse`d now (and kept).
+    pub fn get<E>(
+        &self,
+        bytes: &[u8],
+        parse: impl FnOnce(&[u8]) -> Result<Backup, E>,
+    ) -> Result<Arc<Parsed>, E> {
+        let key = Sha256Hex::of(bytes);
+        if let Some(found) = self.find(&key) {
+            return Ok(found);
+        }
+        let parsed = Arc::new(Parsed::new(parse(bytes)?));
+        self.keep(key, Arc::clone(&parsed));
+        Ok(parsed)
+    }
+
+    /// Keeps `parsed` as what the bytes of digest `key` hold.
+    pub fn keep(&self, key: Sha256Hex, parsed: Arc<Parsed>) {
+        let mut kept = self.0.lock().expect("not poisoned");
+        kept.retain(|(k, _)| *k != key);
+        if kept.len() >= Self::KEPT {
+            kept.remove(0);
+        }
+        kept.push((key, parsed));
+    }
+
+    fn find(&self, key: &Sha256Hex) -> Option<Arc<Parsed>> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, p)| Arc::clone(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tillup_core::api::TerminalBackup;
+    use tillup_core::manifest::{FileEntry, Manifest};
+
+    fn backup(number: u32) -> Backup {
+        let file = FileEntry {
+            path: tillup_core::path::RelPath::new("a.txt").unwrap(),
+            size: 1,
+            sha256: Sha256Hex::of(b"a"),
+            exec: false,
+        };
+        Backup {
+            terminals: vec![TerminalBackup {
+                number,
+                model: "till".into(),
+                version: "1.0.0".parse().unwrap(),
+                manifest: Manifest::new(vec![file]).unwrap(),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_same_bytes_parse_once_and_other_bytes_parse_again() {
+        let memo = Backups::default();
+        let one = serde_json::to_vec(&backup(1)).unwrap();
+        let mut parses = 0;
+        let mut parse = |b: &[u8]| {
+            parses += 1;
+            serde_json::from_slice::<Backup>(b)
+        };
+        let first = memo.get(&one, &mut parse).unwrap();
+        let again = memo.get(&one, &mut parse).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first.digest, backup(1).digest());
+        let two = serde_json::to_vec(&backup(2)).unwrap();
+        let other = memo.get(&two, &mut parse).unwrap();
+        assert_eq!(other.backup, backup(2));
+        assert_eq!(parses, 2);
+    }
+
+    #[test]
+    fn only_the_newest_are_kept() {
+        let memo = Backups::default();
+        let docs: Vec<Vec<u8>> = (0..=Backups::KEPT as u32)
+            .map(|n| serde_json::to_vec(&backup(n)).unwrap())
+            .collect();
+        for d in &docs {
+            memo.get(d, |b| serde_json::from_slice::<Backup>(b))
+                .unwrap();
+        }
+        let mut parsed_again = false;
+        memo.get(&docs[0], |b| {
+            parsed_again = true;
+            serde_json::from_slice::<Backup>(b)
+        })
+        .unwrap();
+        assert!(parsed_again, "the oldest was dropped");
+    }
+}
