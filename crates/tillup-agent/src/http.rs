@@ -18,6 +18,7 @@ use tillup_core::Sha256Hex;
 use tillup_core::api::{
     AgentStatus, ErrorBody, HashList, HealthQuery, HealthReport, PARTIAL_HEADER, PROTOCOL_HEADER,
     PackReceipt, PackRequest, Protocols, SelfUpdateReport, SelfUpdateRequest, Snapshot,
+    SnapshotChanges, SnapshotSince,
     StageChanges, StageReport, StageRequest, StartReport, StopReport, StopRequest, SwapReport,
     SwapRequest, agent as routes,
 };
@@ -194,6 +195,7 @@ pub fn app(agent: Arc<Agent>) -> Router {
         .route(routes::STOP, post(stop))
         .route(routes::START, post(start))
         .route(routes::SNAPSHOT, get(snapshot))
+        .route(routes::SNAPSHOT_CHANGES, get(snapshot_changes))
         .route(routes::BLOBS_MISSING, post(missing))
         .route(routes::PACK, post(get_pack).put(put_pack))
         .route(routes::STAGE, post(stage))
@@ -326,6 +328,30 @@ pub(crate) async fn start(State(a): State<Arc<Agent>>) -> Result<Json<StartRepor
     security(("agent_token" = [])))]
 pub(crate) async fn snapshot(State(a): State<Arc<Agent>>) -> Result<Json<Snapshot>, AgentError> {
     a.snapshot().await.map(Json)
+}
+
+#[utoipa::path(get, path = "/v1/snapshot/changes", tag = "files",
+    description = "Every file of the program folder, as changes to a recent whole snapshot named by its digest.",
+    params(("since" = String, Query, description = "The digest of a whole snapshot the agent served lately.")),
+    responses(
+        (status = 200, description = "The changes.", body = SnapshotChanges),
+        (status = 400, description = "`since` is not a SHA-256 digest.", body = ErrorBody),
+        (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
+        (status = 409, description = "The agent no longer holds that snapshot (take a whole one), or there is no program folder.", body = ErrorBody),
+        (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
+    ),
+    security(("agent_token" = [])))]
+pub(crate) async fn snapshot_changes(
+    State(a): State<Arc<Agent>>,
+    q: Result<Query<SnapshotSince>, QueryRejection>,
+) -> Result<Json<SnapshotChanges>, AgentError> {
+    let Query(q) = q.map_err(|e| {
+        AgentError::BadRequest(format!(
+            "{}; ask as /v1/snapshot/changes?since=<the digest of a whole snapshot>",
+            e.body_text()
+        ))
+    })?;
+    a.snapshot_changes(q.since).await.map(Json)
 }
 
 #[utoipa::path(post, path = "/v1/blobs/missing", tag = "files",

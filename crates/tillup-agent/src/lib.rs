@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use semver::Version;
 use tillup_core::api::{
-    AgentStatus, HealthReport, Snapshot, StageChanges, StageReport, StageRequest, StartReport,
+    AgentStatus, HealthReport, Snapshot, SnapshotChanges, StageChanges, StageReport, StageRequest, StartReport,
     StopReport, SwapReport,
 };
 use tillup_core::{Manifest, RelPath, Sha256Hex};
@@ -52,6 +52,11 @@ struct AtRest {
     manifest: Manifest,
 }
 
+/// The whole snapshots an agent keeps for [`Agent::snapshot_changes`]:
+/// the host's snapshot before the stop, and one more in case it took
+/// another (a retried step).
+const SNAPSHOTS_KEPT: usize = 2;
+
 /// The agent's state, shared by every request.
 pub struct Agent {
     config: Config,
@@ -66,6 +71,9 @@ pub struct Agent {
     /// The folder as a snapshot scanned it while the main program was
     /// stopped (see [`Agent::folder_now`]).
     at_rest: Mutex<Option<AtRest>>,
+    /// The last whole snapshots served, by digest, newest last (see
+    /// [`Agent::snapshot_changes`]).
+    snapshots: Mutex<Vec<(Sha256Hex, Arc<Manifest>)>>,
     /// The manifest of the release last staged, checked (see
     /// [`Agent::release_files`]).
     release_files: Mutex<Option<Arc<tillup_core::install::ReleaseFiles>>>,
@@ -124,6 +132,7 @@ impl Agent {
             folder_ops: Arc::default(),
             index: Mutex::new(None),
             at_rest: Mutex::new(None),
+            snapshots: Mutex::new(Vec::new()),
             release_files: Mutex::new(None),
             hash_cache: Arc::default(),
             memory: Mutex::new(memory),
@@ -235,6 +244,55 @@ impl Agent {
     /// `GET /v1/snapshot`. Taken while the main program is stopped (the
     /// host's `Collect`), it is also what the commit checks against.
     pub async fn snapshot(&self) -> Result<Snapshot, AgentError> {
+        let manifest = Arc::new(self.scan_at_rest().await?);
+        let digest = {
+            let m = Arc::clone(&manifest);
+            tokio::task::spawn_blocking(move || m.digest())
+                .await
+                .map_err(AgentError::internal)?
+        };
+        {
+            let mut kept = self.snapshots.lock().expect("not poisoned");
+            kept.retain(|(d, _)| *d != digest);
+            if kept.len() >= SNAPSHOTS_KEPT {
+                kept.remove(0);
+            }
+            kept.push((digest, Arc::clone(&manifest)));
+        }
+        Ok(Snapshot {
+            version: self.layout.version_of(&self.layout.folder),
+            manifest: Arc::unwrap_or_clone(manifest),
+            digest: Some(digest),
+        })
+    }
+
+    /// `GET /v1/snapshot/changes?since=`: a snapshot as changes to the
+    /// whole one of digest `since`, which must be among the last
+    /// [`SNAPSHOTS_KEPT`] served (else 409: take a whole snapshot).
+    pub async fn snapshot_changes(&self, since: Sha256Hex) -> Result<SnapshotChanges, AgentError> {
+        let base = self
+            .snapshots
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .find(|(d, _)| *d == since)
+            .map(|(_, m)| Arc::clone(m))
+            .ok_or_else(|| {
+                AgentError::Conflict(format!(
+                    "snapshot {since} is not among the agent's last ones (it may have restarted); take a whole snapshot (GET /v1/snapshot)"
+                ))
+            })?;
+        let manifest = self.scan_at_rest().await?;
+        Ok(SnapshotChanges {
+            version: self.layout.version_of(&self.layout.folder),
+            since,
+            changes: base.changes_to(&manifest),
+        })
+    }
+
+    /// A scan, kept as the folder at rest when the main program was
+    /// stopped all through it (see [`Agent::folder_now`]).
+    async fn scan_at_rest(&self) -> Result<Manifest, AgentError> {
         let starts = self.supervisor.starts();
         let stopped = self.supervisor.stopped_since(starts);
         let manifest = self.scan().await?;
@@ -243,10 +301,7 @@ impl Agent {
                 starts,
                 manifest: manifest.clone(),
             });
-        Ok(Snapshot {
-            version: self.layout.version_of(&self.layout.folder),
-            manifest,
-        })
+        Ok(manifest)
     }
 
     /// The folder as it is now. The main program is the only writer of

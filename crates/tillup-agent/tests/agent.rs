@@ -570,6 +570,58 @@ async fn stop_waits_while_busy_then_forces_and_start_brings_it_back() {
 }
 
 #[tokio::test]
+async fn snapshot_changes_are_the_folder_now_against_a_recent_whole_snapshot() {
+    let h = Harness::start(60);
+    h.healthy("1.0.0").await;
+    let whole: Snapshot = h.get(routes::SNAPSHOT).await;
+    let since = whole.digest.expect("a digest");
+    assert_eq!(since, whole.manifest.digest());
+    std::fs::write(h.folder().join("config/app.ini"), b"changed since").unwrap();
+    std::fs::write(h.folder().join("new.txt"), b"new").unwrap();
+    let route = |d: &Sha256Hex| format!("{}?since={d}", routes::SNAPSHOT_CHANGES);
+    let now: api::SnapshotChanges = h.get(&route(&since)).await;
+    assert_eq!(now.since, since);
+    assert_eq!(now.version, Some("1.0.0".parse().unwrap()));
+    // Applied to the whole snapshot, the changes give the folder as it is.
+    assert_eq!(
+        whole.manifest.with_changes(&now.changes).unwrap(),
+        scan(&h.folder())
+    );
+    let upserted: Vec<&str> = now.changes.upsert.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(upserted, ["config/app.ini", "new.txt"]);
+    // Asked again, the same answer: the base is kept for a retry.
+    let again: api::SnapshotChanges = h.get(&route(&since)).await;
+    assert_eq!(again, now);
+
+    // A snapshot it does not hold (never served, or pushed out by newer
+    // ones): 409, take a whole one.
+    for content in ["one", "two"] {
+        std::fs::write(h.folder().join("new.txt"), content).unwrap();
+        let _: Snapshot = h.get(routes::SNAPSHOT).await;
+    }
+    for unknown in [since, Sha256Hex::of(b"never")] {
+        let res = h
+            .http
+            .get(h.url(&route(&unknown)))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CONFLICT);
+        let body: ErrorBody = res.json().await.unwrap();
+        assert!(body.error.contains("take a whole snapshot"), "{}", body.error);
+    }
+    let res = h
+        .http
+        .get(h.url(&format!("{}?since=nothex", routes::SNAPSHOT_CHANGES)))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
 async fn snapshot_matches_scan_and_its_files_come_in_a_pack() {
     let h = Harness::start(60);
     h.healthy("1.0.0").await;

@@ -183,6 +183,8 @@ pub mod agent {
     pub const STOP: &str = "/v1/stop";
     pub const START: &str = "/v1/start";
     pub const SNAPSHOT: &str = "/v1/snapshot";
+    /// `GET ?since=DIGEST`: [`super::SnapshotChanges`].
+    pub const SNAPSHOT_CHANGES: &str = "/v1/snapshot/changes";
     pub const BLOBS_MISSING: &str = "/v1/blobs/missing";
     /// `POST`: [`super::PackRequest`] in, a pack of files of the folder (or
     /// received) out; `PUT`: a pack in, [`super::PackReceipt`] out.
@@ -614,6 +616,30 @@ pub struct Snapshot {
     #[schema(value_type = Option<crate::openapi::SemVer>)]
     pub version: Option<Version>,
     pub manifest: Manifest,
+    /// [`Manifest::digest`] of `manifest`: names this snapshot in a later
+    /// `GET /v1/snapshot/changes?since=`. Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Sha256Hex>,
+}
+
+/// `GET /v1/snapshot/changes?since=…`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotSince {
+    pub since: Sha256Hex,
+}
+
+/// `GET /v1/snapshot/changes?since=DIGEST`: the folder now, as changes to
+/// a recent whole snapshot of the agent's (named by its
+/// [`Snapshot::digest`]). Taken while the main program is stopped, what
+/// crosses the LAN is what it changed since that snapshot, not the whole
+/// folder's manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SnapshotChanges {
+    #[schema(value_type = Option<crate::openapi::SemVer>)]
+    pub version: Option<Version>,
+    /// The digest of the snapshot the changes apply to.
+    pub since: Sha256Hex,
+    pub changes: ManifestChanges,
 }
 
 /// `POST /v1/stage`: build the new folder beside the current one.

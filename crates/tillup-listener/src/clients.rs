@@ -12,7 +12,7 @@ use semver::Version;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
     self, AgentStatus, Backup, BackupChanges, DeliveryDigests, HealthReport, ProcessRequest,
-    Protocols, SelfUpdateReport, SelfUpdateRequest, Snapshot, StageChanges, StageReport,
+    Protocols, SelfUpdateReport, SelfUpdateRequest, Snapshot, SnapshotChanges, StageChanges, StageReport,
     StageRequest, StartReport, StopReport, StopRequest, SwapReport, SwapRequest, route,
 };
 use tillup_fs::BlobStore;
@@ -222,6 +222,19 @@ impl AgentClient {
     pub async fn snapshot(&self) -> Result<Snapshot, Error> {
         self.peer
             .get_json("describe its program folder", api::agent::SNAPSHOT)
+            .await
+    }
+
+    /// Its program folder as changes to the whole snapshot of digest
+    /// `since` it served lately (refused with 409 when it no longer holds
+    /// that one, 404 from agents before this call).
+    pub async fn snapshot_changes(&self, since: &Sha256Hex) -> Result<SnapshotChanges, Error> {
+        self.peer
+            .get_json_query(
+                "describe the changes to its program folder",
+                api::agent::SNAPSHOT_CHANGES,
+                &[("since", &since.to_string())],
+            )
             .await
     }
 

@@ -124,37 +124,47 @@ impl Listener {
             Effect::Collect(n) => {
                 let run = run.expect("terminal effect");
                 let agent = self.agent(*n)?;
-                let snap = agent.snapshot().await?;
-                if snap.version.as_ref() != Some(&run.from) {
+                let status = agent.status().await?;
+                // The folder as `Gather` took it (the host holds its files,
+                // checked): what changed since is what to fetch and what
+                // the upload sends.
+                let (path, parsed) = (files.gathered(*n), Arc::clone(&files.parsed));
+                let gathered = blocking(move || Ok(parsed.read(&path).ok()))
+                    .await?
+                    .filter(|g| (&g.model, &g.version) == (&status.model, &run.from));
+                let (version, manifest, changes) = match self
+                    .changes_since_gathered(*n, gathered.clone(), files)
+                    .await?
+                {
+                    Some(now) => now,
+                    None => {
+                        let snap = agent.snapshot().await?;
+                        let manifest = snap.manifest;
+                        let (manifest, changes) = blocking(move || {
+                            let changes = gathered.map(|g| g.manifest.changes_to(&manifest));
+                            Ok((manifest, changes))
+                        })
+                        .await?;
+                        (snap.version, manifest, changes)
+                    }
+                };
+                if version.as_ref() != Some(&run.from) {
                     return Err(Error::Other(format!(
                         "terminal {n} holds version {:?}, the plan expected {}",
-                        snap.version.map(|v| v.to_string()),
+                        version.map(|v| v.to_string()),
                         run.from
                     )));
                 }
-                let status = agent.status().await?;
                 let backup = TerminalBackup {
                     number: *n,
                     model: status.model,
                     version: run.from.clone(),
-                    manifest: snap.manifest,
+                    manifest,
                 };
-                // The changes since `Gather` took the folder (whose files
-                // the host holds, checked): the files to fetch are among
-                // them, and they are what the upload sends.
-                let gathered = files.gathered(*n);
-                let (backup, changes, changed) = blocking(move || {
-                    let changes = read_json::<TerminalBackup>(&gathered)
-                        .ok()
-                        .filter(|g| (&g.model, &g.version) == (&backup.model, &backup.version))
-                        .map(|g| g.manifest.changes_to(&backup.manifest));
-                    let candidates = match &changes {
-                        Some(c) => sizes_of(&c.upsert),
-                        None => sizes([&backup.manifest]),
-                    };
-                    Ok((backup, changes, candidates))
-                })
-                .await?;
+                let changed = match &changes {
+                    Some(c) => sizes_of(&c.upsert),
+                    None => sizes([&backup.manifest]),
+                };
                 let changed = lacking(&changed, blobs);
                 let bytes = agent.fetch(&changed, blobs, &Arc::default()).await?;
                 tracing::info!(terminal = n, files = changed.len(), bytes, "collected");
@@ -162,8 +172,9 @@ impl Listener {
                 // is the terminal's backup; its folder view is made once
                 // the programs run again (`finish`).
                 let (backup_file, changes_file) = (files.backup(*n), files.changes(*n));
+                let parsed = Arc::clone(&files.parsed);
                 blocking(move || {
-                    tillup_fs::write_json_atomic(&backup_file, &backup)?;
+                    parsed.write(&backup_file, Arc::new(backup))?;
                     match changes {
                         Some(c) => tillup_fs::write_json_atomic(&changes_file, &c)?,
                         None => tillup_fs::remove_file_if_exists(&changes_file)?,
@@ -434,7 +445,7 @@ impl Listener {
             if snap.version.as_ref() != Some(&run.from)
                 || !lacking(&sizes([&snap.manifest]), blobs).is_empty()
             {
-                tillup_fs::remove_file_if_exists(&files.gathered(n))?;
+                files.drop_gathered(n)?;
                 continue;
             }
             let status = match self.agent(n) {
@@ -446,7 +457,7 @@ impl Listener {
                 Err(e) => {
                     // Its whole backup goes after the stop instead.
                     tracing::warn!(terminal = n, "its backup will go whole: {e}");
-                    tillup_fs::remove_file_if_exists(&files.gathered(n))?;
+                    files.drop_gathered(n)?;
                     continue;
                 }
             };
@@ -456,8 +467,9 @@ impl Listener {
                 version: run.from.clone(),
                 manifest: snap.manifest,
             };
-            tillup_fs::write_json_atomic(&files.gathered(n), &backup)?;
-            gathered.push(backup);
+            let backup = Arc::new(backup);
+            files.keep_gathered(Arc::clone(&backup), snap.digest)?;
+            gathered.push(Arc::unwrap_or_clone(backup));
         }
         let backup = api::Backup {
             terminals: gathered,
@@ -552,8 +564,8 @@ impl Listener {
     ) -> Result<Vec<TerminalBackup>, Error> {
         // Each a whole folder's manifest: read side by side.
         join_all(u.terminals.values().filter(|t| t.active()).map(|t| {
-            let p = files.backup(t.number);
-            blocking(move || read_json(&p))
+            let (p, parsed) = (files.backup(t.number), Arc::clone(&files.parsed));
+            blocking(move || parsed.read(&p).map(Arc::unwrap_or_clone))
         }))
         .await
         .into_iter()
@@ -563,6 +575,39 @@ impl Listener {
     /// Uploads the store's backup as changes to the one `Gather` uploaded,
     /// if the server holds that one and every terminal still on its way is
     /// in it. Returns false when the whole backup must go instead.
+    /// Terminal `n`'s folder now, with its changes since `gathered`, from
+    /// the agent as those changes: `None` when this run did not take the
+    /// gathered snapshot or the agent no longer holds it (a whole
+    /// snapshot then).
+    async fn changes_since_gathered(
+        &self,
+        n: u32,
+        gathered: Option<Arc<TerminalBackup>>,
+        files: &Files,
+    ) -> Result<Option<(Option<Version>, Manifest, Option<ManifestChanges>)>, Error> {
+        let (Some(gathered), Some(since)) = (gathered, files.gathered_snapshot(n)) else {
+            return Ok(None);
+        };
+        let now = match self.agent(n)?.snapshot_changes(&since).await {
+            Ok(now) if now.since == since => now,
+            Ok(_) => return Ok(None),
+            // It restarted since, or it is an agent from before this call.
+            Err(Error::Refused {
+                status: 404 | 409, ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let changes = now.changes;
+        blocking(move || match gathered.manifest.with_changes(&changes) {
+            Ok(manifest) => Ok(Some((now.version, manifest, Some(changes)))),
+            Err(e) => {
+                tracing::warn!(terminal = n, "its changes since the gathered snapshot do not apply ({e}); taking a whole one");
+                Ok(None)
+            }
+        })
+        .await
+    }
+
     async fn upload_changes(
         &self,
         u: &Upgrade,
@@ -800,6 +845,7 @@ mod tests {
         Snapshot {
             version: None,
             manifest: Manifest::new(entries).unwrap(),
+            digest: None,
         }
     }
 

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use jiff::Timestamp;
@@ -72,9 +73,90 @@ const TERMINALS_AT_ONCE: usize = 32;
 /// Where one upgrade's files live.
 struct Files {
     dir: PathBuf,
+    /// The terminal backups this run wrote or read.
+    parsed: Arc<Parsed>,
+    /// By terminal, the agent's digest of the snapshot its `gathered`
+    /// backup holds, when this run took it: `Collect` then asks for the
+    /// changes since. (After a restart of the host, a whole snapshot.)
+    gathered_snapshots: std::sync::Mutex<BTreeMap<u32, tillup_core::Sha256Hex>>,
+}
+
+/// Terminal backups (`backup` and `gathered` files) as parsed, by file.
+/// Each is a whole folder's manifest, which several steps read again
+/// while the tills are stopped; the runner is the only writer of its
+/// upgrade's files, so what it wrote is what is there. All blocking.
+#[derive(Default)]
+struct Parsed(std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<TerminalBackup>>>);
+
+impl Parsed {
+    /// The terminal backup at `path`, parsed once in this run.
+    fn read(&self, path: &Path) -> Result<Arc<TerminalBackup>, Error> {
+        if let Some(b) = self.kept().get(path) {
+            return Ok(Arc::clone(b));
+        }
+        let b = Arc::new(read_json::<TerminalBackup>(path)?);
+        self.kept().insert(path.to_owned(), Arc::clone(&b));
+        Ok(b)
+    }
+
+    /// Writes `backup` to `path` (atomically), and keeps it.
+    fn write(&self, path: &Path, backup: Arc<TerminalBackup>) -> Result<(), Error> {
+        self.kept().remove(path);
+        tillup_fs::write_json_atomic(path, &*backup)?;
+        self.kept().insert(path.to_owned(), backup);
+        Ok(())
+    }
+
+    /// Removes the terminal backup at `path`, if there is one.
+    fn remove(&self, path: &Path) -> Result<(), Error> {
+        self.kept().remove(path);
+        Ok(tillup_fs::remove_file_if_exists(path)?)
+    }
+
+    fn kept(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, Arc<TerminalBackup>>> {
+        self.0.lock().expect("not poisoned")
+    }
 }
 
 impl Files {
+    /// Keeps terminal `backup.number`'s backup as `Gather` took it, from
+    /// the agent's snapshot of digest `snapshot`.
+    fn keep_gathered(
+        &self,
+        backup: Arc<TerminalBackup>,
+        snapshot: Option<tillup_core::Sha256Hex>,
+    ) -> Result<(), Error> {
+        let n = backup.number;
+        self.parsed.write(&self.gathered(n), backup)?;
+        let mut kept = self.gathered_snapshots.lock().expect("not poisoned");
+        match snapshot {
+            Some(d) => kept.insert(n, d),
+            None => kept.remove(&n),
+        };
+        Ok(())
+    }
+
+    /// Forgets terminal `n`'s gathered backup: its backup goes whole.
+    fn drop_gathered(&self, n: u32) -> Result<(), Error> {
+        self.gathered_snapshots
+            .lock()
+            .expect("not poisoned")
+            .remove(&n);
+        self.parsed.remove(&self.gathered(n))
+    }
+
+    /// The agent's digest of the snapshot terminal `n`'s gathered backup
+    /// holds, if this run gathered it.
+    fn gathered_snapshot(&self, n: u32) -> Option<tillup_core::Sha256Hex> {
+        self.gathered_snapshots
+            .lock()
+            .expect("not poisoned")
+            .get(&n)
+            .copied()
+    }
+
     fn state(&self) -> PathBuf {
         self.dir.join("state.json")
     }
@@ -161,6 +243,8 @@ impl Listener {
     fn files(&self, id: &str) -> Files {
         Files {
             dir: self.data_dir.join("upgrades").join(id),
+            parsed: Arc::default(),
+            gathered_snapshots: Default::default(),
         }
     }
 
