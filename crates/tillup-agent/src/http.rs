@@ -18,9 +18,8 @@ use tillup_core::Sha256Hex;
 use tillup_core::api::{
     AgentStatus, ErrorBody, HashList, HealthQuery, HealthReport, PARTIAL_HEADER, PROTOCOL_HEADER,
     PackReceipt, PackRequest, Protocols, SelfUpdateReport, SelfUpdateRequest, Snapshot,
-    SnapshotChanges, SnapshotSince,
-    StageChanges, StageReport, StageRequest, StartReport, StopReport, StopRequest, SwapReport,
-    SwapRequest, agent as routes,
+    SnapshotChanges, SnapshotSince, StageChanges, StageReport, StageRequest, StartReport,
+    StopReport, StopRequest, SwapReport, SwapRequest, agent as routes,
 };
 
 use tillup_core::openapi::{Binary, SemVer};

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use semver::Version;
 use tillup_core::api::{
-    AgentStatus, HealthReport, Snapshot, SnapshotChanges, StageChanges, StageReport, StageRequest, StartReport,
-    StopReport, SwapReport,
+    AgentStatus, HealthReport, Snapshot, SnapshotChanges, StageChanges, StageReport, StageRequest,
+    StartReport, StopReport, SwapReport,
 };
 use tillup_core::{Manifest, RelPath, Sha256Hex};
 use tillup_fs::{BlobStore, HashCache};
@@ -49,7 +49,7 @@ const PREVIOUS_CACHE: &str = "previous-hash-cache.json";
 struct AtRest {
     /// [`supervisor::Supervisor::starts`] when it was taken.
     starts: u64,
-    manifest: Manifest,
+    manifest: Arc<Manifest>,
 }
 
 /// The whole snapshots an agent keeps for [`Agent::snapshot_changes`]:
@@ -67,7 +67,7 @@ pub struct Agent {
     /// Serialises the operations that change the folder (and start/stop around them).
     folder_ops: Arc<tokio::sync::Mutex<()>>,
     /// Hash → path in the folder, from the last scan.
-    index: Mutex<Option<HashMap<Sha256Hex, RelPath>>>,
+    index: Mutex<Option<Arc<HashMap<Sha256Hex, RelPath>>>>,
     /// The folder as a snapshot scanned it while the main program was
     /// stopped (see [`Agent::folder_now`]).
     at_rest: Mutex<Option<AtRest>>,
@@ -216,7 +216,7 @@ impl Agent {
     }
 
     /// Scans the folder (with the hash cache in STATE) and remembers where each hash lives.
-    async fn scan(&self) -> Result<Manifest, AgentError> {
+    async fn scan(&self) -> Result<Arc<Manifest>, AgentError> {
         let (folder, cache_path) = (
             self.layout.folder.clone(),
             self.state_dir.join("hash-cache.json"),
@@ -227,16 +227,17 @@ impl Agent {
             let cache = kept.get_or_insert_with(|| HashCache::load(&cache_path));
             let m = tillup_fs::scan_folder(&folder, cache)?;
             cache.save(&cache_path)?;
-            Ok::<_, tillup_fs::Error>(m)
+            let index = m
+                .files()
+                .iter()
+                .map(|f| (f.sha256, f.path.clone()))
+                .collect();
+            Ok::<_, tillup_fs::Error>((Arc::new(m), Arc::new(index)))
         })
         .await
         .map_err(AgentError::internal)?
         .map_err(AgentError::internal)?;
-        let index = manifest
-            .files()
-            .iter()
-            .map(|f| (f.sha256, f.path.clone()))
-            .collect();
+        let (manifest, index) = manifest;
         *self.index.lock().expect("not poisoned") = Some(index);
         Ok(manifest)
     }
@@ -244,7 +245,7 @@ impl Agent {
     /// `GET /v1/snapshot`. Taken while the main program is stopped (the
     /// host's `Collect`), it is also what the commit checks against.
     pub async fn snapshot(&self) -> Result<Snapshot, AgentError> {
-        let manifest = Arc::new(self.scan_at_rest().await?);
+        let manifest = self.scan_at_rest().await?;
         let digest = {
             let m = Arc::clone(&manifest);
             tokio::task::spawn_blocking(move || m.digest())
@@ -292,14 +293,14 @@ impl Agent {
 
     /// A scan, kept as the folder at rest when the main program was
     /// stopped all through it (see [`Agent::folder_now`]).
-    async fn scan_at_rest(&self) -> Result<Manifest, AgentError> {
+    async fn scan_at_rest(&self) -> Result<Arc<Manifest>, AgentError> {
         let starts = self.supervisor.starts();
         let stopped = self.supervisor.stopped_since(starts);
         let manifest = self.scan().await?;
         *self.at_rest.lock().expect("not poisoned") =
             (stopped && self.supervisor.stopped_since(starts)).then(|| AtRest {
                 starts,
-                manifest: manifest.clone(),
+                manifest: Arc::clone(&manifest),
             });
         Ok(manifest)
     }
@@ -309,7 +310,7 @@ impl Agent {
     /// stays true until it starts again or the agent swaps the folder:
     /// then no file is looked at twice while a till is stopped. Otherwise,
     /// a scan.
-    async fn folder_now(&self) -> Result<Manifest, AgentError> {
+    async fn folder_now(&self) -> Result<Arc<Manifest>, AgentError> {
         let kept = self.at_rest.lock().expect("not poisoned").clone();
         match kept {
             Some(r) if self.supervisor.stopped_since(r.starts) => Ok(r.manifest),
@@ -415,6 +416,7 @@ impl Agent {
             .trial
             .is_none()
             .then(|| self.state_dir.join(PREVIOUS_CACHE));
+        let whole = matches!(target, Target::Whole(_));
         let report = tokio::task::spawn_blocking(move || {
             // The staging folder's record is read once, whatever follows.
             let mut staged = layout.staged_with_digest();
@@ -432,11 +434,15 @@ impl Agent {
             let report = layout.stage_from(&local, &store, &req, staged.map(|(m, _)| m))?;
             // Received files the staged folder does not use are not needed
             // again: the incoming store stays within one release's changes
-            // (and its manifest, which the commit checks against).
-            let mut keep = req.manifest.hashes();
-            keep.insert(accepted.release.sha256);
-            if let Err(e) = store.retain(&keep) {
-                tracing::warn!("could not drop received files no longer needed: {e}");
+            // (and its manifest, which the commit checks against). A stage
+            // that took nothing from it (the terminal's own files, after
+            // the stop) leaves it as the stage before left it.
+            if whole || report.received_bytes > 0 {
+                let mut keep = req.manifest.hashes();
+                keep.insert(accepted.release.sha256);
+                if let Err(e) = store.retain(&keep) {
+                    tracing::warn!("could not drop received files no longer needed: {e}");
+                }
             }
             Ok::<_, AgentError>(report)
         })

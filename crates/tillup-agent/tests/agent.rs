@@ -609,7 +609,11 @@ async fn snapshot_changes_are_the_folder_now_against_a_recent_whole_snapshot() {
             .unwrap();
         assert_eq!(res.status(), StatusCode::CONFLICT);
         let body: ErrorBody = res.json().await.unwrap();
-        assert!(body.error.contains("take a whole snapshot"), "{}", body.error);
+        assert!(
+            body.error.contains("take a whole snapshot"),
+            "{}",
+            body.error
+        );
     }
     let res = h
         .http

@@ -12,8 +12,9 @@ use semver::Version;
 use tillup_core::Sha256Hex;
 use tillup_core::api::{
     self, AgentStatus, Backup, BackupChanges, DeliveryDigests, HealthReport, ProcessRequest,
-    Protocols, SelfUpdateReport, SelfUpdateRequest, Snapshot, SnapshotChanges, StageChanges, StageReport,
-    StageRequest, StartReport, StopReport, StopRequest, SwapReport, SwapRequest, route,
+    Protocols, SelfUpdateReport, SelfUpdateRequest, Snapshot, SnapshotChanges, StageChanges,
+    StageReport, StageRequest, StartReport, StopReport, StopRequest, SwapReport, SwapRequest,
+    route,
 };
 use tillup_fs::BlobStore;
 use tillup_transfer::Size;

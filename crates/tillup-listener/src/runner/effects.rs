@@ -601,7 +601,10 @@ impl Listener {
         blocking(move || match gathered.manifest.with_changes(&changes) {
             Ok(manifest) => Ok(Some((now.version, manifest, Some(changes)))),
             Err(e) => {
-                tracing::warn!(terminal = n, "its changes since the gathered snapshot do not apply ({e}); taking a whole one");
+                tracing::warn!(
+                    terminal = n,
+                    "its changes since the gathered snapshot do not apply ({e}); taking a whole one"
+                );
                 Ok(None)
             }
         })
