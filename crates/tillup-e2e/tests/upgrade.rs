@@ -175,6 +175,55 @@ fn happy_path_every_terminal_is_the_new_release_plus_its_own_files() -> Result<(
     Ok(())
 }
 
+/// A POS that writes its journal as it closes changes its folder after the
+/// host took it before the stop: the backup is the folder as the program
+/// left it, and the new folder keeps what it wrote.
+#[test]
+fn what_a_terminal_writes_as_it_stops_is_in_its_backup_and_its_new_folder() -> Result<()> {
+    let store = Store::new(None, StoreSpec::default())?;
+    let journal = &store.terminals[&1];
+    fs::write(journal.folder.join(tillup_pos_sim::JOURNAL_ON_CLOSE), b"")?;
+    let before: Vec<(u32, String)> = store
+        .terminals
+        .values()
+        .map(|t| (t.number, fs::read_to_string(t.folder.join(SALES)).unwrap()))
+        .collect();
+    store.publish(&ReleaseSpec::new("1.1.0"), &[])?;
+
+    let out = store.tillup(&["update"])?;
+    ensure!(out.status.success(), "update failed: {}", text(&out));
+
+    let backup = &store.backups()[0];
+    for (n, log_before) in &before {
+        let backed_up = fs::read_to_string(backup.join(format!("terminal-{n}")).join(SALES))?;
+        let written_as_it_stopped = backed_up
+            .strip_prefix(log_before.as_str())
+            .unwrap_or_else(|| panic!("terminal {n}: the backup lost its sales log: {backed_up}"));
+        if *n == 1 {
+            assert!(
+                written_as_it_stopped.lines().count() == 1
+                    && written_as_it_stopped.starts_with("closed ")
+                    && written_as_it_stopped.contains("version 1.0.0"),
+                "terminal 1's backup holds its log as the program left it: {backed_up}"
+            );
+        } else {
+            assert_eq!(
+                written_as_it_stopped, "",
+                "terminal {n} wrote nothing as it stopped"
+            );
+        }
+        let now = fs::read_to_string(store.terminals[n].folder.join(SALES))?;
+        let since = now.strip_prefix(backed_up.as_str()).unwrap_or_else(|| {
+            panic!("terminal {n}: the new folder lost the log it stopped with: {now}")
+        });
+        assert!(
+            since.starts_with("opened ") && since.contains("version 1.1.0"),
+            "terminal {n}: {now}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn an_offline_terminal_is_left_out_and_the_next_update_finishes_it() -> Result<()> {
     let mut store = Store::new(None, StoreSpec::default())?;

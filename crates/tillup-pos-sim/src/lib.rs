@@ -5,7 +5,9 @@
 //! an `UNHEALTHY` file makes it keep running but report itself unhealthy.
 //! A terminal-local `config/local/fail-on-VERSION` does what `FAIL_HEALTH`
 //! does, on that version of that terminal only (a release that breaks on
-//! some terminals' hardware).
+//! some terminals' hardware). A terminal-local `config/local/journal-on-close`
+//! makes it append a line to its sales log as it stops, as a POS flushing
+//! its journal does: the folder changes while the program stops.
 //!
 //! **Architecture invariant:** nothing here knows about the agent; the agent
 //! only sees the heartbeat through `pos-sim probe` and the exit code.
@@ -32,6 +34,10 @@ pub const FAIL_EXIT_CODE: u8 = 3;
 
 /// The file that makes a running release report itself unhealthy with its text.
 pub const UNHEALTHY: &str = "UNHEALTHY";
+
+/// The terminal-local file that makes the program write its sales log as
+/// it stops (see the crate's documentation).
+pub const JOURNAL_ON_CLOSE: &str = "config/local/journal-on-close";
 
 /// `STATE/heartbeat.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -136,6 +142,19 @@ pub fn run(folder: &Path, state: &Path) -> anyhow::Result<ExitCode> {
             std::thread::sleep(Duration::from_millis(20));
             slept += Duration::from_millis(20);
         }
+    }
+    if folder.join(JOURNAL_ON_CLOSE).exists() {
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        writeln!(
+            f,
+            "closed {} version {version} pid {}",
+            Timestamp::now(),
+            std::process::id()
+        )
+        .with_context(|| format!("cannot write {}", log.display()))?;
     }
     beat(false, "stopped")?;
     println!("pos-sim {version} stopped");
