@@ -1087,19 +1087,20 @@ pub(crate) async fn process(
             w[0].number
         )));
     }
-    let delivery = st
+    let built = st
         .blocking(move |st| build_delivery(st, &store, &upgrade, &req.channel, &targets))
         .await?;
     Ok(Json(match req.answer {
-        ProcessAnswer::Folders => ProcessResult::Folders(delivery),
+        ProcessAnswer::Folders => ProcessResult::Folders(Delivery {
+            terminals: built.into_iter().map(|(t, _)| t).collect(),
+        }),
         ProcessAnswer::Digests => ProcessResult::Digests(DeliveryDigests {
-            terminals: delivery
-                .terminals
-                .iter()
-                .map(|t| TerminalDigest {
+            terminals: built
+                .into_iter()
+                .map(|(t, digest)| TerminalDigest {
                     number: t.number,
-                    version: t.version.clone(),
-                    manifest: t.manifest.digest(),
+                    version: t.version,
+                    manifest: digest,
                 })
                 .collect(),
         }),
@@ -1114,14 +1115,15 @@ pub(crate) enum ProcessResult {
     Digests(DeliveryDigests),
 }
 
-/// DESIGN §3.5: each terminal's new folder, in terminal-number order.
+/// DESIGN §3.5: each terminal's new folder, in terminal-number order,
+/// with its manifest's digest.
 fn build_delivery(
     st: &AppState,
     store: &str,
     upgrade: &str,
     channel: &str,
     targets: &[api::TerminalTarget],
-) -> Result<Delivery, AppError> {
+) -> Result<Vec<(TerminalResult, Sha256Hex)>, AppError> {
     let stored = stored_backup(st, store, upgrade, "yet: PUT the backup first")?;
     let backup = &stored.backup;
     let mut releases: BTreeMap<Version, (Release, Arc<Manifest>)> = BTreeMap::new();
@@ -1176,7 +1178,8 @@ fn build_delivery(
         };
         st.storage().put_document(&doc, json_bytes(&result)?)?;
         tillup_fs::fault::crash_point("server.process");
-        Ok::<_, AppError>(result)
+        let digest = result.manifest.digest();
+        Ok::<_, AppError>((result, digest))
     };
     let out = each_on_a_core(&jobs, build)
         .into_iter()
@@ -1186,14 +1189,14 @@ fn build_delivery(
     let released: BTreeSet<Sha256Hex> = releases.values().flat_map(|(_, m)| m.hashes()).collect();
     let hashes: Vec<Sha256Hex> = out
         .iter()
-        .flat_map(|r| r.manifest.hashes())
+        .flat_map(|(r, _)| r.manifest.hashes())
         .filter(|h| !released.contains(h))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
     st.db().add_store_blobs(store, &hashes)?;
     st.db().record_processed(store, upgrade, Timestamp::now())?;
-    Ok(Delivery { terminals: out })
+    Ok(out)
 }
 
 /// `f` of each of `items`, in their order, on as many threads as the
