@@ -344,13 +344,17 @@ pub(crate) async fn snapshot_changes(
     State(a): State<Arc<Agent>>,
     q: Result<Query<SnapshotSince>, QueryRejection>,
 ) -> Result<Json<SnapshotChanges>, AgentError> {
-    let Query(q) = q.map_err(|e| {
-        AgentError::BadRequest(format!(
-            "{}; ask as /v1/snapshot/changes?since=<the digest of a whole snapshot>",
-            e.body_text()
-        ))
-    })?;
+    let q = query(
+        q,
+        "/v1/snapshot/changes?since=<the digest of a whole snapshot>",
+    )?;
     a.snapshot_changes(q.since).await.map(Json)
+}
+
+/// A request's query, or a 400 saying how to ask (`example`).
+fn query<T>(q: Result<Query<T>, QueryRejection>, example: &str) -> Result<T, AgentError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| AgentError::BadRequest(format!("{}; ask as {example}", e.body_text())))
 }
 
 #[utoipa::path(post, path = "/v1/blobs/missing", tag = "files",
@@ -567,12 +571,7 @@ pub(crate) async fn health(
     State(a): State<Arc<Agent>>,
     q: Result<Query<HealthQuery>, QueryRejection>,
 ) -> Result<Json<HealthReport>, AgentError> {
-    let Query(q) = q.map_err(|e| {
-        AgentError::BadRequest(format!(
-            "{}; ask as /v1/health?version=1.2.3",
-            e.body_text()
-        ))
-    })?;
+    let q = query(q, "/v1/health?version=1.2.3")?;
     a.health(&q.version).await.map(Json)
 }
 

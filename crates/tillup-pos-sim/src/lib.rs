@@ -113,19 +113,7 @@ pub fn run(folder: &Path, state: &Path) -> anyhow::Result<ExitCode> {
     let data = folder.join("data");
     fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
     let log = data.join("sales.log");
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .with_context(|| format!("cannot open {}", log.display()))?;
-    writeln!(
-        f,
-        "opened {} version {version} pid {}",
-        Timestamp::now(),
-        std::process::id()
-    )
-    .with_context(|| format!("cannot write {}", log.display()))?;
-    drop(f);
+    journal(&log, "opened", &version)?;
     println!("pos-sim {version} running");
 
     // A release that starts and keeps running, yet is broken: read at every
@@ -144,21 +132,27 @@ pub fn run(folder: &Path, state: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     if folder.join(JOURNAL_ON_CLOSE).exists() {
-        let mut f = fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("cannot open {}", log.display()))?;
-        writeln!(
-            f,
-            "closed {} version {version} pid {}",
-            Timestamp::now(),
-            std::process::id()
-        )
-        .with_context(|| format!("cannot write {}", log.display()))?;
+        journal(&log, "closed", &version)?;
     }
     beat(false, "stopped")?;
     println!("pos-sim {version} stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Appends `what` (with the time, the version and the process) to the sales log.
+fn journal(log: &Path, what: &str, version: &str) -> anyhow::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    writeln!(
+        f,
+        "{what} {} version {version} pid {}",
+        Timestamp::now(),
+        std::process::id()
+    )
+    .with_context(|| format!("cannot write {}", log.display()))
 }
 
 /// Checks the heartbeat: prints the version and returns success when it is
