@@ -32,7 +32,8 @@ pub(crate) struct Backups(Mutex<Vec<(Sha256Hex, Arc<Parsed>)>>);
 
 impl Backups {
     /// The backups kept at once: the stores upgrading at the same moment
-    /// on a release night, each kept from its upload to its processing.
+    /// on a release night, each kept from its upload to its processing
+    /// (one entry per store: a backup's changes replace it).
     const KEPT: usize = 16;
 
     /// The backup stored as `bytes`: the kept one if these bytes were
@@ -61,13 +62,22 @@ impl Backups {
         kept.push((key, parsed));
     }
 
-    fn find(&self, key: &Sha256Hex) -> Option<Arc<Parsed>> {
+    /// Forgets `parsed` (a backup its changes replaced).
+    pub fn forget(&self, parsed: &Arc<Parsed>) {
         self.0
             .lock()
             .expect("not poisoned")
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, p)| Arc::clone(p))
+            .retain(|(_, p)| !Arc::ptr_eq(p, parsed));
+    }
+
+    /// The kept parse of the bytes of digest `key`, made the newest.
+    fn find(&self, key: &Sha256Hex) -> Option<Arc<Parsed>> {
+        let mut kept = self.0.lock().expect("not poisoned");
+        let at = kept.iter().position(|(k, _)| k == key)?;
+        let found = kept.remove(at);
+        let parsed = Arc::clone(&found.1);
+        kept.push(found);
+        Some(parsed)
     }
 }
 
@@ -111,6 +121,40 @@ mod tests {
         let other = memo.get(&two, &mut parse).unwrap();
         assert_eq!(other.backup, backup(2));
         assert_eq!(parses, 2);
+    }
+
+    #[test]
+    fn a_backup_used_lately_is_kept_over_older_ones() {
+        let memo = Backups::default();
+        let docs: Vec<Vec<u8>> = (0..=Backups::KEPT as u32)
+            .map(|n| serde_json::to_vec(&backup(n)).unwrap())
+            .collect();
+        memo.get(&docs[0], |b| serde_json::from_slice::<Backup>(b))
+            .unwrap();
+        for d in &docs[1..Backups::KEPT] {
+            memo.get(d, |b| serde_json::from_slice::<Backup>(b))
+                .unwrap();
+        }
+        // Used again, then one more: the second is dropped, not the first.
+        memo.get(&docs[0], |_| -> Result<Backup, serde_json::Error> {
+            panic!("kept")
+        })
+        .unwrap();
+        memo.get(&docs[Backups::KEPT], |b| {
+            serde_json::from_slice::<Backup>(b)
+        })
+        .unwrap();
+        memo.get(&docs[0], |_| -> Result<Backup, serde_json::Error> {
+            panic!("kept")
+        })
+        .unwrap();
+        let mut parsed_again = false;
+        memo.get(&docs[1], |b| {
+            parsed_again = true;
+            serde_json::from_slice::<Backup>(b)
+        })
+        .unwrap();
+        assert!(parsed_again);
     }
 
     #[test]

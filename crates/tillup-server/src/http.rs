@@ -1033,6 +1033,7 @@ pub(crate) async fn patch_backup(
         // These bytes are the backup's JSON: their digest is its digest.
         let digest = Sha256Hex::of(&json);
         keep_backup(st, &store, &upgrade, json)?;
+        st.0.backups.forget(&stored);
         st.0.backups.keep(
             digest,
             Arc::new(Parsed {
@@ -1087,8 +1088,9 @@ pub(crate) async fn process(
             w[0].number
         )));
     }
+    let digests = req.answer == ProcessAnswer::Digests;
     let built = st
-        .blocking(move |st| build_delivery(st, &store, &upgrade, &req.channel, &targets))
+        .blocking(move |st| build_delivery(st, &store, &upgrade, &req.channel, &targets, digests))
         .await?;
     Ok(Json(match req.answer {
         ProcessAnswer::Folders => ProcessResult::Folders(Delivery {
@@ -1098,9 +1100,9 @@ pub(crate) async fn process(
             terminals: built
                 .into_iter()
                 .map(|(t, digest)| TerminalDigest {
+                    manifest: digest.unwrap_or_else(|| t.manifest.digest()),
                     number: t.number,
                     version: t.version,
-                    manifest: digest,
                 })
                 .collect(),
         }),
@@ -1116,14 +1118,15 @@ pub(crate) enum ProcessResult {
 }
 
 /// DESIGN §3.5: each terminal's new folder, in terminal-number order,
-/// with its manifest's digest.
+/// with its manifest's digest if `digests`.
 fn build_delivery(
     st: &AppState,
     store: &str,
     upgrade: &str,
     channel: &str,
     targets: &[api::TerminalTarget],
-) -> Result<Vec<(TerminalResult, Sha256Hex)>, AppError> {
+    digests: bool,
+) -> Result<Vec<(TerminalResult, Option<Sha256Hex>)>, AppError> {
     let stored = stored_backup(st, store, upgrade, "yet: PUT the backup first")?;
     let backup = &stored.backup;
     let mut releases: BTreeMap<Version, (Release, Arc<Manifest>)> = BTreeMap::new();
@@ -1178,7 +1181,7 @@ fn build_delivery(
         };
         st.storage().put_document(&doc, json_bytes(&result)?)?;
         tillup_fs::fault::crash_point("server.process");
-        let digest = result.manifest.digest();
+        let digest = digests.then(|| result.manifest.digest());
         Ok::<_, AppError>((result, digest))
     };
     let out = each_on_a_core(&jobs, build)
@@ -1202,7 +1205,8 @@ fn build_delivery(
 /// `f` of each of `items`, in their order, on as many threads as the
 /// machine has cores (at most one per item).
 fn each_on_a_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from));
     let workers = cores.min(items.len());
     if workers <= 1 {
         return items.iter().map(f).collect();
@@ -1286,4 +1290,40 @@ pub async fn serve(
     jobs.abort();
     crate::jobs::flush_checks(&state).await;
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::each_on_a_core;
+
+    #[test]
+    fn each_on_a_core_answers_in_the_order_asked_and_passes_a_panic_on() {
+        let items: Vec<u32> = (0..37).collect();
+        let threads = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let out = each_on_a_core(&items, |n| {
+            threads
+                .lock()
+                .unwrap()
+                .insert(format!("{:?}", std::thread::current().id()));
+            n * 2
+        });
+        assert_eq!(out, items.iter().map(|n| n * 2).collect::<Vec<_>>());
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert!(threads.lock().unwrap().len() <= cores.max(1));
+        assert!(each_on_a_core(&[] as &[u32], |n| *n).is_empty());
+
+        let caught = std::panic::catch_unwind(|| {
+            each_on_a_core(&items, |n| {
+                assert_ne!(*n, 20, "terminal twenty");
+                *n
+            })
+        });
+        let message = caught.expect_err("the panic comes through");
+        let text = message
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| message.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        assert!(text.contains("terminal twenty"), "{text}");
+    }
 }
