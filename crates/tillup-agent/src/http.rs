@@ -336,7 +336,7 @@ pub(crate) async fn snapshot(State(a): State<Arc<Agent>>) -> Result<Json<Snapsho
         (status = 200, description = "The changes.", body = SnapshotChanges),
         (status = 400, description = "`since` is not a SHA-256 digest.", body = ErrorBody),
         (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
-        (status = 409, description = "The agent no longer holds that snapshot (take a whole one), or there is no program folder.", body = ErrorBody),
+        (status = 409, description = "The agent no longer holds that snapshot: take a whole one.", body = ErrorBody),
         (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
     ),
     security(("agent_token" = [])))]

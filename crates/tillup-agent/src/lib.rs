@@ -359,8 +359,12 @@ impl Agent {
     /// `POST /v1/blobs/missing`: the hashes neither in the folder nor in the incoming store.
     pub async fn missing(&self, wanted: &[Sha256Hex]) -> Result<Vec<Sha256Hex>, AgentError> {
         self.ensure_index().await?;
-        let index = self.index.lock().expect("not poisoned");
-        let index = index.as_ref().expect("ensured");
+        let index = self
+            .index
+            .lock()
+            .expect("not poisoned")
+            .clone()
+            .unwrap_or_default();
         Ok(self
             .store
             .missing(wanted.iter().filter(|h| !index.contains_key(h))))

@@ -136,7 +136,7 @@ impl Listener {
                     .changes_since_gathered(*n, gathered.clone(), files)
                     .await?
                 {
-                    Some(now) => now,
+                    Some((version, manifest, changes)) => (version, manifest, Some(changes)),
                     None => {
                         let snap = agent.snapshot().await?;
                         let manifest = snap.manifest;
@@ -467,8 +467,15 @@ impl Listener {
                 version: run.from.clone(),
                 manifest: snap.manifest,
             };
-            let backup = Arc::new(backup);
-            files.keep_gathered(Arc::clone(&backup), snap.digest)?;
+            // The agent's name for this snapshot, which `Collect` asks for
+            // changes since: only if it is this manifest's.
+            let named = snap.digest;
+            let (backup, digest) = blocking(move || {
+                let digest = named.filter(|d| *d == backup.manifest.digest());
+                Ok((Arc::new(backup), digest))
+            })
+            .await?;
+            files.keep_gathered(Arc::clone(&backup), digest)?;
             gathered.push(Arc::unwrap_or_clone(backup));
         }
         let backup = api::Backup {
@@ -572,9 +579,6 @@ impl Listener {
         .collect()
     }
 
-    /// Uploads the store's backup as changes to the one `Gather` uploaded,
-    /// if the server holds that one and every terminal still on its way is
-    /// in it. Returns false when the whole backup must go instead.
     /// Terminal `n`'s folder now, with its changes since `gathered`, from
     /// the agent as those changes: `None` when this run did not take the
     /// gathered snapshot or the agent no longer holds it (a whole
@@ -584,7 +588,7 @@ impl Listener {
         n: u32,
         gathered: Option<Arc<TerminalBackup>>,
         files: &Files,
-    ) -> Result<Option<(Option<Version>, Manifest, Option<ManifestChanges>)>, Error> {
+    ) -> Result<Option<(Option<Version>, Manifest, ManifestChanges)>, Error> {
         let (Some(gathered), Some(since)) = (gathered, files.gathered_snapshot(n)) else {
             return Ok(None);
         };
@@ -599,7 +603,7 @@ impl Listener {
         };
         let changes = now.changes;
         blocking(move || match gathered.manifest.with_changes(&changes) {
-            Ok(manifest) => Ok(Some((now.version, manifest, Some(changes)))),
+            Ok(manifest) => Ok(Some((now.version, manifest, changes))),
             Err(e) => {
                 tracing::warn!(
                     terminal = n,
@@ -611,6 +615,9 @@ impl Listener {
         .await
     }
 
+    /// Uploads the store's backup as changes to the one `Gather` uploaded,
+    /// if the server holds that one and every terminal still on its way is
+    /// in it. Returns false when the whole backup must go instead.
     async fn upload_changes(
         &self,
         u: &Upgrade,

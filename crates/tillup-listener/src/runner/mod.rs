@@ -95,8 +95,8 @@ impl Parsed {
             return Ok(Arc::clone(b));
         }
         let b = Arc::new(read_json::<TerminalBackup>(path)?);
-        self.kept().insert(path.to_owned(), Arc::clone(&b));
-        Ok(b)
+        // A write since this read began wins.
+        Ok(Arc::clone(self.kept().entry(path.to_owned()).or_insert(b)))
     }
 
     /// Writes `backup` to `path` (atomically), and keeps it.
@@ -129,12 +129,18 @@ impl Files {
         snapshot: Option<tillup_core::Sha256Hex>,
     ) -> Result<(), Error> {
         let n = backup.number;
+        // Named only once the file holds it: a failed write leaves none.
+        self.gathered_snapshots
+            .lock()
+            .expect("not poisoned")
+            .remove(&n);
         self.parsed.write(&self.gathered(n), backup)?;
-        let mut kept = self.gathered_snapshots.lock().expect("not poisoned");
-        match snapshot {
-            Some(d) => kept.insert(n, d),
-            None => kept.remove(&n),
-        };
+        if let Some(d) = snapshot {
+            self.gathered_snapshots
+                .lock()
+                .expect("not poisoned")
+                .insert(n, d);
+        }
         Ok(())
     }
 
