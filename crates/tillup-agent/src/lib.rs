@@ -200,7 +200,9 @@ impl Agent {
             m.stopped_by_host.get_or_insert_with(jiff::Timestamp::now);
             m.watchdog_started = None;
         })?;
-        Ok(self.supervisor.stop(busy_timeout).await?)
+        let report = self.supervisor.stop(busy_timeout).await?;
+        tillup_fs::fault::crash_point("agent.stopped");
+        Ok(report)
     }
 
     /// `POST /v1/start`.
@@ -217,6 +219,13 @@ impl Agent {
 
     /// Scans the folder (with the hash cache in STATE) and remembers where each hash lives.
     async fn scan(&self) -> Result<Arc<Manifest>, AgentError> {
+        self.scan_saving(true).await
+    }
+
+    /// [`Agent::scan`], writing what it learnt to the hash cache's file
+    /// only if `save`: otherwise the next scan that saves writes it, and
+    /// a crash before costs reading a few files again.
+    async fn scan_saving(&self, save: bool) -> Result<Arc<Manifest>, AgentError> {
         let (folder, cache_path) = (
             self.layout.folder.clone(),
             self.state_dir.join("hash-cache.json"),
@@ -226,7 +235,9 @@ impl Agent {
             let mut kept = kept.lock().expect("not poisoned");
             let cache = kept.get_or_insert_with(|| HashCache::load(&cache_path));
             let m = tillup_fs::scan_folder(&folder, cache)?;
-            cache.save(&cache_path)?;
+            if save {
+                cache.save(&cache_path)?;
+            }
             let index = m
                 .files()
                 .iter()
@@ -296,7 +307,10 @@ impl Agent {
     async fn scan_at_rest(&self) -> Result<Arc<Manifest>, AgentError> {
         let starts = self.supervisor.starts();
         let stopped = self.supervisor.stopped_since(starts);
-        let manifest = self.scan().await?;
+        // While the till is stopped nothing waits that need not: what the
+        // stop changed (its own files) is saved by a later scan, if the
+        // folder is not swapped first (a swap drops the cache).
+        let manifest = self.scan_saving(!stopped).await?;
         *self.at_rest.lock().expect("not poisoned") =
             (stopped && self.supervisor.stopped_since(starts)).then(|| AtRest {
                 starts,

@@ -159,15 +159,17 @@ fn ok(out: &Output) -> Result<()> {
     Ok(())
 }
 
-/// The agent killed at each step of stage, swap and health check, and
-/// started again at once (as its service manager would): it finishes or
-/// undoes what it was doing, the host goes on, and every terminal ends on
-/// the new release.
+/// The agent killed at each step of stop, stage, swap and health check,
+/// and started again at once (as its service manager would): it finishes
+/// or undoes what it was doing, the host goes on (taking a whole snapshot
+/// where the agent no longer holds the one its changes would be against),
+/// and every terminal ends on the new release.
 #[test]
 fn the_agent_killed_at_each_step_recovers_and_the_upgrade_completes() -> Result<()> {
     let mut store = two_terminals()?;
     let points = [
         "agent.stage.building",   // staging the release while the POS runs
+        "agent.stopped",          // the snapshot before the stop is gone with it
         "agent.stage.building#2", // staging the terminal's own files, stopped
         "agent.swap.journaled",   // before the first rename
         "agent.swap.exchanged",   // new folder in, old one not yet previous
