@@ -1203,7 +1203,7 @@ fn build_delivery(
 }
 
 /// `f` of each of `items`, in their order, on as many threads as the
-/// machine has cores (at most one per item).
+/// machine has cores (at most one per item), each in the caller's span.
 fn each_on_a_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from));
@@ -1212,10 +1212,12 @@ fn each_on_a_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> 
         return items.iter().map(f).collect();
     }
     let f = &f;
+    let span = &tracing::Span::current();
     let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
         let running: Vec<_> = (0..workers)
             .map(|w| {
                 s.spawn(move || {
+                    let _in = span.enter();
                     (w..items.len())
                         .step_by(workers)
                         .map(|i| (i, f(&items[i])))
