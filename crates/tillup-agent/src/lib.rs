@@ -355,12 +355,7 @@ impl Agent {
                 if missing.len() > 5 { ", …" } else { "" }
             )));
         }
-        let index = self
-            .index
-            .lock()
-            .expect("not poisoned")
-            .clone()
-            .unwrap_or_default();
+        let index = self.last_index();
         let (folder, store) = (self.layout.folder.clone(), self.store.clone());
         Ok(Box::new(move |h| {
             index
@@ -370,15 +365,19 @@ impl Agent {
         }))
     }
 
-    /// `POST /v1/blobs/missing`: the hashes neither in the folder nor in the incoming store.
-    pub async fn missing(&self, wanted: &[Sha256Hex]) -> Result<Vec<Sha256Hex>, AgentError> {
-        self.ensure_index().await?;
-        let index = self
-            .index
+    /// Hash → path by the last scan (empty if none), without holding its lock.
+    fn last_index(&self) -> Arc<HashMap<Sha256Hex, RelPath>> {
+        self.index
             .lock()
             .expect("not poisoned")
             .clone()
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// `POST /v1/blobs/missing`: the hashes neither in the folder nor in the incoming store.
+    pub async fn missing(&self, wanted: &[Sha256Hex]) -> Result<Vec<Sha256Hex>, AgentError> {
+        self.ensure_index().await?;
+        let index = self.last_index();
         Ok(self
             .store
             .missing(wanted.iter().filter(|h| !index.contains_key(h))))
