@@ -104,6 +104,33 @@ mod tests {
         }
     }
 
+    fn parse(b: &[u8]) -> Result<Backup, serde_json::Error> {
+        serde_json::from_slice(b)
+    }
+
+    /// For a backup that must come from the memo, not be parsed again.
+    fn kept(_: &[u8]) -> Result<Backup, serde_json::Error> {
+        panic!("kept")
+    }
+
+    /// The JSON of backups `0..=KEPT`: one more than are kept.
+    fn documents() -> Vec<Vec<u8>> {
+        (0..=Backups::KEPT as u32)
+            .map(|n| serde_json::to_vec(&backup(n)).unwrap())
+            .collect()
+    }
+
+    /// Whether `bytes` are parsed again.
+    fn parsed_again(memo: &Backups, bytes: &[u8]) -> bool {
+        let mut again = false;
+        memo.get(bytes, |b| {
+            again = true;
+            parse(b)
+        })
+        .unwrap();
+        again
+    }
+
     #[test]
     fn the_same_bytes_parse_once_and_other_bytes_parse_again() {
         let memo = Backups::default();
@@ -111,7 +138,7 @@ mod tests {
         let mut parses = 0;
         let mut parse = |b: &[u8]| {
             parses += 1;
-            serde_json::from_slice::<Backup>(b)
+            parse(b)
         };
         let first = memo.get(&one, &mut parse).unwrap();
         let again = memo.get(&one, &mut parse).unwrap();
@@ -126,53 +153,24 @@ mod tests {
     #[test]
     fn a_backup_used_lately_is_kept_over_older_ones() {
         let memo = Backups::default();
-        let docs: Vec<Vec<u8>> = (0..=Backups::KEPT as u32)
-            .map(|n| serde_json::to_vec(&backup(n)).unwrap())
-            .collect();
-        memo.get(&docs[0], |b| serde_json::from_slice::<Backup>(b))
-            .unwrap();
-        for d in &docs[1..Backups::KEPT] {
-            memo.get(d, |b| serde_json::from_slice::<Backup>(b))
-                .unwrap();
+        let docs = documents();
+        for d in &docs[..Backups::KEPT] {
+            memo.get(d, parse).unwrap();
         }
         // Used again, then one more: the second is dropped, not the first.
-        memo.get(&docs[0], |_| -> Result<Backup, serde_json::Error> {
-            panic!("kept")
-        })
-        .unwrap();
-        memo.get(&docs[Backups::KEPT], |b| {
-            serde_json::from_slice::<Backup>(b)
-        })
-        .unwrap();
-        memo.get(&docs[0], |_| -> Result<Backup, serde_json::Error> {
-            panic!("kept")
-        })
-        .unwrap();
-        let mut parsed_again = false;
-        memo.get(&docs[1], |b| {
-            parsed_again = true;
-            serde_json::from_slice::<Backup>(b)
-        })
-        .unwrap();
-        assert!(parsed_again);
+        memo.get(&docs[0], kept).unwrap();
+        memo.get(&docs[Backups::KEPT], parse).unwrap();
+        memo.get(&docs[0], kept).unwrap();
+        assert!(parsed_again(&memo, &docs[1]));
     }
 
     #[test]
     fn only_the_newest_are_kept() {
         let memo = Backups::default();
-        let docs: Vec<Vec<u8>> = (0..=Backups::KEPT as u32)
-            .map(|n| serde_json::to_vec(&backup(n)).unwrap())
-            .collect();
+        let docs = documents();
         for d in &docs {
-            memo.get(d, |b| serde_json::from_slice::<Backup>(b))
-                .unwrap();
+            memo.get(d, parse).unwrap();
         }
-        let mut parsed_again = false;
-        memo.get(&docs[0], |b| {
-            parsed_again = true;
-            serde_json::from_slice::<Backup>(b)
-        })
-        .unwrap();
-        assert!(parsed_again, "the oldest was dropped");
+        assert!(parsed_again(&memo, &docs[0]), "the oldest was dropped");
     }
 }

@@ -27,6 +27,7 @@ pub mod keylist;
 pub mod openapi;
 pub mod ops;
 pub mod packs;
+mod parallel;
 pub mod people;
 pub mod rollouts;
 pub mod storage;

@@ -130,37 +130,28 @@ impl Files {
     ) -> Result<(), Error> {
         let n = backup.number;
         // Named only once the file holds it: a failed write leaves none.
-        self.gathered_snapshots
-            .lock()
-            .expect("not poisoned")
-            .remove(&n);
+        self.snapshots().remove(&n);
         self.parsed.write(&self.gathered(n), backup)?;
         if let Some(d) = snapshot {
-            self.gathered_snapshots
-                .lock()
-                .expect("not poisoned")
-                .insert(n, d);
+            self.snapshots().insert(n, d);
         }
         Ok(())
     }
 
     /// Forgets terminal `n`'s gathered backup: its backup goes whole.
     fn drop_gathered(&self, n: u32) -> Result<(), Error> {
-        self.gathered_snapshots
-            .lock()
-            .expect("not poisoned")
-            .remove(&n);
+        self.snapshots().remove(&n);
         self.parsed.remove(&self.gathered(n))
     }
 
     /// The agent's digest of the snapshot terminal `n`'s gathered backup
     /// holds, if this run gathered it.
     fn gathered_snapshot(&self, n: u32) -> Option<tillup_core::Sha256Hex> {
-        self.gathered_snapshots
-            .lock()
-            .expect("not poisoned")
-            .get(&n)
-            .copied()
+        self.snapshots().get(&n).copied()
+    }
+
+    fn snapshots(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, tillup_core::Sha256Hex>> {
+        self.gathered_snapshots.lock().expect("not poisoned")
     }
 
     fn state(&self) -> PathBuf {
