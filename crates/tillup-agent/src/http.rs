@@ -211,6 +211,9 @@ pub fn app(agent: Arc<Agent>) -> Router {
         .layer(middleware::from_fn_with_state(Arc::clone(&agent), auth))
         // The host may send large JSON (a staging manifest) zstd-compressed.
         .layer(tower_http::decompression::RequestDecompressionLayer::new())
+        // Each request's route, status and time at `tower_http=debug`: where
+        // a stop's time goes on the terminal.
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(agent)
 }
 

@@ -889,7 +889,9 @@ fn sweep(args: &Args, work: &Path) -> Result<()> {
                 ));
             }
         }
-        fs::remove_dir_all(&dir)?;
+        if args.keep.is_none() {
+            fs::remove_dir_all(&dir)?;
+        }
     }
     println!(
         "| folder MB | files | scenario | wall s | till stopped ms (min / median / max) | WAN down MB | WAN up MB | WAN requests | folders equal | WAN / floor |"
