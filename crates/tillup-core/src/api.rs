@@ -450,6 +450,11 @@ pub struct ProcessRequest {
     /// What the server answers with; the whole folders by default.
     #[serde(default)]
     pub answer: ProcessAnswer,
+    /// Built ahead of the stop, from the backup uploaded before it: the
+    /// server keeps the folders to build the ones after the stop from,
+    /// and stores and records nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ahead: bool,
 }
 
 /// How the server answers a [`ProcessRequest`].

@@ -307,34 +307,11 @@ pub fn merge_for_terminal(
     old: &Manifest,
     preserve: &Preserve,
 ) -> Result<Manifest, ManifestError> {
-    // The release holds a folder `p` when a path sorts right after `p/`.
-    let has_folder = |p: &str| {
-        let prefix = format!("{p}/");
-        let i = release
-            .files
-            .partition_point(|f| f.path.as_str() < prefix.as_str());
-        release
-            .files
-            .get(i)
-            .is_some_and(|f| f.path.as_str().starts_with(&prefix))
-    };
-    let has_file = |p: &str| {
-        release
-            .files
-            .binary_search_by(|f| f.path.as_str().cmp(p))
-            .is_ok()
-    };
-    // A kept local file where the release now has a folder, or inside what
-    // the release now has as a file: the release's layout wins and the
-    // local file stays in the backup.
+    let layout = ReleaseLayout(release);
     let kept: Vec<&FileEntry> = old
         .files
         .iter()
-        .filter(|f| preserve.matches(&f.path))
-        .filter(|f| {
-            let s = f.path.as_str();
-            !has_folder(s) && !s.match_indices('/').any(|(i, _)| has_file(&s[..i]))
-        })
+        .filter(|f| preserve.matches(&f.path) && layout.keeps(&f.path))
         .collect();
     // Both lists are sorted by path: merge them, a kept file replacing the
     // release's at the same path.
@@ -351,6 +328,66 @@ pub fn merge_for_terminal(
     }
     files.extend(kept.cloned());
     Manifest::new(files)
+}
+
+/// [`merge_for_terminal`] of `release` and the terminal's folder after
+/// `changes`, from `merged`, its merge before them: only the changed
+/// paths are looked at, so a build after the stop follows what changed
+/// since the one made before it, not the folder's size.
+pub fn remerge_for_terminal(
+    merged: &Manifest,
+    release: &Manifest,
+    changes: &ManifestChanges,
+    preserve: &Preserve,
+) -> Result<Manifest, ManifestError> {
+    let layout = ReleaseLayout(release);
+    let upserted: BTreeSet<&RelPath> = changes.upsert.iter().map(|f| &f.path).collect();
+    let mut delta = ManifestChanges::default();
+    // A preserved path the terminal no longer holds (or may not keep)
+    // is the release's again, if the release has it.
+    let revert = |p: &RelPath, delta: &mut ManifestChanges| match release.get(p) {
+        Some(r) => delta.upsert.push(r.clone()),
+        None => delta.remove.push(p.clone()),
+    };
+    for f in &changes.upsert {
+        if !preserve.matches(&f.path) {
+            continue;
+        }
+        if layout.keeps(&f.path) {
+            delta.upsert.push(f.clone());
+        } else {
+            revert(&f.path, &mut delta);
+        }
+    }
+    for p in &changes.remove {
+        if preserve.matches(p) && !upserted.contains(p) {
+            revert(p, &mut delta);
+        }
+    }
+    merged.with_changes(&delta)
+}
+
+/// Where a release puts files and folders: a terminal's own file is kept
+/// only where it clashes with neither.
+struct ReleaseLayout<'r>(&'r Manifest);
+
+impl ReleaseLayout<'_> {
+    /// Whether a terminal's own file at `path` can stay: a kept local file
+    /// where the release now has a folder, or inside what the release now
+    /// has as a file, gives way to the release's layout (and stays in the
+    /// backup).
+    fn keeps(&self, path: &RelPath) -> bool {
+        let files = &self.0.files;
+        let s = path.as_str();
+        // The release holds a folder `p` when a path sorts right after `p/`.
+        let prefix = format!("{s}/");
+        let i = files.partition_point(|f| f.path.as_str() < prefix.as_str());
+        let has_folder = files
+            .get(i)
+            .is_some_and(|f| f.path.as_str().starts_with(&prefix));
+        let has_file = |p: &str| files.binary_search_by(|f| f.path.as_str().cmp(p)).is_ok();
+        !has_folder && !s.match_indices('/').any(|(i, _)| has_file(&s[..i]))
+    }
 }
 
 #[cfg(test)]
@@ -552,6 +589,21 @@ pub(crate) mod tests {
                 prop_assert_eq!(
                     merge_for_terminal(&release, &old, &preserve).unwrap(),
                     reference(&release, &old, &preserve)
+                );
+            }
+
+            #[test]
+            fn a_remerge_equals_the_merge_of_the_changed_folder(
+                release in paths(),
+                old in paths(),
+                new in paths(),
+            ) {
+                let (release, old, new) = (manifest_of(release), manifest_of(old), manifest_of(new));
+                let preserve = Preserve::new(&["a/**", "b", "c/*", "d/a/x"]).unwrap();
+                let merged = merge_for_terminal(&release, &old, &preserve).unwrap();
+                prop_assert_eq!(
+                    remerge_for_terminal(&merged, &release, &old.changes_to(&new), &preserve).unwrap(),
+                    merge_for_terminal(&release, &new, &preserve).unwrap()
                 );
             }
         }

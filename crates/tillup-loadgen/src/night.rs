@@ -276,6 +276,7 @@ async fn upgrade(client: &ServerClient, shared: &Shared, seed: u64) -> bool {
                 })
                 .collect(),
             answer: ProcessAnswer::Digests,
+            ahead: false,
         };
         let digests = step(stats, Endpoint::Process, client.process(&upgrade, &req)).await?;
         if digests.terminals.len() != shared.night.tills as usize {

@@ -22,7 +22,7 @@ use tillup_core::api::{
     PackRequest, ProcessAnswer, ProcessRequest, TerminalBackup, TerminalDigest, TerminalResult,
 };
 use tillup_core::log::{Release, VersionLog};
-use tillup_core::manifest::{Manifest, merge_for_terminal};
+use tillup_core::manifest::{Manifest, ManifestChanges};
 use tillup_core::openapi::{Binary, Id};
 use tillup_fs::BlobStore;
 use tower::ServiceExt;
@@ -30,7 +30,7 @@ use tower_http::compression::Predicate as _;
 use tower_http::services::ServeFile;
 
 use crate::access::{Access, ReadyLog, StoreEntry};
-use crate::backups::Parsed;
+use crate::backups::{FolderKey, Parsed};
 use crate::data::DataDir;
 use crate::db::{Db, Location};
 use crate::error::{Error, check_id};
@@ -1033,14 +1033,10 @@ pub(crate) async fn patch_backup(
         // These bytes are the backup's JSON: their digest is its digest.
         let digest = Sha256Hex::of(&json);
         keep_backup(st, &store, &upgrade, json)?;
+        let changes = req.terminals.into_iter().map(|t| (t.number, t.changes));
+        let parsed = Parsed::changed(&stored, changed, digest, changes.collect());
         st.0.backups.forget(&stored);
-        st.0.backups.keep(
-            digest,
-            Arc::new(Parsed {
-                backup: changed,
-                digest,
-            }),
-        );
+        st.0.backups.keep(digest, Arc::new(parsed));
         Ok::<_, AppError>(())
     })
     .await?;
@@ -1088,9 +1084,17 @@ pub(crate) async fn process(
             w[0].number
         )));
     }
-    let digests = req.answer == ProcessAnswer::Digests;
+    let ahead = req.ahead;
     let built = st
-        .blocking(move |st| build_delivery(st, &store, &upgrade, &req.channel, &targets, digests))
+        .blocking(move |st| {
+            let b = Build {
+                store: &store,
+                upgrade: &upgrade,
+                channel: &req.channel,
+                ahead,
+            };
+            build_delivery(st, &b, &targets)
+        })
         .await?;
     Ok(Json(match req.answer {
         ProcessAnswer::Folders => ProcessResult::Folders(Delivery {
@@ -1100,7 +1104,7 @@ pub(crate) async fn process(
             terminals: built
                 .into_iter()
                 .map(|(t, digest)| TerminalDigest {
-                    manifest: digest.unwrap_or_else(|| t.manifest.digest()),
+                    manifest: digest,
                     number: t.number,
                     version: t.version,
                 })
@@ -1117,16 +1121,23 @@ pub(crate) enum ProcessResult {
     Digests(DeliveryDigests),
 }
 
+/// What a process request builds.
+struct Build<'a> {
+    store: &'a str,
+    upgrade: &'a str,
+    channel: &'a str,
+    /// See [`api::ProcessRequest::ahead`].
+    ahead: bool,
+}
+
 /// DESIGN §3.5: each terminal's new folder, in terminal-number order,
-/// with its manifest's digest if `digests`.
+/// with its manifest's digest.
 fn build_delivery(
     st: &AppState,
-    store: &str,
-    upgrade: &str,
-    channel: &str,
+    b: &Build<'_>,
     targets: &[api::TerminalTarget],
-    digests: bool,
-) -> Result<Vec<(TerminalResult, Option<Sha256Hex>)>, AppError> {
+) -> Result<Vec<(TerminalResult, Sha256Hex)>, AppError> {
+    let (store, upgrade, channel) = (b.store, b.upgrade, b.channel);
     let stored = stored_backup(st, store, upgrade, "yet: PUT the backup first")?;
     let backup = &stored.backup;
     let mut releases: BTreeMap<Version, (Release, Arc<Manifest>)> = BTreeMap::new();
@@ -1163,43 +1174,77 @@ fn build_delivery(
         let preserve = release
             .preserve_set()
             .map_err(|e| AppError::Internal(e.to_string()))?;
-        let merged = merge_for_terminal(manifest, &old.manifest, &preserve).map_err(|e| {
+        let key = FolderKey {
+            terminal: t.number,
+            release: release.sha256,
+            preserve: release.preserve.clone(),
+        };
+        let built = stored.folder(&key, old, manifest, &preserve).map_err(|e| {
             AppError::Conflict(format!(
                 "terminal {}: its files cannot be combined with release {}: {e}",
                 t.number, t.target
             ))
         })?;
+        // What it holds beyond the release: the terminal's own files.
+        let changes = manifest.changes_to(&built.folder);
+        if !b.ahead {
+            let doc = Document::Result {
+                store: store.to_owned(),
+                upgrade: upgrade.to_owned(),
+                terminal: t.number,
+            };
+            let kept = KeptResult {
+                number: t.number,
+                version: &t.target,
+                release: release.sha256,
+                folder: built.digest,
+                changes: &changes,
+            };
+            st.storage().put_document(&doc, json_bytes(&kept)?)?;
+            tillup_fs::fault::crash_point("server.process");
+        }
         let result = TerminalResult {
             number: t.number,
             version: t.target.clone(),
-            manifest: merged,
+            manifest: Arc::unwrap_or_clone(built.folder),
         };
-        let doc = Document::Result {
-            store: store.to_owned(),
-            upgrade: upgrade.to_owned(),
-            terminal: t.number,
-        };
-        st.storage().put_document(&doc, json_bytes(&result)?)?;
-        tillup_fs::fault::crash_point("server.process");
-        let digest = digests.then(|| result.manifest.digest());
-        Ok::<_, AppError>((result, digest))
+        let own: Vec<Sha256Hex> = changes.upsert.iter().map(|f| f.sha256).collect();
+        Ok::<_, AppError>((result, built.digest, own))
     };
     let out = crate::parallel::each_on_a_core(&jobs, build)
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
+    if b.ahead {
+        return Ok(out.into_iter().map(|(r, d, _)| (r, d)).collect());
+    }
     // The release's files are every store's to read already: recording
     // them for each store would grow the table by a release per store.
     let released: BTreeSet<Sha256Hex> = releases.values().flat_map(|(_, m)| m.hashes()).collect();
     let hashes: Vec<Sha256Hex> = out
         .iter()
-        .flat_map(|(r, _)| r.manifest.hashes())
+        .flat_map(|(_, _, own)| own)
         .filter(|h| !released.contains(h))
+        .copied()
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
     st.db().add_store_blobs(store, &hashes)?;
     st.db().record_processed(store, upgrade, Timestamp::now())?;
-    Ok(out)
+    Ok(out.into_iter().map(|(r, d, _)| (r, d)).collect())
+}
+
+/// How the server keeps a terminal's processed folder: as changes to the
+/// release's manifest, so that what it writes while the store's tills are
+/// stopped is the size of the terminal's own files, not of its folder.
+#[derive(serde::Serialize)]
+struct KeptResult<'a> {
+    number: u32,
+    version: &'a Version,
+    /// The release manifest's SHA-256.
+    release: Sha256Hex,
+    /// The whole folder's manifest digest.
+    folder: Sha256Hex,
+    changes: &'a ManifestChanges,
 }
 
 #[utoipa::path(post, path = "/v1/stores/{store}/reports", tag = "upgrades",

@@ -199,6 +199,7 @@ async fn every_route_refuses_a_missing_or_wrong_token_and_changes_nothing() {
             target: "1.0.0".parse().unwrap(),
         }],
         answer: ProcessAnswer::Folders,
+        ahead: false,
     };
     let routes: Vec<(Method, String, Vec<u8>)> = vec![
         (Method::GET, log_uri(), vec![]),
@@ -306,6 +307,7 @@ async fn another_stores_token_is_forbidden_on_store_paths() {
             target: "1.0.0".parse().unwrap(),
         }],
         answer: ProcessAnswer::Folders,
+        ahead: false,
     };
     let cases = [
         json_call(
@@ -849,6 +851,7 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
             },
         ],
         answer: ProcessAnswer::Folders,
+        ahead: false,
     };
     let resp = json_call(&env, Method::POST, &process_uri, &env.token_a, &req).await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
@@ -952,7 +955,8 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
                 .sha256,
             Sha256Hex::of(b"pos 2")
         );
-        let written: api::TerminalResult = serde_json::from_slice(
+        // Kept as changes to the release: its own files, not its folder.
+        let written: serde_json::Value = serde_json::from_slice(
             &std::fs::read(env.dir.path().join(format!(
                 "data/stores/store-a/upgrades/u-1/result/{}.json",
                 t.number
@@ -960,7 +964,14 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
             .unwrap(),
         )
         .unwrap();
-        assert_eq!(&written, t);
+        assert_eq!(written["number"], t.number);
+        assert_eq!(written["version"], "2.0.0");
+        assert_eq!(written["release"], p2.release.sha256.to_string());
+        assert_eq!(written["folder"], t.manifest.digest().to_string());
+        let changes: tillup_core::manifest::ManifestChanges =
+            serde_json::from_value(written["changes"].clone()).unwrap();
+        assert!(changes.upsert.len() < t.manifest.len());
+        assert_eq!(release_manifest.with_changes(&changes).unwrap(), t.manifest);
     }
     let t1 = &delivery.terminals[0].manifest;
     assert_eq!(
@@ -1027,6 +1038,7 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
             target: "9.9.9".parse().unwrap(),
         }],
         answer: ProcessAnswer::Folders,
+        ahead: false,
     };
     let resp = json_call(&env, Method::POST, &process_uri, &env.token_a, &bad).await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
@@ -1042,6 +1054,7 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
             target: "2.0.0".parse().unwrap(),
         }],
         answer: ProcessAnswer::Folders,
+        ahead: false,
     };
     let resp = json_call(&env, Method::POST, &process_uri, &env.token_a, &bad).await;
     assert_eq!(resp.status(), StatusCode::CONFLICT);
@@ -1124,6 +1137,46 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
     // The same changes again: the base is gone, 409.
     let resp = call(patch(backup.digest(), 1), backup_uri.clone()).await;
     assert_eq!(resp.status(), StatusCode::CONFLICT);
+
+    // Built ahead of the stop: the same folders, and nothing kept or
+    // recorded for the upgrade.
+    let uri = |route| store_uri(route, "store-a", "u-3");
+    let resp = json_call(
+        &env,
+        Method::PUT,
+        &uri(api::server::BACKUP),
+        &env.token_a,
+        &backup,
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let ahead = ProcessRequest {
+        answer: ProcessAnswer::Digests,
+        ahead: true,
+        ..req.clone()
+    };
+    let resp = json_call(
+        &env,
+        Method::POST,
+        &uri(api::server::PROCESS),
+        &env.token_a,
+        &ahead,
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got: DeliveryDigests = serde_json::from_slice(&bytes(resp).await).unwrap();
+    let got: Vec<(u32, Sha256Hex)> = got
+        .terminals
+        .iter()
+        .map(|t| (t.number, t.manifest))
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        !env.dir
+            .path()
+            .join("data/stores/store-a/upgrades/u-3/result")
+            .exists()
+    );
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@ use tillup_core::api::{
 };
 use tillup_core::manifest::{
     FileEntry, MAX_MANIFEST_BYTES, Manifest, ManifestChanges, Preserve, merge_for_terminal,
+    remerge_for_terminal,
 };
 use tillup_core::upgrade::{Effect, Upgrade};
 use tillup_fs::BlobStore;
@@ -204,7 +205,7 @@ impl Listener {
             }
             Effect::Process if ctx.offline => {
                 let backups = self.backups(u, files).await?;
-                for plan in self.build_plans(u, &backups, ctx, blobs).await? {
+                for plan in self.build_plans(u, &backups, ctx, blobs, files).await? {
                     tillup_fs::write_json_atomic(&files.plan(plan.0), &plan.1)?;
                 }
             }
@@ -221,12 +222,13 @@ impl Listener {
                     channel: self.config.channel.clone(),
                     terminals,
                     answer: ProcessAnswer::Digests,
+                    ahead: false,
                 };
                 // The host's own build needs nothing from the server's:
                 // both run at once.
                 let (built, plans) = tokio::join!(
                     self.server.process(&u.id, &req),
-                    self.build_plans(u, &backups, ctx, blobs)
+                    self.build_plans(u, &backups, ctx, blobs, files)
                 );
                 for plan in check_delivery(&built?, &backups, plans?)? {
                     tillup_fs::write_json_atomic(&files.plan(plan.0), &plan.1)?;
@@ -437,7 +439,7 @@ impl Listener {
         );
         // And their backup as it is now: the one after the stop goes as
         // changes to it.
-        let mut gathered = Vec::new();
+        let (mut gathered, mut kept) = (Vec::new(), Vec::new());
         for (n, snap) in snapshots {
             let Some(run) = u.terminals.get(&n) else {
                 continue;
@@ -476,7 +478,8 @@ impl Listener {
             })
             .await?;
             files.keep_gathered(Arc::clone(&backup), digest)?;
-            gathered.push(Arc::unwrap_or_clone(backup));
+            gathered.push((*backup).clone());
+            kept.push(backup);
         }
         let backup = api::Backup {
             terminals: gathered,
@@ -495,6 +498,7 @@ impl Listener {
                 numbers: backup.terminals.iter().map(|t| t.number).collect(),
             },
         )?;
+        self.build_ahead(u, kept, ctx, blobs, files).await;
         Ok(())
     }
 
@@ -749,43 +753,48 @@ impl Listener {
     /// Each backed-up terminal's new folder, built on the host from the
     /// signed release and the terminal's preserved files, as a stage plan:
     /// what the server's build must equal, and the whole build of an
-    /// upgrade from a bundle.
+    /// upgrade from a bundle. A folder built ahead of the stop (see
+    /// [`Listener::build_ahead`]) is the start of the one after it.
     async fn build_plans(
         &self,
         u: &Upgrade,
         backups: &[TerminalBackup],
         ctx: &Context,
         blobs: &BlobStore,
+        files: &Files,
     ) -> Result<Vec<(u32, StagePlan)>, Error> {
-        let mut releases: BTreeMap<&Version, (Arc<Manifest>, Sha256Hex)> = BTreeMap::new();
         let mut work = Vec::new();
-        for b in backups {
-            let Some(version) = u.terminals.get(&b.number).map(|t| &t.to) else {
-                return Err(Error::Other(format!(
-                    "terminal {} was backed up but is not in the plan",
-                    b.number
-                )));
-            };
-            let signed = &ctx.releases[version];
-            if !releases.contains_key(version) {
-                let m = self.release_manifest(version, ctx, blobs).await?;
-                let digest = m.digest();
-                releases.insert(version, (Arc::new(m), digest));
-            }
-            let (release, base) = releases[version].clone();
-            let preserve =
-                Preserve::new(&signed.preserve).map_err(|e| Error::Untrusted(e.to_string()))?;
-            let (number, version, own) = (b.number, version.clone(), b.manifest.clone());
+        let numbers = backups.iter().map(|b| b.number);
+        let releases = self.target_releases(u, numbers, ctx, blobs).await?;
+        for (b, release) in backups.iter().zip(releases) {
+            let (number, own) = (b.number, b.manifest.clone());
+            let version = release.version.clone();
+            let ahead = files.built_ahead(number, &version);
             // Each terminal's folder on its own worker.
             work.push(blocking(move || {
-                let expected = merge_for_terminal(&release, &own, &preserve)
-                    .map_err(|e| Error::Untrusted(e.to_string()))?;
+                let expected = match ahead {
+                    Some((folder, changes)) => {
+                        tracing::debug!(
+                            terminal = number,
+                            changes = changes.upsert.len() + changes.remove.len(),
+                            "built from its folder built ahead of the stop"
+                        );
+                        remerge_for_terminal(
+                            &folder,
+                            &release.manifest,
+                            &changes,
+                            &release.preserve,
+                        )
+                    }
+                    None => merge_for_terminal(&release.manifest, &own, &release.preserve),
+                }
+                .map_err(|e| Error::Untrusted(e.to_string()))?;
                 Ok((
                     number,
                     StagePlan {
                         version,
-                        base,
-                        changes: release.changes_to(&expected),
+                        base: release.digest,
+                        changes: release.manifest.changes_to(&expected),
                         result: expected.digest(),
                     },
                 ))
@@ -793,6 +802,99 @@ impl Listener {
         }
         join_all(work).await.into_iter().collect()
     }
+
+    /// Builds each gathered terminal's new folder before the stop, on the
+    /// host and on the server at once, so that both builds after the stop
+    /// follow only what changed since. Neither is needed: a folder not
+    /// built ahead is built whole after the stop.
+    async fn build_ahead(
+        &self,
+        u: &Upgrade,
+        gathered: Vec<Arc<TerminalBackup>>,
+        ctx: &Context,
+        blobs: &BlobStore,
+        files: &Files,
+    ) {
+        let req = ProcessRequest {
+            channel: self.config.channel.clone(),
+            terminals: gathered
+                .iter()
+                .map(|b| TerminalTarget {
+                    number: b.number,
+                    target: u.terminals[&b.number].to.clone(),
+                })
+                .collect(),
+            answer: ProcessAnswer::Digests,
+            ahead: true,
+        };
+        let on_host = async {
+            let numbers = gathered.iter().map(|b| b.number);
+            let releases = self.target_releases(u, numbers, ctx, blobs).await?;
+            let mut work = Vec::new();
+            for (b, release) in gathered.into_iter().zip(releases) {
+                work.push(blocking(move || {
+                    let folder =
+                        merge_for_terminal(&release.manifest, &b.manifest, &release.preserve)
+                            .map_err(|e| Error::Untrusted(e.to_string()))?;
+                    Ok((b, release.version.clone(), folder))
+                }));
+            }
+            for built in join_all(work).await {
+                let (b, version, folder) = built?;
+                files.keep_built_ahead(b, version, folder);
+            }
+            Ok::<_, Error>(())
+        };
+        let (server, host) = tokio::join!(self.server.process(&u.id, &req), on_host);
+        if let Err(e) = server {
+            tracing::warn!("the server did not build the folders ahead of the stop: {e}");
+        }
+        if let Err(e) = host {
+            tracing::warn!("the host did not build the folders ahead of the stop: {e}");
+        }
+    }
+
+    /// The release each of terminals `numbers` goes to, each release's
+    /// manifest read and checked once.
+    async fn target_releases(
+        &self,
+        u: &Upgrade,
+        numbers: impl Iterator<Item = u32>,
+        ctx: &Context,
+        blobs: &BlobStore,
+    ) -> Result<Vec<Arc<TargetRelease>>, Error> {
+        let mut releases: BTreeMap<&Version, Arc<TargetRelease>> = BTreeMap::new();
+        let mut out = Vec::new();
+        for n in numbers {
+            let Some(version) = u.terminals.get(&n).map(|t| &t.to) else {
+                return Err(Error::Other(format!(
+                    "terminal {n} was backed up but is not in the plan"
+                )));
+            };
+            if !releases.contains_key(version) {
+                let manifest = self.release_manifest(version, ctx, blobs).await?;
+                let preserve = Preserve::new(&ctx.releases[version].preserve)
+                    .map_err(|e| Error::Untrusted(e.to_string()))?;
+                let target = TargetRelease {
+                    version: version.clone(),
+                    digest: manifest.digest(),
+                    manifest,
+                    preserve,
+                };
+                releases.insert(version, Arc::new(target));
+            }
+            out.push(Arc::clone(&releases[version]));
+        }
+        Ok(out)
+    }
+}
+
+/// A release terminals go to, with what building their folders needs.
+struct TargetRelease {
+    version: Version,
+    manifest: Manifest,
+    digest: Sha256Hex,
+    preserve: Preserve,
 }
 
 /// The server's folders (by digest) must be exactly the host's `plans`

@@ -16,7 +16,7 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 use tillup_core::api::TerminalBackup;
 use tillup_core::log::{Installed, Verdict};
-use tillup_core::manifest::Manifest;
+use tillup_core::manifest::{Manifest, ManifestChanges};
 use tillup_core::upgrade::{Effect, Event, Planned, Trigger, Upgrade};
 use tillup_fs::BlobStore;
 
@@ -79,6 +79,17 @@ struct Files {
     /// backup holds, when this run took it: `Collect` then asks for the
     /// changes since. (After a restart of the host, a whole snapshot.)
     gathered_snapshots: std::sync::Mutex<BTreeMap<u32, tillup_core::Sha256Hex>>,
+    /// By terminal, its new folder as built before the stop from its
+    /// gathered backup: `Process` builds the one after the stop from it
+    /// and the changes since, not from the whole folder again.
+    built_ahead: std::sync::Mutex<BTreeMap<u32, Ahead>>,
+}
+
+/// A terminal's new folder built from its gathered backup.
+struct Ahead {
+    gathered: Arc<TerminalBackup>,
+    version: Version,
+    folder: Arc<Manifest>,
 }
 
 /// Terminal backups (`backup` and `gathered` files) as parsed, by file.
@@ -148,6 +159,37 @@ impl Files {
     /// holds, if this run gathered it.
     fn gathered_snapshot(&self, n: u32) -> Option<tillup_core::Sha256Hex> {
         self.snapshots().get(&n).copied()
+    }
+
+    /// Keeps `folder` as terminal `gathered.number`'s new folder on
+    /// `version`, built from `gathered`.
+    fn keep_built_ahead(&self, gathered: Arc<TerminalBackup>, version: Version, folder: Manifest) {
+        let ahead = Ahead {
+            gathered,
+            version,
+            folder: Arc::new(folder),
+        };
+        self.built_ahead
+            .lock()
+            .expect("not poisoned")
+            .insert(ahead.gathered.number, ahead);
+    }
+
+    /// Terminal `n`'s new folder on `version` as built before the stop,
+    /// with the terminal's changes since: only if it was built from the
+    /// gathered backup those changes were collected against. All blocking.
+    fn built_ahead(&self, n: u32, version: &Version) -> Option<(Arc<Manifest>, ManifestChanges)> {
+        let (gathered, folder) = {
+            let kept = self.built_ahead.lock().expect("not poisoned");
+            let a = kept.get(&n).filter(|a| &a.version == version)?;
+            (Arc::clone(&a.gathered), Arc::clone(&a.folder))
+        };
+        let now = self.parsed.read(&self.gathered(n)).ok()?;
+        if !Arc::ptr_eq(&now, &gathered) {
+            return None;
+        }
+        let changes = read_json(&self.changes(n)).ok()?;
+        Some((folder, changes))
     }
 
     fn snapshots(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, tillup_core::Sha256Hex>> {
@@ -242,6 +284,7 @@ impl Listener {
             dir: self.data_dir.join("upgrades").join(id),
             parsed: Arc::default(),
             gathered_snapshots: Default::default(),
+            built_ahead: Default::default(),
         }
     }
 
