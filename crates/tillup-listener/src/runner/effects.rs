@@ -170,19 +170,11 @@ impl Listener {
                 let bytes = agent.fetch(&changed, blobs, &Arc::default()).await?;
                 tracing::info!(terminal = n, files = changed.len(), bytes, "collected");
                 // With its bytes in the blob store (checked), this manifest
-                // is the terminal's backup; its folder view is made once
-                // the programs run again (`finish`).
-                let (backup_file, changes_file) = (files.backup(*n), files.changes(*n));
-                let parsed = Arc::clone(&files.parsed);
-                blocking(move || {
-                    parsed.write(&backup_file, Arc::new(backup))?;
-                    match changes {
-                        Some(c) => tillup_fs::write_json_atomic(&changes_file, &c)?,
-                        None => tillup_fs::remove_file_if_exists(&changes_file)?,
-                    }
-                    Ok(())
-                })
-                .await?;
+                // is the terminal's backup, written as changes to the
+                // gathered one; its folder view is made once the programs
+                // run again (`finish`).
+                let files = files.clone();
+                blocking(move || files.keep_backup(Arc::new(backup), changes.as_ref())).await?;
             }
             Effect::UploadBackup if ctx.offline => {
                 tracing::info!("upgrading from a bundle: the backup stays on the host");
@@ -575,8 +567,13 @@ impl Listener {
     ) -> Result<Vec<TerminalBackup>, Error> {
         // Each a whole folder's manifest: read side by side.
         join_all(u.terminals.values().filter(|t| t.active()).map(|t| {
-            let (p, parsed) = (files.backup(t.number), Arc::clone(&files.parsed));
-            blocking(move || parsed.read(&p).map(Arc::unwrap_or_clone))
+            let (n, files) = (t.number, files.clone());
+            blocking(move || match files.read_backup(n)? {
+                Some(b) => Ok(Arc::unwrap_or_clone(b)),
+                None => Err(Error::Other(format!(
+                    "terminal {n} was not backed up: upgrade it again"
+                ))),
+            })
         }))
         .await
         .into_iter()

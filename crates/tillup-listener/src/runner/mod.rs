@@ -70,7 +70,9 @@ struct Current {
 /// `parallel`, which the core's state machine applies.
 const TERMINALS_AT_ONCE: usize = 32;
 
-/// Where one upgrade's files live.
+/// Where one upgrade's files live, and what the run keeps of them in
+/// memory (shared by its clones).
+#[derive(Clone)]
 struct Files {
     dir: PathBuf,
     /// The terminal backups this run wrote or read.
@@ -78,11 +80,11 @@ struct Files {
     /// By terminal, the agent's digest of the snapshot its `gathered`
     /// backup holds, when this run took it: `Collect` then asks for the
     /// changes since. (After a restart of the host, a whole snapshot.)
-    gathered_snapshots: std::sync::Mutex<BTreeMap<u32, tillup_core::Sha256Hex>>,
+    gathered_snapshots: Arc<std::sync::Mutex<BTreeMap<u32, tillup_core::Sha256Hex>>>,
     /// By terminal, its new folder as built before the stop from its
     /// gathered backup: `Process` builds the one after the stop from it
     /// and the changes since, not from the whole folder again.
-    built_ahead: std::sync::Mutex<BTreeMap<u32, Ahead>>,
+    built_ahead: Arc<std::sync::Mutex<BTreeMap<u32, Ahead>>>,
 }
 
 /// A terminal's new folder built from its gathered backup.
@@ -116,6 +118,12 @@ impl Parsed {
         tillup_fs::write_json_atomic(path, &*backup)?;
         self.kept().insert(path.to_owned(), backup);
         Ok(())
+    }
+
+    /// Keeps `backup` as what `path` holds, without writing it: for a
+    /// backup kept on disk another way (see [`Files::read_backup`]).
+    fn keep(&self, path: &Path, backup: Arc<TerminalBackup>) {
+        self.kept().insert(path.to_owned(), backup);
     }
 
     /// Removes the terminal backup at `path`, if there is one.
@@ -153,6 +161,57 @@ impl Files {
     fn drop_gathered(&self, n: u32) -> Result<(), Error> {
         self.snapshots().remove(&n);
         self.parsed.remove(&self.gathered(n))
+    }
+
+    /// Keeps terminal `backup.number`'s collected backup: as `changes` to
+    /// its gathered backup when there are (a file the size of what changed
+    /// while its till is stopped), else whole. Either replaces the other.
+    fn keep_backup(
+        &self,
+        backup: Arc<TerminalBackup>,
+        changes: Option<&ManifestChanges>,
+    ) -> Result<(), Error> {
+        let n = backup.number;
+        match changes {
+            Some(c) => {
+                tillup_fs::remove_file_if_exists(&self.backup(n))?;
+                tillup_fs::write_json_atomic(&self.changes(n), c)?;
+                self.parsed.keep(&self.backup(n), backup);
+            }
+            None => {
+                tillup_fs::remove_file_if_exists(&self.changes(n))?;
+                self.parsed.write(&self.backup(n), backup)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Terminal `n`'s collected backup, if it was collected (see
+    /// [`Files::keep_backup`]).
+    fn read_backup(&self, n: u32) -> Result<Option<Arc<TerminalBackup>>, Error> {
+        let path = self.backup(n);
+        if let Some(b) = self.parsed.kept().get(&path) {
+            return Ok(Some(Arc::clone(b)));
+        }
+        if self.changes(n).exists() {
+            let gathered = self.parsed.read(&self.gathered(n))?;
+            let changes: ManifestChanges = read_json(&self.changes(n))?;
+            let manifest = gathered.manifest.with_changes(&changes).map_err(|e| {
+                Error::Other(format!(
+                    "terminal {n}'s backup as changes to the gathered one: {e}"
+                ))
+            })?;
+            let backup = Arc::new(TerminalBackup {
+                manifest,
+                ..(*gathered).clone()
+            });
+            self.parsed.keep(&path, Arc::clone(&backup));
+            return Ok(Some(backup));
+        }
+        if !path.exists() {
+            return Ok(None);
+        }
+        self.parsed.read(&path).map(Some)
     }
 
     /// The agent's digest of the snapshot terminal `n`'s gathered backup
@@ -585,11 +644,9 @@ impl Listener {
         let files = self.files(&u.id);
         let blobs = self.blobs()?;
         for n in u.terminals.keys() {
-            let path = files.backup(*n);
-            if !path.exists() {
+            let Some(b) = files.read_backup(*n)? else {
                 continue;
-            }
-            let b: TerminalBackup = read_json(&path)?;
+            };
             let dest = ctx.backup_dir.join(format!("terminal-{n}"));
             backup::write_folder(&dest, &b.manifest, &blobs)?;
         }
@@ -629,7 +686,7 @@ impl Listener {
             .values()
             .filter(|t| t.step != tillup_core::upgrade::Step::Upgraded)
         {
-            if let Ok(b) = read_json::<TerminalBackup>(&files.backup(t.number)) {
+            if let Ok(Some(b)) = files.read_backup(t.number) {
                 live.extend(b.manifest.hashes());
             }
         }
@@ -751,5 +808,62 @@ mod tests {
         assert_eq!(id, "20261121T030000Z-2.0.0-rc.1-build.5");
         let long: Version = format!("1.0.0-{}", "x".repeat(100)).parse().unwrap();
         assert_eq!(upgrade_id("20261121T030000Z", &long).len(), 64);
+    }
+
+    fn files_in(dir: &Path) -> Files {
+        Files {
+            dir: dir.to_owned(),
+            parsed: Arc::default(),
+            gathered_snapshots: Default::default(),
+            built_ahead: Default::default(),
+        }
+    }
+
+    fn backup(files: &[(&str, &[u8])]) -> Arc<TerminalBackup> {
+        let entries = files
+            .iter()
+            .map(|(p, c)| tillup_core::FileEntry {
+                path: tillup_core::path::RelPath::new(p).unwrap(),
+                size: c.len() as u64,
+                sha256: tillup_core::Sha256Hex::of(c),
+                exec: false,
+            })
+            .collect();
+        Arc::new(TerminalBackup {
+            number: 3,
+            model: "till".into(),
+            version: "1.0.0".parse().unwrap(),
+            manifest: Manifest::new(entries).unwrap(),
+        })
+    }
+
+    #[test]
+    fn a_backup_kept_as_changes_reads_back_whole_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files_in(dir.path());
+        assert!(files.read_backup(3).unwrap().is_none(), "not collected yet");
+        let gathered = backup(&[("app.exe", b"1"), ("data/journal", b"a")]);
+        files.keep_gathered(Arc::clone(&gathered), None).unwrap();
+        let after = backup(&[
+            ("app.exe", b"1"),
+            ("data/journal", b"ab"),
+            ("data/new", b"x"),
+        ]);
+        let changes = gathered.manifest.changes_to(&after.manifest);
+        files
+            .keep_backup(Arc::clone(&after), Some(&changes))
+            .unwrap();
+        assert!(!files.backup(3).exists(), "only the changes are written");
+        // A restarted host has nothing in memory: it reads the gathered
+        // backup and the changes.
+        let again = files_in(dir.path()).read_backup(3).unwrap().unwrap();
+        assert_eq!(*again, *after);
+        // Collected again whole (its gathered snapshot was lost): the
+        // changes no longer count.
+        let whole = backup(&[("app.exe", b"1")]);
+        files.keep_backup(Arc::clone(&whole), None).unwrap();
+        assert!(!files.changes(3).exists());
+        let again = files_in(dir.path()).read_backup(3).unwrap().unwrap();
+        assert_eq!(*again, *whole);
     }
 }
