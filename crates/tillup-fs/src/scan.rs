@@ -98,7 +98,7 @@ pub fn scan_folder(root: &Path, cache: &mut HashCache) -> Result<Manifest, Error
     );
     let mut files = Vec::new();
     let mut changed = false;
-    walk(root, "", &mut |path, rel, md| {
+    walk(root, Within::Root, &mut |path, rel, md| {
         let (size, mtime) = (md.len(), mtime_ns(md));
         let fresh = |c: &CachedHash| {
             c.size == size && c.mtime_ns == mtime && now_ns - mtime > 2_000_000_000
@@ -142,32 +142,61 @@ pub fn scan_folder(root: &Path, cache: &mut HashCache) -> Result<Manifest, Error
     Ok(manifest)
 }
 
-/// Calls `file` for every file under `dir` (whose path relative to the
-/// scanned folder is `rel`, `/`-separated), with its path, relative path and metadata,
-/// in name order. Each entry's metadata is read relative to its folder
+/// Where a folder of a scan is, relative to the scanned folder.
+#[derive(Clone, Copy)]
+enum Within<'a> {
+    Root,
+    /// A folder whose path is a valid [`RelPath`].
+    Checked(&'a RelPath),
+    /// A folder whose name is not portable: only a file in it is refused
+    /// (a scan lists files; an empty folder is not in a manifest).
+    Unchecked(&'a str),
+}
+
+impl Within<'_> {
+    /// The path of `name` in this folder, or why it is not a path.
+    fn child(self, name: &str) -> (Result<RelPath, tillup_core::path::PathError>, String) {
+        match self {
+            Within::Root => (RelPath::new(name), name.to_owned()),
+            Within::Checked(p) => {
+                let joined = p.join(name);
+                let text = match &joined {
+                    Ok(_) => String::new(),
+                    Err(_) => format!("{p}/{name}"),
+                };
+                (joined, text)
+            }
+            Within::Unchecked(s) => {
+                let text = format!("{s}/{name}");
+                (RelPath::new(&text), text)
+            }
+        }
+    }
+}
+
+/// Calls `file` for every file under `dir` (`within` its place in the
+/// scanned folder), with its path, relative path and metadata, in name
+/// order. Each entry's name is read once and checked once (its folders
+/// were checked before it), and its metadata relative to its folder
 /// (`DirEntry::metadata`), not by walking its whole path again.
 fn walk(
     dir: &Path,
-    rel: &str,
+    within: Within<'_>,
     file: &mut dyn FnMut(&Path, RelPath, &fs::Metadata) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let mut entries = fs::read_dir(dir)
         .at(dir)?
+        .map(|e| e.map(|e| (e.file_name(), e)))
         .collect::<Result<Vec<_>, _>>()
         .at(dir)?;
-    entries.sort_by_key(fs::DirEntry::file_name);
-    for entry in entries {
+    entries.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    for (name, entry) in entries {
         let path = entry.path();
-        let name = entry.file_name();
         let name = name.to_str().ok_or_else(|| Error::BadName {
             path: path.clone(),
             reason: "not UTF-8".into(),
         })?;
-        let rel_str = if rel.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{rel}/{name}")
-        };
+        let (rel_path, text) = within.child(name);
         let ft = entry.file_type().at(&path)?;
         if ft.is_symlink() {
             return Err(Error::Symlink {
@@ -176,10 +205,13 @@ fn walk(
             });
         }
         if ft.is_dir() {
-            walk(&path, &rel_str, file)?;
+            match &rel_path {
+                Ok(p) => walk(&path, Within::Checked(p), file)?,
+                Err(_) => walk(&path, Within::Unchecked(&text), file)?,
+            }
             continue;
         }
-        let rel_path = RelPath::try_from(rel_str).map_err(|e| Error::BadName {
+        let rel_path = rel_path.map_err(|e| Error::BadName {
             path: path.clone(),
             reason: e.to_string(),
         })?;
@@ -354,6 +386,22 @@ mod tests {
         let dest = dir.path().join("dest");
         materialize(&dest, &m, &|f| Ok(join(&src, &f.path))).unwrap();
         assert_eq!(scan_folder(&dest, &mut HashCache::default()).unwrap(), m);
+    }
+
+    #[test]
+    fn a_file_under_an_unportable_name_is_refused_and_an_empty_folder_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        write(&src, "bin/pos", "program");
+        fs::create_dir_all(src.join("bin/tmp:1/empty")).unwrap();
+        let m = scan_folder(&src, &mut HashCache::default()).unwrap();
+        assert_eq!(m.len(), 1);
+        write(&src, "bin/tmp:1/empty/x.log", "");
+        let err = scan_folder(&src, &mut HashCache::default()).unwrap_err();
+        assert!(err.to_string().contains("bin/tmp:1/empty/x.log"), "{err}");
+        write(&src, "bin/con", "");
+        let err = scan_folder(&src, &mut HashCache::default()).unwrap_err();
+        assert!(err.to_string().contains("bin/con"), "{err}");
     }
 
     #[test]
