@@ -85,6 +85,11 @@ impl Parsed {
         Self::with_digest(backup, digest, Some(Lineage { built, changes }))
     }
 
+    /// Whether this backup came as changes to another.
+    pub fn is_changed(&self) -> bool {
+        self.from.is_some()
+    }
+
     fn with_digest(backup: Backup, digest: Sha256Hex, from: Option<Lineage>) -> Self {
         Self {
             backup,
@@ -154,6 +159,20 @@ impl Backups {
             return Ok(found);
         }
         let parsed = Arc::new(Parsed::new(parse(bytes)?));
+        self.keep(key, Arc::clone(&parsed));
+        Ok(parsed)
+    }
+
+    /// The backup kept under `key`, else `build`t now (and kept).
+    pub fn get_or_build<E>(
+        &self,
+        key: Sha256Hex,
+        build: impl FnOnce() -> Result<Parsed, E>,
+    ) -> Result<Arc<Parsed>, E> {
+        if let Some(found) = self.find(&key) {
+            return Ok(found);
+        }
+        let parsed = Arc::new(build()?);
         self.keep(key, Arc::clone(&parsed));
         Ok(parsed)
     }

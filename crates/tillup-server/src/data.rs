@@ -75,6 +75,11 @@ impl DataDir {
         self.upgrade(store, upgrade).join("backup.json")
     }
 
+    /// The backup after the stop, as changes to the one uploaded whole.
+    pub fn backup_changes(&self, store: &str, upgrade: &str) -> PathBuf {
+        self.upgrade(store, upgrade).join("backup-changes.json")
+    }
+
     /// The processed manifest of one terminal.
     pub fn result(&self, store: &str, upgrade: &str, terminal: u32) -> PathBuf {
         self.upgrade(store, upgrade)

@@ -898,6 +898,12 @@ pub(crate) async fn put_backup(
         // them again would cost as much as reading them. Its digest, which
         // the changes after the stop name, is worked out now, before it.
         let key = Sha256Hex::of(&bytes);
+        // Changes to the backup this one replaces no longer count: gone
+        // before it is, so they never apply to it.
+        st.storage().remove_document(&Document::BackupChanges {
+            store: store.clone(),
+            upgrade: upgrade.clone(),
+        })?;
         keep_backup(st, &store, &upgrade, bytes.to_vec())?;
         st.0.backups.keep(key, Arc::new(Parsed::new(backup)));
         Ok::<_, AppError>(())
@@ -906,26 +912,94 @@ pub(crate) async fn put_backup(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The backup uploaded for an upgrade; a 404 saying `what_to_do` when
-/// there is none.
+/// The backup of an upgrade: the one uploaded whole, with its changes
+/// after the stop if they came; a 404 saying `what_to_do` when there is
+/// none. A changed backup kept parsed is found by its changes alone (a
+/// few files), without reading the whole one again: changes are removed
+/// before a whole backup replaces theirs, so they name the one they
+/// apply to.
 fn stored_backup(
     st: &AppState,
     store: &str,
     upgrade: &str,
     what_to_do: &str,
 ) -> Result<Arc<Parsed>, AppError> {
+    let changes_doc = Document::BackupChanges {
+        store: store.to_owned(),
+        upgrade: upgrade.to_owned(),
+    };
+    let changes = st.storage().get_document(&changes_doc)?;
     let doc = Document::Backup {
         store: store.to_owned(),
         upgrade: upgrade.to_owned(),
     };
-    let Some(bytes) = st.storage().get_document(&doc)? else {
-        return Err(AppError::NotFound(format!(
-            "no backup was uploaded for upgrade `{upgrade}` {what_to_do}"
-        )));
+    let whole = || {
+        let Some(bytes) = st.storage().get_document(&doc)? else {
+            return Err(AppError::NotFound(format!(
+                "no backup was uploaded for upgrade `{upgrade}` {what_to_do}"
+            )));
+        };
+        st.0.backups.get(&bytes, |b| {
+            serde_json::from_slice(b).map_err(|e| AppError::Internal(format!("{}: {e}", doc.key())))
+        })
     };
-    st.0.backups.get(&bytes, |b| {
-        serde_json::from_slice(b).map_err(|e| AppError::Internal(format!("{}: {e}", doc.key())))
+    let Some(changes) = changes else {
+        return whole();
+    };
+    // The changes' bytes name the backup and the changes at once.
+    st.0.backups.get_or_build(Sha256Hex::of(&changes), || {
+        let req: BackupChanges = serde_json::from_slice(&changes)
+            .map_err(|e| AppError::Internal(format!("{}: {e}", changes_doc.key())))?;
+        let base = whole()?;
+        if base.digest != req.base {
+            return Err(AppError::Internal(format!(
+                "{} applies to another backup than {}",
+                changes_doc.key(),
+                doc.key()
+            )));
+        }
+        let changed = apply_changes(&base, &req)
+            .map_err(|e| AppError::Internal(format!("{}: {e:?}", changes_doc.key())))?;
+        Ok(changed_backup(&base, changed, Sha256Hex::of(&changes), req))
     })
+}
+
+/// `base` with `req`'s changes, the changed terminals only; a 400 or 409
+/// saying why not.
+fn apply_changes(base: &Parsed, req: &BackupChanges) -> Result<Backup, AppError> {
+    let mut terminals = Vec::with_capacity(req.terminals.len());
+    for t in &req.terminals {
+        let Some(old) = base.backup.terminals.iter().find(|b| b.number == t.number) else {
+            return Err(AppError::Conflict(format!(
+                "terminal {} is not in the backup these changes apply to; PUT the whole backup",
+                t.number
+            )));
+        };
+        if terminals
+            .iter()
+            .any(|b: &TerminalBackup| b.number == t.number)
+        {
+            return Err(AppError::BadRequest(format!(
+                "the backup changes list terminal {} twice",
+                t.number
+            )));
+        }
+        let manifest = old
+            .manifest
+            .with_changes(&t.changes)
+            .map_err(|e| AppError::BadRequest(format!("terminal {}'s changes: {e}", t.number)))?;
+        terminals.push(TerminalBackup {
+            manifest,
+            ..old.clone()
+        });
+    }
+    Ok(Backup { terminals })
+}
+
+/// The parsed backup `changed`, which is `base` with `req`, named `digest`.
+fn changed_backup(base: &Parsed, changed: Backup, digest: Sha256Hex, req: BackupChanges) -> Parsed {
+    let changes = req.terminals.into_iter().map(|t| (t.number, t.changes));
+    Parsed::changed(base, changed, digest, changes.collect())
 }
 
 /// A 409 naming the files of a backup the server does not hold for the store.
@@ -953,6 +1027,12 @@ fn keep_backup(st: &AppState, store: &str, upgrade: &str, json: Vec<u8>) -> Resu
         upgrade: upgrade.to_owned(),
     };
     st.storage().put_document(&doc, json)?;
+    record_backup(st, store, upgrade)
+}
+
+/// Records that a backup of `upgrade` arrived, and removes the folders of
+/// the store's upgrades the database no longer keeps.
+fn record_backup(st: &AppState, store: &str, upgrade: &str) -> Result<(), AppError> {
     for old in st.db().record_backup(store, upgrade, Timestamp::now())? {
         if let Err(e) = st.storage().remove_upgrade(store, &old) {
             tracing::warn!("could not remove the files of upgrade {old} of store {store}: {e}");
@@ -991,34 +1071,13 @@ pub(crate) async fn patch_backup(
     let req: BackupChanges = parse_json(&bytes, "backup changes")?;
     st.blocking(move |st| {
         let stored = stored_backup(st, &store, &upgrade, "to change: PUT the whole backup")?;
-        let base = &stored.backup;
-        if stored.digest != req.base {
+        // Changes apply to a backup uploaded whole, not to changed ones.
+        if stored.digest != req.base || stored.is_changed() {
             return Err(AppError::Conflict(format!(
                 "the backup of upgrade `{upgrade}` on the server is not the one these changes apply to; PUT the whole backup"
             )));
         }
-        let mut terminals = Vec::with_capacity(req.terminals.len());
-        for t in &req.terminals {
-            let Some(old) = base.terminals.iter().find(|b| b.number == t.number) else {
-                return Err(AppError::Conflict(format!(
-                    "terminal {} is not in the backup these changes apply to; PUT the whole backup",
-                    t.number
-                )));
-            };
-            if terminals.iter().any(|b: &TerminalBackup| b.number == t.number) {
-                return Err(AppError::BadRequest(format!(
-                    "the backup changes list terminal {} twice",
-                    t.number
-                )));
-            }
-            let manifest = old.manifest.with_changes(&t.changes).map_err(|e| {
-                AppError::BadRequest(format!("terminal {}'s changes: {e}", t.number))
-            })?;
-            terminals.push(TerminalBackup {
-                manifest,
-                ..old.clone()
-            });
-        }
+        let changed = apply_changes(&stored, &req)?;
         // The base's files were checked when it came; the new ones now.
         let added: Vec<Sha256Hex> = req
             .terminals
@@ -1028,13 +1087,17 @@ pub(crate) async fn patch_backup(
             .into_iter()
             .collect();
         none_missing(st, &store, &added)?;
-        let changed = Backup { terminals };
-        let json = json_bytes(&changed)?;
-        // These bytes are the backup's JSON: their digest is its digest.
+        // Kept as the changes: what is written while the tills are
+        // stopped is the size of what changed, not of their folders.
+        let json = json_bytes(&req)?;
         let digest = Sha256Hex::of(&json);
-        keep_backup(st, &store, &upgrade, json)?;
-        let changes = req.terminals.into_iter().map(|t| (t.number, t.changes));
-        let parsed = Parsed::changed(&stored, changed, digest, changes.collect());
+        let doc = Document::BackupChanges {
+            store: store.clone(),
+            upgrade: upgrade.clone(),
+        };
+        st.storage().put_document(&doc, json)?;
+        record_backup(st, &store, &upgrade)?;
+        let parsed = changed_backup(&stored, changed, digest, req);
         st.0.backups.forget(&stored);
         st.0.backups.keep(digest, Arc::new(parsed));
         Ok::<_, AppError>(())

@@ -272,6 +272,26 @@ impl Storage {
         }
     }
 
+    /// Removes an upgrade document, if there is one.
+    pub fn remove_document(&self, doc: &Document) -> Result<(), Error> {
+        match &self.shared {
+            None => {
+                let path = doc.path(&self.data);
+                tillup_fs::remove_file_if_exists(&path)?;
+                if let Some(dir) = path.parent().filter(|d| d.exists()) {
+                    tillup_fs::fsync_dir(dir)?;
+                }
+                Ok(())
+            }
+            Some(s) => s.runtime.block_on(async {
+                match s.objects.delete(&s.document_key(doc)).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(s.failed("remove", &doc.key(), e)),
+                }
+            }),
+        }
+    }
+
     /// Removes every document of a forgotten upgrade.
     pub fn remove_upgrade(&self, store: &str, upgrade: &str) -> Result<(), Error> {
         match &self.shared {
@@ -307,6 +327,14 @@ pub enum Document {
         /// The upgrade.
         upgrade: String,
     },
+    /// The backup after the stop, as changes to the one uploaded whole
+    /// (an [`tillup_core::api::BackupChanges`]).
+    BackupChanges {
+        /// The store.
+        store: String,
+        /// The upgrade.
+        upgrade: String,
+    },
     /// One terminal's processed folder.
     Result {
         /// The store.
@@ -322,6 +350,7 @@ impl Document {
     fn path(&self, data: &DataDir) -> PathBuf {
         match self {
             Self::Backup { store, upgrade } => data.backup(store, upgrade),
+            Self::BackupChanges { store, upgrade } => data.backup_changes(store, upgrade),
             Self::Result {
                 store,
                 upgrade,
@@ -335,6 +364,9 @@ impl Document {
         match self {
             Self::Backup { store, upgrade } => {
                 format!("stores/{store}/upgrades/{upgrade}/backup.json")
+            }
+            Self::BackupChanges { store, upgrade } => {
+                format!("stores/{store}/upgrades/{upgrade}/backup-changes.json")
             }
             Self::Result {
                 store,

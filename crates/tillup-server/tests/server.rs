@@ -1137,6 +1137,15 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
     // The same changes again: the base is gone, 409.
     let resp = call(patch(backup.digest(), 1), backup_uri.clone()).await;
     assert_eq!(resp.status(), StatusCode::CONFLICT);
+    // A whole backup again: the changes to the one before no longer count.
+    let resp = json_call(&env, Method::PUT, &backup_uri, &env.token_a, &backup).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = json_call(&env, Method::POST, &process_uri, &env.token_a, &req).await;
+    let delivery: Delivery = serde_json::from_slice(&bytes(resp).await).unwrap();
+    assert_eq!(
+        delivery.terminals[0].manifest,
+        merge_for_terminal(&release_manifest, &manifest(&t1_files), &preserve).unwrap()
+    );
 
     // Built ahead of the stop: the same folders, and nothing kept or
     // recorded for the upgrade.
