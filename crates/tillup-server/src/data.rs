@@ -5,7 +5,8 @@
 //! DIR/blobs/                                      the BlobStore
 //! DIR/keys/tillup.key, DIR/keys/tillup.pub        made by `keygen`
 //! DIR/stores/{store}/upgrades/{upgrade}/backup.json
-//! DIR/stores/{store}/upgrades/{upgrade}/result/{terminal}.json
+//! DIR/stores/{store}/upgrades/{upgrade}/backup-changes.json
+//! DIR/stores/{store}/upgrades/{upgrade}/results.json
 //! DIR/cache/packs/{request hash}                  crate::packs
 //! ```
 
@@ -80,11 +81,9 @@ impl DataDir {
         self.upgrade(store, upgrade).join("backup-changes.json")
     }
 
-    /// The processed manifest of one terminal.
-    pub fn result(&self, store: &str, upgrade: &str, terminal: u32) -> PathBuf {
-        self.upgrade(store, upgrade)
-            .join("result")
-            .join(format!("{terminal}.json"))
+    /// The processed folders of an upgrade's terminals.
+    pub fn results(&self, store: &str, upgrade: &str) -> PathBuf {
+        self.upgrade(store, upgrade).join("results.json")
     }
 }
 

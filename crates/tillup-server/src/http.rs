@@ -1249,30 +1249,19 @@ fn build_delivery(
             ))
         })?;
         // What it holds beyond the release: the terminal's own files.
-        let changes = manifest.changes_to(&built.folder);
-        if !b.ahead {
-            let doc = Document::Result {
-                store: store.to_owned(),
-                upgrade: upgrade.to_owned(),
-                terminal: t.number,
-            };
-            let kept = KeptResult {
-                number: t.number,
-                version: &t.target,
-                release: release.sha256,
-                folder: built.digest,
-                changes: &changes,
-            };
-            st.storage().put_document(&doc, json_bytes(&kept)?)?;
-            tillup_fs::fault::crash_point("server.process");
-        }
+        let kept = KeptResult {
+            number: t.number,
+            version: t.target.clone(),
+            release: release.sha256,
+            folder: built.digest,
+            changes: manifest.changes_to(&built.folder),
+        };
         let result = TerminalResult {
             number: t.number,
             version: t.target.clone(),
             manifest: Arc::unwrap_or_clone(built.folder),
         };
-        let own: Vec<Sha256Hex> = changes.upsert.iter().map(|f| f.sha256).collect();
-        Ok::<_, AppError>((result, built.digest, own))
+        Ok::<_, AppError>((result, built.digest, kept))
     };
     let out = crate::parallel::each_on_a_core(&jobs, build)
         .into_iter()
@@ -1280,14 +1269,21 @@ fn build_delivery(
     if b.ahead {
         return Ok(out.into_iter().map(|(r, d, _)| (r, d)).collect());
     }
+    // One document for the store's terminals: one write while they wait.
+    let doc = Document::Results {
+        store: store.to_owned(),
+        upgrade: upgrade.to_owned(),
+    };
+    let kept: Vec<&KeptResult> = out.iter().map(|(_, _, k)| k).collect();
+    st.storage().put_document(&doc, json_bytes(&kept)?)?;
+    tillup_fs::fault::crash_point("server.process");
     // The release's files are every store's to read already: recording
     // them for each store would grow the table by a release per store.
     let released: BTreeSet<Sha256Hex> = releases.values().flat_map(|(_, m)| m.hashes()).collect();
     let hashes: Vec<Sha256Hex> = out
         .iter()
-        .flat_map(|(_, _, own)| own)
+        .flat_map(|(_, _, k)| k.changes.upsert.iter().map(|f| f.sha256))
         .filter(|h| !released.contains(h))
-        .copied()
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -1300,14 +1296,14 @@ fn build_delivery(
 /// release's manifest, so that what it writes while the store's tills are
 /// stopped is the size of the terminal's own files, not of its folder.
 #[derive(serde::Serialize)]
-struct KeptResult<'a> {
+struct KeptResult {
     number: u32,
-    version: &'a Version,
+    version: Version,
     /// The release manifest's SHA-256.
     release: Sha256Hex,
     /// The whole folder's manifest digest.
     folder: Sha256Hex,
-    changes: &'a ManifestChanges,
+    changes: ManifestChanges,
 }
 
 #[utoipa::path(post, path = "/v1/stores/{store}/reports", tag = "upgrades",

@@ -335,14 +335,12 @@ pub enum Document {
         /// The upgrade.
         upgrade: String,
     },
-    /// One terminal's processed folder.
-    Result {
+    /// The terminals' processed folders.
+    Results {
         /// The store.
         store: String,
         /// The upgrade.
         upgrade: String,
-        /// The terminal.
-        terminal: u32,
     },
 }
 
@@ -351,11 +349,7 @@ impl Document {
         match self {
             Self::Backup { store, upgrade } => data.backup(store, upgrade),
             Self::BackupChanges { store, upgrade } => data.backup_changes(store, upgrade),
-            Self::Result {
-                store,
-                upgrade,
-                terminal,
-            } => data.result(store, upgrade, *terminal),
+            Self::Results { store, upgrade } => data.results(store, upgrade),
         }
     }
 
@@ -368,11 +362,9 @@ impl Document {
             Self::BackupChanges { store, upgrade } => {
                 format!("stores/{store}/upgrades/{upgrade}/backup-changes.json")
             }
-            Self::Result {
-                store,
-                upgrade,
-                terminal,
-            } => format!("stores/{store}/upgrades/{upgrade}/result/{terminal}.json"),
+            Self::Results { store, upgrade } => {
+                format!("stores/{store}/upgrades/{upgrade}/results.json")
+            }
         }
     }
 }

@@ -957,14 +957,20 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
         );
         // Kept as changes to the release: its own files, not its folder.
         let written: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(env.dir.path().join(format!(
-                "data/stores/store-a/upgrades/u-1/result/{}.json",
-                t.number
-            )))
+            &std::fs::read(
+                env.dir
+                    .path()
+                    .join("data/stores/store-a/upgrades/u-1/results.json"),
+            )
             .unwrap(),
         )
         .unwrap();
-        assert_eq!(written["number"], t.number);
+        let written = written
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["number"] == t.number)
+            .unwrap();
         assert_eq!(written["version"], "2.0.0");
         assert_eq!(written["release"], p2.release.sha256.to_string());
         assert_eq!(written["folder"], t.manifest.digest().to_string());
@@ -1183,7 +1189,7 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
     assert!(
         !env.dir
             .path()
-            .join("data/stores/store-a/upgrades/u-3/result")
+            .join("data/stores/store-a/upgrades/u-3/results.json")
             .exists()
     );
 }

@@ -96,10 +96,9 @@ fn upgrade_documents_are_shared_and_removed_together() {
         store: "s1".into(),
         upgrade: "u1".into(),
     };
-    let result = Document::Result {
+    let result = Document::Results {
         store: "s1".into(),
         upgrade: "u1".into(),
-        terminal: 3,
     };
     assert_eq!(t.b.get_document(&backup).unwrap(), None);
     t.a.put_document(&backup, b"{\"terminals\":[]}".to_vec())
