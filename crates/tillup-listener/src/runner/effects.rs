@@ -765,11 +765,11 @@ impl Listener {
         let releases = self.target_releases(u, numbers, ctx, blobs).await?;
         for (b, release) in backups.iter().zip(releases) {
             let (number, own) = (b.number, b.manifest.clone());
-            let version = release.version.clone();
-            let ahead = files.built_ahead(number, &version);
-            // Each terminal's folder on its own worker.
+            let (version, files) = (release.version.clone(), files.clone());
+            // Each terminal's folder on its own worker (reading what was
+            // built ahead, and its changes, there too).
             work.push(blocking(move || {
-                let expected = match ahead {
+                let expected = match files.built_ahead(number, &version) {
                     Some((folder, changes)) => {
                         tracing::debug!(
                             terminal = number,
