@@ -49,14 +49,29 @@ fn seconds() -> u64 {
 /// is harmless and would make the run fail by chance.
 const EXCLUDED_CHECKS: &str = "positive_data_acceptance,negative_data_rejection";
 
+/// The fuzzer's seed: `TILLUP_API_FUZZ_SEED` replays a run whose seed a
+/// failure printed.
+fn seed() -> Option<String> {
+    std::env::var("TILLUP_API_FUZZ_SEED").ok()
+}
+
+/// The last lines of the log of the process under test, for a failure.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
 /// Runs schemathesis on the description at `location` against `base`, with
-/// `token`; `parameters` are real ids to reach past the 404s.
+/// `token`; `parameters` are real ids to reach past the 404s. A failure
+/// shows the tail of `log`, the log of the process under test.
 fn fuzz(
     dir: &Path,
     location: &str,
     base: &str,
     token: &str,
     parameters: &[(&str, &str)],
+    log: &Path,
 ) -> Result<()> {
     let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("api-fuzz/hooks.py");
     let mut config = format!(
@@ -79,9 +94,17 @@ fn fuzz(
         .args(["--max-time", &secs.to_string(), "--workers", "1"])
         .args(["--request-timeout", "30", "--tls-verify", "false"])
         .env("NO_COLOR", "1");
+    if let Some(seed) = seed() {
+        cmd.args(["--seed", &seed]);
+    }
     let out = run(cmd, Duration::from_secs(secs + 180))?;
     if !out.status.success() {
-        bail!("schemathesis found failures in {location}:\n{}", text(&out));
+        bail!(
+            "schemathesis found failures in {location}:\n{}\n--- the last lines of {}:\n{}",
+            text(&out),
+            log.display(),
+            log_tail(log)
+        );
     }
     Ok(())
 }
@@ -124,6 +147,7 @@ fn the_server_api_answers_as_its_description_says_under_fuzzing() -> Result<()> 
             ("path.channel", "stable"),
             ("path.sha256", &release),
         ],
+        &store.server.data.join("serve.log"),
     )?;
     let health = client.get(format!("{url}/healthz")).send()?;
     ensure!(health.status().is_success(), "the server answers after");
@@ -152,6 +176,7 @@ fn the_agent_api_answers_as_its_description_says_under_fuzzing() -> Result<()> {
         &url,
         &t.token,
         &[],
+        &t.root.join("agent.log"),
     )?;
     ensure!(!t.agent_exited(), "the agent is still running");
     let status = t

@@ -9,8 +9,14 @@
 //! and hyper bounds its header read only there. With a [`TlsConfig`] the
 //! connection is TLS first (the agent's own certificate, which the host
 //! pins at pairing); the handshake has the header-read bound too.
+//!
+//! An answer given before its request's body was read says
+//! `Connection: close` (the `unread_body` module), so that no client reuses a
+//! connection the server is about to close.
 
 pub use rustls;
+
+mod unread_body;
 
 use std::future::Future;
 use std::io;
@@ -93,9 +99,11 @@ pub async fn serve(
 ) -> io::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     raise_open_files_limit(limits.max_connections);
-    let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-        limits.body_idle,
-    ));
+    let router = router
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            limits.body_idle,
+        ))
+        .layer(axum::middleware::from_fn(unread_body::close_unless_read));
     let service = hyper_util::service::TowerToHyperService::new(router);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
