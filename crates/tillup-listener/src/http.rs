@@ -77,6 +77,12 @@ pub const COMPRESS_FROM: usize = 16 * 1024;
 /// handful of packs whatever the number of files.
 pub const PACK_MAX_BLOBS: usize = 20_000;
 
+/// How long an idle connection is kept for reuse: below the 15 s after
+/// which the server and the agents close an idle connection
+/// (`tillup_serve::Limits::header_read`), so that a request is never sent
+/// on a connection its server is closing at that moment.
+pub const POOL_IDLE: Duration = Duration::from_secs(10);
+
 /// Builds the shared client: connect and read timeouts, rustls. The
 /// deadline of a whole exchange, which grows with its bytes, is each
 /// [`Peer`]'s [`Pace`].
@@ -89,6 +95,7 @@ pub(crate) fn client_with(builder: reqwest::ClientBuilder) -> reqwest::Client {
     builder
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(120))
+        .pool_idle_timeout(POOL_IDLE)
         .user_agent(concat!("tillup/", env!("CARGO_PKG_VERSION")))
         .build()
         .expect("a TLS backend is compiled in")

@@ -37,7 +37,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// From a connection's start, or the end of its previous answer, to the
     /// end of the next request's header. Also how long an idle keep-alive
-    /// connection is kept.
+    /// connection is kept: the listener's client keeps one for less
+    /// (`tillup_listener::http::POOL_IDLE`).
     pub header_read: Duration,
     /// The longest wait for the next piece of a request body.
     pub body_idle: Duration,
