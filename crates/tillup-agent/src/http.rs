@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -315,7 +315,12 @@ pub(crate) async fn stop(
         (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
     ),
     security(("agent_token" = [])))]
-pub(crate) async fn start(State(a): State<Arc<Agent>>) -> Result<Json<StartReport>, AgentError> {
+pub(crate) async fn start(
+    State(a): State<Arc<Agent>>,
+    // Read and ignored (the host sends `{}`): an answer before the body is
+    // read would close the connection.
+    _body: Result<Bytes, BytesRejection>,
+) -> Result<Json<StartReport>, AgentError> {
     a.start().await.map(Json)
 }
 
