@@ -330,7 +330,7 @@ pub(crate) async fn start(
         (status = 200, description = "The folder.", body = Snapshot),
         (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
         (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
-        (status = 409, description = "There is no program folder.", body = ErrorBody),
+        (status = 409, description = "There is no program folder, or it holds what cannot be backed up (a link, a name that is not portable); the message names it.", body = ErrorBody),
     ),
     security(("agent_token" = [])))]
 pub(crate) async fn snapshot(State(a): State<Arc<Agent>>) -> Result<Json<Snapshot>, AgentError> {
@@ -344,7 +344,7 @@ pub(crate) async fn snapshot(State(a): State<Arc<Agent>>) -> Result<Json<Snapsho
         (status = 200, description = "The changes.", body = SnapshotChanges),
         (status = 400, description = "`since` is not a SHA-256 digest.", body = ErrorBody),
         (status = 401, description = "No token, or not the agent's.", body = ErrorBody),
-        (status = 409, description = "The agent no longer holds that snapshot: take a whole one.", body = ErrorBody),
+        (status = 409, description = "The agent no longer holds that snapshot: take a whole one. Or the folder cannot be backed up, as for a whole snapshot.", body = ErrorBody),
         (status = 426, description = "The request speaks a host–agent protocol (`x-tillup-protocol`) this agent does not.", body = ErrorBody),
     ),
     security(("agent_token" = [])))]

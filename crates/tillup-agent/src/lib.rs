@@ -247,7 +247,7 @@ impl Agent {
         })
         .await
         .map_err(AgentError::internal)?
-        .map_err(AgentError::internal)?;
+        .map_err(|e| folder_unfit(e, &self.layout.folder))?;
         let (manifest, index) = manifest;
         *self.index.lock().expect("not poisoned") = Some(index);
         Ok(manifest)
@@ -873,5 +873,28 @@ impl Target {
             manifest,
             release: req.release,
         })
+    }
+}
+
+/// A scan's failure: what the store can fix in its program folder (a
+/// link, a name tillup cannot carry, no folder at all) is a 409 that names
+/// it, so the host's report says what to do; anything else is internal.
+fn folder_unfit(e: tillup_fs::Error, folder: &std::path::Path) -> AgentError {
+    match e {
+        tillup_fs::Error::Symlink { .. } | tillup_fs::Error::BadName { .. } => {
+            AgentError::Conflict(format!(
+                "the program folder cannot be backed up as it is, so nothing was changed: {e}"
+            ))
+        }
+        tillup_fs::Error::Io {
+            ref path,
+            ref source,
+        } if path == folder && source.kind() == std::io::ErrorKind::NotFound => {
+            AgentError::Conflict(format!(
+                "there is no program folder at {}: install the POS program there, or set `folder` in the agent's config to where it is",
+                folder.display()
+            ))
+        }
+        e => e.into(),
     }
 }

@@ -625,6 +625,29 @@ async fn snapshot_changes_are_the_folder_now_against_a_recent_whole_snapshot() {
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
 }
 
+#[cfg(unix)]
+#[tokio::test]
+async fn a_folder_that_cannot_be_backed_up_is_a_409_naming_the_file_not_an_internal_error() {
+    let h = Harness::start(60);
+    h.healthy("1.0.0").await;
+    std::os::unix::fs::symlink("/etc/passwd", h.folder().join("config/linked.ini")).unwrap();
+    let res = h
+        .http
+        .get(h.url(routes::SNAPSHOT))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let error = error_of(res, StatusCode::CONFLICT).await;
+    assert!(error.contains("config/linked.ini"), "{error}");
+    assert!(error.contains("symbolic link"), "{error}");
+    assert!(error.contains("replace it"), "{error}");
+    // Fixed by the store, the folder is backed up again.
+    std::fs::remove_file(h.folder().join("config/linked.ini")).unwrap();
+    let fixed: Snapshot = h.get(routes::SNAPSHOT).await;
+    assert_eq!(fixed.manifest, scan(&h.folder()));
+}
+
 #[tokio::test]
 async fn snapshot_matches_scan_and_its_files_come_in_a_pack() {
     let h = Harness::start(60);
