@@ -23,6 +23,8 @@ use tillup_core::manifest::{
     Manifest, ManifestChanges, ManifestError, Preserve, merge_for_terminal, remerge_for_terminal,
 };
 
+use crate::storage::DocumentVersion;
+
 /// A backup as parsed, with its [`Backup::digest`] and the folders built
 /// from it.
 pub(crate) struct Parsed {
@@ -136,8 +138,18 @@ impl Parsed {
     }
 }
 
+/// One backup kept parsed.
+struct Kept {
+    /// The digest of the bytes it was parsed from.
+    key: Sha256Hex,
+    parsed: Arc<Parsed>,
+    /// The stored document it was read from, when the storage told its
+    /// version: found again by a look at the version alone.
+    stored: Option<(String, DocumentVersion)>,
+}
+
 #[derive(Default)]
-pub(crate) struct Backups(Mutex<Vec<(Sha256Hex, Arc<Parsed>)>>);
+pub(crate) struct Backups(Mutex<Vec<Kept>>);
 
 impl Backups {
     /// The backups kept at once: the stores upgrading at the same moment
@@ -148,19 +160,43 @@ impl Backups {
     const KEPT: usize = 16;
 
     /// The backup stored as `bytes`: the kept one if these bytes were
-    /// parsed before, else `parse`d now (and kept).
+    /// parsed before, else `parse`d now (and kept). `stored` names the
+    /// document they were read from and its version, for
+    /// [`Backups::stored`].
     pub fn get<E>(
         &self,
         bytes: &[u8],
+        stored: Option<(String, DocumentVersion)>,
         parse: impl FnOnce(&[u8]) -> Result<Backup, E>,
     ) -> Result<Arc<Parsed>, E> {
         let key = Sha256Hex::of(bytes);
-        if let Some(found) = self.find(&key) {
+        let found = self.find(
+            |k| k.key == key,
+            |k| {
+                if stored.is_some() {
+                    k.stored = stored.clone();
+                }
+            },
+        );
+        if let Some(found) = found {
             return Ok(found);
         }
         let parsed = Arc::new(Parsed::new(parse(bytes)?));
-        self.keep(key, Arc::clone(&parsed));
+        self.keep_stored(key, Arc::clone(&parsed), stored);
         Ok(parsed)
+    }
+
+    /// The backup kept as read from document `doc` at `version`: equal
+    /// versions are equal bytes, so it need not be read again.
+    pub fn stored(&self, doc: &str, version: &DocumentVersion) -> Option<Arc<Parsed>> {
+        self.find(
+            |k| {
+                k.stored
+                    .as_ref()
+                    .is_some_and(|(d, v)| d == doc && v == version)
+            },
+            |_| {},
+        )
     }
 
     /// The backup kept under `key`, else `build`t now (and kept).
@@ -169,7 +205,7 @@ impl Backups {
         key: Sha256Hex,
         build: impl FnOnce() -> Result<Parsed, E>,
     ) -> Result<Arc<Parsed>, E> {
-        if let Some(found) = self.find(&key) {
+        if let Some(found) = self.find(|k| k.key == key, |_| {}) {
             return Ok(found);
         }
         let parsed = Arc::new(build()?);
@@ -179,12 +215,25 @@ impl Backups {
 
     /// Keeps `parsed` as what the bytes of digest `key` hold.
     pub fn keep(&self, key: Sha256Hex, parsed: Arc<Parsed>) {
+        self.keep_stored(key, parsed, None);
+    }
+
+    fn keep_stored(
+        &self,
+        key: Sha256Hex,
+        parsed: Arc<Parsed>,
+        stored: Option<(String, DocumentVersion)>,
+    ) {
         let mut kept = self.0.lock().expect("not poisoned");
-        kept.retain(|(k, _)| *k != key);
+        kept.retain(|k| k.key != key);
         if kept.len() >= Self::KEPT {
             kept.remove(0);
         }
-        kept.push((key, parsed));
+        kept.push(Kept {
+            key,
+            parsed,
+            stored,
+        });
     }
 
     /// Forgets `parsed` (a backup its changes replaced).
@@ -192,15 +241,20 @@ impl Backups {
         self.0
             .lock()
             .expect("not poisoned")
-            .retain(|(_, p)| !Arc::ptr_eq(p, parsed));
+            .retain(|k| !Arc::ptr_eq(&k.parsed, parsed));
     }
 
-    /// The kept parse of the bytes of digest `key`, made the newest.
-    fn find(&self, key: &Sha256Hex) -> Option<Arc<Parsed>> {
+    /// The first kept parse that `matches`, `update`d and made the newest.
+    fn find(
+        &self,
+        matches: impl Fn(&Kept) -> bool,
+        update: impl FnOnce(&mut Kept),
+    ) -> Option<Arc<Parsed>> {
         let mut kept = self.0.lock().expect("not poisoned");
-        let at = kept.iter().position(|(k, _)| k == key)?;
-        let found = kept.remove(at);
-        let parsed = Arc::clone(&found.1);
+        let at = kept.iter().position(matches)?;
+        let mut found = kept.remove(at);
+        update(&mut found);
+        let parsed = Arc::clone(&found.parsed);
         kept.push(found);
         Some(parsed)
     }
@@ -247,7 +301,7 @@ mod tests {
     /// Whether `bytes` are parsed again.
     fn parsed_again(memo: &Backups, bytes: &[u8]) -> bool {
         let mut again = false;
-        memo.get(bytes, |b| {
+        memo.get(bytes, None, |b| {
             again = true;
             parse(b)
         })
@@ -264,14 +318,40 @@ mod tests {
             parses += 1;
             parse(b)
         };
-        let first = memo.get(&one, &mut parse).unwrap();
-        let again = memo.get(&one, &mut parse).unwrap();
+        let first = memo.get(&one, None, &mut parse).unwrap();
+        let again = memo.get(&one, None, &mut parse).unwrap();
         assert!(Arc::ptr_eq(&first, &again));
         assert_eq!(first.digest, backup(1).digest());
         let two = serde_json::to_vec(&backup(2)).unwrap();
-        let other = memo.get(&two, &mut parse).unwrap();
+        let other = memo.get(&two, None, &mut parse).unwrap();
         assert_eq!(other.backup, backup(2));
         assert_eq!(parses, 2);
+    }
+
+    #[test]
+    fn a_backup_read_from_a_document_is_found_again_by_its_version_alone() {
+        let memo = Backups::default();
+        let one = serde_json::to_vec(&backup(1)).unwrap();
+        let v1 = DocumentVersion::for_test("v1");
+        let doc = "stores/s/upgrades/u/backup.json";
+        assert!(memo.stored(doc, &v1).is_none(), "nothing read yet");
+        let read = memo
+            .get(&one, Some((doc.to_owned(), v1.clone())), parse)
+            .unwrap();
+        let found = memo.stored(doc, &v1).expect("found by its version");
+        assert!(Arc::ptr_eq(&read, &found));
+        // Another version of the document, or another document: read it.
+        assert!(memo.stored(doc, &DocumentVersion::for_test("v2")).is_none());
+        assert!(
+            memo.stored("stores/s/upgrades/w/backup.json", &v1)
+                .is_none()
+        );
+        // The same bytes parsed before and read again from a new version
+        // of the document: found by that version from then on.
+        let v2 = DocumentVersion::for_test("v2");
+        memo.get(&one, Some((doc.to_owned(), v2.clone())), kept)
+            .unwrap();
+        assert!(memo.stored(doc, &v2).is_some());
     }
 
     #[test]
@@ -279,12 +359,12 @@ mod tests {
         let memo = Backups::default();
         let docs = documents();
         for d in &docs[..Backups::KEPT] {
-            memo.get(d, parse).unwrap();
+            memo.get(d, None, parse).unwrap();
         }
         // Used again, then one more: the second is dropped, not the first.
-        memo.get(&docs[0], kept).unwrap();
-        memo.get(&docs[Backups::KEPT], parse).unwrap();
-        memo.get(&docs[0], kept).unwrap();
+        memo.get(&docs[0], None, kept).unwrap();
+        memo.get(&docs[Backups::KEPT], None, parse).unwrap();
+        memo.get(&docs[0], None, kept).unwrap();
         assert!(parsed_again(&memo, &docs[1]));
     }
 
@@ -358,7 +438,7 @@ mod tests {
         let memo = Backups::default();
         let docs = documents();
         for d in &docs {
-            memo.get(d, parse).unwrap();
+            memo.get(d, None, parse).unwrap();
         }
         assert!(parsed_again(&memo, &docs[0]), "the oldest was dropped");
     }

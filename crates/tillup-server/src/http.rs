@@ -36,7 +36,7 @@ use crate::db::{Db, Location};
 use crate::error::{Error, check_id};
 use crate::ops::token_digest;
 use crate::packs::PackCache;
-use crate::storage::{BlobsLocation, Document, Storage};
+use crate::storage::{BlobsLocation, Document, Storage, StoredDocument};
 
 /// Bounds on what a request may carry.
 #[derive(Clone, Debug)]
@@ -934,12 +934,22 @@ fn stored_backup(
         upgrade: upgrade.to_owned(),
     };
     let whole = || {
-        let Some(bytes) = st.storage().get_document(&doc)? else {
+        // A backup kept as read from the document stored now is not read
+        // again: with the tills stopped, a look replaces reading and
+        // hashing every manifest.
+        if let Some(version) = st.storage().document_version(&doc)?
+            && let Some(kept) = st.0.backups.stored(&doc.key(), &version)
+        {
+            return Ok(kept);
+        }
+        let Some(StoredDocument { bytes, version }) = st.storage().get_document_versioned(&doc)?
+        else {
             return Err(AppError::NotFound(format!(
                 "no backup was uploaded for upgrade `{upgrade}` {what_to_do}"
             )));
         };
-        st.0.backups.get(&bytes, |b| {
+        let stored = version.map(|v| (doc.key(), v));
+        st.0.backups.get(&bytes, stored, |b| {
             serde_json::from_slice(b).map_err(|e| AppError::Internal(format!("{}: {e}", doc.key())))
         })
     };

@@ -47,6 +47,55 @@ pub enum BlobsLocation {
     },
 }
 
+/// Tells one stored upgrade document from any other written at its key:
+/// equal versions are equal bytes. In the data folder, the file's identity,
+/// size and times (a document is never changed in place, only replaced by
+/// a new file); in an object store, the object's ETag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocumentVersion(String);
+
+/// An upgrade document as read, with its version when the storage tells
+/// one.
+#[derive(Debug)]
+pub struct StoredDocument {
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// The version those bytes are, read from the same file or object.
+    pub version: Option<DocumentVersion>,
+}
+
+#[cfg(test)]
+impl DocumentVersion {
+    /// A version named `v`.
+    pub(crate) fn for_test(v: &str) -> Self {
+        Self(v.to_owned())
+    }
+}
+
+/// The version of a document file, from its metadata; `None` where the
+/// platform tells no file identity.
+fn file_version(m: &std::fs::Metadata) -> Option<DocumentVersion> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some(DocumentVersion(format!(
+            "{}:{}:{}:{}.{:09}:{}.{:09}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        )))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = m;
+        None
+    }
+}
+
 impl BlobsLocation {
     /// Reads `--blobs`.
     pub fn parse(s: &str) -> Result<Self, Error> {
@@ -243,15 +292,27 @@ impl Storage {
 
     /// Reads an upgrade document; `None` if there is none.
     pub fn get_document(&self, doc: &Document) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.get_document_versioned(doc)?.map(|d| d.bytes))
+    }
+
+    /// Reads an upgrade document with the version of what was read (when
+    /// the storage tells one); `None` if there is none.
+    pub fn get_document_versioned(&self, doc: &Document) -> Result<Option<StoredDocument>, Error> {
         match &self.shared {
             None => {
                 let path = doc.path(&self.data);
                 match std::fs::File::open(&path) {
                     Ok(mut f) => {
+                        // The version of the file opened, read from it:
+                        // the bytes are that file's, whatever replaces it.
+                        let version = f.metadata().ok().and_then(|m| file_version(&m));
                         let mut out = Vec::new();
                         f.read_to_end(&mut out)
                             .map_err(|source| Error::Io { path, source })?;
-                        Ok(Some(out))
+                        Ok(Some(StoredDocument {
+                            bytes: out,
+                            version,
+                        }))
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(source) => Err(Error::Io { path, source }),
@@ -259,14 +320,42 @@ impl Storage {
             }
             Some(s) => s.runtime.block_on(async {
                 match s.objects.get(&s.document_key(doc)).await {
-                    Ok(got) => Ok(Some(
-                        got.bytes()
+                    Ok(got) => {
+                        let version = got.meta.e_tag.clone().map(DocumentVersion);
+                        let bytes = got
+                            .bytes()
                             .await
-                            .map_err(|e| s.failed("read", &doc.key(), e))?
-                            .to_vec(),
-                    )),
+                            .map_err(|e| s.failed("read", &doc.key(), e))?;
+                        Ok(Some(StoredDocument {
+                            bytes: bytes.to_vec(),
+                            version,
+                        }))
+                    }
                     Err(object_store::Error::NotFound { .. }) => Ok(None),
                     Err(e) => Err(s.failed("read", &doc.key(), e)),
+                }
+            }),
+        }
+    }
+
+    /// The version of the upgrade document stored now, without reading
+    /// it (a `stat`, or a `HEAD`); `None` if there is none, or the storage
+    /// tells no version.
+    pub fn document_version(&self, doc: &Document) -> Result<Option<DocumentVersion>, Error> {
+        match &self.shared {
+            None => {
+                let path = doc.path(&self.data);
+                match std::fs::metadata(&path) {
+                    Ok(m) => Ok(file_version(&m)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(Error::Io { path, source }),
+                }
+            }
+            Some(s) => s.runtime.block_on(async {
+                match s.objects.head(&s.document_key(doc)).await {
+                    Ok(meta) => Ok(meta.e_tag.map(DocumentVersion)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(s.failed("look up", &doc.key(), e)),
                 }
             }),
         }
@@ -435,4 +524,44 @@ fn connect(url: &str, settings: &[(String, String)]) -> Result<Shared, Error> {
         url: url.to_owned(),
         runtime,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_document_replaced_by_one_of_the_same_size_has_another_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&DataDir::new(dir.path()), &BlobsLocation::Local).unwrap();
+        let doc = Document::Backup {
+            store: "s1".into(),
+            upgrade: "u1".into(),
+        };
+        assert_eq!(storage.document_version(&doc).unwrap(), None);
+        assert!(storage.get_document_versioned(&doc).unwrap().is_none());
+
+        storage.put_document(&doc, b"{\"a\":1}".to_vec()).unwrap();
+        let first = storage.document_version(&doc).unwrap().expect("a version");
+        let read = storage.get_document_versioned(&doc).unwrap().unwrap();
+        assert_eq!(read.bytes, b"{\"a\":1}");
+        assert_eq!(
+            read.version.as_ref(),
+            Some(&first),
+            "reading changes nothing"
+        );
+        assert_eq!(storage.document_version(&doc).unwrap(), Some(first.clone()));
+
+        // Same size, at once: still told apart.
+        storage.put_document(&doc, b"{\"a\":2}".to_vec()).unwrap();
+        let second = storage.document_version(&doc).unwrap().expect("a version");
+        assert_ne!(second, first);
+        let read = storage.get_document_versioned(&doc).unwrap().unwrap();
+        assert_eq!(read.bytes, b"{\"a\":2}");
+        assert_eq!(read.version, Some(second));
+
+        storage.remove_document(&doc).unwrap();
+        assert_eq!(storage.document_version(&doc).unwrap(), None);
+    }
 }

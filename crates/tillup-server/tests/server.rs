@@ -1192,6 +1192,35 @@ async fn backup_and_process_build_each_terminal_in_number_order_idempotently() {
             .join("data/stores/store-a/upgrades/u-3/results.json")
             .exists()
     );
+
+    // The backup kept parsed is found again by a look at the stored
+    // document; one replaced behind the server's back (another writer)
+    // is read again, not taken for the one kept.
+    let replaced = Backup {
+        terminals: vec![terminal(2, &t2_files), terminal(1, &t1_after)],
+    };
+    std::fs::write(
+        env.dir
+            .path()
+            .join("data/stores/store-a/upgrades/u-3/backup.json"),
+        serde_json::to_vec(&replaced).unwrap(),
+    )
+    .unwrap();
+    let resp = json_call(
+        &env,
+        Method::POST,
+        &uri(api::server::PROCESS),
+        &env.token_a,
+        &req,
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let delivery: Delivery = serde_json::from_slice(&bytes(resp).await).unwrap();
+    assert_eq!(delivery.terminals[0].number, 1);
+    assert_eq!(
+        delivery.terminals[0].manifest,
+        merge_for_terminal(&release_manifest, &manifest(&t1_after), &preserve).unwrap()
+    );
 }
 
 #[tokio::test]
