@@ -70,6 +70,30 @@ pub enum ManifestError {
     CaseCollision { a: RelPath, b: RelPath },
 }
 
+/// That in the sorted `files`, `path` is not inside a file, and no file is
+/// inside `path`.
+fn check_not_file_and_folder(files: &[FileEntry], path: &RelPath) -> Result<(), ManifestError> {
+    let find = |p: &str| files.binary_search_by(|f| f.path.as_str().cmp(p));
+    let s = path.as_str();
+    for (i, _) in s.match_indices('/') {
+        if find(&s[..i]).is_ok() {
+            return Err(ManifestError::FileIsFolder {
+                file: RelPath::new(&s[..i]).expect("prefix of a valid path"),
+                inner: path.clone(),
+            });
+        }
+    }
+    let inside = format!("{s}/");
+    let at = find(&inside).unwrap_or_else(|at| at);
+    match files.get(at) {
+        Some(f) if f.path.as_str().starts_with(&inside) => Err(ManifestError::FileIsFolder {
+            file: path.clone(),
+            inner: f.path.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl<'de> Deserialize<'de> for Manifest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -152,21 +176,35 @@ impl Manifest {
         }
     }
 
-    /// `self` with `changes` applied; checked like any manifest.
+    /// `self` with `changes` applied (an upserted path wins over its
+    /// removal); checked like any manifest. One merge of sorted lists, and
+    /// only the upserted paths are checked: `self` is a valid manifest, and
+    /// removing files cannot make one invalid. This runs while tills are
+    /// stopped, on folders of thousands of files and changes of a few.
     pub fn with_changes(&self, changes: &ManifestChanges) -> Result<Manifest, ManifestError> {
-        let gone: BTreeSet<&RelPath> = changes
-            .remove
-            .iter()
-            .chain(changes.upsert.iter().map(|f| &f.path))
-            .collect();
-        let files = self
-            .files
-            .iter()
-            .filter(|f| !gone.contains(&f.path))
-            .chain(&changes.upsert)
-            .cloned()
-            .collect();
-        Manifest::new(files)
+        let mut upsert: Vec<&FileEntry> = changes.upsert.iter().collect();
+        upsert.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        if let Some(pair) = upsert.windows(2).find(|p| p[0].path == p[1].path) {
+            return Err(ManifestError::Duplicate(pair[0].path.clone()));
+        }
+        let removed: BTreeSet<&RelPath> = changes.remove.iter().collect();
+        let mut files = Vec::with_capacity(self.files.len() + upsert.len());
+        let mut up = upsert.iter().copied().peekable();
+        for f in &self.files {
+            while let Some(u) = up.next_if(|u| u.path < f.path) {
+                files.push(u.clone());
+            }
+            if let Some(u) = up.next_if(|u| u.path == f.path) {
+                files.push(u.clone());
+            } else if !removed.contains(&f.path) {
+                files.push(f.clone());
+            }
+        }
+        files.extend(up.cloned());
+        for u in &upsert {
+            check_not_file_and_folder(&files, &u.path)?;
+        }
+        Ok(Self { files })
     }
 
     /// The canonical bytes: what is hashed and signed.
@@ -629,7 +667,59 @@ pub(crate) mod tests {
             })
         }
 
+        /// Any changes, valid or not: upserts may repeat a path or make
+        /// a file a folder, removals may name paths that are not there.
+        fn changes() -> impl Strategy<Value = ManifestChanges> {
+            (
+                proptest::collection::vec(("(a|b|c)(/(x|y|z))?", 0u8..3), 0..6),
+                proptest::collection::vec("(a|b|c)(/(x|y|z))?", 0..4),
+            )
+                .prop_map(|(upsert, remove)| ManifestChanges {
+                    upsert: upsert
+                        .into_iter()
+                        .map(|(p, c)| FileEntry {
+                            path: RelPath::new(&p).unwrap(),
+                            size: 1,
+                            sha256: Sha256Hex::of(&[c]),
+                            exec: false,
+                        })
+                        .collect(),
+                    remove: remove.iter().map(|p| RelPath::new(p).unwrap()).collect(),
+                })
+        }
+
+        /// The plain rule: drop what is removed or upserted, add the
+        /// upserts, check the whole.
+        fn applied_plainly(
+            m: &Manifest,
+            changes: &ManifestChanges,
+        ) -> Result<Manifest, ManifestError> {
+            let gone: BTreeSet<&RelPath> = changes
+                .remove
+                .iter()
+                .chain(changes.upsert.iter().map(|f| &f.path))
+                .collect();
+            let files = m
+                .files()
+                .iter()
+                .filter(|f| !gone.contains(&f.path))
+                .chain(&changes.upsert)
+                .cloned()
+                .collect();
+            Manifest::new(files)
+        }
+
         proptest! {
+            #[test]
+            fn changes_apply_as_the_plain_rule_says(a in folder(), changes in changes()) {
+                let got = a.with_changes(&changes);
+                let want = applied_plainly(&a, &changes);
+                prop_assert_eq!(got.is_ok(), want.is_ok(), "{:?} vs {:?}", got, want);
+                if let (Ok(got), Ok(want)) = (got, want) {
+                    prop_assert_eq!(got, want);
+                }
+            }
+
             #[test]
             fn changes_lead_from_one_folder_to_the_other(a in folder(), b in folder()) {
                 let changes = a.changes_to(&b);

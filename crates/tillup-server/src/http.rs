@@ -940,8 +940,10 @@ fn stored_backup(
         if let Some(version) = st.storage().document_version(&doc)?
             && let Some(kept) = st.0.backups.stored(&doc.key(), &version)
         {
+            tracing::debug!(%store, %upgrade, "the backup kept parsed is the one stored");
             return Ok(kept);
         }
+        tracing::debug!(%store, %upgrade, "reading the whole backup");
         let Some(StoredDocument { bytes, version }) = st.storage().get_document_versioned(&doc)?
         else {
             return Err(AppError::NotFound(format!(
